@@ -1,0 +1,266 @@
+//! `sae-onnx inspect`: what a model holds, as text for people and JSON for scripts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::onnx::external::{self, ExternalData};
+use crate::onnx::pb::{GraphProto, ValueInfoProto, tensor_shape_proto::dimension, type_proto};
+use crate::onnx::tensor::{dtype_name, for_each_tensor};
+use crate::onnx::{DataType, Model};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub path: String,
+    pub file_bytes: u64,
+    pub ir_version: i64,
+    pub producer: String,
+    pub opsets: Vec<Opset>,
+    pub inputs: Vec<Io>,
+    pub outputs: Vec<Io>,
+    pub nodes: usize,
+    pub op_types: BTreeMap<String, usize>,
+    pub initializers: usize,
+    pub parameters: u64,
+    pub weight_bytes: u64,
+    pub external_data: Vec<ExternalFile>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Opset {
+    pub domain: String,
+    pub version: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Io {
+    pub name: String,
+    pub dtype: String,
+    /// Each dimension: a number, or the symbolic name (`batch`, `sequence`).
+    pub shape: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExternalFile {
+    pub location: String,
+    pub file_bytes: u64,
+    pub tensors: usize,
+    pub referenced_bytes: u64,
+}
+
+pub fn inspect(path: &Path) -> Result<Report> {
+    let model = Model::load(path)?;
+    let graph = model.graph();
+    let mut op_types = BTreeMap::new();
+    let nodes = count_nodes(graph, &mut op_types);
+    let mut parameters = 0;
+    let mut weight_bytes = 0;
+    let mut files: BTreeMap<String, ExternalFile> = BTreeMap::new();
+    for t in &graph.initializer {
+        parameters += t.numel();
+    }
+    for_each_tensor(graph, &mut |t| {
+        let bytes = t.byte_len().unwrap_or(0);
+        weight_bytes += bytes;
+        if let Some(record) = ExternalData::of(t)? {
+            let file = files
+                .entry(record.location.clone())
+                .or_insert_with(|| ExternalFile {
+                    location: record.location.clone(),
+                    file_bytes: external::resolve(&model.dir, &record.location)
+                        .ok()
+                        .and_then(|p| std::fs::metadata(p).ok())
+                        .map_or(0, |m| m.len()),
+                    tensors: 0,
+                    referenced_bytes: 0,
+                });
+            file.tensors += 1;
+            file.referenced_bytes += record.length.unwrap_or(bytes);
+        }
+        Ok(())
+    })?;
+    Ok(Report {
+        path: path.display().to_string(),
+        file_bytes: std::fs::metadata(path)?.len(),
+        ir_version: model.proto.ir_version(),
+        producer: format!(
+            "{} {}",
+            model.proto.producer_name(),
+            model.proto.producer_version()
+        )
+        .trim()
+        .to_owned(),
+        opsets: model
+            .proto
+            .opset_import
+            .iter()
+            .map(|o| Opset {
+                domain: o.domain().to_owned(),
+                version: o.version(),
+            })
+            .collect(),
+        inputs: graph
+            .input
+            .iter()
+            .filter(|v| !graph.initializer.iter().any(|t| t.name() == v.name()))
+            .map(io)
+            .collect(),
+        outputs: graph.output.iter().map(io).collect(),
+        nodes,
+        op_types,
+        initializers: graph.initializer.len(),
+        parameters,
+        weight_bytes,
+        external_data: files.into_values().collect(),
+        metadata: model
+            .proto
+            .metadata_props
+            .iter()
+            .map(|e| (e.key().to_owned(), e.value().to_owned()))
+            .collect(),
+    })
+}
+
+fn count_nodes(graph: &GraphProto, op_types: &mut BTreeMap<String, usize>) -> usize {
+    let mut n = 0;
+    for node in &graph.node {
+        n += 1;
+        let op = match node.domain() {
+            "" | "ai.onnx" => node.op_type().to_owned(),
+            domain => format!("{domain}.{}", node.op_type()),
+        };
+        *op_types.entry(op).or_default() += 1;
+        for attr in &node.attribute {
+            for g in attr.g.iter().chain(attr.graphs.iter()) {
+                n += count_nodes(g, op_types);
+            }
+        }
+    }
+    n
+}
+
+fn io(value: &ValueInfoProto) -> Io {
+    let (dtype, shape) = match value.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(type_proto::Value::TensorType(t)) => {
+            let dtype = DataType::try_from(t.elem_type())
+                .map_or("unknown", dtype_name)
+                .to_owned();
+            let shape = t
+                .shape
+                .as_ref()
+                .map(|s| {
+                    s.dim
+                        .iter()
+                        .map(|d| match &d.value {
+                            Some(dimension::Value::DimValue(v)) => v.to_string(),
+                            Some(dimension::Value::DimParam(p)) => p.clone(),
+                            None => "?".to_owned(),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            (dtype, shape)
+        }
+        Some(_) => ("non-tensor".to_owned(), Vec::new()),
+        None => ("unknown".to_owned(), Vec::new()),
+    };
+    Io {
+        name: value.name().to_owned(),
+        dtype,
+        shape,
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+fn human_count(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.1}K", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        _ => format!("{:.2}B", n as f64 / 1e9),
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} ({})", self.path, human_bytes(self.file_bytes))?;
+        let opsets: Vec<String> = self
+            .opsets
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}={}",
+                    if o.domain.is_empty() { "ai.onnx" } else { &o.domain },
+                    o.version
+                )
+            })
+            .collect();
+        writeln!(
+            f,
+            "  IR version {}, opsets {}, producer '{}'",
+            self.ir_version,
+            opsets.join(" "),
+            self.producer
+        )?;
+        for (title, ios) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
+            writeln!(f, "{title}:")?;
+            for io in ios {
+                writeln!(f, "  {:<24} {:<9} [{}]", io.name, io.dtype, io.shape.join(", "))?;
+            }
+        }
+        let mut ops: Vec<(&String, &usize)> = self.op_types.iter().collect();
+        ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let ops: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        writeln!(f, "graph: {} nodes ({})", self.nodes, ops.join(", "))?;
+        writeln!(
+            f,
+            "weights: {} parameters in {} initializers, {}",
+            human_count(self.parameters),
+            self.initializers,
+            human_bytes(self.weight_bytes)
+        )?;
+        if !self.external_data.is_empty() {
+            writeln!(f, "external data:")?;
+            for file in &self.external_data {
+                writeln!(
+                    f,
+                    "  {:<24} {} ({} tensors, {} referenced)",
+                    file.location,
+                    human_bytes(file.file_bytes),
+                    file.tensors,
+                    human_bytes(file.referenced_bytes)
+                )?;
+            }
+        }
+        if !self.metadata.is_empty() {
+            writeln!(f, "metadata:")?;
+            for (k, v) in &self.metadata {
+                let shown = if v.len() > 200 {
+                    format!("{}… ({} bytes)", &v[..v.floor_char_boundary(200)], v.len())
+                } else {
+                    v.clone()
+                };
+                writeln!(f, "  {k}: {shown}")?;
+            }
+        }
+        Ok(())
+    }
+}

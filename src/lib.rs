@@ -1,0 +1,10 @@
+//! sae-onnx: export Gemma models to ONNX, splice sparse-autoencoder steering vectors into their
+//! residual stream, and evaluate the result with lm-evaluation-harness semantics on ONNX Runtime.
+//!
+//! The library is what the `sae-onnx` binary runs; each module has one job (see DESIGN.md).
+
+pub mod cli;
+pub mod inspect;
+pub mod onnx;
+pub mod progress;
+pub mod runtime;

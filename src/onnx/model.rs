@@ -1,0 +1,457 @@
+//! A model on disk: loading without reading external weights, and saving atomically with external
+//! data that is shared, hard-linked or copied but never silently broken.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use prost::Message;
+use prost::bytes::Bytes;
+
+use super::IR_VERSION;
+use super::external::{self, ALIGNMENT, ExternalData};
+use super::make::make_metadata;
+use super::pb::{GraphProto, ModelProto, TensorProto};
+use super::tensor::{for_each_tensor, for_each_tensor_mut};
+use crate::progress;
+
+/// Protobuf messages cannot exceed 2 GiB; we keep a margin for the graph itself.
+const PROTOBUF_LIMIT: usize = (2 << 30) - (64 << 20);
+
+/// An ONNX model and the folder its external data locations are relative to.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub proto: ModelProto,
+    /// Folder against which external data locations resolve.
+    pub dir: PathBuf,
+    /// The file this model was loaded from; saving over it is refused.
+    source: Option<PathBuf>,
+}
+
+/// Where tensor data goes when a model is saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalDataPolicy {
+    /// Inline, unless the protobuf would pass 2 GiB; then as `Always { min_bytes: 1024 }`.
+    Auto,
+    /// Inline tensors of at least `min_bytes` move to `<model file name>.data`.
+    Always { min_bytes: u64 },
+    /// Everything inline (tensors already external stay external).
+    Never,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SaveOptions {
+    pub external: ExternalDataPolicy,
+    pub progress: bool,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        Self {
+            external: ExternalDataPolicy::Auto,
+            progress: false,
+        }
+    }
+}
+
+/// What a save did, for the user's summary line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SaveReport {
+    pub model: PathBuf,
+    pub model_bytes: u64,
+    /// The data file written for this model, with its size, if tensors were externalized.
+    pub data_file: Option<(PathBuf, u64)>,
+    /// Data files of the source model referenced in place (same folder): no bytes copied.
+    pub shared: Vec<PathBuf>,
+    /// Data files hard-linked into the output folder.
+    pub linked: Vec<PathBuf>,
+    /// Data files copied into the output folder (hard-linking was not possible).
+    pub copied: Vec<PathBuf>,
+}
+
+impl Model {
+    /// A model that has not been on disk yet; external locations would resolve against `.`.
+    pub fn new(proto: ModelProto) -> Self {
+        Self {
+            proto,
+            dir: PathBuf::from("."),
+            source: None,
+        }
+    }
+
+    /// Loads a model, leaving external weights on disk and inline weights in a memory map.
+    /// External data records are validated: safe locations, existing files, in-bounds ranges.
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = read_mapped(path)?;
+        let proto = ModelProto::decode(bytes).with_context(|| {
+            format!("'{}' is not a valid ONNX model: the protobuf does not decode (truncated or not an .onnx file?)", path.display())
+        })?;
+        if proto.graph.is_none() {
+            bail!(
+                "'{}' decodes as protobuf but holds no graph: it is not an ONNX model",
+                path.display()
+            );
+        }
+        let dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| ".".into());
+        let model = Self {
+            proto,
+            dir,
+            source: Some(path.to_path_buf()),
+        };
+        model
+            .check_external_data()
+            .with_context(|| format!("in '{}'", path.display()))?;
+        Ok(model)
+    }
+
+    pub fn graph(&self) -> &GraphProto {
+        self.proto.graph.as_ref().expect("a Model always has a graph")
+    }
+
+    pub fn graph_mut(&mut self) -> &mut GraphProto {
+        self.proto.graph.get_or_insert_with(Default::default)
+    }
+
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.proto
+            .metadata_props
+            .iter()
+            .find(|e| e.key() == key)
+            .map(|e| e.value())
+    }
+
+    /// Sets `key` to `value`, replacing an existing entry (keys stay distinct, as ONNX requires).
+    pub fn set_metadata(&mut self, key: &str, value: &str) {
+        match self.proto.metadata_props.iter_mut().find(|e| e.key() == key) {
+            Some(entry) => entry.value = Some(value.to_owned()),
+            None => self.proto.metadata_props.push(make_metadata(key, value)),
+        }
+    }
+
+    /// The distinct external data locations the model references.
+    pub fn external_locations(&self) -> Result<BTreeSet<String>> {
+        let mut locations = BTreeSet::new();
+        for_each_tensor(self.graph(), &mut |t| {
+            if let Some(record) = ExternalData::of(t)? {
+                locations.insert(record.location);
+            }
+            Ok(())
+        })?;
+        Ok(locations)
+    }
+
+    /// The bytes of a tensor, wherever they live; external data is sliced from a memory map.
+    pub fn tensor_bytes(&self, tensor: &TensorProto) -> Result<Bytes> {
+        match ExternalData::of(tensor)? {
+            None => match &tensor.raw_data {
+                Some(raw) => Ok(raw.clone()),
+                None => Ok(Bytes::from(tensor.inline_bytes()?)),
+            },
+            Some(record) => {
+                let path = external::resolve(&self.dir, &record.location)?;
+                let file = external::map_file(&path)?;
+                external::slice(&file, &record, tensor.byte_len(), tensor.name())
+            }
+        }
+    }
+
+    fn check_external_data(&self) -> Result<()> {
+        let mut file_sizes: BTreeMap<String, u64> = BTreeMap::new();
+        for_each_tensor(self.graph(), &mut |t| {
+            let Some(record) = ExternalData::of(t)? else {
+                return Ok(());
+            };
+            let size = match file_sizes.get(&record.location) {
+                Some(&size) => size,
+                None => {
+                    let path = external::resolve(&self.dir, &record.location)
+                        .with_context(|| format!("tensor '{}'", t.name()))?;
+                    let size = fs::metadata(&path)?.len();
+                    file_sizes.insert(record.location.clone(), size);
+                    size
+                }
+            };
+            let length = record.length.or(t.byte_len()).unwrap_or(0);
+            if record.offset.checked_add(length).is_none_or(|end| end > size) {
+                bail!(
+                    "tensor '{}' needs bytes {}..{} of '{}', which has only {size}: the data file is truncated or belongs to another model",
+                    t.name(),
+                    record.offset,
+                    record.offset.saturating_add(length),
+                    record.location
+                );
+            }
+            Ok(())
+        })
+    }
+
+    /// Saves the model to `path` atomically: data first, then the model under a temporary name
+    /// renamed into place. The input model and its data files are never written.
+    pub fn save(&self, path: &Path, options: &SaveOptions) -> Result<SaveReport> {
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("'{}' is not a file path", path.display()))?
+            .to_owned();
+        let out_dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !out_dir.is_dir() {
+            bail!("output folder '{}' does not exist", out_dir.display());
+        }
+        if let Some(source) = &self.source
+            && same_file(source, path)
+        {
+            bail!(
+                "refusing to overwrite the input model '{}': choose another output path",
+                path.display()
+            );
+        }
+
+        let mut proto = self.proto.clone();
+        if proto.ir_version.unwrap_or(0) == 0 {
+            proto.ir_version = Some(IR_VERSION);
+        }
+        let graph = proto.graph.get_or_insert_with(Default::default);
+        let locations = self.external_locations()?;
+        let data_name = format!("{file_name}.data");
+        for location in &locations {
+            if same_file(&out_dir.join(location), path) {
+                bail!(
+                    "refusing to write '{}': the model's own external data file has that name",
+                    path.display()
+                );
+            }
+        }
+
+        let mut report = SaveReport {
+            model: path.to_path_buf(),
+            ..Default::default()
+        };
+        self.place_external_files(&locations, &out_dir, options, &mut report)?;
+
+        let min_bytes = match options.external {
+            ExternalDataPolicy::Always { min_bytes } => Some(min_bytes),
+            ExternalDataPolicy::Never => None,
+            ExternalDataPolicy::Auto => (graph.encoded_len() > PROTOBUF_LIMIT).then_some(1024),
+        };
+        let data_file = match min_bytes {
+            Some(min_bytes) => {
+                if locations.contains(&data_name) {
+                    bail!(
+                        "cannot write new external data to '{data_name}': the model already reads tensors from a file of that name; choose another output name"
+                    );
+                }
+                write_external_data(graph, &out_dir, &data_name, min_bytes, options.progress)?
+            }
+            None => None,
+        };
+
+        let encoded_len = proto.encoded_len();
+        if encoded_len > (2 << 30) - 1 {
+            bail!(
+                "the model's protobuf would be {encoded_len} bytes, past protobuf's 2 GiB limit; save it with external data"
+            );
+        }
+        let mut model_file = tempfile::Builder::new()
+            .prefix(&format!(".{file_name}."))
+            .suffix(".tmp")
+            .tempfile_in(&out_dir)
+            .with_context(|| format!("cannot create a temporary file in '{}'", out_dir.display()))?;
+        {
+            let mut writer = BufWriter::new(model_file.as_file_mut());
+            writer.write_all(&proto.encode_to_vec())?;
+            writer.flush()?;
+        }
+        model_file.as_file().sync_all()?;
+
+        // The data file goes into place first so a model never points at missing data; if the
+        // model then cannot be renamed into place, the data file goes too.
+        if let Some((temp, size)) = data_file {
+            let data_path = out_dir.join(&data_name);
+            temp.persist(&data_path)
+                .with_context(|| format!("cannot write '{}'", data_path.display()))?;
+            report.data_file = Some((data_path, size));
+        }
+        if let Err(err) = model_file.persist(path) {
+            if let Some((data_path, _)) = &report.data_file {
+                let _ = fs::remove_file(data_path);
+            }
+            return Err(err.error).with_context(|| format!("cannot write '{}'", path.display()));
+        }
+        report.model_bytes = encoded_len as u64;
+        Ok(report)
+    }
+
+    /// Makes every data file the model references reachable from `out_dir` under the same
+    /// relative location: shared when it is the source folder, else hard-linked, else copied.
+    fn place_external_files(
+        &self,
+        locations: &BTreeSet<String>,
+        out_dir: &Path,
+        options: &SaveOptions,
+        report: &mut SaveReport,
+    ) -> Result<()> {
+        if locations.is_empty() {
+            return Ok(());
+        }
+        let same_dir = same_file(&self.dir, out_dir);
+        for location in locations {
+            let source = external::resolve(&self.dir, location)?;
+            if same_dir {
+                report.shared.push(source);
+                continue;
+            }
+            let target = out_dir.join(location);
+            if target.exists() {
+                if same_file(&source, &target) {
+                    report.shared.push(target);
+                    continue;
+                }
+                bail!(
+                    "'{}' already exists and is not the model's data file '{}'; refusing to overwrite it. \
+                     Write the output beside the input model to share its data, or into another folder",
+                    target.display(),
+                    source.display()
+                );
+            }
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            if fs::hard_link(&source, &target).is_ok() {
+                report.linked.push(target);
+            } else {
+                copy_with_progress(&source, &target, options.progress)?;
+                report.copied.push(target);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads a file into a buffer that decoding can slice without copying (a memory map).
+fn read_mapped(path: &Path) -> Result<Bytes> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    if meta.is_dir() {
+        bail!("'{}' is a folder, not an .onnx file", path.display());
+    }
+    if meta.len() == 0 {
+        bail!("'{}' is empty: not an ONNX model", path.display());
+    }
+    external::map_file(path)
+}
+
+/// True when both paths name the same existing file or folder (same device and inode).
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Moves inline tensors of at least `min_bytes` into a new data file (temporary name in `dir`),
+/// each at a 4096-byte aligned offset. Returns the file and its size, or `None` if none moved.
+fn write_external_data(
+    graph: &mut GraphProto,
+    dir: &Path,
+    data_name: &str,
+    min_bytes: u64,
+    show_progress: bool,
+) -> Result<Option<(tempfile::NamedTempFile, u64)>> {
+    let mut total = 0u64;
+    for_each_tensor(graph, &mut |t| {
+        if !t.is_external() && t.byte_len().is_some_and(|n| n >= min_bytes) {
+            total += t.byte_len().unwrap_or(0);
+        }
+        Ok(())
+    })?;
+    if total == 0 {
+        return Ok(None);
+    }
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{data_name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in '{}'", dir.display()))?;
+    let bar = progress::bytes_bar(total, &format!("writing {data_name}"), show_progress);
+    let mut offset = 0u64;
+    {
+        let mut writer = BufWriter::with_capacity(1 << 20, temp.as_file_mut());
+        for_each_tensor_mut(graph, &mut |t| {
+            if t.is_external() || t.byte_len().is_none_or(|n| n < min_bytes) {
+                return Ok(());
+            }
+            let bytes = match &t.raw_data {
+                Some(raw) => raw.clone(),
+                None => Bytes::from(t.inline_bytes()?),
+            };
+            let padded = offset.next_multiple_of(ALIGNMENT);
+            writer.write_all(&vec![0u8; (padded - offset) as usize])?;
+            writer.write_all(&bytes)?;
+            let record = ExternalData {
+                location: data_name.to_owned(),
+                offset: padded,
+                length: Some(bytes.len() as u64),
+            };
+            clear_typed_data(t);
+            record.apply_to(t);
+            offset = padded + bytes.len() as u64;
+            bar.inc(bytes.len() as u64);
+            Ok(())
+        })?;
+        writer.flush()?;
+    }
+    temp.as_file().sync_all()?;
+    bar.finish_and_clear();
+    Ok(Some((temp, offset)))
+}
+
+fn clear_typed_data(t: &mut TensorProto) {
+    t.float_data.clear();
+    t.int32_data.clear();
+    t.int64_data.clear();
+    t.double_data.clear();
+    t.uint64_data.clear();
+}
+
+/// Copies `source` to `target` through a temporary file, so an interrupted copy leaves nothing.
+fn copy_with_progress(source: &Path, target: &Path, show_progress: bool) -> Result<()> {
+    let dir = target.parent().unwrap_or(Path::new("."));
+    let mut input = File::open(source).with_context(|| format!("cannot open '{}'", source.display()))?;
+    let total = input.metadata()?.len();
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    let bar = progress::bytes_bar(total, &format!("copying {name}"), show_progress);
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        temp.write_all(&buf[..n])?;
+        bar.inc(n as u64);
+    }
+    temp.as_file().sync_all()?;
+    temp.persist(target)
+        .with_context(|| format!("cannot write '{}'", target.display()))?;
+    bar.finish_and_clear();
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! ONNX Runtime: finding the shared library, one environment per process, and sessions on the CPU
+//! or CUDA execution provider. CUDA never falls back to the CPU silently.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Context, Result, anyhow, bail};
+use ort::environment::Environment;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+
+/// The ONNX Runtime release we build and test against (ort 2.0.0-rc.15 targets 1.31).
+pub const ORT_VERSION: &str = "1.31.1";
+
+const LIB_NAME: &str = "libonnxruntime.so";
+
+/// Where a computation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    Cuda(i32),
+}
+
+impl FromStr for Device {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<i32>) {
+                Some(Ok(n)) if n >= 0 => Ok(Self::Cuda(n)),
+                _ => bail!("unknown device '{s}': use cpu, cuda or cuda:N (N = GPU index)"),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// How the ONNX Runtime library was found, for `--verbose` output and error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LibrarySource {
+    Flag,
+    EnvVar,
+    BesideExecutable,
+    PythonPackage,
+    FetchedCopy,
+}
+
+/// Finds `libonnxruntime`: `--ort-lib`, then `ORT_DYLIB_PATH`, then beside the executable, then
+/// an installed Python `onnxruntime` / `onnxruntime-gpu`, then the copy `scripts/fetch-ort.sh`
+/// fetched. An explicit path that does not exist is an error, not a reason to look elsewhere.
+pub fn find_library(flag: Option<&Path>) -> Result<(PathBuf, LibrarySource)> {
+    if let Some(path) = flag {
+        return existing(path, "--ort-lib").map(|p| (p, LibrarySource::Flag));
+    }
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
+        return existing(Path::new(&path), "ORT_DYLIB_PATH").map(|p| (p, LibrarySource::EnvVar));
+    }
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        && let Some(lib) = library_in(&dir)
+    {
+        return Ok((lib, LibrarySource::BesideExecutable));
+    }
+    if let Some(lib) = python_package_dir().and_then(|dir| library_in(&dir.join("capi"))) {
+        return Ok((lib, LibrarySource::PythonPackage));
+    }
+    let fetched = fetched_dir();
+    let gpu = fetched.with_file_name(format!("{ORT_VERSION}-gpu"));
+    if let Some(lib) = library_in(&gpu).or_else(|| library_in(&fetched)) {
+        return Ok((lib, LibrarySource::FetchedCopy));
+    }
+    bail!(
+        "ONNX Runtime {ORT_VERSION} was not found. Get it with one of:\n  \
+         pip install onnxruntime=={ORT_VERSION}        (CPU)\n  \
+         pip install onnxruntime-gpu=={ORT_VERSION}    (CUDA 13)\n  \
+         scripts/fetch-ort.sh                    (CPU, into {})\n\
+         or point --ort-lib / ORT_DYLIB_PATH at libonnxruntime.so.{ORT_VERSION}",
+        fetched_dir().display()
+    )
+}
+
+/// Where `scripts/fetch-ort.sh` puts the CPU library: `$SAE_ONNX_HOME/ort/<version>`, default
+/// `~/.cache/sae-onnx/ort/<version>`; the CUDA build goes beside it in `<version>-gpu`.
+pub fn fetched_dir() -> PathBuf {
+    let home = std::env::var_os("SAE_ONNX_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sae-onnx")))
+        .unwrap_or_else(|| PathBuf::from(".sae-onnx"));
+    home.join("ort").join(ORT_VERSION)
+}
+
+fn existing(path: &Path, from: &str) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
+    } else if path.is_dir()
+        && let Some(lib) = library_in(path)
+    {
+        Ok(lib)
+    } else {
+        bail!("{from} points at '{}', which holds no {LIB_NAME}", path.display())
+    }
+}
+
+/// The newest-named `libonnxruntime.so*` in `dir` (the wheels ship `libonnxruntime.so.1.31.1`).
+fn library_in(dir: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n == LIB_NAME || n.starts_with("libonnxruntime.so."))
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// The installed `onnxruntime` package folder, found without importing it (importing is slow
+/// and would load a second copy of the library into Python, not into us).
+fn python_package_dir() -> Option<PathBuf> {
+    let probe = "import importlib.util as u; s = u.find_spec('onnxruntime'); \
+                 print(s.submodule_search_locations[0] if s and s.submodule_search_locations else '')";
+    for python in ["python3", "python"] {
+        let Ok(out) = Command::new(python).args(["-c", probe]).output() else {
+            continue;
+        };
+        let dir = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() && !dir.is_empty() {
+            return Some(PathBuf::from(dir));
+        }
+    }
+    None
+}
+
+static ENVIRONMENT: OnceLock<(Environment, PathBuf)> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process; later calls return the library already loaded.
+pub fn init(flag: Option<&Path>) -> Result<&'static Path> {
+    // ONNX Runtime allows one environment per process: threads racing here must not both build one.
+    static INIT: Mutex<()> = Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, path)) = ENVIRONMENT.get() {
+        return Ok(path);
+    }
+    let (path, source) = find_library(flag)?;
+    tracing::debug!("ONNX Runtime from {} ({source:?})", path.display());
+    let builder = ort::init_from(&path).map_err(|e| {
+        anyhow!(
+            "cannot load ONNX Runtime from '{}': {e}. sae-onnx needs ONNX Runtime {ORT_VERSION} (1.31.x)",
+            path.display()
+        )
+    })?;
+    let env = builder
+        .with_name("sae-onnx")
+        .build()
+        .map_err(|e| anyhow!("cannot start ONNX Runtime: {e}"))?;
+    let (_, path) = ENVIRONMENT.get_or_init(|| (env, path));
+    Ok(path)
+}
+
+/// What a session needs besides the model.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    pub device: Device,
+    pub ort_lib: Option<PathBuf>,
+    /// Threads for one operator; `None` lets ONNX Runtime choose (one per physical core).
+    pub intra_threads: Option<usize>,
+}
+
+/// Opens `model` in ONNX Runtime on the requested device.
+pub fn session(model: &Path, options: &SessionOptions) -> Result<Session> {
+    let lib = init(options.ort_lib.as_deref())?;
+    let (env, _) = ENVIRONMENT.get().expect("init succeeded");
+    let mut builder = Session::builder(env)
+        .map_err(|e| anyhow!("{e}"))?
+        .with_optimization_level(GraphOptimizationLevel::All)
+        .map_err(|e| anyhow!("{e}"))?;
+    if let Some(n) = options.intra_threads {
+        builder = builder.with_intra_threads(n).map_err(|e| anyhow!("{e}"))?;
+    }
+    if let Device::Cuda(id) = options.device {
+        let cuda = ort::ep::CUDA::default()
+            .with_device_id(id)
+            .build()
+            .error_on_failure();
+        builder = builder
+            .with_execution_providers([cuda])
+            .map_err(|e| anyhow!("{}", cuda_failure_help(lib, id, &e.to_string())))?;
+    }
+    builder
+        .commit_from_file(model)
+        .map_err(|e| anyhow!("ONNX Runtime cannot load '{}': {e}", model.display()))
+        .context("opening an inference session")
+}
+
+/// Explains a failed CUDA registration: which library is missing and how to provide it.
+fn cuda_failure_help(lib: &Path, device: i32, error: &str) -> String {
+    let dir = lib.parent().unwrap_or(Path::new("."));
+    let provider = dir.join("libonnxruntime_providers_cuda.so");
+    let mut help = format!("the CUDA execution provider failed on cuda:{device}: {error}\n");
+    if !provider.exists() {
+        help.push_str(&format!(
+            "'{}' has no CUDA provider (libonnxruntime_providers_cuda.so): it is a CPU build. \
+             Install onnxruntime-gpu=={ORT_VERSION} and point --ort-lib at its onnxruntime/capi folder.",
+            dir.display()
+        ));
+        return help;
+    }
+    let missing: Vec<&str> = ort::ep::cuda::CUDA_DYLIBS
+        .iter()
+        .chain(ort::ep::cuda::CUDNN_DYLIBS)
+        .copied()
+        .filter(|name| unsafe { libloading_probe(name) })
+        .collect();
+    if missing.is_empty() {
+        help.push_str(
+            "All CUDA 13 and cuDNN 9 libraries load; check the driver (nvidia-smi) and the device index.",
+        );
+    } else {
+        help.push_str(&format!(
+            "Missing from the loader path: {}. Install the CUDA 13 wheels \
+             (pip install nvidia-cuda-runtime nvidia-cublas nvidia-cudnn-cu13 nvidia-cufft nvidia-curand nvidia-cuda-nvrtc) and run:\n  \
+             export LD_LIBRARY_PATH=$(python3 -c \"import glob, os, site; print(':'.join(sorted({{os.path.dirname(p) for s in site.getsitepackages() for p in glob.glob(s + '/nvidia/**/lib*.so*', recursive=True)}})))\"):$LD_LIBRARY_PATH",
+            missing.join(", ")
+        ));
+    }
+    help
+}
+
+/// True when the dynamic loader cannot find `name`.
+///
+/// # Safety
+/// Loading a library runs its initializers; the CUDA and cuDNN libraries probed here have none
+/// with side effects beyond their own state.
+unsafe fn libloading_probe(name: &str) -> bool {
+    unsafe { libloading::Library::new(name) }.is_err()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse() {
+        assert_eq!("cpu".parse::<Device>().unwrap(), Device::Cpu);
+        assert_eq!("cuda".parse::<Device>().unwrap(), Device::Cuda(0));
+        assert_eq!("cuda:3".parse::<Device>().unwrap(), Device::Cuda(3));
+        for bad in ["gpu", "cuda:", "cuda:-1", "cuda:x"] {
+            assert!(bad.parse::<Device>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn explicit_paths_must_exist() {
+        let err = find_library(Some(Path::new("/nonexistent/libonnxruntime.so"))).unwrap_err();
+        assert!(err.to_string().contains("--ort-lib"), "{err}");
+    }
+}
