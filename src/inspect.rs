@@ -41,7 +41,26 @@ pub struct Io {
     pub name: String,
     pub dtype: String,
     /// Each dimension: a number, or the symbolic name (`batch`, `sequence`).
-    pub shape: Vec<String>,
+    pub shape: Vec<ShapeDim>,
+}
+
+/// One dimension of an input or output: in JSON a number, a string (symbolic) or `null` (unknown).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ShapeDim {
+    Fixed(i64),
+    Symbolic(String),
+    Unknown,
+}
+
+impl fmt::Display for ShapeDim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Fixed(v) => write!(f, "{v}"),
+            Self::Symbolic(p) => f.write_str(p),
+            Self::Unknown => f.write_str("?"),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -156,9 +175,9 @@ fn io(value: &ValueInfoProto) -> Io {
                     s.dim
                         .iter()
                         .map(|d| match &d.value {
-                            Some(dimension::Value::DimValue(v)) => v.to_string(),
-                            Some(dimension::Value::DimParam(p)) => p.clone(),
-                            None => "?".to_owned(),
+                            Some(dimension::Value::DimValue(v)) => ShapeDim::Fixed(*v),
+                            Some(dimension::Value::DimParam(p)) => ShapeDim::Symbolic(p.clone()),
+                            None => ShapeDim::Unknown,
                         })
                         .collect()
                 })
@@ -223,7 +242,8 @@ impl fmt::Display for Report {
         for (title, ios) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
             writeln!(f, "{title}:")?;
             for io in ios {
-                writeln!(f, "  {:<24} {:<9} [{}]", io.name, io.dtype, io.shape.join(", "))?;
+                let shape: Vec<String> = io.shape.iter().map(ToString::to_string).collect();
+                writeln!(f, "  {:<24} {:<9} [{}]", io.name, io.dtype, shape.join(", "))?;
             }
         }
         let mut ops: Vec<(&String, &usize)> = self.op_types.iter().collect();

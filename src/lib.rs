@@ -4,6 +4,8 @@
 //! The library is what the `sae-onnx` binary runs; each module has one job (see DESIGN.md).
 
 pub mod cli;
+pub mod export;
+pub mod hub;
 pub mod inspect;
 pub mod onnx;
 pub mod progress;

@@ -38,10 +38,7 @@ impl GraphProto {
         if self.names().contains(output) {
             bail!("cannot insert after '{tensor}': the name '{output}' is already used in the graph");
         }
-        let readers: Vec<usize> = self.consumers(tensor);
-        for i in readers {
-            rename_reads(&mut self.node[i], tensor, output);
-        }
+        // Where the nodes go is settled before any reader is rewired, so an error edits nothing.
         let at = match self.producer(tensor) {
             Some(i) => i + 1,
             None if self.is_source(tensor) => 0,
@@ -49,6 +46,10 @@ impl GraphProto {
                 bail!("cannot insert after '{tensor}': no node, input or initializer produces it")
             }
         };
+        let readers: Vec<usize> = self.consumers(tensor);
+        for i in readers {
+            rename_reads(&mut self.node[i], tensor, output);
+        }
         self.node.splice(at..at, nodes);
         Ok(())
     }
@@ -78,7 +79,8 @@ impl GraphProto {
     }
 
     /// Orders nodes so each comes after the producers of everything it reads, keeping the current
-    /// order where it is already valid. Fails on a cycle or a read of a tensor nobody produces.
+    /// order where it is already valid. Fails on a cycle. Reads of names no node here produces
+    /// (inputs, initializers, an enclosing graph's values, or dangling names) impose no order.
     pub fn toposort(&mut self) -> Result<()> {
         let mut available: HashSet<String> = self.input.iter().map(|v| v.name().to_owned()).collect();
         available.extend(self.initializer.iter().map(|t| t.name().to_owned()));
@@ -191,7 +193,8 @@ fn node_subgraphs(node: &NodeProto) -> impl Iterator<Item = &GraphProto> {
         .flat_map(|a| a.g.iter().chain(a.graphs.iter()))
 }
 
-/// Names a subgraph reads that it does not define itself (its implicit inputs).
+/// Names a subgraph reads that it does not define itself (its implicit inputs), including an
+/// outer value it returns directly as one of its outputs.
 fn outer_reads(graph: &GraphProto) -> Vec<String> {
     let mut defined: HashSet<&str> = graph.input.iter().map(|v| v.name()).collect();
     defined.extend(graph.initializer.iter().map(|t| t.name()));
@@ -202,11 +205,10 @@ fn outer_reads(graph: &GraphProto) -> Vec<String> {
             .flat_map(|n| n.output.iter().map(String::as_str)),
     );
     let mut reads = Vec::new();
-    for node in &graph.node {
-        for name in node_reads_all(node) {
-            if !defined.contains(name.as_str()) && !reads.contains(&name) {
-                reads.push(name);
-            }
+    let outputs = graph.output.iter().map(|v| v.name().to_owned());
+    for name in graph.node.iter().flat_map(node_reads_all).chain(outputs) {
+        if !defined.contains(name.as_str()) && !reads.contains(&name) {
+            reads.push(name);
         }
     }
     reads

@@ -81,6 +81,15 @@ impl Model {
         }
     }
 
+    /// A model not yet on disk whose external data locations resolve against `dir`.
+    pub fn in_dir(proto: ModelProto, dir: PathBuf) -> Self {
+        Self {
+            proto,
+            dir,
+            source: None,
+        }
+    }
+
     /// Loads a model, leaving external weights on disk and inline weights in a memory map.
     /// External data records are validated: safe locations, existing files, in-bounds ranges.
     pub fn load(path: &Path) -> Result<Self> {

@@ -1,0 +1,271 @@
+//! GraphBuilder: accumulates nodes under scoped names (`/model/layers.3/self_attn/...`) and
+//! streams weights into the external data file as they are added, so an export never holds
+//! more than one converted chunk of weights in memory.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use indicatif::ProgressBar;
+
+use super::weights::{WeightView, convert};
+use crate::onnx::DataType;
+use crate::onnx::external::{ALIGNMENT, ExternalData};
+use crate::onnx::make::{AttrValue, make_node, make_tensor};
+use crate::onnx::pb::{NodeProto, TensorProto};
+
+/// Tensors at least this large go to the data file; smaller ones stay in the protobuf.
+const EXTERNAL_MIN_BYTES: usize = 1024;
+/// Converted weights are written in pieces of this many bytes.
+const CONVERT_CHUNK: usize = 16 << 20;
+
+/// Appends tensors to a data file at aligned offsets and hands back external tensor records.
+pub struct WeightSink {
+    writer: BufWriter<File>,
+    location: String,
+    offset: u64,
+    scratch: Vec<u8>,
+    progress: ProgressBar,
+}
+
+impl WeightSink {
+    pub fn new(file: File, location: &str, progress: ProgressBar) -> Self {
+        Self {
+            writer: BufWriter::with_capacity(4 << 20, file),
+            location: location.to_owned(),
+            offset: 0,
+            scratch: Vec::new(),
+            progress,
+        }
+    }
+
+    /// Bytes written so far (the data file's size once finished).
+    pub fn len(&self) -> u64 {
+        self.offset
+    }
+
+    /// Writes `weight` converted to `dtype` and returns the initializer pointing at it.
+    fn write(
+        &mut self,
+        name: &str,
+        weight: &WeightView,
+        dtype: DataType,
+        dims: &[i64],
+    ) -> Result<TensorProto> {
+        let padded = self.offset.next_multiple_of(ALIGNMENT);
+        self.writer
+            .write_all(&vec![0u8; (padded - self.offset) as usize])?;
+        let mut length = 0u64;
+        if weight.dtype == dtype {
+            self.writer.write_all(&weight.data)?;
+            length = weight.data.len() as u64;
+        } else {
+            let from_width = if weight.dtype == DataType::Float { 4 } else { 2 };
+            for piece in weight.data.chunks(CONVERT_CHUNK / 4 * from_width) {
+                convert(piece, weight.dtype, dtype, &mut self.scratch)?;
+                self.writer.write_all(&self.scratch)?;
+                length += self.scratch.len() as u64;
+            }
+        }
+        self.progress.inc(weight.data.len() as u64);
+        self.offset = padded + length;
+        let mut tensor = make_tensor(name, dtype, dims, Vec::new());
+        ExternalData {
+            location: self.location.clone(),
+            offset: padded,
+            length: Some(length),
+        }
+        .apply_to(&mut tensor);
+        Ok(tensor)
+    }
+
+    /// Flushes and syncs the data file.
+    pub fn finish(mut self) -> Result<()> {
+        self.writer.flush()?;
+        self.writer.get_ref().sync_all()?;
+        self.progress.finish_and_clear();
+        Ok(())
+    }
+}
+
+/// Builds one graph: nodes in order, initializers, and unique scoped names.
+pub struct GraphBuilder<'s> {
+    pub nodes: Vec<NodeProto>,
+    /// Interior mutability lets a constant be made inside the argument list of [`Self::op`].
+    initializers: RefCell<Vec<TensorProto>>,
+    scope: Vec<String>,
+    counters: HashMap<String, usize>,
+    constants: RefCell<HashMap<String, String>>,
+    sink: &'s mut WeightSink,
+}
+
+impl<'s> GraphBuilder<'s> {
+    pub fn new(sink: &'s mut WeightSink) -> Self {
+        Self {
+            nodes: Vec::new(),
+            initializers: RefCell::default(),
+            scope: Vec::new(),
+            counters: HashMap::new(),
+            constants: RefCell::default(),
+            sink,
+        }
+    }
+
+    /// The nodes and initializers built.
+    pub fn finish(self) -> (Vec<NodeProto>, Vec<TensorProto>) {
+        (self.nodes, self.initializers.into_inner())
+    }
+
+    /// Runs `f` with `name` appended to the node-name scope.
+    pub fn scoped<T>(&mut self, name: &str, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.scope.push(name.to_owned());
+        let result = f(self);
+        self.scope.pop();
+        result
+    }
+
+    fn node_name(&mut self, op_type: &str) -> String {
+        let prefix = format!("/{}/{op_type}", self.scope.join("/"));
+        let n = self.counters.entry(prefix.clone()).or_default();
+        let name = if *n == 0 { prefix } else { format!("{prefix}_{n}") };
+        *n += 1;
+        name
+    }
+
+    /// Adds a node and returns its (first) output, named after the node as torch.onnx does.
+    pub fn op(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<(&str, AttrValue)>) -> String {
+        let name = self.node_name(op_type);
+        let output = format!("{name}_output_0");
+        self.push(op_type, name, inputs, &output, attrs);
+        output
+    }
+
+    /// Adds a node whose output has a chosen name (the hook tensors).
+    pub fn op_named(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attrs: Vec<(&str, AttrValue)>,
+        output: &str,
+    ) -> String {
+        let name = self.node_name(op_type);
+        self.push(op_type, name, inputs, output, attrs);
+        output.to_owned()
+    }
+
+    fn push(
+        &mut self,
+        op_type: &str,
+        name: String,
+        inputs: &[&str],
+        output: &str,
+        attrs: Vec<(&str, AttrValue)>,
+    ) {
+        let mut node = make_node(op_type, inputs, &[output], name);
+        for (key, value) in attrs {
+            node = node.with_attr(key, value);
+        }
+        self.nodes.push(node);
+    }
+
+    /// A weight from the checkpoint, written to the data file (or inline when small) as `dtype`.
+    pub fn weight(&mut self, name: &str, weight: &WeightView, dtype: DataType) -> Result<String> {
+        let dims: Vec<i64> = weight.shape.iter().map(|&d| d as i64).collect();
+        let numel: usize = weight.shape.iter().product();
+        let width = if dtype == DataType::Float { 4 } else { 2 };
+        let tensor = if numel * width >= EXTERNAL_MIN_BYTES {
+            self.sink
+                .write(name, weight, dtype, &dims)
+                .with_context(|| format!("writing weight '{name}'"))?
+        } else {
+            let mut raw = Vec::new();
+            convert(&weight.data, weight.dtype, dtype, &mut raw)?;
+            self.sink.progress.inc(weight.data.len() as u64);
+            make_tensor(name, dtype, &dims, raw)
+        };
+        self.initializers.get_mut().push(tensor);
+        Ok(name.to_owned())
+    }
+
+    /// A small computed tensor (norm scales, RoPE frequencies), stored inline or externally by size.
+    pub fn computed(
+        &mut self,
+        name: &str,
+        dtype: DataType,
+        dims: &[usize],
+        values: &[f32],
+    ) -> Result<String> {
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = WeightView {
+            name: name.to_owned(),
+            dtype: DataType::Float,
+            shape: dims.to_vec(),
+            data: raw.into(),
+        };
+        self.sink.progress.inc_length(view.data.len() as u64);
+        self.weight(name, &view, dtype)
+    }
+
+    /// An int64 constant, created once per distinct value.
+    pub fn const_i64(&self, values: &[i64]) -> String {
+        let key = format!("i64{values:?}");
+        if let Some(name) = self.constants.borrow().get(&key) {
+            return name.clone();
+        }
+        let name = format!("/const/i64_{}", self.constants.borrow().len());
+        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializers
+            .borrow_mut()
+            .push(make_tensor(&name, DataType::Int64, &[values.len() as i64], raw));
+        self.constants.borrow_mut().insert(key, name.clone());
+        name
+    }
+
+    /// An int64 scalar constant (Range bounds), created once per value.
+    pub fn const_scalar_i64(&self, value: i64) -> String {
+        let key = format!("i64scalar{value}");
+        if let Some(name) = self.constants.borrow().get(&key) {
+            return name.clone();
+        }
+        let name = format!("/const/i64_scalar_{}", self.constants.borrow().len());
+        self.initializers.borrow_mut().push(make_tensor(
+            &name,
+            DataType::Int64,
+            &[],
+            value.to_le_bytes().to_vec(),
+        ));
+        self.constants.borrow_mut().insert(key, name.clone());
+        name
+    }
+
+    /// A scalar constant of `dtype` (rounded to it), created once per distinct value.
+    pub fn const_scalar(&self, value: f32, dtype: DataType) -> String {
+        let key = format!("{dtype:?}{}", value.to_bits());
+        if let Some(name) = self.constants.borrow().get(&key) {
+            return name.clone();
+        }
+        let name = format!("/const/scalar_{}", self.constants.borrow().len());
+        let raw = match dtype {
+            DataType::Float16 => half::f16::from_f32(value).to_le_bytes().to_vec(),
+            DataType::Bfloat16 => half::bf16::from_f32(value).to_le_bytes().to_vec(),
+            _ => value.to_le_bytes().to_vec(),
+        };
+        self.initializers
+            .borrow_mut()
+            .push(make_tensor(&name, dtype, &[], raw));
+        self.constants.borrow_mut().insert(key, name.clone());
+        name
+    }
+}
+
+/// Creates the data file's temporary in `dir`.
+pub fn data_tempfile(dir: &Path, data_name: &str) -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{data_name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot create a temporary file in '{}'", dir.display()))
+}

@@ -1,0 +1,590 @@
+//! The Gemma family (1, 2, 3) as an ONNX graph, reproducing transformers 4.57 (eager attention)
+//! operation for operation: (1+w) RMSNorm in float32, embeddings × √hidden rounded to the model
+//! dtype, GeGLU, grouped-query attention with query_pre_attn_scalar, attention and final logit
+//! softcapping, sliding-window layers, Gemma 3's q/k norms and local/global RoPE.
+//!
+//! Residual-stream tensors carry their TransformerLens hook names (`blocks.L.hook_resid_post`, ...).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use anyhow::Result;
+
+use super::builder::GraphBuilder;
+use super::config::{Activation, Arch, Config};
+use super::weights::Checkpoint;
+use crate::onnx::DataType;
+use crate::onnx::make::AttrValue;
+
+/// Where checkpoints keep the text model's tensors, depending on how it was saved.
+const PREFIXES: [&str; 3] = ["model.", "model.language_model.", "language_model.model."];
+
+/// Graph input and output names.
+pub const INPUT_IDS: &str = "input_ids";
+pub const ATTENTION_MASK: &str = "attention_mask";
+pub const LOGITS: &str = "logits";
+
+/// The hook sites every decoder layer exposes, in TransformerLens naming.
+pub const LAYER_HOOKS: [&str; 6] = [
+    "hook_resid_pre",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "hook_mlp_out",
+    "hook_resid_post",
+    "attn.hook_z",
+];
+
+pub fn hook_name(layer: usize, site: &str) -> String {
+    format!("blocks.{layer}.{site}")
+}
+
+/// Tensors computed once per graph and shared by all layers.
+struct Shared {
+    /// `[batch, seq]` as an int64 vector.
+    batch_seq: String,
+    /// Additive attention biases `[batch, 1, seq, seq]`: full causal, and per sliding window size.
+    causal_bias: String,
+    sliding_bias: Option<(usize, String)>,
+    /// Positions 0..seq as float32 `[seq, 1]`.
+    positions: String,
+    /// cos/sin tables by (RoPE base, linear factor) bits: Gemma 3 has two kinds of layers.
+    rope: RefCell<HashMap<(u64, u64), (String, String)>>,
+}
+
+pub struct GemmaGraph<'a> {
+    pub config: &'a Config,
+    pub arch: Arch,
+    /// Activations and weights are in this type; norms and softmax run in float32 as in transformers.
+    pub dtype: DataType,
+}
+
+impl GemmaGraph<'_> {
+    pub fn build(&self, b: &mut GraphBuilder, ckpt: &Checkpoint) -> Result<()> {
+        let c = self.config;
+        let dt = self.dtype;
+        let shared = self.shared(b)?;
+
+        let embed = b.weight(
+            "model.embed_tokens.weight",
+            &ckpt.get(&PREFIXES, "embed_tokens.weight")?,
+            dt,
+        )?;
+        let mut h = b.scoped("model/embed_tokens", |b| {
+            let gathered = b.op_named("Gather", &[&embed, INPUT_IDS], vec![], "hook_embed");
+            let normalizer = b.const_scalar((c.hidden_size as f64).sqrt() as f32, dt);
+            Ok(b.op_named(
+                "Mul",
+                &[&gathered, &normalizer],
+                vec![],
+                &hook_name(0, "hook_resid_pre"),
+            ))
+        })?;
+
+        for layer in 0..c.num_hidden_layers {
+            h = b.scoped(&format!("model/layers.{layer}"), |b| {
+                self.decoder_layer(b, ckpt, &shared, layer, &h)
+            })?;
+        }
+
+        b.scoped("model/norm", |b| {
+            let w = self.norm_weight(b, ckpt, "norm.weight", "model.norm.weight")?;
+            let normed = self.rms_norm(b, &h, &w);
+            let lm_head = if c.tie_word_embeddings || !ckpt.contains("lm_head.weight") {
+                embed.clone()
+            } else {
+                b.weight("lm_head.weight", &ckpt.get(&[""], "lm_head.weight")?, dt)?
+            };
+            let logits = b.scoped("lm_head", |b| {
+                Ok(self.linear(b, &normed, &lm_head, (c.hidden_size, c.vocab_size), &shared))
+            })?;
+            let logits = match c.final_softcap(self.arch) {
+                Some(cap) => self.softcap(b, &logits, cap as f32),
+                None => logits,
+            };
+            b.op_named(
+                "Cast",
+                &[&logits],
+                vec![("to", AttrValue::Int(DataType::Float as i64))],
+                LOGITS,
+            );
+            Ok(())
+        })
+    }
+
+    fn shared(&self, b: &mut GraphBuilder) -> Result<Shared> {
+        b.scoped("model/mask", |b| {
+            let batch_seq = b.op("Shape", &[INPUT_IDS], vec![]);
+            let seq = b.op(
+                "Gather",
+                &[&batch_seq, &b.const_i64(&[1])],
+                vec![("axis", AttrValue::Int(0))],
+            );
+            let seq_scalar = b.op("Squeeze", &[&seq], vec![]);
+            let zero = b.const_scalar_i64(0);
+            let one = b.const_scalar_i64(1);
+            let positions = b.op("Range", &[&zero, &seq_scalar, &one], vec![]);
+            let query = b.op("Unsqueeze", &[&positions, &b.const_i64(&[1])], vec![]);
+            let key = b.op("Unsqueeze", &[&positions, &b.const_i64(&[0])], vec![]);
+            let causal = b.op("LessOrEqual", &[&key, &query], vec![]);
+            // Keys that are padding are hidden from every query: [batch, 1, 1, seq].
+            let mask_bool = b.op(
+                "Cast",
+                &[ATTENTION_MASK],
+                vec![("to", AttrValue::Int(DataType::Bool as i64))],
+            );
+            let padding = b.op("Unsqueeze", &[&mask_bool, &b.const_i64(&[1, 2])], vec![]);
+            let bias = |b: &mut GraphBuilder, allowed_pairs: &str| {
+                let allowed = b.op("And", &[allowed_pairs, &padding], vec![]);
+                let zero = b.const_scalar(0.0, self.dtype);
+                let min = b.const_scalar(dtype_min(self.dtype), self.dtype);
+                b.op("Where", &[&allowed, &zero, &min], vec![])
+            };
+            let causal_bias = bias(b, &causal);
+            let windows: Vec<usize> = (0..self.config.num_hidden_layers)
+                .filter_map(|i| self.config.layer_attention(self.arch, i).sliding_window)
+                .collect();
+            let sliding_bias = match windows.first() {
+                Some(&window) => {
+                    // transformers: a key is visible when kv_idx > q_idx - window.
+                    let lowest = b.op("Sub", &[&query, &b.const_scalar_i64(window as i64)], vec![]);
+                    let recent = b.op("Greater", &[&key, &lowest], vec![]);
+                    let pairs = b.op("And", &[&causal, &recent], vec![]);
+                    Some((window, bias(b, &pairs)))
+                }
+                None => None,
+            };
+            let positions_f32 = b.op(
+                "Cast",
+                &[&positions],
+                vec![("to", AttrValue::Int(DataType::Float as i64))],
+            );
+            let positions = b.op("Unsqueeze", &[&positions_f32, &b.const_i64(&[1])], vec![]);
+            Ok(Shared {
+                batch_seq,
+                causal_bias,
+                sliding_bias,
+                positions,
+                rope: RefCell::default(),
+            })
+        })
+    }
+
+    fn decoder_layer(
+        &self,
+        b: &mut GraphBuilder,
+        ckpt: &Checkpoint,
+        shared: &Shared,
+        layer: usize,
+        input: &str,
+    ) -> Result<String> {
+        let p = |name: &str| format!("layers.{layer}.{name}");
+        let resid_pre = if layer == 0 {
+            input.to_owned()
+        } else {
+            b.op_named("Identity", &[input], vec![], &hook_name(layer, "hook_resid_pre"))
+        };
+        let post_norms = Config::has_post_norms(self.arch);
+
+        let w = self.norm_weight(
+            b,
+            ckpt,
+            &p("input_layernorm.weight"),
+            &format!("model.{}", p("input_layernorm.weight")),
+        )?;
+        let x = b.scoped("input_layernorm", |b| Ok(self.rms_norm(b, &resid_pre, &w)))?;
+        let attn = b.scoped("self_attn", |b| self.attention(b, ckpt, shared, layer, &x))?;
+        let attn_out = if post_norms {
+            let w = self.norm_weight(
+                b,
+                ckpt,
+                &p("post_attention_layernorm.weight"),
+                &format!("model.{}", p("post_attention_layernorm.weight")),
+            )?;
+            b.scoped("post_attention_layernorm", |b| {
+                Ok(self.rms_norm_named(b, &attn, &w, &hook_name(layer, "hook_attn_out")))
+            })?
+        } else {
+            b.op_named("Identity", &[&attn], vec![], &hook_name(layer, "hook_attn_out"))
+        };
+        let resid_mid = b.op_named(
+            "Add",
+            &[&resid_pre, &attn_out],
+            vec![],
+            &hook_name(layer, "hook_resid_mid"),
+        );
+
+        // Gemma 1 calls its pre-MLP norm `post_attention_layernorm`.
+        let pre_mlp = if post_norms {
+            "pre_feedforward_layernorm"
+        } else {
+            "post_attention_layernorm"
+        };
+        let w = self.norm_weight(
+            b,
+            ckpt,
+            &p(&format!("{pre_mlp}.weight")),
+            &format!("model.{}", p(&format!("{pre_mlp}.weight"))),
+        )?;
+        let x = b.scoped(pre_mlp, |b| Ok(self.rms_norm(b, &resid_mid, &w)))?;
+        let mlp = b.scoped("mlp", |b| self.mlp(b, ckpt, shared, layer, &x))?;
+        let mlp_out = if post_norms {
+            let w = self.norm_weight(
+                b,
+                ckpt,
+                &p("post_feedforward_layernorm.weight"),
+                &format!("model.{}", p("post_feedforward_layernorm.weight")),
+            )?;
+            b.scoped("post_feedforward_layernorm", |b| {
+                Ok(self.rms_norm_named(b, &mlp, &w, &hook_name(layer, "hook_mlp_out")))
+            })?
+        } else {
+            b.op_named("Identity", &[&mlp], vec![], &hook_name(layer, "hook_mlp_out"))
+        };
+        Ok(b.op_named(
+            "Add",
+            &[&resid_mid, &mlp_out],
+            vec![],
+            &hook_name(layer, "hook_resid_post"),
+        ))
+    }
+
+    fn attention(
+        &self,
+        b: &mut GraphBuilder,
+        ckpt: &Checkpoint,
+        shared: &Shared,
+        layer: usize,
+        x: &str,
+    ) -> Result<String> {
+        let c = self.config;
+        let dt = self.dtype;
+        let (heads, kv_heads, head_dim) = (
+            c.num_attention_heads as i64,
+            c.kv_heads() as i64,
+            c.head_dim() as i64,
+        );
+        let layer_attention = c.layer_attention(self.arch, layer);
+        let proj = |b: &mut GraphBuilder, name: &str| -> Result<String> {
+            let full = format!("model.layers.{layer}.self_attn.{name}.weight");
+            b.weight(
+                &full,
+                &ckpt.get(&PREFIXES, &format!("layers.{layer}.self_attn.{name}.weight"))?,
+                dt,
+            )
+        };
+        let (wq, wk, wv, wo) = (
+            proj(b, "q_proj")?,
+            proj(b, "k_proj")?,
+            proj(b, "v_proj")?,
+            proj(b, "o_proj")?,
+        );
+
+        // [batch, seq, n, head_dim] -> [batch, n, seq, head_dim]
+        let split_heads = |b: &mut GraphBuilder, t: &str, n: i64| {
+            let shape = b.op(
+                "Concat",
+                &[&shared.batch_seq, &b.const_i64(&[n, head_dim])],
+                vec![("axis", AttrValue::Int(0))],
+            );
+            let t = b.op("Reshape", &[t, &shape], vec![]);
+            b.op(
+                "Transpose",
+                &[&t],
+                vec![("perm", AttrValue::Ints(vec![0, 2, 1, 3]))],
+            )
+        };
+        let q = b.scoped("q_proj", |b| {
+            Ok(self.linear(b, x, &wq, (c.hidden_size, (heads * head_dim) as usize), shared))
+        })?;
+        let k = b.scoped("k_proj", |b| {
+            Ok(self.linear(b, x, &wk, (c.hidden_size, (kv_heads * head_dim) as usize), shared))
+        })?;
+        let v = b.scoped("v_proj", |b| {
+            Ok(self.linear(b, x, &wv, (c.hidden_size, (kv_heads * head_dim) as usize), shared))
+        })?;
+        let mut q = split_heads(b, &q, heads);
+        let mut k = split_heads(b, &k, kv_heads);
+        let v = split_heads(b, &v, kv_heads);
+        if self.arch == Arch::Gemma3 {
+            let wqn = self.norm_weight(
+                b,
+                ckpt,
+                &format!("layers.{layer}.self_attn.q_norm.weight"),
+                &format!("model.layers.{layer}.self_attn.q_norm.weight"),
+            )?;
+            let wkn = self.norm_weight(
+                b,
+                ckpt,
+                &format!("layers.{layer}.self_attn.k_norm.weight"),
+                &format!("model.layers.{layer}.self_attn.k_norm.weight"),
+            )?;
+            q = b.scoped("q_norm", |b| Ok(self.rms_norm(b, &q, &wqn)))?;
+            k = b.scoped("k_norm", |b| Ok(self.rms_norm(b, &k, &wkn)))?;
+        }
+        let (cos, sin) = b.scoped("rotary_emb", |b| {
+            self.rope_tables(
+                b,
+                shared,
+                layer_attention.rope_base,
+                layer_attention.rope_linear_factor,
+            )
+        })?;
+        let q = b.scoped("rope_q", |b| Ok(apply_rope(b, &q, &cos, &sin, head_dim)))?;
+        let k = b.scoped("rope_k", |b| Ok(apply_rope(b, &k, &cos, &sin, head_dim)))?;
+        let (k, v) = if heads == kv_heads {
+            (k, v)
+        } else {
+            let repeat = |b: &mut GraphBuilder, t: &str| {
+                let t = b.op("Unsqueeze", &[t, &b.const_i64(&[2])], vec![]);
+                let t = b.op(
+                    "Expand",
+                    &[&t, &b.const_i64(&[1, 1, heads / kv_heads, 1, 1])],
+                    vec![],
+                );
+                b.op("Reshape", &[&t, &b.const_i64(&[0, heads, -1, head_dim])], vec![])
+            };
+            (repeat(b, &k), repeat(b, &v))
+        };
+
+        let kt = b.op(
+            "Transpose",
+            &[&k],
+            vec![("perm", AttrValue::Ints(vec![0, 1, 3, 2]))],
+        );
+        let scores = b.op("MatMul", &[&q, &kt], vec![]);
+        let scale = b.const_scalar(c.attention_scale(self.arch) as f32, dt);
+        let mut scores = b.op("Mul", &[&scores, &scale], vec![]);
+        if let Some(cap) = c.attention_softcap(self.arch) {
+            scores = self.softcap(b, &scores, cap as f32);
+        }
+        let bias = match (layer_attention.sliding_window, &shared.sliding_bias) {
+            (Some(w), Some((sw, bias))) if w == *sw => bias.clone(),
+            (Some(w), _) => anyhow::bail!("layer {layer}: sliding window {w} differs from the other layers'"),
+            (None, _) => shared.causal_bias.clone(),
+        };
+        let scores = b.op("Add", &[&scores, &bias], vec![]);
+        // transformers: softmax in float32, then back to the model dtype.
+        let probs = if dt == DataType::Float {
+            b.op("Softmax", &[&scores], vec![("axis", AttrValue::Int(-1))])
+        } else {
+            let s32 = b.op(
+                "Cast",
+                &[&scores],
+                vec![("to", AttrValue::Int(DataType::Float as i64))],
+            );
+            let p = b.op("Softmax", &[&s32], vec![("axis", AttrValue::Int(-1))]);
+            b.op("Cast", &[&p], vec![("to", AttrValue::Int(dt as i64))])
+        };
+        let context = b.op("MatMul", &[&probs, &v], vec![]);
+        let context = b.op(
+            "Transpose",
+            &[&context],
+            vec![("perm", AttrValue::Ints(vec![0, 2, 1, 3]))],
+        );
+        let z_shape = b.op(
+            "Concat",
+            &[&shared.batch_seq, &b.const_i64(&[heads * head_dim])],
+            vec![("axis", AttrValue::Int(0))],
+        );
+        let z = b.op_named(
+            "Reshape",
+            &[&context, &z_shape],
+            vec![],
+            &hook_name(layer, "attn.hook_z"),
+        );
+        b.scoped("o_proj", |b| {
+            Ok(self.linear(b, &z, &wo, ((heads * head_dim) as usize, c.hidden_size), shared))
+        })
+    }
+
+    fn mlp(
+        &self,
+        b: &mut GraphBuilder,
+        ckpt: &Checkpoint,
+        shared: &Shared,
+        layer: usize,
+        x: &str,
+    ) -> Result<String> {
+        let c = self.config;
+        let proj = |b: &mut GraphBuilder, name: &str| -> Result<String> {
+            let full = format!("model.layers.{layer}.mlp.{name}.weight");
+            b.weight(
+                &full,
+                &ckpt.get(&PREFIXES, &format!("layers.{layer}.mlp.{name}.weight"))?,
+                self.dtype,
+            )
+        };
+        let (wg, wu, wd) = (proj(b, "gate_proj")?, proj(b, "up_proj")?, proj(b, "down_proj")?);
+        let gate = b.scoped("gate_proj", |b| {
+            Ok(self.linear(b, x, &wg, (c.hidden_size, c.intermediate_size), shared))
+        })?;
+        let up = b.scoped("up_proj", |b| {
+            Ok(self.linear(b, x, &wu, (c.hidden_size, c.intermediate_size), shared))
+        })?;
+        let approximate = match c.activation(self.arch)? {
+            Activation::GeluTanh => "tanh",
+            Activation::GeluExact => "none",
+        };
+        let act = b.scoped("act_fn", |b| {
+            Ok(b.op(
+                "Gelu",
+                &[&gate],
+                vec![("approximate", AttrValue::String(approximate.into()))],
+            ))
+        })?;
+        let hidden = b.op("Mul", &[&act, &up], vec![]);
+        b.scoped("down_proj", |b| {
+            Ok(self.linear(b, &hidden, &wd, (c.intermediate_size, c.hidden_size), shared))
+        })
+    }
+
+    /// `x @ W^T` for an HF Linear weight `W [out, in]`, as Gemm(transB=1) on `[batch*seq, in]`,
+    /// so weights are stored exactly as the checkpoint has them (no transposed copy).
+    fn linear(
+        &self,
+        b: &mut GraphBuilder,
+        x: &str,
+        w: &str,
+        (d_in, d_out): (usize, usize),
+        shared: &Shared,
+    ) -> String {
+        let flat = b.op("Reshape", &[x, &b.const_i64(&[-1, d_in as i64])], vec![]);
+        let y = b.op("Gemm", &[&flat, w], vec![("transB", AttrValue::Int(1))]);
+        let shape = b.op(
+            "Concat",
+            &[&shared.batch_seq, &b.const_i64(&[d_out as i64])],
+            vec![("axis", AttrValue::Int(0))],
+        );
+        b.op("Reshape", &[&y, &shape], vec![])
+    }
+
+    /// The `(1 + w)` scale of a Gemma RMSNorm, in float32.
+    fn norm_weight(&self, b: &mut GraphBuilder, ckpt: &Checkpoint, key: &str, name: &str) -> Result<String> {
+        let w = ckpt.get(&PREFIXES, key)?;
+        let mut values = Vec::new();
+        super::weights::convert(&w.data, w.dtype, DataType::Float, &mut values)?;
+        let plus_one: Vec<f32> = values
+            .chunks_exact(4)
+            .map(|c| 1.0 + f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        b.computed(&format!("{name}+1"), DataType::Float, &w.shape, &plus_one)
+    }
+
+    fn rms_norm(&self, b: &mut GraphBuilder, x: &str, scale: &str) -> String {
+        self.rms_norm_impl(b, x, scale, None)
+    }
+
+    fn rms_norm_named(&self, b: &mut GraphBuilder, x: &str, scale: &str, name: &str) -> String {
+        self.rms_norm_impl(b, x, scale, Some(name))
+    }
+
+    /// transformers: `x.float() * rsqrt(mean(x²) + eps) * (1 + w.float())`, then back to x's dtype.
+    fn rms_norm_impl(&self, b: &mut GraphBuilder, x: &str, scale: &str, name: Option<&str>) -> String {
+        let dt = self.dtype;
+        let xf = if dt == DataType::Float {
+            x.to_owned()
+        } else {
+            b.op("Cast", &[x], vec![("to", AttrValue::Int(DataType::Float as i64))])
+        };
+        let square = b.op("Mul", &[&xf, &xf], vec![]);
+        let mean = b.op(
+            "ReduceMean",
+            &[&square, &b.const_i64(&[-1])],
+            vec![("keepdims", AttrValue::Int(1))],
+        );
+        let eps = b.const_scalar(self.config.rms_norm_eps as f32, DataType::Float);
+        let var = b.op("Add", &[&mean, &eps], vec![]);
+        let root = b.op("Sqrt", &[&var], vec![]);
+        let inv = b.op("Reciprocal", &[&root], vec![]);
+        let normed = b.op("Mul", &[&xf, &inv], vec![]);
+        match (dt == DataType::Float, name) {
+            (true, Some(name)) => b.op_named("Mul", &[&normed, scale], vec![], name),
+            (true, None) => b.op("Mul", &[&normed, scale], vec![]),
+            (false, name) => {
+                let scaled = b.op("Mul", &[&normed, scale], vec![]);
+                let to = vec![("to", AttrValue::Int(dt as i64))];
+                match name {
+                    Some(name) => b.op_named("Cast", &[&scaled], to, name),
+                    None => b.op("Cast", &[&scaled], to),
+                }
+            }
+        }
+    }
+
+    /// `cap * tanh(x / cap)`.
+    fn softcap(&self, b: &mut GraphBuilder, x: &str, cap: f32) -> String {
+        let cap = b.const_scalar(cap, self.dtype);
+        let scaled = b.op("Div", &[x, &cap], vec![]);
+        let squashed = b.op("Tanh", &[&scaled], vec![]);
+        b.op("Mul", &[&squashed, &cap], vec![])
+    }
+
+    /// cos and sin `[seq, head_dim]` for positions 0..seq, as transformers computes them in float32.
+    fn rope_tables(
+        &self,
+        b: &mut GraphBuilder,
+        shared: &Shared,
+        base: f64,
+        linear_factor: f64,
+    ) -> Result<(String, String)> {
+        let key = (base.to_bits(), linear_factor.to_bits());
+        if let Some(tables) = shared.rope.borrow().get(&key) {
+            return Ok(tables.clone());
+        }
+        let head_dim = self.config.head_dim();
+        let inv_freq: Vec<f32> = (0..head_dim)
+            .step_by(2)
+            .map(|i| 1.0 / (base as f32).powf(i as f32 / head_dim as f32) / linear_factor as f32)
+            .collect();
+        let index = shared.rope.borrow().len();
+        let inv_freq = b.computed(
+            &format!("model.rotary_emb_{index}.inv_freq"),
+            DataType::Float,
+            &[head_dim / 2],
+            &inv_freq,
+        )?;
+        let freqs = b.op("Mul", &[&shared.positions, &inv_freq], vec![]);
+        let emb = b.op("Concat", &[&freqs, &freqs], vec![("axis", AttrValue::Int(-1))]);
+        let (mut cos, mut sin) = (b.op("Cos", &[&emb], vec![]), b.op("Sin", &[&emb], vec![]));
+        if self.dtype != DataType::Float {
+            let to = || vec![("to", AttrValue::Int(self.dtype as i64))];
+            (cos, sin) = (b.op("Cast", &[&cos], to()), b.op("Cast", &[&sin], to()));
+        }
+        shared.rope.borrow_mut().insert(key, (cos.clone(), sin.clone()));
+        Ok((cos, sin))
+    }
+}
+
+/// `x * cos + rotate_half(x) * sin`, with `rotate_half(x) = cat(-x2, x1)`.
+fn apply_rope(b: &mut GraphBuilder, x: &str, cos: &str, sin: &str, head_dim: i64) -> String {
+    let half = head_dim / 2;
+    let x1 = b.op(
+        "Slice",
+        &[x, &b.const_i64(&[0]), &b.const_i64(&[half]), &b.const_i64(&[-1])],
+        vec![],
+    );
+    let x2 = b.op(
+        "Slice",
+        &[
+            x,
+            &b.const_i64(&[half]),
+            &b.const_i64(&[head_dim]),
+            &b.const_i64(&[-1]),
+        ],
+        vec![],
+    );
+    let neg = b.op("Neg", &[&x2], vec![]);
+    let rotated = b.op("Concat", &[&neg, &x1], vec![("axis", AttrValue::Int(-1))]);
+    let a = b.op("Mul", &[x, cos], vec![]);
+    let r = b.op("Mul", &[&rotated, sin], vec![]);
+    b.op("Add", &[&a, &r], vec![])
+}
+
+/// The most negative finite value of `dtype`, which transformers adds for masked positions.
+fn dtype_min(dtype: DataType) -> f32 {
+    match dtype {
+        DataType::Float16 => half::f16::MIN.to_f32(),
+        DataType::Bfloat16 => half::bf16::MIN.to_f32(),
+        _ => f32::MIN,
+    }
+}

@@ -1,0 +1,260 @@
+//! `sae-onnx export`: a Hugging Face Gemma checkpoint (hub id or local folder) to an ONNX model
+//! whose weights stream from the memory-mapped safetensors into one external data file.
+
+pub mod builder;
+pub mod config;
+pub mod gemma;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use self::builder::{GraphBuilder, WeightSink, data_tempfile};
+use self::config::{Arch, Config};
+use self::gemma::{ATTENTION_MASK, GemmaGraph, INPUT_IDS, LAYER_HOOKS, LOGITS, hook_name};
+use self::weights::Checkpoint;
+use crate::hub::{Hub, RepoKind, looks_like_repo_id};
+use crate::onnx::make::{make_graph, make_model, make_opsetid, make_tensor_value_info};
+use crate::onnx::{DataType, ExternalDataPolicy, Model, OPSET, SaveOptions, SaveReport};
+use crate::progress;
+
+/// Keys of the metadata our exports carry (`inspect`, `patch` and `eval` read them).
+pub mod meta {
+    pub const FORMAT: &str = "sae_onnx.format";
+    pub const SOURCE: &str = "sae_onnx.source";
+    pub const REVISION: &str = "sae_onnx.revision";
+    pub const ARCHITECTURE: &str = "sae_onnx.architecture";
+    pub const NUM_LAYERS: &str = "sae_onnx.num_layers";
+    pub const D_MODEL: &str = "sae_onnx.d_model";
+    pub const D_ATTN_Z: &str = "sae_onnx.d_attn_z";
+    pub const VOCAB_SIZE: &str = "sae_onnx.vocab_size";
+    pub const DTYPE: &str = "sae_onnx.dtype";
+    pub const TOKENIZER: &str = "sae_onnx.tokenizer";
+    /// JSON array of the hook tensor names the graph exposes.
+    pub const HOOKS: &str = "sae_onnx.hooks";
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Weight and activation type; norms, softmax and the logits stay float32.
+    pub dtype: DataType,
+    /// Branch, tag or commit for a hub id.
+    pub revision: String,
+    /// Replace an existing output file.
+    pub force: bool,
+    pub progress: bool,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DataType::Float,
+            revision: "main".into(),
+            force: false,
+            progress: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportReport {
+    pub architecture: Arch,
+    pub layers: usize,
+    pub nodes: usize,
+    pub parameters: u64,
+    pub save: SaveReport,
+    pub seconds: f64,
+}
+
+/// A checkpoint folder and how to name where it came from.
+struct Source {
+    dir: PathBuf,
+    /// What the metadata records: the hub id, or the folder's absolute path.
+    name: String,
+    revision: Option<String>,
+}
+
+pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<ExportReport> {
+    let start = Instant::now();
+    if !matches!(
+        options.dtype,
+        DataType::Float | DataType::Float16 | DataType::Bfloat16
+    ) {
+        bail!("export dtype must be f32, f16 or bf16");
+    }
+    if out.exists() && !options.force {
+        bail!("'{}' already exists; pass --force to replace it", out.display());
+    }
+    let source = resolve_source(model, &options.revision)?;
+    let (config, arch) = Config::load(&source.dir.join("config.json"))?;
+    let ckpt = Checkpoint::open(&source.dir)?;
+
+    let out_dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create '{}'", out_dir.display()))?;
+    let file_name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the output path has no file name")?;
+    let data_name = format!("{file_name}.data");
+    let data_temp = data_tempfile(&out_dir, &data_name)?;
+    let bar = progress::bytes_bar(ckpt.total_bytes(), "exporting weights", options.progress);
+    let mut sink = WeightSink::new(data_temp.as_file().try_clone()?, &data_name, bar);
+
+    let mut builder = GraphBuilder::new(&mut sink);
+    GemmaGraph {
+        config: &config,
+        arch,
+        dtype: options.dtype,
+    }
+    .build(&mut builder, &ckpt)?;
+    let (nodes, initializers) = builder.finish();
+    let data_len = sink.len();
+    sink.finish()?;
+
+    let parameters: u64 = initializers
+        .iter()
+        .filter(|t| !t.name().starts_with("/const/"))
+        .map(|t| t.numel())
+        .sum();
+    let node_count = nodes.len();
+    let token_dims = ["batch".into(), "sequence".into()];
+    let graph = make_graph(
+        nodes,
+        "main_graph",
+        vec![
+            make_tensor_value_info(INPUT_IDS, DataType::Int64, &token_dims),
+            make_tensor_value_info(ATTENTION_MASK, DataType::Int64, &token_dims),
+        ],
+        vec![make_tensor_value_info(
+            LOGITS,
+            DataType::Float,
+            &[
+                "batch".into(),
+                "sequence".into(),
+                (config.vocab_size as i64).into(),
+            ],
+        )],
+        initializers,
+    );
+    let mut model = Model::in_dir(make_model(graph, vec![make_opsetid("", OPSET)]), out_dir.clone());
+    let hooks: Vec<String> = std::iter::once("hook_embed".to_owned())
+        .chain(
+            (0..config.num_hidden_layers)
+                .flat_map(|l| LAYER_HOOKS.iter().map(move |site| hook_name(l, site))),
+        )
+        .collect();
+    for (key, value) in [
+        (meta::FORMAT, "1".to_owned()),
+        (meta::SOURCE, source.name.clone()),
+        (meta::ARCHITECTURE, arch.hf_name().to_owned()),
+        (meta::NUM_LAYERS, config.num_hidden_layers.to_string()),
+        (meta::D_MODEL, config.hidden_size.to_string()),
+        (
+            meta::D_ATTN_Z,
+            (config.num_attention_heads * config.head_dim()).to_string(),
+        ),
+        (meta::VOCAB_SIZE, config.vocab_size.to_string()),
+        (
+            meta::DTYPE,
+            crate::onnx::tensor::dtype_name(options.dtype).to_owned(),
+        ),
+        (meta::TOKENIZER, source.name.clone()),
+        (meta::HOOKS, serde_json::to_string(&hooks)?),
+    ] {
+        model.set_metadata(key, &value);
+    }
+    if let Some(revision) = &source.revision {
+        model.set_metadata(meta::REVISION, revision);
+    }
+
+    // The data file goes into place first, so the model never appears without its weights; a
+    // failure to write the model removes it again.
+    let data_path = out_dir.join(&data_name);
+    data_temp
+        .persist(&data_path)
+        .with_context(|| format!("cannot write '{}'", data_path.display()))?;
+    let saved = model.save(
+        out,
+        &SaveOptions {
+            external: ExternalDataPolicy::Never,
+            progress: false,
+        },
+    );
+    let mut save = match saved {
+        Ok(save) => save,
+        Err(err) => {
+            let _ = std::fs::remove_file(&data_path);
+            return Err(err);
+        }
+    };
+    save.shared.clear();
+    save.data_file = Some((data_path, data_len));
+    Ok(ExportReport {
+        architecture: arch,
+        layers: config.num_hidden_layers,
+        nodes: node_count,
+        parameters,
+        save,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// A local folder as it is; a hub id through the Hugging Face cache (downloading what is missing).
+fn resolve_source(model: &str, revision: &str) -> Result<Source> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        let dir = path.canonicalize()?;
+        return Ok(Source {
+            name: dir.display().to_string(),
+            dir,
+            revision: None,
+        });
+    }
+    if !looks_like_repo_id(model) {
+        bail!("'{model}' is neither a folder nor a Hugging Face model id (org/name)");
+    }
+    let hub = Hub::from_env();
+    let config = hub.file(model, RepoKind::Model, revision, "config.json")?;
+    let dir = config.parent().context("cache path has a parent")?.to_path_buf();
+    for optional in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        if let Err(err) = hub.file(model, RepoKind::Model, revision, optional) {
+            tracing::warn!("{optional}: {err:#}");
+        }
+    }
+    match hub.file(model, RepoKind::Model, revision, "model.safetensors.index.json") {
+        Ok(index) => {
+            let text = std::fs::read_to_string(&index)?;
+            let index: serde_json::Value = serde_json::from_str(&text)?;
+            let mut shards: Vec<&str> = index["weight_map"]
+                .as_object()
+                .context("safetensors index without weight_map")?
+                .values()
+                .filter_map(|v| v.as_str())
+                .collect();
+            shards.sort_unstable();
+            shards.dedup();
+            for shard in shards {
+                hub.file(model, RepoKind::Model, revision, shard)?;
+            }
+        }
+        Err(_) => {
+            hub.file(model, RepoKind::Model, revision, "model.safetensors")?;
+        }
+    }
+    // The snapshot folder is named by the commit the revision resolved to.
+    let commit = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    Ok(Source {
+        dir,
+        name: model.to_owned(),
+        revision: commit,
+    })
+}

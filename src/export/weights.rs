@@ -1,0 +1,143 @@
+//! Hugging Face safetensors checkpoints, single or sharded (`model.safetensors.index.json`),
+//! memory-mapped: a tensor is a slice of the map until it is written out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use prost::bytes::Bytes;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::onnx::DataType;
+use crate::onnx::external::map_file;
+
+/// One tensor of the checkpoint: its type, shape and bytes (a slice of the memory map).
+#[derive(Debug, Clone)]
+pub struct WeightView {
+    pub name: String,
+    pub dtype: DataType,
+    pub shape: Vec<usize>,
+    pub data: Bytes,
+}
+
+/// All safetensors files of a checkpoint, mapped.
+pub struct Checkpoint {
+    files: Vec<(PathBuf, Bytes)>,
+    /// Tensor name -> index into `files`.
+    index: HashMap<String, usize>,
+}
+
+impl Checkpoint {
+    /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`, in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let index_path = dir.join("model.safetensors.index.json");
+        let shard_names: Vec<String> = if index_path.exists() {
+            #[derive(serde::Deserialize)]
+            struct Index {
+                weight_map: BTreeMap<String, String>,
+            }
+            let text = std::fs::read_to_string(&index_path)?;
+            let index: Index = serde_json::from_str(&text)
+                .with_context(|| format!("'{}' is not a safetensors index", index_path.display()))?;
+            let mut names: Vec<String> = index.weight_map.into_values().collect();
+            names.sort();
+            names.dedup();
+            names
+        } else if dir.join("model.safetensors").exists() {
+            vec!["model.safetensors".to_owned()]
+        } else {
+            bail!(
+                "'{}' has neither model.safetensors nor model.safetensors.index.json; sae-onnx reads safetensors checkpoints only",
+                dir.display()
+            );
+        };
+        let mut files = Vec::new();
+        let mut index = HashMap::new();
+        for name in shard_names {
+            let path = dir.join(&name);
+            let bytes = map_file(&path)?;
+            let st = SafeTensors::deserialize(&bytes)
+                .map_err(|e| anyhow::anyhow!("'{}' is not a valid safetensors file: {e}", path.display()))?;
+            for tensor_name in st.names() {
+                index.insert(tensor_name.to_owned(), files.len());
+            }
+            files.push((path, bytes));
+        }
+        Ok(Self { files, index })
+    }
+
+    /// Whether the checkpoint has a tensor called `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    /// The tensor `name`, trying each prefix in turn (checkpoints nest the text model differently:
+    /// `model.`, `model.language_model.`, `language_model.model.`).
+    pub fn get(&self, prefixes: &[&str], name: &str) -> Result<WeightView> {
+        for prefix in prefixes {
+            let full = format!("{prefix}{name}");
+            if let Some(&file) = self.index.get(&full) {
+                return self.read(file, &full);
+            }
+        }
+        bail!(
+            "the checkpoint has no tensor '{name}' (looked for it under {:?}); is this the right architecture?",
+            prefixes
+        )
+    }
+
+    fn read(&self, file: usize, name: &str) -> Result<WeightView> {
+        let (path, bytes) = &self.files[file];
+        let st = SafeTensors::deserialize(bytes).expect("validated when opened");
+        let view = st
+            .tensor(name)
+            .with_context(|| format!("'{}': tensor '{name}'", path.display()))?;
+        let dtype = match view.dtype() {
+            Dtype::F32 => DataType::Float,
+            Dtype::F16 => DataType::Float16,
+            Dtype::BF16 => DataType::Bfloat16,
+            other => bail!(
+                "'{}': tensor '{name}' is {other:?}; sae-onnx reads f32, f16 and bf16 weights",
+                path.display()
+            ),
+        };
+        let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+        Ok(WeightView {
+            name: name.to_owned(),
+            dtype,
+            shape: view.shape().to_vec(),
+            data: bytes.slice(start..start + view.data().len()),
+        })
+    }
+
+    /// Total bytes of all tensors, for progress bars.
+    pub fn total_bytes(&self) -> u64 {
+        self.files.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+}
+
+/// Converts little-endian elements between float types, chunk by chunk into `out`.
+pub fn convert(data: &[u8], from: DataType, to: DataType, out: &mut Vec<u8>) -> Result<()> {
+    use half::{bf16, f16};
+    let width = |t| match t {
+        DataType::Float => Ok(4),
+        DataType::Float16 | DataType::Bfloat16 => Ok(2),
+        other => bail!("cannot convert {other:?} weights"),
+    };
+    let (wf, wt) = (width(from)?, width(to)?);
+    out.clear();
+    out.reserve(data.len() / wf * wt);
+    for chunk in data.chunks_exact(wf) {
+        let value: f32 = match from {
+            DataType::Float => f32::from_le_bytes(chunk.try_into().expect("4 bytes")),
+            DataType::Float16 => f16::from_le_bytes([chunk[0], chunk[1]]).to_f32(),
+            _ => bf16::from_le_bytes([chunk[0], chunk[1]]).to_f32(),
+        };
+        match to {
+            DataType::Float => out.extend_from_slice(&value.to_le_bytes()),
+            DataType::Float16 => out.extend_from_slice(&f16::from_f32(value).to_le_bytes()),
+            _ => out.extend_from_slice(&bf16::from_f32(value).to_le_bytes()),
+        }
+    }
+    Ok(())
+}
