@@ -197,6 +197,15 @@ pub fn make_tensor_value_info(name: &str, elem_type: DataType, shape: &[Dim]) ->
     }
 }
 
+/// A typed value declaration of unknown shape (`make_tensor_value_info(name, type, None)`).
+pub fn make_tensor_value_info_unshaped(name: &str, elem_type: DataType) -> ValueInfoProto {
+    let mut info = make_tensor_value_info(name, elem_type, &[]);
+    if let Some(type_proto::Value::TensorType(t)) = info.r#type.as_mut().and_then(|t| t.value.as_mut()) {
+        t.shape = None;
+    }
+    info
+}
+
 pub fn make_opsetid(domain: &str, version: i64) -> OperatorSetIdProto {
     OperatorSetIdProto {
         domain: Some(domain.to_owned()),
