@@ -4,9 +4,11 @@
 //! The library is what the `sae-onnx` binary runs; each module has one job (see DESIGN.md).
 
 pub mod cli;
+pub mod eval;
 pub mod export;
 pub mod hub;
 pub mod inspect;
 pub mod onnx;
 pub mod progress;
 pub mod runtime;
+pub mod tokenizer;

@@ -12,6 +12,8 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
+use crate::onnx::Model;
+
 /// The ONNX Runtime release we build and test against (ort 2.0.0-rc.15 targets 1.31).
 pub const ORT_VERSION: &str = "1.31.1";
 
@@ -184,6 +186,32 @@ pub struct SessionOptions {
 
 /// Opens `model` in ONNX Runtime on the requested device.
 pub fn session(model: &Path, options: &SessionOptions) -> Result<Session> {
+    builder(options)?
+        .commit_from_file(model)
+        .map_err(|e| anyhow!("ONNX Runtime cannot load '{}': {e}", model.display()))
+        .context("opening an inference session")
+}
+
+/// Opens an in-memory model (e.g. a rewritten graph) whose external data stays in `model.dir`:
+/// nothing is written to disk.
+pub fn session_from_model(model: &Model, options: &SessionOptions) -> Result<Session> {
+    let bytes = prost::Message::encode_to_vec(&model.proto);
+    let dir = model
+        .dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve '{}'", model.dir.display()))?;
+    builder(options)?
+        .with_config_entry(
+            "session.model_external_initializers_file_folder_path",
+            dir.to_string_lossy(),
+        )
+        .map_err(|e| anyhow!("{e}"))?
+        .commit_from_memory(&bytes)
+        .map_err(|e| anyhow!("ONNX Runtime cannot load the rewritten model: {e}"))
+        .context("opening an inference session")
+}
+
+fn builder(options: &SessionOptions) -> Result<ort::session::builder::SessionBuilder> {
     let lib = init(options.ort_lib.as_deref())?;
     let (env, _) = ENVIRONMENT.get().expect("init succeeded");
     let mut builder = Session::builder(env)
@@ -202,10 +230,7 @@ pub fn session(model: &Path, options: &SessionOptions) -> Result<Session> {
             .with_execution_providers([cuda])
             .map_err(|e| anyhow!("{}", cuda_failure_help(lib, id, &e.to_string())))?;
     }
-    builder
-        .commit_from_file(model)
-        .map_err(|e| anyhow!("ONNX Runtime cannot load '{}': {e}", model.display()))
-        .context("opening an inference session")
+    Ok(builder)
 }
 
 /// Explains a failed CUDA registration: which library is missing and how to provide it.

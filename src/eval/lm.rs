@@ -1,0 +1,218 @@
+//! Loglikelihood scoring on ONNX Runtime with lm-eval's semantics: for a request
+//! `(context tokens, continuation tokens)` the model reads `(context + continuation)[:-1]`
+//! (left-truncated to the model's length) and the answer is the summed log-probability of the
+//! continuation tokens, with `is_greedy` when each is the argmax.
+//!
+//! Requests are grouped by the exact token sequence the model reads, so all requests sharing a
+//! context with one-token continuations (MMLU's A/B/C/D) cost one forward; groups are batched by
+//! length, right-padded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use ort::session::Session;
+use ort::value::Tensor;
+
+use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
+use crate::onnx::Model;
+use crate::runtime::{self, SessionOptions};
+
+/// One loglikelihood request, already tokenized.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenRequest {
+    pub context: Vec<u32>,
+    pub continuation: Vec<u32>,
+}
+
+/// lm-eval's answer to a loglikelihood request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Loglikelihood {
+    pub logprob: f64,
+    pub is_greedy: bool,
+}
+
+/// One forward: an input sequence and, for each scored position, its candidate tokens.
+#[derive(Debug, Default)]
+struct Unit {
+    input: Vec<u32>,
+    /// position -> candidate tokens (deduplicated, in first-seen order).
+    candidates: BTreeMap<usize, Vec<u32>>,
+}
+
+/// Counts for progress reporting and throughput figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScoringStats {
+    pub requests: usize,
+    pub forwards: usize,
+    pub tokens: usize,
+}
+
+pub struct ScoringModel {
+    session: Session,
+    pub max_length: usize,
+    pub batch_size: usize,
+    pub pad_id: u32,
+}
+
+impl ScoringModel {
+    /// Opens `path`, rewrites its LM head into the scoring form in memory, and starts a session.
+    pub fn open(path: &Path, options: &SessionOptions, max_length: usize, batch_size: usize) -> Result<Self> {
+        let mut model = Model::load(path)?;
+        scoring::add_scoring_head(&mut model, "logits")
+            .with_context(|| format!("preparing '{}' for scoring", path.display()))?;
+        let session = runtime::session_from_model(&model, options)?;
+        Ok(Self {
+            session,
+            max_length,
+            batch_size: batch_size.max(1),
+            pad_id: 0,
+        })
+    }
+
+    /// Scores every request; `on_progress` is told how many requests each batch finished.
+    pub fn loglikelihood(
+        &mut self,
+        requests: &[TokenRequest],
+        mut on_progress: impl FnMut(usize),
+    ) -> Result<(Vec<Loglikelihood>, ScoringStats)> {
+        // Where each request's tokens are scored: (unit index, [(position, target)]).
+        let mut units: Vec<Unit> = Vec::new();
+        let mut unit_of_input: HashMap<Vec<u32>, usize> = HashMap::new();
+        let mut plan: Vec<(usize, Vec<(usize, u32)>)> = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            if request.continuation.is_empty() {
+                bail!("request {i} has an empty continuation");
+            }
+            if request.context.is_empty() {
+                bail!("request {i} has an empty context; lm-eval puts the prefix token (BOS) there");
+            }
+            let whole: Vec<u32> = request
+                .context
+                .iter()
+                .chain(&request.continuation)
+                .copied()
+                .collect();
+            let keep = whole.len().min(self.max_length + 1);
+            let input = whole[whole.len() - keep..whole.len() - 1].to_vec();
+            let n = request.continuation.len().min(input.len());
+            let first = input.len() - n;
+            let targets: Vec<(usize, u32)> = (0..n)
+                .map(|j| {
+                    (
+                        first + j,
+                        request.continuation[request.continuation.len() - n + j],
+                    )
+                })
+                .collect();
+            let unit = *unit_of_input.entry(input.clone()).or_insert_with(|| {
+                units.push(Unit {
+                    input,
+                    ..Default::default()
+                });
+                units.len() - 1
+            });
+            for &(position, token) in &targets {
+                let candidates = units[unit].candidates.entry(position).or_default();
+                if !candidates.contains(&token) {
+                    candidates.push(token);
+                }
+            }
+            plan.push((unit, targets));
+        }
+
+        // Longest first, as lm-eval orders them (so an out-of-memory shows at the start).
+        let mut order: Vec<usize> = (0..units.len()).collect();
+        order.sort_by_key(|&u| std::cmp::Reverse(units[u].input.len()));
+        let mut results: Vec<HashMap<(usize, u32), (f32, bool)>> = vec![HashMap::new(); units.len()];
+        let mut requests_of_unit = vec![0usize; units.len()];
+        for (unit, _) in &plan {
+            requests_of_unit[*unit] += 1;
+        }
+        let mut stats = ScoringStats {
+            requests: requests.len(),
+            forwards: units.len(),
+            tokens: 0,
+        };
+        for batch in order.chunks(self.batch_size) {
+            let scored = self.run_batch(batch.iter().map(|&u| &units[u]).collect())?;
+            for (&u, unit_results) in batch.iter().zip(scored) {
+                stats.tokens += units[u].input.len();
+                results[u] = unit_results;
+            }
+            on_progress(batch.iter().map(|&u| requests_of_unit[u]).sum());
+        }
+
+        let answers = plan
+            .into_iter()
+            .map(|(unit, targets)| {
+                let mut logprob = 0.0f32;
+                let mut is_greedy = true;
+                for key in targets {
+                    let (lp, greedy) = results[unit][&key];
+                    logprob += lp;
+                    is_greedy &= greedy;
+                }
+                Loglikelihood {
+                    logprob: f64::from(logprob),
+                    is_greedy,
+                }
+            })
+            .collect();
+        Ok((answers, stats))
+    }
+
+    /// One forward over `units`; returns, per unit, (position, token) -> (log-prob, token is argmax).
+    fn run_batch(&mut self, units: Vec<&Unit>) -> Result<Vec<HashMap<(usize, u32), (f32, bool)>>> {
+        let batch = units.len();
+        let seq = units.iter().map(|u| u.input.len()).max().unwrap_or(1);
+        let k = units.iter().map(|u| u.candidates.len()).max().unwrap_or(1);
+        let c = units
+            .iter()
+            .flat_map(|u| u.candidates.values().map(Vec::len))
+            .max()
+            .unwrap_or(1);
+        let mut ids = vec![i64::from(self.pad_id); batch * seq];
+        let mut mask = vec![0i64; batch * seq];
+        let mut positions = vec![0i64; batch * k];
+        let mut targets = vec![0i64; batch * k * c];
+        for (b, unit) in units.iter().enumerate() {
+            for (t, &token) in unit.input.iter().enumerate() {
+                ids[b * seq + t] = i64::from(token);
+                mask[b * seq + t] = 1;
+            }
+            for (j, (&position, candidates)) in unit.candidates.iter().enumerate() {
+                positions[b * k + j] = position as i64;
+                for (m, &token) in candidates.iter().enumerate() {
+                    targets[(b * k + j) * c + m] = i64::from(token);
+                }
+            }
+        }
+        let inputs = ort::inputs![
+            "input_ids" => Tensor::from_array(([batch, seq], ids))?,
+            "attention_mask" => Tensor::from_array(([batch, seq], mask))?,
+            POSITIONS => Tensor::from_array(([batch, k], positions))?,
+            TARGETS => Tensor::from_array(([batch, k, c], targets))?,
+        ];
+        let outputs = self.session.run(inputs).context("running the model")?;
+        let (_, logprobs) = outputs[TARGET_LOGPROBS].try_extract_tensor::<f32>()?;
+        let (_, greedy) = outputs[GREEDY_TOKENS].try_extract_tensor::<i64>()?;
+        let mut results = Vec::with_capacity(batch);
+        for (b, unit) in units.iter().enumerate() {
+            let mut scored = HashMap::new();
+            for (j, (&position, candidates)) in unit.candidates.iter().enumerate() {
+                for (m, &token) in candidates.iter().enumerate() {
+                    let lp = logprobs[(b * k + j) * c + m];
+                    if !lp.is_finite() {
+                        bail!(
+                            "the model produced a non-finite log-probability ({lp}) at position {position}: NaN or infinite logits"
+                        );
+                    }
+                    scored.insert((position, token), (lp, greedy[b * k + j] == i64::from(token)));
+                }
+            }
+            results.push(scored);
+        }
+        Ok(results)
+    }
+}
