@@ -1,0 +1,700 @@
+//! Reading a few elements of the arrays in SAE weight files without loading the files: NumPy
+//! `.npz` archives (a zip of `.npy` files, members STORED or DEFLATED, zip64 as NumPy writes it)
+//! and safetensors files. A 1m-wide Gemma Scope `W_dec` is 9.4 GB; steering needs a few rows.
+//!
+//! Stored members and safetensors tensors are memory-mapped and sliced. Deflated members are
+//! decompressed as a stream, skipping to the wanted elements and stopping after the last one.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail, ensure};
+use flate2::read::DeflateDecoder;
+use memmap2::Mmap;
+
+/// Element types found in SAE weight files; all are read as f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    F64,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F16 | DType::BF16 => 2,
+            DType::F32 => 4,
+            DType::F64 => 8,
+        }
+    }
+
+    /// Little-endian bytes of one element to f32 (f64 rounds to nearest, as torch's `.float()`).
+    fn to_f32(self, b: &[u8]) -> f32 {
+        match self {
+            DType::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            DType::F16 => half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            DType::BF16 => half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+            DType::F64 => f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32,
+        }
+    }
+}
+
+/// Where an array's bytes are.
+#[derive(Debug, Clone)]
+enum Data {
+    /// `offset` is the byte offset of element 0 in the mapped file.
+    Mapped { map: Arc<Mmap>, offset: usize },
+    /// A deflate stream at `map[offset..offset + len]`; element 0 starts `skip` bytes into the
+    /// decompressed stream (after the `.npy` header).
+    Deflated {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+        skip: usize,
+    },
+}
+
+/// One array of a weights file, read element by element.
+#[derive(Debug, Clone)]
+pub struct StoredArray {
+    /// `W_dec`, `params.npz:W_dec.npy`... for messages.
+    pub name: String,
+    pub file: PathBuf,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub fortran_order: bool,
+    data: Data,
+}
+
+impl StoredArray {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn describe(&self) -> String {
+        format!("'{}' in '{}'", self.name, self.file.display())
+    }
+
+    /// Flat index of `[i, j]` in a 2-D array, honouring Fortran order.
+    fn flat2(&self, i: usize, j: usize) -> usize {
+        if self.fortran_order {
+            j * self.shape[0] + i
+        } else {
+            i * self.shape[1] + j
+        }
+    }
+
+    fn expect_rank(&self, rank: usize) -> Result<()> {
+        ensure!(
+            self.shape.len() == rank,
+            "{} has shape {:?}, expected {rank} dimensions",
+            self.describe(),
+            self.shape
+        );
+        Ok(())
+    }
+
+    /// Rows `rows` of a 2-D array, one `Vec` of `shape[1]` values per requested row.
+    pub fn rows(&self, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.expect_rank(2)?;
+        let (n, d) = (self.shape[0], self.shape[1]);
+        let mut flat = Vec::with_capacity(rows.len() * d);
+        for &r in rows {
+            ensure!(
+                r < n,
+                "row {r} is out of range for {} of shape {:?}",
+                self.describe(),
+                self.shape
+            );
+            flat.extend((0..d).map(|j| self.flat2(r, j)));
+        }
+        if d == 0 {
+            return Ok(vec![Vec::new(); rows.len()]);
+        }
+        Ok(self.gather(&flat)?.chunks(d).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Columns `cols` of a 2-D array, one `Vec` of `shape[0]` values per requested column.
+    pub fn cols(&self, cols: &[usize]) -> Result<Vec<Vec<f32>>> {
+        self.expect_rank(2)?;
+        let (n, d) = (self.shape[0], self.shape[1]);
+        let mut flat = Vec::with_capacity(cols.len() * n);
+        for &c in cols {
+            ensure!(
+                c < d,
+                "column {c} is out of range for {} of shape {:?}",
+                self.describe(),
+                self.shape
+            );
+            flat.extend((0..n).map(|i| self.flat2(i, c)));
+        }
+        if n == 0 {
+            return Ok(vec![Vec::new(); cols.len()]);
+        }
+        Ok(self.gather(&flat)?.chunks(n).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Elements `idx` of a 1-D array.
+    pub fn elements(&self, idx: &[usize]) -> Result<Vec<f32>> {
+        self.expect_rank(1)?;
+        for &i in idx {
+            ensure!(
+                i < self.shape[0],
+                "index {i} is out of range for {} of shape {:?}",
+                self.describe(),
+                self.shape
+            );
+        }
+        self.gather(idx)
+    }
+
+    /// Every element, in storage order (for 1-D arrays such as `b_dec`).
+    pub fn to_vec(&self) -> Result<Vec<f32>> {
+        self.gather(&(0..self.len()).collect::<Vec<_>>())
+    }
+
+    /// The elements at flat (storage order) indices `flat`, in the order asked.
+    pub fn gather(&self, flat: &[usize]) -> Result<Vec<f32>> {
+        let size = self.dtype.size();
+        if let Some(&k) = flat.iter().find(|&&k| k >= self.len()) {
+            bail!(
+                "element {k} is out of range for {} of shape {:?}",
+                self.describe(),
+                self.shape
+            );
+        }
+        match &self.data {
+            Data::Mapped { map, offset } => {
+                let bytes = &map[*offset..];
+                ensure!(
+                    bytes.len() >= self.len() * size,
+                    "{} is truncated: {} bytes for {} elements",
+                    self.describe(),
+                    bytes.len(),
+                    self.len()
+                );
+                Ok(flat
+                    .iter()
+                    .map(|&k| self.dtype.to_f32(&bytes[k * size..(k + 1) * size]))
+                    .collect())
+            }
+            Data::Deflated {
+                map,
+                offset,
+                len,
+                skip,
+            } => {
+                let mut order: Vec<usize> = (0..flat.len()).collect();
+                order.sort_unstable_by_key(|&i| flat[i]);
+                let mut out = vec![0f32; flat.len()];
+                let mut stream = DeflateDecoder::new(&map[*offset..*offset + *len]);
+                skip_bytes(&mut stream, *skip as u64)
+                    .with_context(|| format!("cannot inflate {}", self.describe()))?;
+                // `pos`: the element the stream is at; `last`: the last element read, reused for repeats.
+                let (mut pos, mut last) = (0usize, None::<(usize, f32)>);
+                let mut buf = [0u8; 8];
+                for i in order {
+                    let k = flat[i];
+                    if let Some((lk, v)) = last
+                        && lk == k
+                    {
+                        out[i] = v;
+                        continue;
+                    }
+                    skip_bytes(&mut stream, ((k - pos) * size) as u64)
+                        .and_then(|()| stream.read_exact(&mut buf[..size]))
+                        .with_context(|| format!("cannot inflate {} (element {k})", self.describe()))?;
+                    let v = self.dtype.to_f32(&buf[..size]);
+                    out[i] = v;
+                    last = Some((k, v));
+                    pos = k + 1;
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn skip_bytes(r: &mut impl Read, n: u64) -> io::Result<()> {
+    let skipped = io::copy(&mut r.by_ref().take(n), &mut io::sink())?;
+    if skipped < n {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended early"));
+    }
+    Ok(())
+}
+
+fn map_file(path: &Path) -> Result<Arc<Mmap>> {
+    let file = File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
+    // SAFETY: the map is read-only; like every reader of model weights (safetensors, ONNX Runtime) we
+    // assume the file is not truncated or rewritten while we read it.
+    let map = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map '{}'", path.display()))?;
+    Ok(Arc::new(map))
+}
+
+// ------------------------------------------------------------------------------------------------
+// npz
+
+/// A member of a zip archive.
+#[derive(Debug, Clone)]
+struct ZipMember {
+    name: String,
+    /// 0 = STORED, 8 = DEFLATED.
+    method: u16,
+    compressed_size: u64,
+    uncompressed_size: u64,
+    /// Offset of the member's data (after its local header).
+    data_offset: u64,
+}
+
+/// A `.npz` archive, mapped.
+#[derive(Debug, Clone)]
+pub struct Npz {
+    pub file: PathBuf,
+    map: Arc<Mmap>,
+    members: Vec<ZipMember>,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+impl Npz {
+    pub fn open(path: &Path) -> Result<Self> {
+        let map = map_file(path)?;
+        let members = zip_members(&map)
+            .with_context(|| format!("'{}' is not a readable npz (zip) file", path.display()))?;
+        Ok(Self {
+            file: path.to_owned(),
+            map,
+            members,
+        })
+    }
+
+    /// The array names (member names without `.npy`).
+    pub fn keys(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| m.name.strip_suffix(".npy").unwrap_or(&m.name).to_owned())
+            .collect()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.member(key).is_some()
+    }
+
+    fn member(&self, key: &str) -> Option<&ZipMember> {
+        self.members
+            .iter()
+            .find(|m| m.name.strip_suffix(".npy").unwrap_or(&m.name) == key)
+    }
+
+    /// The array `key` (member `key.npy`), without reading its data.
+    pub fn array(&self, key: &str) -> Result<StoredArray> {
+        let Some(m) = self.member(key) else {
+            bail!(
+                "'{}' has no array '{key}' (it has: {})",
+                self.file.display(),
+                self.keys().join(", ")
+            );
+        };
+        let name = key.to_owned();
+        let start = usize::try_from(m.data_offset)?;
+        let len = usize::try_from(m.compressed_size)?;
+        ensure!(
+            start.checked_add(len).is_some_and(|end| end <= self.map.len()),
+            "'{}': member '{}' runs past the end of the file",
+            self.file.display(),
+            m.name
+        );
+        let (header, data) = match m.method {
+            0 => {
+                let header = NpyHeader::parse(&self.map[start..start + len])?;
+                let data = Data::Mapped {
+                    map: self.map.clone(),
+                    offset: start + header.len,
+                };
+                (header, data)
+            }
+            8 => {
+                // The header is at most a few hundred bytes; inflate just enough of it.
+                let mut head = Vec::new();
+                DeflateDecoder::new(&self.map[start..start + len])
+                    .take(1 << 16)
+                    .read_to_end(&mut head)?;
+                let header = NpyHeader::parse(&head)?;
+                let data = Data::Deflated {
+                    map: self.map.clone(),
+                    offset: start,
+                    len,
+                    skip: header.len,
+                };
+                (header, data)
+            }
+            other => bail!(
+                "'{}': member '{}' uses zip compression method {other}; only STORED (0) and DEFLATED (8) are supported",
+                self.file.display(),
+                m.name
+            ),
+        };
+        let array = StoredArray {
+            name,
+            file: self.file.clone(),
+            dtype: header.dtype,
+            shape: header.shape,
+            fortran_order: header.fortran_order,
+            data,
+        };
+        let want = header.len as u64 + (array.len() * array.dtype.size()) as u64;
+        ensure!(
+            m.uncompressed_size >= want,
+            "'{}': member '{}' holds {} bytes but its header promises {want}",
+            self.file.display(),
+            m.name,
+            m.uncompressed_size
+        );
+        Ok(array)
+    }
+}
+
+/// Reads the central directory (zip64 aware: NumPy writes every member with zip64 extras).
+fn zip_members(b: &[u8]) -> Result<Vec<ZipMember>> {
+    const EOCD: u32 = 0x0605_4b50;
+    const EOCD64_LOCATOR: u32 = 0x0706_4b50;
+    const EOCD64: u32 = 0x0606_4b50;
+    const CENTRAL: u32 = 0x0201_4b50;
+    const LOCAL: u32 = 0x0403_4b50;
+    ensure!(b.len() >= 22, "file too short for a zip archive");
+    // The end-of-central-directory record is in the last 22 + 65535 bytes.
+    let lowest = b.len().saturating_sub(22 + 0xFFFF);
+    let eocd = (lowest..=b.len() - 22)
+        .rev()
+        .find(|&i| u32_at(b, i) == Some(EOCD))
+        .context("no end-of-central-directory record")?;
+    let short = |at: usize| u16_at(b, eocd + at).map(u64::from).context("truncated zip");
+    let long = |at: usize| u32_at(b, eocd + at).map(u64::from).context("truncated zip");
+    let (mut count, mut cd_size, mut cd_offset) = (short(10)?, long(12)?, long(16)?);
+    if count == 0xFFFF || cd_size == 0xFFFF_FFFF || cd_offset == 0xFFFF_FFFF {
+        let loc = eocd
+            .checked_sub(20)
+            .context("zip64 archive without a zip64 locator")?;
+        ensure!(
+            u32_at(b, loc) == Some(EOCD64_LOCATOR),
+            "zip64 archive without a zip64 locator"
+        );
+        let at = usize::try_from(u64_at(b, loc + 8).context("truncated zip")?)?;
+        ensure!(
+            u32_at(b, at) == Some(EOCD64),
+            "bad zip64 end-of-central-directory record"
+        );
+        count = u64_at(b, at + 32).context("truncated zip")?;
+        cd_size = u64_at(b, at + 40).context("truncated zip")?;
+        cd_offset = u64_at(b, at + 48).context("truncated zip")?;
+    }
+    let mut members = Vec::new();
+    let mut at = usize::try_from(cd_offset)?;
+    let end = at
+        .checked_add(usize::try_from(cd_size)?)
+        .context("bad central directory size")?;
+    ensure!(end <= b.len(), "central directory runs past the end of the file");
+    for _ in 0..count {
+        ensure!(
+            u32_at(b, at) == Some(CENTRAL),
+            "bad central directory entry at byte {at}"
+        );
+        let field16 = |o: usize| u16_at(b, at + o).context("truncated central directory");
+        let field32 = |o: usize| u32_at(b, at + o).context("truncated central directory");
+        let method = field16(10)?;
+        let flags = field16(8)?;
+        ensure!(flags & 1 == 0, "encrypted zip members are not supported");
+        let mut compressed_size = u64::from(field32(20)?);
+        let mut uncompressed_size = u64::from(field32(24)?);
+        let (name_len, extra_len, comment_len) = (
+            usize::from(field16(28)?),
+            usize::from(field16(30)?),
+            usize::from(field16(32)?),
+        );
+        let mut local_offset = u64::from(field32(42)?);
+        let name_at = at + 46;
+        let name = b
+            .get(name_at..name_at + name_len)
+            .context("truncated central directory")?;
+        let name = String::from_utf8_lossy(name).into_owned();
+        // zip64 extra field (id 1): the 64-bit values of the fields that are 0xFFFFFFFF, in order.
+        let extra = b
+            .get(name_at + name_len..name_at + name_len + extra_len)
+            .context("truncated central directory")?;
+        let mut e = 0;
+        while e + 4 <= extra.len() {
+            let id = u16_at(extra, e).unwrap_or(0);
+            let size = usize::from(u16_at(extra, e + 2).unwrap_or(0));
+            if id == 1 {
+                let mut f = e + 4;
+                for value in [&mut uncompressed_size, &mut compressed_size, &mut local_offset] {
+                    if *value == 0xFFFF_FFFF {
+                        *value = u64_at(extra, f).context("truncated zip64 extra field")?;
+                        f += 8;
+                    }
+                }
+            }
+            e += 4 + size;
+        }
+        let local = usize::try_from(local_offset)?;
+        ensure!(
+            u32_at(b, local) == Some(LOCAL),
+            "bad local header for member '{name}'"
+        );
+        let local_name_len = usize::from(u16_at(b, local + 26).context("truncated local header")?);
+        let local_extra_len = usize::from(u16_at(b, local + 28).context("truncated local header")?);
+        let data_offset = (local + 30 + local_name_len + local_extra_len) as u64;
+        members.push(ZipMember {
+            name,
+            method,
+            compressed_size,
+            uncompressed_size,
+            data_offset,
+        });
+        at = name_at + name_len + extra_len + comment_len;
+    }
+    Ok(members)
+}
+
+/// The header of a `.npy` file: `\x93NUMPY`, version, header length, then a Python dict literal
+/// such as `{'descr': '<f4', 'fortran_order': False, 'shape': (16384, 2304), }`.
+#[derive(Debug)]
+struct NpyHeader {
+    dtype: DType,
+    fortran_order: bool,
+    shape: Vec<usize>,
+    /// Bytes before the data.
+    len: usize,
+}
+
+impl NpyHeader {
+    fn parse(b: &[u8]) -> Result<Self> {
+        ensure!(
+            b.len() >= 10 && &b[..6] == b"\x93NUMPY",
+            "not a .npy array (bad magic)"
+        );
+        let (text_at, text_len) = match b[6] {
+            1 => (10, usize::from(u16_at(b, 8).unwrap_or(0))),
+            2 | 3 => (12, u32_at(b, 8).context("truncated .npy header")? as usize),
+            v => bail!(".npy format version {v} is not supported"),
+        };
+        let text = b
+            .get(text_at..text_at + text_len)
+            .context("truncated .npy header")?;
+        let text = std::str::from_utf8(text).context(".npy header is not text")?;
+        let value_of = |key: &str| -> Result<&str> {
+            let at = text
+                .find(&format!("'{key}'"))
+                .with_context(|| format!(".npy header has no '{key}': {text}"))?;
+            let rest = &text[at + key.len() + 2..];
+            Ok(rest
+                .trim_start()
+                .strip_prefix(':')
+                .context("bad .npy header")?
+                .trim_start())
+        };
+        let descr = value_of("descr")?;
+        let descr = descr
+            .strip_prefix('\'')
+            .and_then(|d| d.split('\'').next())
+            .context("bad .npy descr")?;
+        let dtype = match descr {
+            "<f4" => DType::F32,
+            "<f2" => DType::F16,
+            "<f8" => DType::F64,
+            other => {
+                bail!(".npy dtype '{other}' is not supported (expected little-endian float: <f4, <f2, <f8)")
+            }
+        };
+        let fortran = value_of("fortran_order")?;
+        let fortran_order = if fortran.starts_with("True") {
+            true
+        } else if fortran.starts_with("False") {
+            false
+        } else {
+            bail!("bad .npy fortran_order: {text}")
+        };
+        let shape = value_of("shape")?;
+        let shape = shape
+            .strip_prefix('(')
+            .and_then(|s| s.split(')').next())
+            .context("bad .npy shape")?;
+        let shape = shape
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.trim_end_matches('L')
+                    .parse::<usize>()
+                    .with_context(|| format!("bad .npy shape: {text}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            dtype,
+            fortran_order,
+            shape,
+            len: text_at + text_len,
+        })
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// safetensors
+
+/// A `.safetensors` file, mapped; only its header is parsed.
+#[derive(Debug, Clone)]
+pub struct Safetensors {
+    pub file: PathBuf,
+    map: Arc<Mmap>,
+    /// name -> (dtype, shape, absolute byte offset)
+    tensors: Vec<(String, DType, Vec<usize>, usize)>,
+    /// Names with dtypes we cannot read (for messages).
+    unsupported: Vec<(String, String)>,
+}
+
+impl Safetensors {
+    pub fn open(path: &Path) -> Result<Self> {
+        let map = map_file(path)?;
+        let (n, metadata) = safetensors::SafeTensors::read_metadata(&map[..])
+            .map_err(|e| anyhow::anyhow!("'{}' is not a readable safetensors file: {e}", path.display()))?;
+        let base = 8 + n;
+        let mut tensors = Vec::new();
+        let mut unsupported = Vec::new();
+        for (name, info) in metadata.tensors() {
+            let dtype = match info.dtype {
+                safetensors::Dtype::F32 => DType::F32,
+                safetensors::Dtype::F16 => DType::F16,
+                safetensors::Dtype::BF16 => DType::BF16,
+                safetensors::Dtype::F64 => DType::F64,
+                other => {
+                    unsupported.push((name, format!("{other:?}")));
+                    continue;
+                }
+            };
+            tensors.push((name, dtype, info.shape.clone(), base + info.data_offsets.0));
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Self {
+            file: path.to_owned(),
+            map,
+            tensors,
+            unsupported,
+        })
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.tensors
+            .iter()
+            .map(|t| t.0.clone())
+            .chain(self.unsupported.iter().map(|u| u.0.clone()))
+            .collect()
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.tensors.iter().any(|t| t.0 == key) || self.unsupported.iter().any(|u| u.0 == key)
+    }
+
+    pub fn array(&self, key: &str) -> Result<StoredArray> {
+        if let Some((_, dtype)) = self.unsupported.iter().find(|u| u.0 == key) {
+            bail!(
+                "'{}': tensor '{key}' has dtype {dtype}; only F32, F16, BF16 and F64 are supported",
+                self.file.display()
+            );
+        }
+        let Some((name, dtype, shape, offset)) = self.tensors.iter().find(|t| t.0 == key) else {
+            bail!(
+                "'{}' has no tensor '{key}' (it has: {})",
+                self.file.display(),
+                self.keys().join(", ")
+            );
+        };
+        Ok(StoredArray {
+            name: name.clone(),
+            file: self.file.clone(),
+            dtype: *dtype,
+            shape: shape.clone(),
+            fortran_order: false,
+            data: Data::Mapped {
+                map: self.map.clone(),
+                offset: *offset,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_headers_parse() {
+        let text = "{'descr': '<f4', 'fortran_order': False, 'shape': (16384, 2304), }";
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((text.len() as u16).to_le_bytes());
+        b.extend(text.as_bytes());
+        let h = NpyHeader::parse(&b).unwrap();
+        assert_eq!(
+            (h.dtype, h.fortran_order, h.shape.clone(), h.len),
+            (DType::F32, false, vec![16384, 2304], b.len())
+        );
+        let text = "{'descr': '<f8', 'fortran_order': True, 'shape': (7,), }";
+        let mut b = b"\x93NUMPY\x02\x00".to_vec();
+        b.extend((text.len() as u32).to_le_bytes());
+        b.extend(text.as_bytes());
+        let h = NpyHeader::parse(&b).unwrap();
+        assert_eq!(
+            (h.dtype, h.fortran_order, h.shape, h.len),
+            (DType::F64, true, vec![7], 12 + text.len())
+        );
+        let text = "{'descr': '>f4', 'fortran_order': False, 'shape': (), }";
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((text.len() as u16).to_le_bytes());
+        b.extend(text.as_bytes());
+        assert!(NpyHeader::parse(&b).unwrap_err().to_string().contains(">f4"));
+    }
+
+    #[test]
+    fn fortran_order_and_repeated_indices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.bin");
+        // 2x3 Fortran-order array [[0,1,2],[3,4,5]] stored column-major: 0 3 1 4 2 5.
+        let bytes: Vec<u8> = [0f32, 3., 1., 4., 2., 5.]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let a = StoredArray {
+            name: "a".into(),
+            file: path.clone(),
+            dtype: DType::F32,
+            shape: vec![2, 3],
+            fortran_order: true,
+            data: Data::Mapped {
+                map: map_file(&path).unwrap(),
+                offset: 0,
+            },
+        };
+        assert_eq!(
+            a.rows(&[1, 0, 1]).unwrap(),
+            vec![vec![3., 4., 5.], vec![0., 1., 2.], vec![3., 4., 5.]]
+        );
+        assert_eq!(a.cols(&[2]).unwrap(), vec![vec![2., 5.]]);
+        assert!(a.rows(&[2]).unwrap_err().to_string().contains("out of range"));
+    }
+}
