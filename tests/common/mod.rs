@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a small hand-built model and running models in ONNX Runtime.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod golden;
+
 use std::path::Path;
 
 use ort::value::Tensor;

@@ -1,0 +1,120 @@
+//! `sae-onnx patch`: resolve the base model (an .onnx file, an HF id or folder exported once into
+//! the cache, or the SAE release's own base model), splice the plan, and write the steered model
+//! beside it so the weights are shared, not copied.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use super::plan::SteeringPlan;
+use super::splice::{self, SpliceReport};
+use crate::export::{self, ExportOptions};
+use crate::hub::Hub;
+use crate::onnx::{Model, SaveOptions, SaveReport};
+use crate::sae::{SaeSource, registry};
+
+#[derive(Debug, Clone)]
+pub struct PatchOptions {
+    pub csv: PathBuf,
+    pub output: PathBuf,
+    /// An .onnx file, a Hugging Face id, or a checkpoint folder; `None`: the SAE release's base model.
+    pub model: Option<String>,
+    pub replace: bool,
+    pub progress: bool,
+}
+
+pub struct PatchReport {
+    pub base: PathBuf,
+    pub splice: SpliceReport,
+    pub save: SaveReport,
+    pub seconds: f64,
+}
+
+pub fn patch(options: &PatchOptions) -> Result<PatchReport> {
+    let start = Instant::now();
+    let plan = SteeringPlan::from_csv_file(&options.csv)?;
+    if plan.rows.is_empty() {
+        bail!("{}: the steering plan has no rows", options.csv.display());
+    }
+    let base = base_model(&plan, options)?;
+    let mut model = Model::load(&base)?;
+    let hub = Hub::from_env();
+    let (vectors, provenance) = splice::steering_vectors(&plan, &hub)?;
+    let report = splice::splice(&mut model, &plan, &vectors, &provenance, options.replace)?;
+    let save = model.save(
+        &options.output,
+        &SaveOptions {
+            progress: options.progress,
+            ..Default::default()
+        },
+    )?;
+    Ok(PatchReport {
+        base,
+        splice: report,
+        save,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The .onnx file to patch.
+fn base_model(plan: &SteeringPlan, options: &PatchOptions) -> Result<PathBuf> {
+    let source = match &options.model {
+        Some(m) if m.ends_with(".onnx") => return Ok(PathBuf::from(m)),
+        Some(m) => m.clone(),
+        None => release_base_model(plan)?,
+    };
+    exported_copy(&source, options.progress)
+}
+
+/// The base model every row's SAE release names (all must agree).
+fn release_base_model(plan: &SteeringPlan) -> Result<String> {
+    let mut base: Option<String> = None;
+    for row in &plan.rows {
+        let SaeSource::Release(release) = &row.sae else {
+            bail!(
+                "{}: the SAE comes from {}, which names no base model; pass --model (an .onnx file, a Hugging Face id or a folder)",
+                plan.location(row, super::plan::PlanField::Sae),
+                row.sae
+            );
+        };
+        let model = registry().release(release)?.base_model_hf.clone();
+        match &base {
+            Some(b) if *b != model => {
+                bail!("the plan's SAEs belong to different base models ({b} and {model}); pass --model")
+            }
+            _ => base = Some(model),
+        }
+    }
+    base.context("the plan has no rows")
+}
+
+/// Exports `source` (hub id or folder) once into the cache and returns the .onnx path.
+fn exported_copy(source: &str, progress: bool) -> Result<PathBuf> {
+    let key: String = if Path::new(source).is_dir() {
+        let abs = Path::new(source).canonicalize()?;
+        format!(
+            "dir-{}",
+            &crate::eval::output::hash_string(&abs.display().to_string())[..16]
+        )
+    } else {
+        source.replace('/', "--")
+    };
+    let dir = crate::paths::cache_root().join("models").join(key);
+    let path = dir.join("model.onnx");
+    if path.exists() {
+        tracing::info!("using the cached export {}", path.display());
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    eprintln!("exporting base model {source} once into {}", dir.display());
+    export::export(
+        source,
+        &path,
+        &ExportOptions {
+            progress,
+            ..Default::default()
+        },
+    )?;
+    Ok(path)
+}

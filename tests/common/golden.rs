@@ -1,0 +1,126 @@
+//! Golden files from transformers (safetensors with `caseK.input_ids`, `caseK.attention_mask`,
+//! `caseK.logits`, hook tensors) and the comparison of a model's outputs against them.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use ort::value::Tensor;
+use sae_onnx::runtime::{self, SessionOptions};
+use safetensors::SafeTensors;
+
+pub struct Golden {
+    bytes: Vec<u8>,
+}
+
+impl Golden {
+    pub fn load(path: &Path) -> Self {
+        Self {
+            bytes: std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        }
+    }
+    fn tensors(&self) -> SafeTensors<'_> {
+        SafeTensors::deserialize(&self.bytes).unwrap()
+    }
+    pub fn has(&self, name: &str) -> bool {
+        self.tensors().names().iter().any(|n| *n == name)
+    }
+    pub fn i64s(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
+        let st = self.tensors();
+        let t = st.tensor(name).unwrap();
+        (
+            t.shape().to_vec(),
+            t.data()
+                .chunks(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
+    }
+    pub fn f32s(&self, name: &str) -> Vec<f32> {
+        let st = self.tensors();
+        let t = st.tensor(name).unwrap();
+        t.data()
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+}
+
+/// Extra inputs a graph needs besides input_ids/attention_mask (e.g. an empty KV cache), given
+/// the case's batch and sequence sizes.
+pub type ExtraInputs<'a> = &'a dyn Fn(usize, usize) -> Vec<(String, Tensor<f32>)>;
+
+/// Runs the golden cases (all, or the first `max_cases`); returns, per output, the largest
+/// |difference| over valid (unpadded) positions. Hook tensors are compared relative to their scale
+/// (Gemma 1's residual stream reaches hundreds, where float32 itself rounds at ~3e-5):
+/// |Δ| / max(1, max |golden|).
+pub fn compare(
+    model: &Path,
+    golden: &Golden,
+    outputs: &[String],
+    max_cases: Option<usize>,
+    extra: Option<ExtraInputs>,
+) -> HashMap<String, f32> {
+    let mut session = runtime::session(model, &SessionOptions::default()).unwrap();
+    let mut worst: HashMap<String, f32> = HashMap::new();
+    for case in 0..max_cases.unwrap_or(usize::MAX) {
+        let prefix = format!("case{case}");
+        if !golden.has(&format!("{prefix}.input_ids")) {
+            assert!(case > 0, "the golden file has no cases");
+            break;
+        }
+        let (shape, ids) = golden.i64s(&format!("{prefix}.input_ids"));
+        let (_, mask) = golden.i64s(&format!("{prefix}.attention_mask"));
+        let mut inputs: Vec<(String, ort::session::SessionInputValue)> = vec![
+            (
+                "input_ids".into(),
+                Tensor::from_array((shape.clone(), ids)).unwrap().into(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_array((shape.clone(), mask.clone())).unwrap().into(),
+            ),
+        ];
+        if let Some(extra) = extra {
+            for (name, value) in extra(shape[0], shape[1]) {
+                inputs.push((name, value.into()));
+            }
+        }
+        let inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = inputs
+            .into_iter()
+            .map(|(n, v)| (std::borrow::Cow::Owned(n), v))
+            .collect();
+        let result = session.run(inputs).unwrap();
+        for name in outputs {
+            let (out_shape, actual) = result[name.as_str()].try_extract_tensor::<f32>().unwrap();
+            let golden_name = if name == "logits" {
+                format!("{prefix}.logits")
+            } else {
+                format!("{prefix}.{name}")
+            };
+            let expected = golden.f32s(&golden_name);
+            assert_eq!(actual.len(), expected.len(), "{golden_name}: shape {out_shape:?}");
+            let per_position = actual.len() / mask.len();
+            let valid = |i: &usize| mask[i / per_position] == 1;
+            let scale = if name == "logits" {
+                1.0
+            } else {
+                expected
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| valid(i))
+                    .map(|(_, e)| e.abs())
+                    .fold(1.0f32, f32::max)
+            };
+            let diff = actual
+                .iter()
+                .zip(&expected)
+                .enumerate()
+                .filter(|(i, _)| valid(i))
+                .map(|(_, (a, e))| (a - e).abs() / scale)
+                .fold(0.0f32, f32::max);
+            let entry = worst.entry(name.clone()).or_default();
+            *entry = entry.max(diff);
+        }
+    }
+    worst
+}

@@ -1,0 +1,220 @@
+//! `patch` against transformers: the steered logits of the Gemma 2 fixture equal a transformers
+//! run that adds `coef * W_dec[i]` with forward hooks (tests/fixtures/steer/make_steer.py), for a
+//! resid_post row, two summed rows, an mlp_out row and an attn.hook_z row, in both CSV formats;
+//! on our export and on foreign exports (torch.onnx, onnxruntime-genai) of the same model.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::golden::{Golden, compare};
+use ort::value::Tensor;
+use sae_onnx::export::{self, ExportOptions};
+use sae_onnx::onnx::Model;
+use sae_onnx::steer::patch::{PatchOptions, patch};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn steer_fixture(rel: &str) -> PathBuf {
+    common::fixture(&format!("steer/{rel}"))
+}
+
+fn export_base(dir: &Path) -> PathBuf {
+    let out = dir.join("base.onnx");
+    export::export("tests/fixtures/gemma/gemma2", &out, &ExportOptions::default()).unwrap();
+    out
+}
+
+fn patched(base: &Path, csv: &Path, out: &Path) -> PathBuf {
+    patch(&PatchOptions {
+        csv: csv.to_path_buf(),
+        output: out.to_path_buf(),
+        model: Some(base.display().to_string()),
+        replace: false,
+        progress: false,
+    })
+    .unwrap_or_else(|e| panic!("{}: {e:#}", csv.display()));
+    out.to_path_buf()
+}
+
+fn logits() -> Vec<String> {
+    vec!["logits".to_owned()]
+}
+
+#[test]
+fn steered_exports_match_transformers_hooks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = export_base(tmp.path());
+    for case in ["a", "b", "c", "d"] {
+        let golden = Golden::load(&steer_fixture(&format!("golden_{case}.safetensors")));
+        for csv in [format!("case_{case}.csv"), format!("case_{case}_lmeval.csv")] {
+            let out = patched(
+                &base,
+                &steer_fixture(&csv),
+                &tmp.path().join(format!("steered_{case}.onnx")),
+            );
+            let diff = compare(&out, &golden, &logits(), None, None)["logits"];
+            assert!(diff <= TOLERANCE, "{csv}: max |Δlogit| = {diff}");
+        }
+        // The unsteered model is far from the steered golden: the check can fail.
+        let base_diff = compare(&base, &golden, &logits(), None, None)["logits"];
+        assert!(
+            base_diff > 1e-2,
+            "case {case}: steering changes nothing ({base_diff})"
+        );
+    }
+}
+
+#[test]
+fn torch_onnx_exports_are_steered_at_their_residual_adds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("torch.onnx");
+    std::fs::copy(common::fixture("foreign/torchscript/model.onnx"), &base).unwrap();
+    for case in ["a", "b", "c", "d"] {
+        let golden = Golden::load(&steer_fixture(&format!("golden_{case}.safetensors")));
+        let out = patched(
+            &base,
+            &steer_fixture(&format!("case_{case}.csv")),
+            &tmp.path().join(format!("t_{case}.onnx")),
+        );
+        let diff = compare(&out, &golden, &logits(), None, None)["logits"];
+        assert!(diff <= TOLERANCE, "torch.onnx case {case}: max |Δlogit| = {diff}");
+    }
+}
+
+/// The genai graph is a KV-cache graph: a prompt step takes an (unread) past of the sliding
+/// window's length for sliding layers and an empty past for full-attention layers.
+fn genai_past(batch: usize, _seq: usize) -> Vec<(String, Tensor<f32>)> {
+    let mut inputs = Vec::new();
+    for layer in 0..3 {
+        let past = if layer % 2 == 0 { 4 } else { 0 };
+        for kind in ["key", "value"] {
+            let shape = vec![batch, 2, past, 16];
+            let data = vec![0.0f32; shape.iter().product()];
+            inputs.push((
+                format!("past_key_values.{layer}.{kind}"),
+                Tensor::from_array((shape, data)).unwrap(),
+            ));
+        }
+    }
+    inputs
+}
+
+#[test]
+fn genai_graphs_are_steered_through_their_fused_norms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("genai");
+    std::fs::create_dir(&dir).unwrap();
+    for file in ["model.onnx", "model.onnx.data"] {
+        std::fs::copy(common::fixture(&format!("foreign/genai/{file}")), dir.join(file)).unwrap();
+    }
+    let base = dir.join("model.onnx");
+    for case in ["a", "b", "c", "d"] {
+        let golden = Golden::load(&steer_fixture(&format!("golden_{case}.safetensors")));
+        let out = patched(
+            &base,
+            &steer_fixture(&format!("case_{case}.csv")),
+            &dir.join(format!("g_{case}.onnx")),
+        );
+        // genai refuses right-padded prompt batches, so the single-prompt cases only.
+        let diff = compare(&out, &golden, &logits(), Some(4), Some(&genai_past))["logits"];
+        assert!(diff <= TOLERANCE, "genai case {case}: max |Δlogit| = {diff}");
+    }
+}
+
+#[test]
+fn patching_shares_weights_records_provenance_stacks_and_replaces() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = export_base(tmp.path());
+    let base_bytes = std::fs::read(&base).unwrap();
+    let once = patched(&base, &steer_fixture("case_a.csv"), &tmp.path().join("once.onnx"));
+    assert!(
+        !tmp.path().join("once.onnx.data").exists(),
+        "the steered model shares base.onnx.data"
+    );
+    assert_eq!(
+        std::fs::read(&base).unwrap(),
+        base_bytes,
+        "the base model is untouched"
+    );
+
+    let model = Model::load(&once).unwrap();
+    let steering: serde_json::Value =
+        serde_json::from_str(model.metadata("sae_onnx.steering").unwrap()).unwrap();
+    assert_eq!(steering.as_array().unwrap().len(), 1);
+    assert_eq!(steering[0]["rows"][0]["latent"], 17);
+    assert_eq!(steering[0]["rows"][0]["hook"], "blocks.1.hook_resid_post");
+    assert!(
+        steering[0]["saes"][0]["sha256"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64)
+    );
+
+    // a then (b minus a's row) stacks to b's second row plus twice a's: check via replace instead.
+    let twice = patched(
+        &once,
+        &steer_fixture("case_a.csv"),
+        &tmp.path().join("twice.onnx"),
+    );
+    let stacked: serde_json::Value = serde_json::from_str(
+        Model::load(&twice)
+            .unwrap()
+            .metadata("sae_onnx.steering")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        stacked.as_array().unwrap().len(),
+        2,
+        "provenance lists both patches"
+    );
+    let golden_a = Golden::load(&steer_fixture("golden_a.safetensors"));
+    assert!(
+        compare(&twice, &golden_a, &logits(), None, None)["logits"] > 1e-2,
+        "stacking adds the vector twice"
+    );
+
+    let replaced = tmp.path().join("replaced.onnx");
+    patch(&PatchOptions {
+        csv: steer_fixture("case_a.csv"),
+        output: replaced.clone(),
+        model: Some(twice.display().to_string()),
+        replace: true,
+        progress: false,
+    })
+    .unwrap();
+    assert!(
+        compare(&replaced, &golden_a, &logits(), None, None)["logits"] <= TOLERANCE,
+        "--replace leaves one copy"
+    );
+}
+
+#[test]
+fn the_cli_reports_bad_plans_with_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = export_base(tmp.path());
+    let csv = tmp.path().join("bad.csv");
+    let sae = steer_fixture("sae_res");
+    std::fs::write(&csv, format!("latent_idx,steering_coefficient,sae_release,sae_id,description\n17,8.0,{},,ok\n500,1.0,{},,too big\n", sae.display(), sae.display())).unwrap();
+    let out = tmp.path().join("x.onnx");
+    let run = Command::new(env!("CARGO_BIN_EXE_sae-onnx"))
+        .args([
+            "patch",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--model",
+            base.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        stderr.contains("bad.csv") && stderr.contains(":3") && stderr.contains("500"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing is written on error");
+}
