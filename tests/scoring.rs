@@ -85,7 +85,7 @@ fn loglikelihoods_match_transformers() {
         }
         for batch in [1, 3, 16] {
             let mut model = scoring_model(arch, tmp.path(), batch);
-            let (answers, stats) = model.loglikelihood(&requests, |_| {}).unwrap();
+            let (answers, stats) = model.loglikelihood(&requests, |_, _| Ok(())).unwrap();
             assert_eq!(stats.requests, requests.len());
             for (i, (answer, (lp, greedy))) in answers.iter().zip(&expected).enumerate() {
                 assert!(
@@ -114,7 +114,7 @@ fn shared_contexts_with_one_token_answers_take_one_forward() {
         })
         .collect();
     let mut model = scoring_model("gemma2", tmp.path(), 8);
-    let (answers, stats) = model.loglikelihood(&requests, |_| {}).unwrap();
+    let (answers, stats) = model.loglikelihood(&requests, |_, _| Ok(())).unwrap();
     assert_eq!(stats.forwards, 1, "four answers at one position are one forward");
     for (answer, &token) in answers.iter().zip(&candidates) {
         let (lp, greedy) = golden_logprob(case, context.len() - 1, token);

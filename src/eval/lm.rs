@@ -32,6 +32,9 @@ pub struct Loglikelihood {
     pub is_greedy: bool,
 }
 
+/// A unit's answers: (position, token) -> (log-probability, token is the argmax).
+type UnitScores = HashMap<(usize, u32), (f32, bool)>;
+
 /// One forward: an input sequence and, for each scored position, its candidate tokens.
 #[derive(Debug, Default)]
 struct Unit {
@@ -70,11 +73,12 @@ impl ScoringModel {
         })
     }
 
-    /// Scores every request; `on_progress` is told how many requests each batch finished.
+    /// Scores every request. After each batch, `on_batch` gets how many requests it finished and
+    /// their answers (for progress and for the resumable cache).
     pub fn loglikelihood(
         &mut self,
         requests: &[TokenRequest],
-        mut on_progress: impl FnMut(usize),
+        mut on_batch: impl FnMut(usize, &[(&TokenRequest, Loglikelihood)]) -> Result<()>,
     ) -> Result<(Vec<Loglikelihood>, ScoringStats)> {
         // Where each request's tokens are scored: (unit index, [(position, target)]).
         let mut units: Vec<Unit> = Vec::new();
@@ -120,15 +124,15 @@ impl ScoringModel {
             }
             plan.push((unit, targets));
         }
+        let mut requests_of_unit: Vec<Vec<usize>> = vec![Vec::new(); units.len()];
+        for (i, (unit, _)) in plan.iter().enumerate() {
+            requests_of_unit[*unit].push(i);
+        }
 
         // Longest first, as lm-eval orders them (so an out-of-memory shows at the start).
         let mut order: Vec<usize> = (0..units.len()).collect();
         order.sort_by_key(|&u| std::cmp::Reverse(units[u].input.len()));
-        let mut results: Vec<HashMap<(usize, u32), (f32, bool)>> = vec![HashMap::new(); units.len()];
-        let mut requests_of_unit = vec![0usize; units.len()];
-        for (unit, _) in &plan {
-            requests_of_unit[*unit] += 1;
-        }
+        let mut answers: Vec<Option<Loglikelihood>> = vec![None; requests.len()];
         let mut stats = ScoringStats {
             requests: requests.len(),
             forwards: units.len(),
@@ -136,34 +140,36 @@ impl ScoringModel {
         };
         for batch in order.chunks(self.batch_size) {
             let scored = self.run_batch(batch.iter().map(|&u| &units[u]).collect())?;
+            let mut finished = Vec::new();
             for (&u, unit_results) in batch.iter().zip(scored) {
                 stats.tokens += units[u].input.len();
-                results[u] = unit_results;
+                for &i in &requests_of_unit[u] {
+                    let mut logprob = 0.0f32;
+                    let mut is_greedy = true;
+                    for key in &plan[i].1 {
+                        let (lp, greedy) = unit_results[key];
+                        logprob += lp;
+                        is_greedy &= greedy;
+                    }
+                    let answer = Loglikelihood {
+                        logprob: f64::from(logprob),
+                        is_greedy,
+                    };
+                    answers[i] = Some(answer);
+                    finished.push((&requests[i], answer));
+                }
             }
-            on_progress(batch.iter().map(|&u| requests_of_unit[u]).sum());
+            on_batch(finished.len(), &finished)?;
         }
-
-        let answers = plan
+        let answers = answers
             .into_iter()
-            .map(|(unit, targets)| {
-                let mut logprob = 0.0f32;
-                let mut is_greedy = true;
-                for key in targets {
-                    let (lp, greedy) = results[unit][&key];
-                    logprob += lp;
-                    is_greedy &= greedy;
-                }
-                Loglikelihood {
-                    logprob: f64::from(logprob),
-                    is_greedy,
-                }
-            })
+            .map(|a| a.expect("every unit was scored"))
             .collect();
         Ok((answers, stats))
     }
 
     /// One forward over `units`; returns, per unit, (position, token) -> (log-prob, token is argmax).
-    fn run_batch(&mut self, units: Vec<&Unit>) -> Result<Vec<HashMap<(usize, u32), (f32, bool)>>> {
+    fn run_batch(&mut self, units: Vec<&Unit>) -> Result<Vec<UnitScores>> {
         let batch = units.len();
         let seq = units.iter().map(|u| u.input.len()).max().unwrap_or(1);
         let k = units.iter().map(|u| u.candidates.len()).max().unwrap_or(1);

@@ -1,4 +1,13 @@
 //! `sae-onnx eval`: lm-evaluation-harness semantics on ONNX Runtime.
 
+pub mod data;
+pub mod evaluator;
+pub mod hub_data;
 pub mod lm;
+pub mod metrics;
+pub mod output;
+pub mod pylit;
+pub mod pyrandom;
 pub mod scoring;
+pub mod task;
+pub mod template;

@@ -1,0 +1,213 @@
+//! Task documents: local json/jsonl/csv files (lm-eval's `dataset_path: json|csv` with
+//! `data_files`), loaded as the `datasets` library would present them to lm-eval: one JSON object
+//! per document, columns in file order.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value};
+
+/// A split's documents and its column names (lm-eval's `features`).
+#[derive(Debug, Clone, Default)]
+pub struct Split {
+    pub docs: Vec<Value>,
+    pub columns: Vec<String>,
+}
+
+/// All splits of a dataset by name.
+pub type Dataset = BTreeMap<String, Split>;
+
+/// Loads `data_files` (a path, a list, or a map split -> path|list) with the builder `kind`
+/// (`json` or `csv`). Relative paths resolve against the working directory, as `datasets` does,
+/// then against `yaml_dir` (where the task file is).
+pub fn load_local(kind: &str, data_files: &Value, yaml_dir: &Path) -> Result<Dataset> {
+    let by_split: Vec<(String, Vec<String>)> = match data_files {
+        Value::String(s) => vec![("train".into(), vec![s.clone()])],
+        Value::Array(list) => vec![("train".into(), strings(list)?)],
+        Value::Object(map) => map
+            .iter()
+            .map(|(split, files)| {
+                let files = match files {
+                    Value::String(s) => vec![s.clone()],
+                    Value::Array(list) => strings(list)?,
+                    other => bail!("data_files.{split} must be a path or a list of paths, not {other}"),
+                };
+                Ok((split.clone(), files))
+            })
+            .collect::<Result<_>>()?,
+        other => bail!("data_files must be a path, a list or a map of split to paths, not {other}"),
+    };
+    let mut dataset = Dataset::new();
+    for (split, files) in by_split {
+        let mut loaded = Split::default();
+        for file in files {
+            let path = resolve(&file, yaml_dir)?;
+            let part = match kind {
+                "json" => read_json(&path)?,
+                "csv" => read_csv(&path)?,
+                other => bail!("local datasets of type '{other}' are not supported (json, csv are)"),
+            };
+            for column in part.columns {
+                if !loaded.columns.contains(&column) {
+                    loaded.columns.push(column);
+                }
+            }
+            loaded.docs.extend(part.docs);
+        }
+        dataset.insert(split, loaded);
+    }
+    Ok(dataset)
+}
+
+fn strings(list: &[Value]) -> Result<Vec<String>> {
+    list.iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .context("data_files entries must be paths")
+        })
+        .collect()
+}
+
+fn resolve(file: &str, yaml_dir: &Path) -> Result<PathBuf> {
+    let direct = PathBuf::from(file);
+    if direct.exists() {
+        return Ok(direct);
+    }
+    let beside = yaml_dir.join(file);
+    if beside.exists() {
+        return Ok(beside);
+    }
+    bail!(
+        "data file '{file}' not found (looked relative to the working directory and to '{}')",
+        yaml_dir.display()
+    )
+}
+
+/// JSON Lines, or one JSON array of objects.
+fn read_json(path: &Path) -> Result<Split> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let docs: Vec<Value> = if text.trim_start().starts_with('[') {
+        serde_json::from_str(&text)
+            .with_context(|| format!("'{}' is not a JSON array of objects", path.display()))?
+    } else {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(i, line)| {
+                serde_json::from_str(line)
+                    .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))
+            })
+            .collect::<Result<_>>()?
+    };
+    let mut columns: Vec<String> = Vec::new();
+    for (i, doc) in docs.iter().enumerate() {
+        let Value::Object(map) = doc else {
+            bail!("{}: document {} is not a JSON object", path.display(), i + 1);
+        };
+        for key in map.keys() {
+            if !columns.contains(key) {
+                columns.push(key.clone());
+            }
+        }
+    }
+    // `datasets` gives every document every column, missing ones as null.
+    let docs = docs
+        .into_iter()
+        .map(|doc| {
+            let Value::Object(mut map) = doc else {
+                unreachable!("checked above")
+            };
+            let mut ordered = Map::new();
+            for column in &columns {
+                ordered.insert(column.clone(), map.remove(column).unwrap_or(Value::Null));
+            }
+            Value::Object(ordered)
+        })
+        .collect();
+    Ok(Split { docs, columns })
+}
+
+/// CSV with a header; columns whose every value is an integer (or float) become numbers, as
+/// pandas infers them for `datasets`.
+fn read_csv(path: &Path) -> Result<Split> {
+    let mut reader = csv::ReaderBuilder::new()
+        .from_path(path)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    let columns: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+    let rows: Vec<Vec<String>> = reader
+        .records()
+        .enumerate()
+        .map(|(i, r)| {
+            r.map(|r| r.iter().map(str::to_owned).collect())
+                .with_context(|| format!("{}:{}: malformed CSV row", path.display(), i + 2))
+        })
+        .collect::<Result<_>>()?;
+    let kinds: Vec<fn(&str) -> Option<Value>> = (0..columns.len())
+        .map(|c| {
+            let all = |f: fn(&str) -> bool| rows.iter().all(|r| r.get(c).is_some_and(|v| f(v)));
+            if all(|v| v.parse::<i64>().is_ok()) {
+                (|v: &str| v.parse::<i64>().ok().map(Value::from)) as fn(&str) -> Option<Value>
+            } else if all(|v| v.parse::<f64>().is_ok()) {
+                |v: &str| v.parse::<f64>().ok().map(Value::from)
+            } else {
+                |v: &str| Some(Value::from(v))
+            }
+        })
+        .collect();
+    let docs = rows
+        .into_iter()
+        .map(|row| {
+            let mut map = Map::new();
+            for (c, column) in columns.iter().enumerate() {
+                let value = row.get(c).and_then(|v| kinds[c](v)).unwrap_or(Value::Null);
+                map.insert(column.clone(), value);
+            }
+            Value::Object(map)
+        })
+        .collect();
+    Ok(Split { docs, columns })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jsonl_keeps_column_order_and_fills_missing_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("t.jsonl"),
+            "{\"q\": \"a\", \"label\": 1}\n\n{\"label\": 0, \"q\": \"b\", \"x\": true}\n",
+        )
+        .unwrap();
+        let files = serde_json::json!({"test": "t.jsonl"});
+        let data = load_local("json", &files, dir.path()).unwrap();
+        let split = &data["test"];
+        assert_eq!(split.columns, ["q", "label", "x"]);
+        assert_eq!(
+            split.docs[0],
+            serde_json::json!({"q": "a", "label": 1, "x": null})
+        );
+        let keys: Vec<&String> = split.docs[1].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["q", "label", "x"]);
+    }
+
+    #[test]
+    fn csv_infers_numeric_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.csv"), "q,label,score\n\"a, b\",1,0.5\nc,2,1\n").unwrap();
+        let data = load_local("csv", &Value::from("t.csv"), dir.path()).unwrap();
+        assert_eq!(
+            data["train"].docs[0],
+            serde_json::json!({"q": "a, b", "label": 1, "score": 0.5})
+        );
+    }
+
+    #[test]
+    fn missing_files_name_both_places_looked() {
+        let err = load_local("json", &Value::from("nope.jsonl"), Path::new("/tmp")).unwrap_err();
+        assert!(err.to_string().contains("nope.jsonl"), "{err}");
+    }
+}

@@ -1,0 +1,971 @@
+//! The evaluation run: resolve task, group and tag names; build every document's requests with
+//! lm-eval's prompts; tokenize them as lm-eval's HFLM does; score them all in one batched pass
+//! (resuming from `--cache`); compute, aggregate and write lm-eval's results and samples.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value, json};
+
+use super::lm::{Loglikelihood, ScoringModel, TokenRequest};
+
+/// Per task or group: metric -> (mean, stderr), and the number of documents.
+type Scores = HashMap<String, (BTreeMap<String, (f64, Option<f64>)>, usize)>;
+use super::metrics;
+use super::output::{self, doc_json_indented, hash_string, py_str, sanitize_model_name};
+use super::pylit::repr_float;
+use super::task::{Entry, FEWSHOT_SEED, OutputType, Target, Task, TaskIndex};
+use crate::export::meta;
+use crate::onnx::Model;
+use crate::progress;
+use crate::runtime::SessionOptions;
+use crate::tokenizer::Tokenizer;
+
+/// The lm-eval version whose semantics (prompts, metrics, files) this reproduces.
+pub const LM_EVAL_VERSION: &str = "0.4.13";
+
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub tasks: Vec<String>,
+    pub num_fewshot: Option<usize>,
+    /// An integer count per task, or a fraction of each task below 1.0.
+    pub limit: Option<f64>,
+    pub batch_size: usize,
+    pub session: SessionOptions,
+    pub output_path: Option<PathBuf>,
+    pub log_samples: bool,
+    pub tokenizer: Option<String>,
+    pub fewshot_seed: u64,
+    pub cache: Option<PathBuf>,
+    /// Task folders searched besides the bundled one.
+    pub include_paths: Vec<PathBuf>,
+    /// Overrides the model's context length.
+    pub max_length: Option<usize>,
+    pub progress: bool,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            tasks: Vec::new(),
+            num_fewshot: None,
+            limit: None,
+            batch_size: 16,
+            session: SessionOptions::default(),
+            output_path: None,
+            log_samples: false,
+            tokenizer: None,
+            fewshot_seed: FEWSHOT_SEED,
+            cache: None,
+            include_paths: Vec::new(),
+            max_length: None,
+            progress: false,
+        }
+    }
+}
+
+/// The bundled task folder (lm-eval YAMLs shipped with sae-onnx).
+pub fn bundled_tasks_dir() -> PathBuf {
+    std::env::var_os("SAE_ONNX_TASKS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tasks")))
+}
+
+/// A resolved name: a task, or a group of children with its aggregation.
+enum Node {
+    Task {
+        name: String,
+    },
+    Group {
+        name: String,
+        alias: Option<String>,
+        children: Vec<Node>,
+        weight_by_size: BTreeMap<String, bool>,
+        version: Value,
+    },
+}
+
+/// One request of one document.
+struct DocRequest {
+    context: String,
+    continuation: String,
+    tokens: TokenRequest,
+}
+
+struct DocWork {
+    doc_id: usize,
+    doc: Value,
+    target: Target,
+    choices: Vec<String>,
+    requests: Vec<DocRequest>,
+}
+
+pub struct EvalOutcome {
+    pub results: Map<String, Value>,
+    pub results_path: Option<PathBuf>,
+    pub table: String,
+    pub stats: super::lm::ScoringStats,
+    pub seconds: f64,
+}
+
+pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome> {
+    let start = Instant::now();
+    let model = Model::load(model_path)?;
+    let tokenizer = Tokenizer::for_model(&model, options.tokenizer.as_deref())?;
+    check_vocab(&model, &tokenizer)?;
+    let max_length = options
+        .max_length
+        .or_else(|| model.metadata(meta::MAX_POSITIONS).and_then(|v| v.parse().ok()))
+        .unwrap_or(2048);
+    // lm-eval 0.4.13's HFLM encodes with the tokenizer's default special tokens: Gemma's
+    // template puts BOS first; tokenizers without one add nothing.
+    let add_bos = true;
+    let prefix_token = tokenizer
+        .bos_id
+        .or(tokenizer.eos_id)
+        .context("the tokenizer has neither BOS nor EOS")?;
+
+    let mut dirs = vec![bundled_tasks_dir()];
+    dirs.extend(options.include_paths.iter().cloned());
+    let mut index = TaskIndex::scan(&dirs.iter().filter(|d| d.is_dir()).cloned().collect::<Vec<_>>())?;
+    let mut roots = Vec::new();
+    for name in &options.tasks {
+        roots.push(resolve(&mut index, name, 0)?);
+    }
+    let mut leaf_names = Vec::new();
+    for root in &roots {
+        collect_leaves(root, &mut leaf_names);
+    }
+    leaf_names.dedup();
+
+    // Build every task's documents and requests (few-shot draws in document order, as lm-eval).
+    let mut tasks: Vec<(Task, Vec<DocWork>)> = Vec::new();
+    for name in &leaf_names {
+        let Some(Entry::Task { path, config }) = index.entries.get(name) else {
+            bail!("'{name}' is not a task");
+        };
+        let mut task = Task::load(
+            name,
+            path,
+            config.clone(),
+            options.num_fewshot,
+            options.fewshot_seed,
+        )?;
+        let total = task.eval_docs.len();
+        let n = match options.limit {
+            None => total,
+            Some(l) if l < 1.0 => (total as f64 * l).ceil() as usize,
+            Some(l) => (l as usize).min(total),
+        };
+        let docs: Vec<Value> = task.eval_docs[..n].to_vec();
+        let mut work = Vec::with_capacity(n);
+        for (doc_id, doc) in docs.into_iter().enumerate() {
+            let w = build_doc(&mut task, doc_id, doc, &tokenizer, add_bos, prefix_token)
+                .with_context(|| format!("task '{name}', document {doc_id}"))?;
+            work.push(w);
+        }
+        tasks.push((task, work));
+    }
+
+    // Score all requests, reusing the cache.
+    let all: Vec<&TokenRequest> = tasks
+        .iter()
+        .flat_map(|(_, w)| w.iter().flat_map(|d| d.requests.iter().map(|r| &r.tokens)))
+        .collect();
+    let mut cache = ResultCache::open(options.cache.as_deref())?;
+    let missing: Vec<TokenRequest> = {
+        let mut seen = std::collections::HashSet::new();
+        all.iter()
+            .filter(|r| !cache.answers.contains_key(**r) && seen.insert(**r))
+            .map(|r| (*r).clone())
+            .collect()
+    };
+    let mut stats = super::lm::ScoringStats::default();
+    if !missing.is_empty() {
+        let mut scorer = ScoringModel::open(model_path, &options.session, max_length, options.batch_size)?;
+        let bar = progress::items_bar(missing.len() as u64, "loglikelihood", options.progress);
+        let tokens_total: usize = missing
+            .iter()
+            .map(|r| r.context.len() + r.continuation.len())
+            .sum();
+        let bar_start = Instant::now();
+        let (answers, s) = scorer.loglikelihood(&missing, |done, batch_answers| {
+            bar.inc(done as u64);
+            let elapsed = bar_start.elapsed().as_secs_f64().max(1e-9);
+            let fraction = bar.position() as f64 / missing.len().max(1) as f64;
+            bar.set_message(format!("{:.0} tok/s", tokens_total as f64 * fraction / elapsed));
+            cache.append(batch_answers)
+        })?;
+        bar.finish_and_clear();
+        stats = s;
+        for (request, answer) in missing.iter().zip(answers) {
+            cache.answers.insert(request.clone(), answer);
+        }
+    }
+
+    // Metrics per document, aggregated per task.
+    let mut results = Map::new();
+    let mut configs = Map::new();
+    let mut versions = Map::new();
+    let mut n_shot = Map::new();
+    let mut higher_is_better = Map::new();
+    let mut n_samples = Map::new();
+    let mut task_hashes = Map::new();
+    let mut samples_out = Vec::new();
+    let mut task_scores: Scores = HashMap::new();
+    for (task, work) in &tasks {
+        let metric_names: Vec<String> = task.metrics.iter().map(|m| m.name.clone()).collect();
+        let mut per_metric: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut samples = Vec::new();
+        for doc in work {
+            let answers: Vec<Loglikelihood> = doc.requests.iter().map(|r| cache.answers[&r.tokens]).collect();
+            let doc_metrics = match task.output_type {
+                OutputType::MultipleChoice => {
+                    metrics::multiple_choice(&answers, &doc.choices, &doc.target, &metric_names)
+                }
+                OutputType::Loglikelihood => {
+                    vec![("acc".to_owned(), f64::from(u8::from(answers[0].is_greedy)))]
+                        .into_iter()
+                        .filter(|(m, _)| metric_names.contains(m))
+                        .collect()
+                }
+            };
+            for (m, v) in &doc_metrics {
+                per_metric.entry(m.clone()).or_default().push(*v);
+            }
+            samples.push(sample_line(doc, &answers, &doc_metrics));
+        }
+        let mut entry = Map::new();
+        entry.insert("name".into(), json!(task.name));
+        entry.insert(
+            "alias".into(),
+            json!(task.alias.clone().unwrap_or_else(|| task.name.clone())),
+        );
+        entry.insert("sample_len".into(), json!(work.len()));
+        let mut scores = BTreeMap::new();
+        for metric in &metric_names {
+            let items = per_metric.get(metric).cloned().unwrap_or_default();
+            if items.is_empty() {
+                continue;
+            }
+            let (mean, stderr) = metrics::mean_and_stderr(&items);
+            entry.insert(format!("{metric},none"), json!(mean));
+            entry.insert(
+                format!("{metric}_stderr,none"),
+                stderr.map_or(json!("N/A"), |s| json!(s)),
+            );
+            scores.insert(metric.clone(), (mean, stderr));
+        }
+        task_scores.insert(task.name.clone(), (scores, work.len()));
+        results.insert(task.name.clone(), Value::Object(entry));
+        configs.insert(task.name.clone(), task_config_json(task, model_path));
+        versions.insert(task.name.clone(), task.version());
+        n_shot.insert(task.name.clone(), json!(task.num_fewshot));
+        higher_is_better.insert(
+            task.name.clone(),
+            Value::Object(
+                task.metrics
+                    .iter()
+                    .map(|m| (m.name.clone(), json!(m.higher_is_better)))
+                    .collect(),
+            ),
+        );
+        n_samples.insert(
+            task.name.clone(),
+            json!({"original": task.eval_docs.len(), "effective": work.len()}),
+        );
+        let joined: String = samples
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}{}{}",
+                    s["doc_hash"].as_str().unwrap_or(""),
+                    s["prompt_hash"].as_str().unwrap_or(""),
+                    s["target_hash"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        if options.log_samples {
+            task_hashes.insert(task.name.clone(), json!(hash_string(&joined)));
+            samples_out.push((task.name.clone(), samples));
+        }
+    }
+
+    // Groups, children first.
+    let mut groups = Map::new();
+    let mut group_subtasks = Map::new();
+    for root in &roots {
+        aggregate(
+            root,
+            &mut task_scores,
+            &mut results,
+            &mut groups,
+            &mut group_subtasks,
+            &mut versions,
+            &mut n_shot,
+            &mut higher_is_better,
+        );
+    }
+
+    let model_name = model_path.display().to_string();
+    let mut out = Map::new();
+    // Groups are listed after their tasks in `results`, as lm-eval does.
+    out.insert("results".into(), Value::Object(results));
+    if !groups.is_empty() {
+        out.insert("groups".into(), Value::Object(groups));
+    }
+    out.insert("group_subtasks".into(), Value::Object(group_subtasks));
+    out.insert("configs".into(), Value::Object(configs));
+    out.insert("versions".into(), Value::Object(versions));
+    out.insert("n-shot".into(), Value::Object(n_shot));
+    out.insert("higher_is_better".into(), Value::Object(higher_is_better));
+    out.insert("n-samples".into(), Value::Object(n_samples));
+    out.insert(
+        "config".into(),
+        json!({
+            "model": "sae-onnx",
+            "model_args": {"model": model_name, "device": options.session.device.to_string()},
+            "model_num_parameters": Value::Null,
+            "model_dtype": model.metadata(meta::DTYPE),
+            "model_revision": model.metadata(meta::REVISION).unwrap_or("main"),
+            "model_sha": "",
+            "batch_size": options.batch_size.to_string(),
+            "batch_sizes": [],
+            "device": options.session.device.to_string(),
+            "use_cache": options.cache.as_ref().map(|p| p.display().to_string()),
+            "limit": options.limit,
+            "bootstrap_iters": 100000,
+            "gen_kwargs": {},
+            "random_seed": 0,
+            "numpy_seed": 1234,
+            "torch_seed": 1234,
+            "fewshot_seed": options.fewshot_seed,
+        }),
+    );
+    out.insert("transformers_version".into(), Value::Null);
+    out.insert("lm_eval_version".into(), json!(LM_EVAL_VERSION));
+    out.insert("sae_onnx_version".into(), json!(env!("CARGO_PKG_VERSION")));
+    let token = |id: Option<u32>| {
+        id.map_or(Value::Null, |i| {
+            json!([tokenizer_token(&tokenizer, i), i.to_string()])
+        })
+    };
+    out.insert("tokenizer_pad_token".into(), token(Some(0)));
+    out.insert("tokenizer_eos_token".into(), token(tokenizer.eos_id));
+    out.insert("tokenizer_bos_token".into(), token(tokenizer.bos_id));
+    out.insert("eot_token_id".into(), json!(tokenizer.eos_id));
+    out.insert("max_length".into(), json!(max_length));
+    out.insert("task_hashes".into(), Value::Object(task_hashes));
+    out.insert("model_source".into(), json!("sae-onnx"));
+    out.insert("model_name".into(), json!(model_name));
+    out.insert(
+        "model_name_sanitized".into(),
+        json!(sanitize_model_name(&model_name)),
+    );
+    for key in [
+        "system_instruction",
+        "system_instruction_sha",
+        "fewshot_as_multiturn",
+        "chat_template",
+        "chat_template_sha",
+    ] {
+        out.insert(key.into(), Value::Null);
+    }
+    if let Some(steering) = model.metadata("sae_onnx.steering") {
+        out.insert(
+            "steering".into(),
+            serde_json::from_str(steering).unwrap_or(json!(steering)),
+        );
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    out.insert("total_evaluation_time_seconds".into(), json!(seconds.to_string()));
+
+    let table = render_table(&out, &roots);
+    let results_path = match &options.output_path {
+        Some(path) => Some(output::write(path, &model_name, &out, &samples_out)?),
+        None => None,
+    };
+    Ok(EvalOutcome {
+        results: out,
+        results_path,
+        table,
+        stats,
+        seconds,
+    })
+}
+
+fn tokenizer_token(tokenizer: &Tokenizer, id: u32) -> String {
+    tokenizer.decode_token(id).unwrap_or_default()
+}
+
+fn check_vocab(model: &Model, tokenizer: &Tokenizer) -> Result<()> {
+    if let Some(vocab) = model
+        .metadata(meta::VOCAB_SIZE)
+        .and_then(|v| v.parse::<usize>().ok())
+        && tokenizer.vocab_size() > vocab
+    {
+        bail!(
+            "tokenizer '{}' has {} tokens but the model's vocabulary has {vocab}: they do not belong together (pass --tokenizer)",
+            tokenizer.path.display(),
+            tokenizer.vocab_size()
+        );
+    }
+    Ok(())
+}
+
+/// lm-eval's `_encode_pair`: trailing whitespace of the context moves to the continuation, the
+/// pair is tokenized whole, and the continuation is the tail beyond the context's tokens.
+pub fn encode_pair(
+    tokenizer: &Tokenizer,
+    add_bos: bool,
+    prefix_token: u32,
+    context: &str,
+    continuation: &str,
+) -> Result<TokenRequest> {
+    if context.is_empty() {
+        return Ok(TokenRequest {
+            context: vec![prefix_token],
+            continuation: tokenizer.encode(continuation, add_bos)?,
+        });
+    }
+    let trimmed = context.trim_end();
+    let (context, continuation) = if trimmed.len() < context.len() {
+        (
+            trimmed.to_owned(),
+            format!("{}{continuation}", &context[trimmed.len()..]),
+        )
+    } else {
+        (context.to_owned(), continuation.to_owned())
+    };
+    let whole = tokenizer.encode(&format!("{context}{continuation}"), add_bos)?;
+    let context_ids = tokenizer.encode(&context, add_bos)?;
+    let continuation_ids = whole.get(context_ids.len()..).unwrap_or_default().to_vec();
+    Ok(TokenRequest {
+        context: context_ids,
+        continuation: continuation_ids,
+    })
+}
+
+fn build_doc(
+    task: &mut Task,
+    doc_id: usize,
+    doc: Value,
+    tokenizer: &Tokenizer,
+    add_bos: bool,
+    prefix: u32,
+) -> Result<DocWork> {
+    let context = task.fewshot_context(&doc)?;
+    let target = task.doc_to_target(&doc)?;
+    let delimiter = task.target_delimiter();
+    let (choices, pairs): (Vec<String>, Vec<(String, String)>) = match task.output_type {
+        OutputType::MultipleChoice => {
+            let choices = task.doc_to_choice(&doc)?;
+            let pairs = choices
+                .iter()
+                .map(|c| (context.clone(), format!("{delimiter}{c}")))
+                .collect();
+            (choices, pairs)
+        }
+        OutputType::Loglikelihood => {
+            let continuation = match &target {
+                Target::Text(t) => t.clone(),
+                Target::Index(i) => i.to_string(),
+                Target::List(_) => bail!("a loglikelihood task's target must be text"),
+            };
+            (Vec::new(), vec![(context.clone(), continuation)])
+        }
+    };
+    let requests = pairs
+        .into_iter()
+        .map(|(context, continuation)| {
+            let tokens = encode_pair(tokenizer, add_bos, prefix, &context, &continuation)?;
+            if tokens.continuation.is_empty() {
+                bail!("continuation {continuation:?} encodes to no tokens");
+            }
+            Ok(DocRequest {
+                context,
+                continuation,
+                tokens,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(DocWork {
+        doc_id,
+        doc,
+        target,
+        choices,
+        requests,
+    })
+}
+
+fn target_value(target: &Target) -> Value {
+    match target {
+        Target::Index(i) => json!(i),
+        Target::Text(t) => json!(t),
+        Target::List(l) => Value::Array(l.clone()),
+    }
+}
+
+fn sample_line(doc: &DocWork, answers: &[Loglikelihood], doc_metrics: &[(String, f64)]) -> Value {
+    let target = target_value(&doc.target);
+    let mut arguments = Map::new();
+    for (i, r) in doc.requests.iter().enumerate() {
+        arguments.insert(
+            format!("gen_args_{i}"),
+            json!({"arg_0": r.context, "arg_1": r.continuation}),
+        );
+    }
+    let resp = |a: &Loglikelihood| json!([repr_float(a.logprob), if a.is_greedy { "True" } else { "False" }]);
+    let mut line = Map::new();
+    line.insert("doc_id".into(), json!(doc.doc_id));
+    line.insert("doc".into(), doc.doc.clone());
+    line.insert("target".into(), json!(py_str(&target)));
+    line.insert("arguments".into(), Value::Object(arguments));
+    line.insert(
+        "resps".into(),
+        Value::Array(answers.iter().map(|a| json!([resp(a)])).collect()),
+    );
+    line.insert(
+        "filtered_resps".into(),
+        Value::Array(answers.iter().map(resp).collect()),
+    );
+    line.insert("filter".into(), json!("none"));
+    line.insert(
+        "metrics".into(),
+        json!(doc_metrics.iter().map(|(m, _)| m).collect::<Vec<_>>()),
+    );
+    line.insert(
+        "doc_hash".into(),
+        json!(hash_string(&doc_json_indented(&doc.doc))),
+    );
+    line.insert("prompt_hash".into(), json!(hash_string(&doc.requests[0].context)));
+    line.insert("target_hash".into(), json!(hash_string(&py_str(&target))));
+    for (m, v) in doc_metrics {
+        line.insert(m.clone(), json!(v));
+    }
+    Value::Object(line)
+}
+
+/// lm-eval's task config as the results file shows it: TaskConfig fields in order, None skipped.
+fn task_config_json(task: &Task, model_path: &Path) -> Value {
+    let c = &task.config;
+    let mut out = Map::new();
+    let get = |k: &str| c.get(k).filter(|v| !v.is_null()).cloned();
+    for key in [
+        "task",
+        "task_alias",
+        "dataset_path",
+        "dataset_name",
+        "dataset_kwargs",
+        "training_split",
+        "validation_split",
+        "test_split",
+        "fewshot_split",
+        "doc_to_text",
+        "doc_to_target",
+    ] {
+        if let Some(v) = get(key) {
+            out.insert(key.into(), v);
+        }
+    }
+    out.insert("unsafe_code".into(), get("unsafe_code").unwrap_or(json!(false)));
+    if let Some(v) = get("doc_to_choice") {
+        out.insert("doc_to_choice".into(), v);
+    }
+    out.insert("description".into(), get("description").unwrap_or(json!("")));
+    out.insert("target_delimiter".into(), json!(task.target_delimiter()));
+    out.insert("fewshot_delimiter".into(), json!(task.fewshot_delimiter()));
+    let fewshot = c
+        .get("fewshot_config")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    out.insert(
+        "fewshot_config".into(),
+        json!({
+            "sampler": fewshot.get("sampler").cloned().unwrap_or(json!("default")),
+            "split": fewshot.get("split").cloned().or_else(|| get("fewshot_split")),
+            "process_docs": Value::Null,
+            "fewshot_indices": fewshot.get("fewshot_indices").cloned(),
+            "samples": fewshot.get("samples").cloned(),
+            "doc_to_text": fewshot.get("doc_to_text").cloned().or_else(|| get("doc_to_text")),
+            "doc_to_choice": fewshot.get("doc_to_choice").cloned().or_else(|| get("doc_to_choice")),
+            "doc_to_target": fewshot.get("doc_to_target").cloned().or_else(|| get("doc_to_target")),
+            "gen_prefix": Value::Null,
+            "fewshot_delimiter": json!(task.fewshot_delimiter()),
+            "target_delimiter": json!(task.target_delimiter()),
+        }),
+    );
+    out.insert("num_fewshot".into(), json!(task.num_fewshot));
+    if let Some(v) = get("metric_list") {
+        out.insert("metric_list".into(), v);
+    }
+    out.insert("output_type".into(), json!(task.output_type.name()));
+    out.insert("repeats".into(), get("repeats").unwrap_or(json!(1)));
+    out.insert(
+        "should_decontaminate".into(),
+        get("should_decontaminate").unwrap_or(json!(false)),
+    );
+    let mut metadata = c
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    metadata.insert("model".into(), json!(model_path.display().to_string()));
+    metadata.insert("config_source".into(), json!(task.path.display().to_string()));
+    out.insert("metadata".into(), Value::Object(metadata));
+    Value::Object(out)
+}
+
+fn resolve(index: &mut TaskIndex, name: &str, depth: usize) -> Result<Node> {
+    if depth > 16 {
+        bail!("group '{name}' nests too deeply (a cycle?)");
+    }
+    let as_path = Path::new(name);
+    let name = if as_path.extension().is_some_and(|e| e == "yaml" || e == "yml") && as_path.is_file() {
+        index
+            .add_file(as_path)?
+            .with_context(|| format!("'{name}' defines no task or group"))?
+    } else {
+        name.to_owned()
+    };
+    match index.entries.get(&name).cloned() {
+        Some(Entry::Task { .. }) => Ok(Node::Task { name }),
+        Some(Entry::Group { config, .. }) => {
+            let mut children = Vec::new();
+            for child in config.get("task").and_then(Value::as_array).into_iter().flatten() {
+                match child {
+                    // A tag inside a group stands for its tasks, listed as the group's own subtasks.
+                    Value::String(child)
+                        if !index.entries.contains_key(child) && index.tags.contains_key(child) =>
+                    {
+                        let tasks = index.tags[child].clone();
+                        children.extend(tasks.into_iter().map(|name| Node::Task { name }));
+                    }
+                    Value::String(child) => children.push(resolve(index, child, depth + 1)?),
+                    other => bail!(
+                        "group '{name}': inline task definitions ({other}) are not supported; put them in their own YAML file"
+                    ),
+                }
+            }
+            let weight_by_size = config
+                .get("aggregate_metric_list")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|m| {
+                    Some((
+                        m.get("metric")?.as_str()?.to_owned(),
+                        m.get("weight_by_size").and_then(Value::as_bool).unwrap_or(true),
+                    ))
+                })
+                .collect();
+            let version = config
+                .get("metadata")
+                .and_then(|m| m.get("version"))
+                .map_or(Value::Null, |v| json!(super::task::value_text(v)));
+            let alias = config
+                .get("group_alias")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            Ok(Node::Group {
+                name,
+                alias,
+                children,
+                weight_by_size,
+                version,
+            })
+        }
+        None => match index.tags.get(&name).cloned() {
+            // A tag is a plain list of tasks, reported one by one.
+            Some(tasks) => Ok(Node::Group {
+                name: name.clone(),
+                alias: None,
+                children: tasks.into_iter().map(|t| Node::Task { name: t }).collect(),
+                weight_by_size: BTreeMap::new(),
+                version: Value::Null,
+            }),
+            None => {
+                let hints = index.suggestions(&name);
+                let hint = if hints.is_empty() {
+                    String::new()
+                } else {
+                    format!(" Did you mean: {}?", hints.join(", "))
+                };
+                bail!(
+                    "unknown task, group or tag '{name}'.{hint} (`sae-onnx eval --list-tasks` lists them; a path to a .yaml file works too)"
+                )
+            }
+        },
+    }
+}
+
+fn collect_leaves(node: &Node, out: &mut Vec<String>) {
+    match node {
+        Node::Task { name } => {
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+        }
+        Node::Group { children, .. } => children.iter().for_each(|c| collect_leaves(c, out)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn aggregate(
+    node: &Node,
+    scores: &mut Scores,
+    results: &mut Map<String, Value>,
+    groups: &mut Map<String, Value>,
+    group_subtasks: &mut Map<String, Value>,
+    versions: &mut Map<String, Value>,
+    n_shot: &mut Map<String, Value>,
+    higher_is_better: &mut Map<String, Value>,
+) {
+    let Node::Group {
+        name,
+        alias,
+        children,
+        weight_by_size,
+        version,
+    } = node
+    else {
+        return;
+    };
+    for child in children {
+        aggregate(
+            child,
+            scores,
+            results,
+            groups,
+            group_subtasks,
+            versions,
+            n_shot,
+            higher_is_better,
+        );
+    }
+    let child_names: Vec<String> = children
+        .iter()
+        .map(|c| match c {
+            Node::Task { name } | Node::Group { name, .. } => name.clone(),
+        })
+        .collect();
+    group_subtasks.insert(name.clone(), json!(child_names));
+    versions.insert(name.clone(), version.clone());
+    let shots: std::collections::BTreeSet<String> = child_names
+        .iter()
+        .filter_map(|c| n_shot.get(c).map(Value::to_string))
+        .collect();
+    if shots.len() == 1
+        && let Some(v) = child_names.iter().find_map(|c| n_shot.get(c).cloned())
+    {
+        n_shot.insert(name.clone(), v);
+    }
+    let mut hib = Map::new();
+    for c in &child_names {
+        if let Some(Value::Object(m)) = higher_is_better.get(c) {
+            for (k, v) in m {
+                hib.entry(k.clone()).or_insert(v.clone());
+            }
+        }
+    }
+    if weight_by_size.is_empty() {
+        // No aggregate_metric_list (e.g. a tag): lm-eval reports the children only.
+        return;
+    }
+    let mut entry = Map::new();
+    entry.insert(
+        "alias".into(),
+        json!(alias.clone().unwrap_or_else(|| name.clone())),
+    );
+    entry.insert("name".into(), json!(name));
+    let mut group_scores = BTreeMap::new();
+    let mut total = 0usize;
+    let mut sample_count = Map::new();
+    for (metric, weighted) in weight_by_size {
+        let parts: Vec<(f64, f64, usize)> = child_names
+            .iter()
+            .filter_map(|c| {
+                let (s, n) = scores.get(c)?;
+                let (mean, se) = s.get(metric)?;
+                Some((*mean, se.unwrap_or(0.0), *n))
+            })
+            .collect();
+        if parts.is_empty() {
+            continue;
+        }
+        let means: Vec<f64> = parts.iter().map(|p| p.0).collect();
+        let ses: Vec<f64> = parts.iter().map(|p| p.1).collect();
+        let sizes: Vec<usize> = parts.iter().map(|p| p.2).collect();
+        let (mean, se) = metrics::aggregate_group(&means, &ses, &sizes, *weighted);
+        total = sizes.iter().sum();
+        entry.insert(format!("{metric},none"), json!(mean));
+        entry.insert(format!("{metric}_stderr,none"), json!(se));
+        sample_count.insert(format!("{metric},none"), json!(total));
+        group_scores.insert(metric.clone(), (mean, Some(se)));
+    }
+    let mut ordered = Map::new();
+    ordered.insert("alias".into(), entry["alias"].clone());
+    ordered.insert("name".into(), entry["name"].clone());
+    ordered.insert("sample_len".into(), json!(total));
+    for (k, v) in entry {
+        if k != "alias" && k != "name" {
+            ordered.insert(k, v);
+        }
+    }
+    ordered.insert("sample_count".into(), Value::Object(sample_count));
+    hib.retain(|k, _| group_scores.contains_key(k));
+    higher_is_better.insert(name.clone(), Value::Object(hib));
+    scores.insert(name.clone(), (group_scores, total));
+    results.insert(name.clone(), Value::Object(ordered.clone()));
+    groups.insert(name.clone(), Value::Object(ordered));
+}
+
+/// lm-eval's summary table (markdown), tasks indented under their groups.
+fn render_table(out: &Map<String, Value>, roots: &[Node]) -> String {
+    let mut rows = vec![
+        "|Tasks|Version|Filter|n-shot|Metric| |Value| |Stderr|".to_owned(),
+        "|-----|-------|------|-----:|------|-|----:|-|-----:|".to_owned(),
+    ];
+    fn walk(node: &Node, depth: usize, out: &Map<String, Value>, rows: &mut Vec<String>) {
+        let name = match node {
+            Node::Task { name } | Node::Group { name, .. } => name,
+        };
+        if let Some(Value::Object(entry)) = out["results"].get(name) {
+            let alias = entry.get("alias").and_then(Value::as_str).unwrap_or(name);
+            let indent = if depth == 0 {
+                String::new()
+            } else {
+                format!("{} - ", " ".repeat(depth - 1))
+            };
+            let version = out["versions"]
+                .get(name)
+                .map(super::task::value_text)
+                .unwrap_or_default();
+            let shots = out["n-shot"].get(name).map(Value::to_string).unwrap_or_default();
+            let mut first = true;
+            for (key, value) in entry {
+                let Some(metric) = key.strip_suffix(",none") else {
+                    continue;
+                };
+                if metric.ends_with("_stderr") {
+                    continue;
+                }
+                let stderr = entry.get(&format!("{metric}_stderr,none"));
+                let arrow = match out["higher_is_better"]
+                    .get(name)
+                    .and_then(|h| h.get(metric))
+                    .and_then(Value::as_bool)
+                {
+                    Some(true) => "↑",
+                    Some(false) => "↓",
+                    None => " ",
+                };
+                let fmt = |v: Option<&Value>| match v {
+                    Some(Value::Number(n)) => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
+                    Some(other) => super::task::value_text(other),
+                    None => String::new(),
+                };
+                let (t, v, f, s) = if first {
+                    (format!("{indent}{alias}"), version.clone(), "none", shots.clone())
+                } else {
+                    (String::new(), String::new(), "none", String::new())
+                };
+                rows.push(format!(
+                    "|{t}|{v:>7}|{f}|{s:>6}|{metric}|{arrow}|{}|±|{}|",
+                    fmt(Some(value)),
+                    fmt(stderr)
+                ));
+                first = false;
+            }
+        }
+        if let Node::Group { children, .. } = node {
+            for child in children {
+                walk(child, depth + 1, out, rows);
+            }
+        }
+    }
+    for root in roots {
+        walk(root, 0, out, &mut rows);
+    }
+    rows.join("\n") + "\n"
+}
+
+/// Answered requests in a JSON-lines file, appended as batches finish, so an interrupted run
+/// resumes where it stopped and gives identical results.
+struct ResultCache {
+    answers: HashMap<TokenRequest, Loglikelihood>,
+    file: Option<std::fs::File>,
+}
+
+impl ResultCache {
+    fn open(path: Option<&Path>) -> Result<Self> {
+        let mut answers = HashMap::new();
+        let Some(path) = path else {
+            return Ok(Self { answers, file: None });
+        };
+        if path.exists() {
+            let reader = std::io::BufReader::new(std::fs::File::open(path)?);
+            for (i, line) in reader.lines().enumerate() {
+                let line = line?;
+                // A line cut short by a kill is ignored: it is recomputed.
+                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+                    tracing::warn!("{}:{}: incomplete cache entry ignored", path.display(), i + 1);
+                    continue;
+                };
+                let ids = |k: &str| -> Option<Vec<u32>> {
+                    entry
+                        .get(k)?
+                        .as_array()?
+                        .iter()
+                        .map(|v| v.as_u64().map(|x| x as u32))
+                        .collect()
+                };
+                let (Some(context), Some(continuation), Some(logprob), Some(is_greedy)) = (
+                    ids("context"),
+                    ids("continuation"),
+                    entry.get("logprob").and_then(Value::as_f64),
+                    entry.get("is_greedy").and_then(Value::as_bool),
+                ) else {
+                    bail!("{}:{}: not a sae-onnx cache entry", path.display(), i + 1);
+                };
+                answers.insert(
+                    TokenRequest {
+                        context,
+                        continuation,
+                    },
+                    Loglikelihood { logprob, is_greedy },
+                );
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open cache '{}'", path.display()))?;
+        Ok(Self {
+            answers,
+            file: Some(file),
+        })
+    }
+
+    fn append(&mut self, batch: &[(&TokenRequest, Loglikelihood)]) -> Result<()> {
+        let Some(file) = &mut self.file else { return Ok(()) };
+        let mut text = String::new();
+        for (request, answer) in batch {
+            text.push_str(&serde_json::to_string(&json!({
+                "context": request.context,
+                "continuation": request.continuation,
+                "logprob": answer.logprob,
+                "is_greedy": answer.is_greedy,
+            }))?);
+            text.push('\n');
+        }
+        file.write_all(text.as_bytes())?;
+        file.flush()?;
+        Ok(())
+    }
+}

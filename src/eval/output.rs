@@ -1,0 +1,133 @@
+//! lm-eval's output files: `results_<date>.json` and, with `--log-samples`,
+//! `samples_<task>_<date>.jsonl`, under `<output-path>/<model name sanitized>/`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::template;
+
+/// `hashlib.sha256(s.encode()).hexdigest()`.
+pub fn hash_string(s: &str) -> String {
+    sha256_hex(s.as_bytes())
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Python's `str()` of a document value (lists show their items' `repr`), for `target` in samples.
+pub fn py_str(value: &Value) -> String {
+    template::py_str(&template::to_value(value))
+}
+
+/// `json.dumps(doc, indent=2, ensure_ascii=False)`, whose hash is a sample's `doc_hash`.
+pub fn doc_json_indented(doc: &Value) -> String {
+    let mut out = Vec::new();
+    let formatter = serde_json::ser::PrettyFormatter::with_indent(b"  ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde::Serialize::serialize(doc, &mut ser).expect("JSON values serialize");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// lm-eval's `model_name_sanitized`: path separators become `__`.
+pub fn sanitize_model_name(name: &str) -> String {
+    name.replace(['/', '\\'], "__").replace(':', "__")
+}
+
+/// Writes `results_<date>.json` (and the samples files) atomically; returns the results path.
+pub fn write(
+    output_path: &Path,
+    model_name: &str,
+    results: &Map<String, Value>,
+    samples: &[(String, Vec<Value>)],
+) -> Result<PathBuf> {
+    let date = chrono_like_now();
+    let dir = if output_path.extension().is_some_and(|e| e == "json") {
+        output_path.parent().map(Path::to_path_buf).unwrap_or_default()
+    } else {
+        output_path.join(sanitize_model_name(model_name))
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    for (task, lines) in samples {
+        let path = dir.join(format!("samples_{task}_{date}.jsonl"));
+        let mut text = String::new();
+        for line in lines {
+            text.push_str(&serde_json::to_string(line)?);
+            text.push('\n');
+        }
+        write_atomic(&path, text.as_bytes())?;
+    }
+    let path = if output_path.extension().is_some_and(|e| e == "json") {
+        output_path.to_path_buf()
+    } else {
+        dir.join(format!("results_{date}.json"))
+    };
+    let mut text = serde_json::to_string_pretty(&Value::Object(results.clone()))?;
+    text.push('\n');
+    write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut temp = tempfile::Builder::new()
+        .prefix(".sae-onnx.")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path)
+        .with_context(|| format!("cannot write '{}'", path.display()))?;
+    Ok(())
+}
+
+/// `datetime.now().isoformat().replace(":", "-")` in UTC, e.g. `2026-11-26T15-10-30.123456`.
+fn chrono_like_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}.{:06}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_micros()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_str_of_targets() {
+        assert_eq!(py_str(&serde_json::json!(0)), "0");
+        assert_eq!(py_str(&serde_json::json!(["a", "it's"])), "['a', \"it's\"]");
+        assert_eq!(py_str(&serde_json::json!("B")), "B");
+    }
+
+    #[test]
+    fn hashes_are_sha256_hex() {
+        // hashlib.sha256(b"0").hexdigest()
+        assert_eq!(
+            hash_string("0"),
+            "5feceb66ffc86f38d952786c6d696c79c2dbc239dd4e91b46729d73a27fb57e9"
+        );
+    }
+}

@@ -1,0 +1,650 @@
+//! lm-eval task YAMLs: finding tasks, groups and tags in task folders, resolving `include`, and
+//! turning documents into prompts and requests exactly as lm-eval 0.4.13's ConfigurableTask does
+//! (description, few-shot examples from the sampler, `doc_to_text` / `doc_to_target` /
+//! `doc_to_choice` as column names or Jinja templates, target and few-shot delimiters).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value};
+
+use super::data::{self, Dataset};
+use super::pylit;
+use super::pyrandom::PyRandom;
+use super::template;
+
+/// lm-eval's default few-shot seed (`simple_evaluate(fewshot_random_seed=1234)`).
+pub const FEWSHOT_SEED: u64 = 1234;
+
+/// What a task file or group file declares.
+#[derive(Debug, Clone)]
+pub enum Entry {
+    Task {
+        path: PathBuf,
+        config: Map<String, Value>,
+    },
+    Group {
+        path: PathBuf,
+        config: Map<String, Value>,
+    },
+}
+
+/// Every task, group and tag found in the task folders.
+#[derive(Debug, Default)]
+pub struct TaskIndex {
+    pub entries: BTreeMap<String, Entry>,
+    /// tag -> task names.
+    pub tags: BTreeMap<String, Vec<String>>,
+}
+
+impl TaskIndex {
+    /// Scans `dirs` recursively for `*.yaml` / `*.yml` task and group files.
+    pub fn scan(dirs: &[PathBuf]) -> Result<Self> {
+        let mut index = Self::default();
+        for dir in dirs {
+            let mut files = Vec::new();
+            collect_yaml(dir, &mut files)?;
+            files.sort();
+            for file in files {
+                index.add_file(&file)?;
+            }
+        }
+        Ok(index)
+    }
+
+    /// Adds one YAML file (a task or a group); files without `task` (templates) are skipped.
+    pub fn add_file(&mut self, path: &Path) -> Result<Option<String>> {
+        let config = load_yaml_config(path)?;
+        let entry = match (config.get("task"), config.get("group")) {
+            (Some(Value::String(name)), _) => {
+                let name = name.clone();
+                for tag in string_list(config.get("tag")) {
+                    self.tags.entry(tag).or_default().push(name.clone());
+                }
+                (
+                    name,
+                    Entry::Task {
+                        path: path.to_path_buf(),
+                        config,
+                    },
+                )
+            }
+            (Some(Value::Array(_)), Some(Value::String(group))) => (
+                group.clone(),
+                Entry::Group {
+                    path: path.to_path_buf(),
+                    config,
+                },
+            ),
+            _ => return Ok(None),
+        };
+        let name = entry.0.clone();
+        self.entries.insert(entry.0, entry.1);
+        Ok(Some(name))
+    }
+
+    /// Names close to `name`, for "did you mean".
+    pub fn suggestions(&self, name: &str) -> Vec<String> {
+        let mut scored: Vec<(usize, &String)> = self
+            .entries
+            .keys()
+            .chain(self.tags.keys())
+            .map(|k| (edit_distance(k, name), k))
+            .filter(|(d, k)| *d <= name.len() / 3 + 2 || k.contains(name))
+            .collect();
+        scored.sort();
+        scored.into_iter().take(5).map(|(_, k)| k.clone()).collect()
+    }
+}
+
+fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for entry in
+        std::fs::read_dir(dir).with_context(|| format!("cannot list task folder '{}'", dir.display()))?
+    {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_yaml(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// A YAML file with its `include`s merged (the included file first, this file's keys on top).
+pub fn load_yaml_config(path: &Path) -> Result<Map<String, Value>> {
+    load_yaml_config_depth(path, 0)
+}
+
+fn load_yaml_config_depth(path: &Path, depth: usize) -> Result<Map<String, Value>> {
+    if depth > 8 {
+        bail!("'{}': include chain is too deep (a cycle?)", path.display());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read task file '{}'", path.display()))?;
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&text).with_context(|| format!("'{}' is not valid YAML", path.display()))?;
+    let Value::Object(mut config) = yaml_to_json(yaml) else {
+        bail!("'{}' is not a YAML mapping", path.display());
+    };
+    if let Some(Value::String(include)) = config.remove("include") {
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut base = load_yaml_config_depth(&dir.join(&include), depth + 1)
+            .with_context(|| format!("included from '{}'", path.display()))?;
+        base.extend(config);
+        config = base;
+    }
+    Ok(config)
+}
+
+/// YAML to JSON; tags such as lm-eval's `!function utils.process_docs` become `{"!function": ...}`.
+fn yaml_to_json(value: serde_yaml::Value) -> Value {
+    match value {
+        serde_yaml::Value::Null => Value::Null,
+        serde_yaml::Value::Bool(b) => Value::Bool(b),
+        serde_yaml::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else {
+                n.as_f64().map_or(Value::Null, Value::from)
+            }
+        }
+        serde_yaml::Value::String(s) => Value::String(s),
+        serde_yaml::Value::Sequence(seq) => Value::Array(seq.into_iter().map(yaml_to_json).collect()),
+        serde_yaml::Value::Mapping(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        serde_yaml::Value::String(s) => s,
+                        other => serde_yaml::to_string(&other)
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned(),
+                    };
+                    (key, yaml_to_json(v))
+                })
+                .collect(),
+        ),
+        serde_yaml::Value::Tagged(tagged) => {
+            let mut map = Map::new();
+            map.insert(tagged.tag.to_string(), yaml_to_json(tagged.value));
+            Value::Object(map)
+        }
+    }
+}
+
+fn string_list(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The kinds of request a task makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputType {
+    MultipleChoice,
+    Loglikelihood,
+}
+
+impl OutputType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MultipleChoice => "multiple_choice",
+            Self::Loglikelihood => "loglikelihood",
+        }
+    }
+}
+
+/// A document's target as lm-eval returns it from `doc_to_target`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    Index(i64),
+    Text(String),
+    List(Vec<Value>),
+}
+
+/// One metric of `metric_list`.
+#[derive(Debug, Clone)]
+pub struct MetricSpec {
+    pub name: String,
+    pub higher_is_better: bool,
+}
+
+/// A loaded task: its merged config, documents, and the few-shot machinery.
+pub struct Task {
+    pub name: String,
+    pub alias: Option<String>,
+    pub path: PathBuf,
+    pub config: Map<String, Value>,
+    pub output_type: OutputType,
+    pub eval_docs: Vec<Value>,
+    pub fewshot_docs: Vec<Value>,
+    /// Column names of the evaluated split (lm-eval's `features`).
+    pub columns: Vec<String>,
+    pub metrics: Vec<MetricSpec>,
+    pub num_fewshot: usize,
+    fewshot_is_eval_split: bool,
+    sampler: Sampler,
+    rng: PyRandom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sampler {
+    Random,
+    FirstN,
+}
+
+impl Task {
+    /// Loads the task's data. `num_fewshot` overrides the YAML's; `seed` is the few-shot seed.
+    pub fn load(
+        name: &str,
+        path: &Path,
+        config: Map<String, Value>,
+        num_fewshot: Option<usize>,
+        seed: u64,
+    ) -> Result<Self> {
+        let ctx = || format!("task '{name}' ({})", path.display());
+        for key in [
+            "process_docs",
+            "process_results",
+            "doc_to_text",
+            "doc_to_target",
+            "doc_to_choice",
+            "custom_dataset",
+        ] {
+            if let Some(Value::Object(map)) = config.get(key)
+                && map.contains_key("!function")
+            {
+                bail!(
+                    "{}: `{key}: !function ...` calls Python code, which sae-onnx cannot run; \
+                     express it as a Jinja template or preprocess the data into a local json/csv file",
+                    ctx()
+                );
+            }
+        }
+        let output_type = match config
+            .get("output_type")
+            .and_then(Value::as_str)
+            .unwrap_or("generate_until")
+        {
+            "multiple_choice" => OutputType::MultipleChoice,
+            "loglikelihood" => OutputType::Loglikelihood,
+            other => bail!(
+                "{}: output_type '{other}' is not supported yet (multiple_choice, loglikelihood are)",
+                ctx()
+            ),
+        };
+        let dataset = load_dataset(&config, path).with_context(ctx)?;
+        let split = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_owned);
+        let eval_split = split("test_split")
+            .or_else(|| split("validation_split"))
+            .with_context(|| format!("{}: sets neither test_split nor validation_split", ctx()))?;
+        let eval = dataset.get(&eval_split).with_context(|| {
+            format!(
+                "{}: the dataset has no split '{eval_split}' (it has {:?})",
+                ctx(),
+                dataset.keys()
+            )
+        })?;
+        let fewshot_config = config
+            .get("fewshot_config")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let fewshot_split = fewshot_config
+            .get("split")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| split("fewshot_split"))
+            .or_else(|| split("training_split"))
+            .or_else(|| split("validation_split"))
+            .unwrap_or_else(|| eval_split.clone());
+        let fewshot_docs = dataset
+            .get(&fewshot_split)
+            .map(|s| s.docs.clone())
+            .unwrap_or_default();
+        let sampler = match fewshot_config
+            .get("sampler")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+        {
+            "default" => Sampler::Random,
+            "first_n" => Sampler::FirstN,
+            other => bail!(
+                "{}: few-shot sampler '{other}' is not supported (default, first_n are)",
+                ctx()
+            ),
+        };
+        let num_fewshot = num_fewshot
+            .or_else(|| {
+                config
+                    .get("num_fewshot")
+                    .and_then(Value::as_u64)
+                    .map(|n| n as usize)
+            })
+            .unwrap_or(0);
+        if num_fewshot > 0 && fewshot_docs.is_empty() {
+            bail!(
+                "{}: {num_fewshot}-shot needs few-shot documents but split '{fewshot_split}' is empty or missing",
+                ctx()
+            );
+        }
+        let metrics = metric_specs(&config, output_type).with_context(ctx)?;
+        Ok(Self {
+            name: name.to_owned(),
+            alias: config
+                .get("task_alias")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            path: path.to_path_buf(),
+            output_type,
+            eval_docs: eval.docs.clone(),
+            columns: eval.columns.clone(),
+            fewshot_docs,
+            metrics,
+            num_fewshot,
+            // lm-eval compares the *configured* few-shot split with test_split.
+            fewshot_is_eval_split: fewshot_config
+                .get("split")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| split("fewshot_split"))
+                == split("test_split"),
+            sampler,
+            rng: PyRandom::new(seed),
+            config,
+        })
+    }
+
+    pub fn version(&self) -> Value {
+        self.config
+            .get("metadata")
+            .and_then(|m| m.get("version"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    }
+
+    fn str_field(&self, key: &str, default: &str) -> String {
+        self.config
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or(default)
+            .to_owned()
+    }
+
+    pub fn target_delimiter(&self) -> String {
+        self.str_field("target_delimiter", " ")
+    }
+
+    pub fn fewshot_delimiter(&self) -> String {
+        self.str_field("fewshot_delimiter", "\n\n")
+    }
+
+    /// `doc_to_text`: a column's value, or the rendered template.
+    pub fn doc_to_text(&self, doc: &Value) -> Result<String> {
+        match self.config.get("doc_to_text") {
+            Some(Value::String(spec)) => {
+                if let Some(v) = self.column(doc, spec) {
+                    return Ok(value_text(v));
+                }
+                template::render(spec, doc)
+            }
+            Some(Value::Number(n)) => Ok(n.to_string()),
+            None => bail!("task '{}' has no doc_to_text", self.name),
+            Some(other) => bail!("task '{}': doc_to_text {other} is not supported", self.name),
+        }
+    }
+
+    /// `doc_to_target`, with lm-eval's conversions: digit strings become indices when the task has
+    /// choices; a rendered `[...]` becomes a list.
+    pub fn doc_to_target(&self, doc: &Value) -> Result<Target> {
+        let has_choices = self.config.get("doc_to_choice").is_some_and(|v| !v.is_null());
+        match self.config.get("doc_to_target") {
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Target::Index)
+                .context("doc_to_target must be an integer"),
+            Some(Value::Array(list)) => Ok(Target::List(list.clone())),
+            Some(Value::String(spec)) => {
+                if let Some(v) = self.column(doc, spec) {
+                    return Ok(match v {
+                        Value::Number(n) if n.is_i64() => Target::Index(n.as_i64().unwrap_or_default()),
+                        Value::Array(list) => Target::List(list.clone()),
+                        other => Target::Text(value_text(other)),
+                    });
+                }
+                let rendered = template::render(spec, doc)?;
+                if has_choices && pylit::isdigit(&rendered) {
+                    let index = rendered
+                        .parse::<i64>()
+                        .with_context(|| format!("target '{rendered}' is too large"))?;
+                    return Ok(Target::Index(index));
+                }
+                if rendered.len() >= 2
+                    && rendered.starts_with('[')
+                    && rendered.ends_with(']')
+                    && let Ok(Value::Array(list)) = pylit::literal_eval(&rendered).and_then(|l| l.to_json())
+                {
+                    return Ok(Target::List(list));
+                }
+                Ok(Target::Text(rendered))
+            }
+            None => bail!("task '{}' has no doc_to_target", self.name),
+            Some(other) => bail!("task '{}': doc_to_target {other} is not supported", self.name),
+        }
+    }
+
+    /// `doc_to_choice`: a list column, a template rendering a Python list, a list, or a map's values.
+    pub fn doc_to_choice(&self, doc: &Value) -> Result<Vec<String>> {
+        let list: Vec<Value> = match self.config.get("doc_to_choice") {
+            Some(Value::String(spec)) => match self.column(doc, spec) {
+                Some(Value::Array(list)) => list.clone(),
+                Some(other) => bail!("column '{spec}' holds {other}, not a list of choices"),
+                None => {
+                    let rendered = template::render(spec, doc)?;
+                    match pylit::literal_eval(&rendered).and_then(|l| l.to_json()) {
+                        Ok(Value::Array(list)) => list,
+                        _ => bail!("doc_to_choice rendered {rendered:?}, which is not a Python list"),
+                    }
+                }
+            },
+            Some(Value::Array(list)) => list.clone(),
+            Some(Value::Object(map)) => map.values().cloned().collect(),
+            None => bail!("task '{}' has no doc_to_choice", self.name),
+            Some(other) => bail!("task '{}': doc_to_choice {other} is not supported", self.name),
+        };
+        Ok(list.iter().map(value_text).collect())
+    }
+
+    fn column<'d>(&self, doc: &'d Value, name: &str) -> Option<&'d Value> {
+        if self.columns.iter().any(|c| c == name) {
+            doc.get(name)
+        } else {
+            None
+        }
+    }
+
+    /// The prompt for `doc`: description, few-shot examples (each is text, target delimiter,
+    /// answer, few-shot delimiter), then the document's text. Draws few-shot examples from the
+    /// task's sampler, so calling it in document order reproduces lm-eval's random draws.
+    pub fn fewshot_context(&mut self, doc: &Value) -> Result<String> {
+        let mut context = match self.config.get("description") {
+            Some(Value::String(d)) if !d.is_empty() => match self.column(doc, d) {
+                Some(v) => value_text(v),
+                None => template::render(d, doc)?,
+            },
+            _ => String::new(),
+        };
+        if self.num_fewshot > 0 {
+            let examples = self.sample_fewshot(doc)?;
+            let target_delimiter = self.target_delimiter();
+            let fewshot_delimiter = self.fewshot_delimiter();
+            for example in &examples {
+                let text = self.doc_to_text(example)?;
+                let target = self.doc_to_target(example)?;
+                // lm-eval: an example "has an answer" unless its raw target is the empty string.
+                let has_answer = target != Target::Text(String::new());
+                let answer = match target {
+                    Target::Index(i) if self.config.get("doc_to_choice").is_some_and(|v| !v.is_null()) => {
+                        let choices = self.doc_to_choice(example)?;
+                        choices
+                            .get(i as usize)
+                            .cloned()
+                            .with_context(|| format!("few-shot target {i} is out of range"))?
+                    }
+                    Target::Index(i) => i.to_string(),
+                    Target::Text(t) => t,
+                    Target::List(list) => list.first().map(value_text).unwrap_or_default(),
+                };
+                context.push_str(&text);
+                if has_answer {
+                    context.push_str(&target_delimiter);
+                    context.push_str(&answer);
+                    context.push_str(&fewshot_delimiter);
+                }
+            }
+        }
+        context.push_str(&self.doc_to_text(doc)?);
+        Ok(context)
+    }
+
+    fn sample_fewshot(&mut self, doc: &Value) -> Result<Vec<Value>> {
+        let n = self.num_fewshot;
+        let exclude = self.fewshot_is_eval_split.then_some(doc);
+        match self.sampler {
+            Sampler::FirstN => {
+                let pool: Vec<&Value> = self.fewshot_docs.iter().filter(|d| Some(*d) != exclude).collect();
+                if n > pool.len() {
+                    bail!(
+                        "task '{}': {n}-shot asks for more few-shot examples than the {} available",
+                        self.name,
+                        pool.len()
+                    );
+                }
+                Ok(pool[..n].iter().map(|d| (*d).clone()).collect())
+            }
+            Sampler::Random => {
+                let draw = if exclude.is_some() { n + 1 } else { n };
+                if draw > self.fewshot_docs.len() {
+                    bail!(
+                        "task '{}': {n}-shot asks for more few-shot examples than the {} available",
+                        self.name,
+                        self.fewshot_docs.len()
+                    );
+                }
+                let drawn = self.rng.sample(&self.fewshot_docs, draw);
+                let mut kept: Vec<Value> = drawn.into_iter().filter(|d| Some(d) != exclude).take(n).collect();
+                if kept.len() < n {
+                    let pool: Vec<Value> = self
+                        .fewshot_docs
+                        .iter()
+                        .filter(|d| Some(*d) != exclude)
+                        .cloned()
+                        .collect();
+                    kept = self.rng.sample(&pool, n);
+                }
+                Ok(kept)
+            }
+        }
+    }
+}
+
+/// How lm-eval turns a document value into prompt text (`str(value)` for non-strings).
+pub fn value_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Bool(true) => "True".into(),
+        Value::Bool(false) => "False".into(),
+        Value::Null => "None".into(),
+        other => other.to_string(),
+    }
+}
+
+fn load_dataset(config: &Map<String, Value>, yaml_path: &Path) -> Result<Dataset> {
+    let path = config
+        .get("dataset_path")
+        .and_then(Value::as_str)
+        .context("the task sets no dataset_path")?;
+    let kwargs = config.get("dataset_kwargs").and_then(Value::as_object);
+    let yaml_dir = yaml_path.parent().unwrap_or(Path::new("."));
+    match (path, kwargs.and_then(|k| k.get("data_files"))) {
+        ("json" | "csv", Some(files)) => data::load_local(path, files, yaml_dir),
+        ("json" | "csv", None) => bail!("dataset_path '{path}' needs dataset_kwargs.data_files"),
+        (repo, _) => super::hub_data::load_hub_dataset(
+            repo,
+            config.get("dataset_name").and_then(Value::as_str),
+            kwargs,
+        ),
+    }
+}
+
+/// `metric_list`, or lm-eval's defaults for the output type.
+fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<Vec<MetricSpec>> {
+    let supported: &[&str] = match output_type {
+        OutputType::MultipleChoice => &["acc", "acc_norm", "acc_bytes", "exact_match"],
+        OutputType::Loglikelihood => &["acc", "perplexity"],
+    };
+    let defaults: &[(&str, bool)] = match output_type {
+        OutputType::MultipleChoice => &[("acc", true), ("acc_norm", true)],
+        OutputType::Loglikelihood => &[("perplexity", false), ("acc", true)],
+    };
+    let Some(list) = config.get("metric_list").and_then(Value::as_array) else {
+        return Ok(defaults
+            .iter()
+            .map(|(n, h)| MetricSpec {
+                name: (*n).into(),
+                higher_is_better: *h,
+            })
+            .collect());
+    };
+    list.iter()
+        .map(|m| {
+            let name = m
+                .get("metric")
+                .and_then(Value::as_str)
+                .context("a metric_list entry has no `metric`")?;
+            if !supported.contains(&name) {
+                bail!(
+                    "metric '{name}' is not supported for {} tasks (supported: {})",
+                    output_type.name(),
+                    supported.join(", ")
+                );
+            }
+            if let Some(agg) = m.get("aggregation").and_then(Value::as_str)
+                && agg != "mean"
+                && !(name == "perplexity" && agg == "perplexity")
+            {
+                bail!("aggregation '{agg}' for metric '{name}' is not supported (mean is)");
+            }
+            let default_higher = name != "perplexity";
+            Ok(MetricSpec {
+                name: name.to_owned(),
+                higher_is_better: m
+                    .get("higher_is_better")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(default_higher),
+            })
+        })
+        .collect()
+}

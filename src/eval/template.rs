@@ -1,0 +1,957 @@
+//! lm-eval's Jinja environment on MiniJinja: what `lm_eval.utils.apply_template(template, doc)`
+//! renders for a task's `doc_to_text`, `doc_to_target` and `doc_to_choice` strings.
+//!
+//! lm-eval 0.4.13 renders with `jinja2.Environment(undefined=StrictUndefined,
+//! keep_trailing_newline=True)` plus a `regex_replace` filter (`re.sub`), over the doc's fields.
+//! This module sets MiniJinja up the same way:
+//! - strict undefined: printing, testing or iterating an unknown name is an error naming it
+//!   (`x is defined` works);
+//! - the trailing newline of a template is kept; `\r\n`/`\r` in a template read as `\n`, as
+//!   Jinja2's lexer normalizes them;
+//! - `{{ value }}` prints what Python's `str(value)` gives: `True`/`False`/`None`, floats as
+//!   Python's `repr` (`0.1`, `1e-05`, `1e+16`), lists as `['a', "it's", 3]`, tuples as `(1,)`,
+//!   dicts as `{'a': 1}` (doc key order kept), so that lm-eval's `ast.literal_eval` of a rendered
+//!   `doc_to_choice` reads it back; the `string`, `join` and `trim` filters use the same `str()`;
+//! - Python's `str` methods that task templates call: `strip`/`lstrip`/`rstrip` (Python
+//!   whitespace, or a set of characters), `split`/`rsplit` (whitespace runs or a separator,
+//!   `maxsplit`), `index`/`rindex`, `isdigit`, and `list.index` (Python `==`, so `True == 1`),
+//!   on top of `minijinja_contrib::pycompat` for the rest (`lower`, `upper`, `replace`,
+//!   `startswith`, `capitalize`, `join`, `format`, `dict.items`, ...);
+//! - `int` follows Jinja2's `do_int` (`int(s)`, then `int(float(s))`, else the default);
+//! - `regex_replace(s, pattern, repl, count=0)` is `re.sub` on the `regex` crate, see
+//!   [`regex_replace`] for what it cannot do.
+//!
+//! Known differences from Jinja2, none met by lm-eval 0.4.13's task templates (all 1723 that
+//! render on a made-up doc are compared in `task_templates.json.gz`): `~`, `+` and filters other
+//! than the above stringify with MiniJinja's own `Display`, which is Python's `str()` except for
+//! floats outside `1e-4..1e16` (printed positionally), NaN, and non-printable characters inside
+//! lists; `x.items` on a dict with a key `items` gives the key (Jinja2 gives the method); the
+//! `%` string operator and Python methods beyond the ones above and pycompat's are missing;
+//! `capitalize`/`title` use upper case where Python uses title case (`ǅ`-style digraphs only).
+//! The tests compare against `tests/fixtures/python_compat/templates.json` and
+//! `task_templates.json.gz`, made by `make_templates.py` and `make_task_templates.py` with
+//! lm-eval's own `apply_template`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result, bail};
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Kwargs, ValueKind, from_args};
+use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
+use regex::Regex;
+
+use super::pylit;
+
+/// How many compiled templates (and regexes) the per-thread cache keeps before starting over.
+const CACHE_LIMIT: usize = 4096;
+
+/// Renders `template` over `doc` as `lm_eval.utils.apply_template(template, doc)` does: the
+/// doc's keys are the template's variables. `doc` must be a JSON object.
+pub fn render(template: &str, doc: &serde_json::Value) -> Result<String> {
+    let serde_json::Value::Object(fields) = doc else {
+        bail!("a template renders over a JSON object, got {doc}");
+    };
+    let ctx = Value::from_pairs(fields.iter().map(|(k, v)| (k.as_str(), to_value(v))));
+    RENDERER.with(|r| r.borrow_mut().render(template, ctx))
+}
+
+/// A JSON value as the Python value `datasets` gives lm-eval: ints stay ints, floats floats,
+/// objects keep their key order.
+pub fn to_value(v: &serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::from(()),
+        serde_json::Value::Bool(b) => Value::from(*b),
+        serde_json::Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                Value::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        serde_json::Value::String(s) => Value::from(s.as_str()),
+        serde_json::Value::Array(items) => Value::from(items.iter().map(to_value).collect::<Vec<_>>()),
+        serde_json::Value::Object(map) => {
+            Value::from_pairs(map.iter().map(|(k, v)| (k.as_str(), to_value(v))))
+        }
+    }
+}
+
+thread_local! {
+    static RENDERER: RefCell<Renderer> = RefCell::new(Renderer::new());
+}
+
+/// The environment and its compiled templates, keyed by source.
+struct Renderer {
+    env: Environment<'static>,
+    names: HashMap<String, String>,
+}
+
+impl Renderer {
+    fn new() -> Self {
+        Renderer {
+            env: environment(),
+            names: HashMap::new(),
+        }
+    }
+
+    fn render(&mut self, template: &str, ctx: Value) -> Result<String> {
+        let name = match self.names.get(template) {
+            Some(name) => name.clone(),
+            None => {
+                if self.names.len() >= CACHE_LIMIT {
+                    self.env.clear_templates();
+                    self.names.clear();
+                }
+                let name = format!("template#{}", self.names.len());
+                // Jinja2's lexer reads "\r\n" and "\r" as "\n" (newline_sequence).
+                let source = template.replace("\r\n", "\n").replace('\r', "\n");
+                self.env
+                    .add_template_owned(name.clone(), source)
+                    .map_err(|e| describe(e, template))?;
+                self.names.insert(template.to_owned(), name.clone());
+                name
+            }
+        };
+        let tmpl = self.env.get_template(&name).expect("template was added");
+        tmpl.render(ctx).map_err(|e| describe(e, template))
+    }
+}
+
+fn describe(err: Error, template: &str) -> anyhow::Error {
+    let mut msg = format!("jinja template {template:?}: {}", err.kind());
+    if let Some(detail) = err.detail() {
+        let _ = write!(msg, ": {detail}");
+    }
+    if let Some(line) = err.line() {
+        let _ = write!(msg, " (line {line})");
+    }
+    anyhow::Error::msg(msg)
+}
+
+/// lm-eval's `env`: StrictUndefined, keep_trailing_newline, no autoescape, `regex_replace`.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_syntax(
+        SyntaxConfig::builder()
+            .keep_trailing_newline(true)
+            .build()
+            .expect("default delimiters"),
+    );
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_formatter(|out, _state, value| {
+        // Strict undefined values error before reaching here; what remains is the silent
+        // undefined of an `if` expression without `else`, which Jinja2 prints as ''.
+        if value.is_undefined() {
+            return Ok(());
+        }
+        out.write_str(&py_str(value)).map_err(Error::from)
+    });
+    env.set_unknown_method_callback(py_method);
+    env.add_filter("regex_replace", regex_replace_filter);
+    env.add_filter("string", string_filter);
+    env.add_filter("join", join_filter);
+    env.add_filter("trim", trim_filter);
+    env.add_filter("int", int_filter);
+    env
+}
+
+fn op_error(msg: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidOperation, msg.into())
+}
+
+/// Fails on an undefined value, as `str()`, `int()` or iteration of Jinja2's `StrictUndefined`
+/// does. The error comes from an attribute lookup on the value itself, which carries where the
+/// value came from, so that the message names the undefined variable.
+fn defined(value: &Value) -> Result<&Value, Error> {
+    if value.is_undefined() {
+        return Err(value
+            .get_attr("__str__")
+            .err()
+            .unwrap_or_else(|| Error::from(ErrorKind::UndefinedError)));
+    }
+    Ok(value)
+}
+
+/// Python's `str(value)`.
+pub fn py_str(value: &Value) -> String {
+    match value.as_str() {
+        Some(s) if value.kind() == ValueKind::String => s.to_owned(),
+        _ => {
+            let mut out = String::new();
+            py_repr_into(value, &mut out);
+            out
+        }
+    }
+}
+
+/// Python's `repr(value)`.
+pub fn py_repr(value: &Value) -> String {
+    let mut out = String::new();
+    py_repr_into(value, &mut out);
+    out
+}
+
+fn py_repr_into(value: &Value, out: &mut String) {
+    match value.kind() {
+        // `repr()` of Jinja2's undefined, as a list shows it (`[Undefined]`).
+        ValueKind::Undefined => out.push_str("Undefined"),
+        ValueKind::None => out.push_str("None"),
+        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
+        ValueKind::Number if value.is_integer() => {
+            let _ = write!(out, "{value}");
+        }
+        ValueKind::Number => match f64::try_from(value.clone()) {
+            Ok(x) => out.push_str(&pylit::repr_float(x)),
+            Err(_) => {
+                let _ = write!(out, "{value}");
+            }
+        },
+        ValueKind::String => out.push_str(&pylit::repr_str(value.as_str().unwrap_or_default())),
+        ValueKind::Seq => {
+            let tuple = value.is_tuple();
+            out.push(if tuple { '(' } else { '[' });
+            let mut n = 0;
+            if let Ok(items) = value.try_iter() {
+                for (i, item) in items.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    py_repr_into(&item, out);
+                    n += 1;
+                }
+            }
+            if tuple && n == 1 {
+                out.push(',');
+            }
+            out.push(if tuple { ')' } else { ']' });
+        }
+        ValueKind::Map => {
+            out.push('{');
+            if let Ok(keys) = value.try_iter() {
+                for (i, key) in keys.enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    py_repr_into(&key, out);
+                    out.push_str(": ");
+                    let item = value.get_item(&key).unwrap_or_default();
+                    py_repr_into(&item, out);
+                }
+            }
+            out.push('}');
+        }
+        _ => {
+            let _ = write!(out, "{value}");
+        }
+    }
+}
+
+/// Python's `a == b` for template values: numbers (and bools, which are ints) by value.
+fn py_eq(a: &Value, b: &Value) -> bool {
+    let num = |v: &Value| match v.kind() {
+        ValueKind::Bool => Some(Value::from(i64::from(v.is_true()))),
+        ValueKind::Number => Some(v.clone()),
+        _ => None,
+    };
+    match (num(a), num(b)) {
+        (Some(x), Some(y)) => x == y,
+        (None, None) => a == b,
+        _ => false,
+    }
+}
+
+fn string_filter(value: &Value) -> Result<Value, Error> {
+    Ok(Value::from(py_str(defined(value)?)))
+}
+
+/// Jinja2's `join(value, d='', attribute=None)`: `d.join(str(x) for x in value)`.
+fn join_filter(
+    value: &Value,
+    d: Option<String>,
+    attribute: Option<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    let d = match kwargs.get::<Option<String>>("d")? {
+        Some(d) => d,
+        None => d.unwrap_or_default(),
+    };
+    let attribute = match kwargs.get::<Option<Value>>("attribute")? {
+        Some(a) => Some(a),
+        None => attribute,
+    };
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    for (i, item) in defined(value)?.try_iter()?.enumerate() {
+        if i > 0 {
+            out.push_str(&d);
+        }
+        let item = match &attribute {
+            Some(attr) => item_attribute(&item, attr)?,
+            None => item,
+        };
+        out.push_str(&py_str(defined(&item)?));
+    }
+    Ok(Value::from(out))
+}
+
+/// Jinja2's attribute getter: `a.b.c` paths, integer parts as indices.
+fn item_attribute(item: &Value, attr: &Value) -> Result<Value, Error> {
+    if let Some(path) = attr.as_str() {
+        let mut cur = item.clone();
+        for part in path.split('.') {
+            cur = match part.parse::<i64>() {
+                Ok(i) => cur.get_item(&Value::from(i))?,
+                Err(_) => cur.get_attr(part)?,
+            };
+        }
+        Ok(cur)
+    } else {
+        item.get_item(attr)
+    }
+}
+
+/// Jinja2's `trim(value, chars=None)`: `str(value).strip(chars)`.
+fn trim_filter(value: &Value, chars: Option<String>) -> Result<Value, Error> {
+    let text = py_str(defined(value)?);
+    Ok(Value::from(py_strip(&text, chars.as_deref(), true, true)))
+}
+
+/// Jinja2's `int(value, default=0, base=10)`: `int(value)`, else `int(float(value))`, else the
+/// default.
+fn int_filter(value: &Value, default: Option<Value>, base: Option<u32>) -> Result<Value, Error> {
+    defined(value)?;
+    let default = default.unwrap_or(Value::from(0));
+    let base = base.unwrap_or(10);
+    let from_float = |x: f64| -> Result<Value, Error> {
+        if x.is_nan() {
+            Ok(default.clone())
+        } else if x.is_infinite() {
+            Err(op_error("cannot convert float infinity to integer"))
+        } else {
+            Ok(Value::from(x.trunc() as i128))
+        }
+    };
+    match value.kind() {
+        ValueKind::Bool => Ok(Value::from(i64::from(value.is_true()))),
+        ValueKind::Number if value.is_integer() => Ok(value.clone()),
+        ValueKind::Number => from_float(f64::try_from(value.clone()).unwrap_or(f64::NAN)),
+        ValueKind::String => {
+            let s = py_strip(value.as_str().unwrap_or_default(), None, true, true);
+            if let Some(i) = parse_py_int(s, base) {
+                return Ok(Value::from(i));
+            }
+            match parse_py_float(s) {
+                Some(x) => from_float(x),
+                None => Ok(default),
+            }
+        }
+        _ => Ok(default),
+    }
+}
+
+/// Python's `int(s, base)` for an already stripped string (sign, `_` between digits, and a
+/// `0x`/`0o`/`0b` prefix matching the base).
+fn parse_py_int(s: &str, base: u32) -> Option<i128> {
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let lower = body.to_ascii_lowercase();
+    let body = match (base, lower.get(..2)) {
+        (16, Some("0x")) | (8, Some("0o")) | (2, Some("0b")) => {
+            body[2..].strip_prefix('_').unwrap_or(&body[2..])
+        }
+        _ => body,
+    };
+    if body.is_empty() || body.starts_with('_') || body.ends_with('_') || body.contains("__") {
+        return None;
+    }
+    let digits: String = body.chars().filter(|c| *c != '_').collect();
+    if !digits.chars().all(|c| c.is_digit(base)) {
+        return None;
+    }
+    let v = i128::from_str_radix(&digits, base).ok()?;
+    Some(if neg { -v } else { v })
+}
+
+/// Python's `float(s)` for an already stripped string.
+fn parse_py_float(s: &str) -> Option<f64> {
+    if s.is_empty() || s.starts_with('_') || s.ends_with('_') || s.contains("__") {
+        return None;
+    }
+    let ok_underscores = s.char_indices().all(|(i, c)| {
+        c != '_'
+            || (s[..i].chars().next_back().is_some_and(|p| p.is_ascii_digit())
+                && s[i + 1..].chars().next().is_some_and(|n| n.is_ascii_digit()))
+    });
+    if !ok_underscores {
+        return None;
+    }
+    let t: String = s.chars().filter(|c| *c != '_').collect();
+    let lower = t.to_ascii_lowercase();
+    let unsigned = lower.trim_start_matches(['+', '-']);
+    if matches!(unsigned, "inf" | "infinity" | "nan") {
+        return lower.parse().ok();
+    }
+    if !unsigned
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | '+' | '-'))
+    {
+        return None;
+    }
+    t.parse().ok()
+}
+
+/// Python's `s.strip(chars)` / `lstrip` / `rstrip`.
+fn py_strip<'a>(s: &'a str, chars: Option<&str>, left: bool, right: bool) -> &'a str {
+    let strip = |c: char| match chars {
+        None => pylit::is_space(c),
+        Some(set) => set.contains(c),
+    };
+    let s = if left { s.trim_start_matches(strip) } else { s };
+    if right { s.trim_end_matches(strip) } else { s }
+}
+
+/// Python's `s.split(sep, maxsplit)` (`rev` for `rsplit`).
+fn py_split(s: &str, sep: Option<&str>, maxsplit: i64, rev: bool) -> Result<Vec<String>, Error> {
+    let limit = usize::try_from(maxsplit).ok();
+    let Some(sep) = sep else {
+        // Runs of whitespace; no empty strings; the unsplit rest keeps its far-side whitespace.
+        let mut out = Vec::new();
+        let mut rest = s;
+        loop {
+            rest = py_strip(rest, None, !rev, rev);
+            if rest.is_empty() {
+                break;
+            }
+            if limit == Some(out.len()) {
+                out.push(rest.to_owned());
+                break;
+            }
+            let found = if rev {
+                rest.char_indices().rev().find(|(_, c)| pylit::is_space(*c))
+            } else {
+                rest.char_indices().find(|(_, c)| pylit::is_space(*c))
+            };
+            match found {
+                None => {
+                    out.push(rest.to_owned());
+                    break;
+                }
+                Some((i, c)) if rev => {
+                    out.push(rest[i + c.len_utf8()..].to_owned());
+                    rest = &rest[..i];
+                }
+                Some((i, _)) => {
+                    out.push(rest[..i].to_owned());
+                    rest = &rest[i..];
+                }
+            }
+        }
+        if rev {
+            out.reverse();
+        }
+        return Ok(out);
+    };
+    if sep.is_empty() {
+        return Err(op_error("ValueError: empty separator"));
+    }
+    let mut out: Vec<String> = match (limit, rev) {
+        (None, false) => s.split(sep).map(str::to_owned).collect(),
+        (None, true) => s.rsplit(sep).map(str::to_owned).collect(),
+        (Some(n), false) => s.splitn(n + 1, sep).map(str::to_owned).collect(),
+        (Some(n), true) => s.rsplitn(n + 1, sep).map(str::to_owned).collect(),
+    };
+    if rev {
+        out.reverse();
+    }
+    Ok(out)
+}
+
+/// Python's slice-style bounds (`start`, `end` may be negative or past the end) over `len`.
+fn bounds(len: usize, start: Option<i64>, end: Option<i64>) -> (usize, usize) {
+    let fix = |i: i64| {
+        if i < 0 {
+            (len as i64 + i).max(0) as usize
+        } else {
+            (i as usize).min(len)
+        }
+    };
+    (start.map_or(0, fix), end.map_or(len, fix))
+}
+
+/// Python's `str.index`/`rindex`: character index of `sub` in `s[start:end]`.
+fn str_index(s: &str, sub: &str, start: Option<i64>, end: Option<i64>, rev: bool) -> Option<usize> {
+    let offsets: Vec<usize> = s.char_indices().map(|(i, _)| i).chain([s.len()]).collect();
+    let (a, b) = bounds(offsets.len() - 1, start, end);
+    if a > b {
+        return None;
+    }
+    let hay = &s[offsets[a]..offsets[b]];
+    let found = if rev { hay.rfind(sub) } else { hay.find(sub) }?;
+    Some(a + hay[..found].chars().count())
+}
+
+/// Python `str` and `list` methods the task templates call, then `pycompat`'s.
+fn py_method(state: &mut State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
+    if let Some(s) = value.as_str().filter(|_| value.kind() == ValueKind::String) {
+        match method {
+            "strip" | "lstrip" | "rstrip" => {
+                let (chars,): (Option<Value>,) = from_args(args)?;
+                let chars = match &chars {
+                    Some(c) if c.is_none() => None,
+                    Some(c) => Some(c.as_str().ok_or_else(|| {
+                        op_error(format!("{method} arg must be None or str, not {}", c.kind()))
+                    })?),
+                    None => None,
+                };
+                let (l, r) = (method != "rstrip", method != "lstrip");
+                return Ok(Value::from(py_strip(s, chars, l, r)));
+            }
+            "split" | "rsplit" => {
+                let (sep, maxsplit, kwargs): (Option<Value>, Option<i64>, Kwargs) = from_args(args)?;
+                let sep = kwargs.get::<Option<Value>>("sep")?.or(sep);
+                let maxsplit = kwargs.get::<Option<i64>>("maxsplit")?.or(maxsplit);
+                kwargs.assert_all_used()?;
+                let sep = match &sep {
+                    Some(v) if v.is_none() => None,
+                    Some(v) => Some(
+                        v.as_str()
+                            .ok_or_else(|| op_error(format!("must be str or None, not {}", v.kind())))?,
+                    ),
+                    None => None,
+                };
+                let parts = py_split(s, sep, maxsplit.unwrap_or(-1), method == "rsplit")?;
+                return Ok(Value::from(parts));
+            }
+            "index" | "rindex" | "find" | "rfind" => {
+                let (sub, start, end): (&str, Option<i64>, Option<i64>) = from_args(args)?;
+                let rev = method.starts_with('r');
+                return match str_index(s, sub, start, end, rev) {
+                    Some(i) => Ok(Value::from(i)),
+                    None if method.ends_with("find") => Ok(Value::from(-1)),
+                    None => Err(op_error("ValueError: substring not found")),
+                };
+            }
+            "isdigit" => {
+                let () = from_args(args)?;
+                return Ok(Value::from(pylit::isdigit(s)));
+            }
+            "isspace" => {
+                let () = from_args(args)?;
+                return Ok(Value::from(!s.is_empty() && s.chars().all(pylit::is_space)));
+            }
+            _ => {}
+        }
+    } else if value.kind() == ValueKind::Seq && method == "index" {
+        let (x, start, end): (Value, Option<i64>, Option<i64>) = from_args(args)?;
+        let items: Vec<Value> = value.try_iter()?.collect();
+        let (a, b) = bounds(items.len(), start, end);
+        return (a..b.max(a))
+            .find(|&i| py_eq(&items[i], &x))
+            .map(Value::from)
+            .ok_or_else(|| op_error(format!("ValueError: {} is not in list", py_repr(&x))));
+    }
+    minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+}
+
+fn regex_replace_filter(
+    string: &Value,
+    pattern: String,
+    repl: String,
+    count: Option<i64>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    let count = kwargs.get::<Option<i64>>("count")?.or(count).unwrap_or(0);
+    kwargs.assert_all_used()?;
+    let s = match defined(string)?.as_str() {
+        Some(s) if string.kind() == ValueKind::String => s,
+        _ => {
+            return Err(op_error(format!(
+                "regex_replace: expected string or bytes-like object, got {}",
+                string.kind()
+            )));
+        }
+    };
+    regex_replace(s, &pattern, &repl, count)
+        .map(Value::from)
+        .map_err(|e| op_error(format!("regex_replace: {e:#}")))
+}
+
+thread_local! {
+    static REGEXES: RefCell<HashMap<String, Regex>> = RefCell::new(HashMap::new());
+}
+
+/// `re.sub(pattern, repl, s, count=count)` on the `regex` crate.
+///
+/// The replacement is Python's template: `\1`..`\99`, `\g<1>`, `\g<name>`, `\0` and octal
+/// escapes, `\n`-style escapes, other `\X` kept as is (ASCII letters are errors); unmatched
+/// groups give ''. Empty matches follow Python 3.7+ (one is allowed right after a non-empty
+/// match). The pattern is read by the `regex` crate after [`translate_pattern`]; it has no
+/// look-around or backreferences (those patterns are errors), `$` matches only at the very end
+/// (Python also matches before a final `\n`), a `{` that is not a repetition must be escaped,
+/// `\w` is Unicode's word class (Python's is `str.isalnum()` plus `_`: they differ on combining
+/// marks and on `No` numbers like `½`), `\S` inside a set still matches `\x1c`..`\x1f`, and
+/// where an empty match must be skipped Python backtracks to a non-empty match at the same place
+/// while this moves one character on (lazy `*?` patterns).
+pub fn regex_replace(s: &str, pattern: &str, repl: &str, count: i64) -> Result<String> {
+    if count < 0 {
+        return Ok(s.to_owned());
+    }
+    let re = REGEXES.with(|cache| -> Result<Regex> {
+        let mut cache = cache.borrow_mut();
+        if let Some(re) = cache.get(pattern) {
+            return Ok(re.clone());
+        }
+        let re = Regex::new(&translate_pattern(pattern))
+            .with_context(|| format!("pattern {pattern:?} is not supported by the regex crate"))?;
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(pattern.to_owned(), re.clone());
+        Ok(re)
+    })?;
+    let template = parse_repl(repl, &re)?;
+    let limit = usize::try_from(count).unwrap_or(usize::MAX);
+    let mut out = String::with_capacity(s.len());
+    let (mut last, mut pos, mut n, mut must_advance) = (0usize, 0usize, 0usize, false);
+    while (limit == 0 || n < limit) && pos <= s.len() {
+        let Some(caps) = re.captures_at(s, pos) else {
+            break;
+        };
+        let m = caps.get(0).expect("group 0 always matches");
+        if must_advance && m.start() == pos && m.end() == pos {
+            // An empty match where the last one ended: look one character further.
+            match s[pos..].chars().next() {
+                Some(c) => {
+                    pos += c.len_utf8();
+                    must_advance = false;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        out.push_str(&s[last..m.start()]);
+        for piece in &template {
+            match piece {
+                ReplPiece::Literal(text) => out.push_str(text),
+                ReplPiece::Group(i) => {
+                    if let Some(g) = caps.get(*i) {
+                        out.push_str(g.as_str());
+                    }
+                }
+            }
+        }
+        last = m.end();
+        n += 1;
+        must_advance = m.start() == m.end();
+        pos = m.end();
+    }
+    out.push_str(&s[last..]);
+    Ok(out)
+}
+
+/// Python pattern syntax read the way the `regex` crate spells it: `\Z` is `\z`; `\s`/`\S`
+/// take in `\x1c`..`\x1f` (Python's `str.isspace`, beyond Unicode's White_Space); inside a
+/// set, `[`, `&` and `~` are literal characters (the regex crate reads nested sets and set
+/// operations there).
+fn translate_pattern(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 8);
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut in_class = false;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        match c {
+            '\\' => match chars.get(i) {
+                Some(&d) => {
+                    i += 1;
+                    match (d, in_class) {
+                        ('Z', false) => out.push_str("\\z"),
+                        ('s', false) => out.push_str("[\\s\\x1c-\\x1f]"),
+                        ('s', true) => out.push_str("\\s\\x1c-\\x1f"),
+                        ('S', false) => out.push_str("[^\\s\\x1c-\\x1f]"),
+                        _ => {
+                            out.push('\\');
+                            out.push(d);
+                        }
+                    }
+                }
+                None => out.push('\\'),
+            },
+            '[' if !in_class => {
+                in_class = true;
+                out.push('[');
+                if chars.get(i) == Some(&'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                // A `]` right at the start is a literal member, in both dialects.
+                if chars.get(i) == Some(&']') {
+                    out.push_str("\\]");
+                    i += 1;
+                }
+            }
+            ']' if in_class => {
+                in_class = false;
+                out.push(']');
+            }
+            '[' | '&' | '~' if in_class => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+enum ReplPiece {
+    Literal(String),
+    Group(usize),
+}
+
+/// Python's `re._parser.parse_template`.
+fn parse_repl(repl: &str, re: &Regex) -> Result<Vec<ReplPiece>> {
+    let groups = re.captures_len() - 1;
+    let chars: Vec<char> = repl.chars().collect();
+    let mut pieces = Vec::new();
+    let mut lit = String::new();
+    let add_group = |pieces: &mut Vec<ReplPiece>, lit: &mut String, idx: usize| -> Result<()> {
+        if idx > groups {
+            bail!("invalid group reference {idx} in replacement {repl:?}");
+        }
+        if !lit.is_empty() {
+            pieces.push(ReplPiece::Literal(std::mem::take(lit)));
+        }
+        pieces.push(ReplPiece::Group(idx));
+        Ok(())
+    };
+    let octal = |c: Option<&char>| c.is_some_and(|c| ('0'..='7').contains(c));
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        if c != '\\' {
+            lit.push(c);
+            continue;
+        }
+        let Some(&e) = chars.get(i) else {
+            bail!("bad escape (end of pattern) in replacement {repl:?}");
+        };
+        i += 1;
+        match e {
+            'g' => {
+                if chars.get(i) != Some(&'<') {
+                    bail!("missing < in replacement {repl:?}");
+                }
+                let close = chars[i..]
+                    .iter()
+                    .position(|&c| c == '>')
+                    .with_context(|| format!("missing >, unterminated name in {repl:?}"))?;
+                let name: String = chars[i + 1..i + close].iter().collect();
+                i += close + 1;
+                let idx = if let Ok(idx) = name.parse::<usize>() {
+                    idx
+                } else if let Some(idx) = re.capture_names().position(|n| n == Some(name.as_str())) {
+                    idx
+                } else {
+                    bail!("unknown group name {name:?} in replacement {repl:?}");
+                };
+                add_group(&mut pieces, &mut lit, idx)?;
+            }
+            '0' => {
+                let mut v = 0u32;
+                for _ in 0..2 {
+                    if octal(chars.get(i)) {
+                        v = v * 8 + chars[i].to_digit(8).unwrap();
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                lit.push(char::from_u32(v & 0xff).expect("a byte is a char"));
+            }
+            '1'..='9' => {
+                let mut digits = e.to_string();
+                if chars.get(i).is_some_and(|c| c.is_ascii_digit()) {
+                    digits.push(chars[i]);
+                    i += 1;
+                    let all_octal = digits.chars().all(|c| ('0'..='7').contains(&c));
+                    if all_octal && octal(chars.get(i)) {
+                        digits.push(chars[i]);
+                        i += 1;
+                        let v = u32::from_str_radix(&digits, 8).expect("octal digits");
+                        if v > 0o377 {
+                            bail!("octal escape value \\{digits} outside of range 0-0o377");
+                        }
+                        lit.push(char::from_u32(v).expect("a byte is a char"));
+                        continue;
+                    }
+                }
+                add_group(&mut pieces, &mut lit, digits.parse().expect("digits"))?;
+            }
+            'a' => lit.push('\x07'),
+            'b' => lit.push('\x08'),
+            'f' => lit.push('\x0c'),
+            'n' => lit.push('\n'),
+            'r' => lit.push('\r'),
+            't' => lit.push('\t'),
+            'v' => lit.push('\x0b'),
+            '\\' => lit.push('\\'),
+            e if e.is_ascii_alphabetic() => bail!("bad escape \\{e} in replacement {repl:?}"),
+            e => {
+                lit.push('\\');
+                lit.push(e);
+            }
+        }
+    }
+    if !lit.is_empty() {
+        pieces.push(ReplPiece::Literal(lit));
+    }
+    Ok(pieces)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fixture() -> serde_json::Value {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/python_compat/templates.json"
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read templates.json"))
+            .expect("parse templates.json")
+    }
+
+    #[test]
+    fn templates_match_jinja2() {
+        let fx = fixture();
+        let docs = fx["docs"].as_array().unwrap();
+        let cases = fx["cases"].as_array().unwrap();
+        assert!(cases.len() >= 60, "{} cases", cases.len());
+        let mut failures = Vec::new();
+        for case in cases {
+            let template = case["template"].as_str().unwrap();
+            let doc = &docs[case["doc"].as_u64().unwrap() as usize];
+            let got = render(template, doc);
+            match (case.get("output"), got) {
+                (Some(want), Ok(got)) if want.as_str() == Some(got.as_str()) => {}
+                (None, Err(_)) => {}
+                (want, got) => failures.push(format!(
+                    "{template:?} on doc {}: jinja2 {:?}, here {got:?}",
+                    case["doc"],
+                    want.cloned().unwrap_or_else(|| case["error"].clone())
+                )),
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn lm_eval_task_templates_match_jinja2() {
+        use std::io::Read as _;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/python_compat/task_templates.json.gz"
+        );
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(path).expect("open task_templates"))
+            .read_to_string(&mut text)
+            .expect("gunzip task_templates");
+        let fx: serde_json::Value = serde_json::from_str(&text).expect("parse task_templates");
+        let cases = fx["cases"].as_array().unwrap();
+        assert!(cases.len() > 1500, "{} cases", cases.len());
+        let mut failures = Vec::new();
+        for case in cases {
+            let template = case["template"].as_str().unwrap();
+            let want = case["output"].as_str().unwrap();
+            match render(template, &case["doc"]) {
+                Ok(got) if got == want => {}
+                got => failures.push(format!("{template:?}: jinja2 {want:?}, here {got:?}")),
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} differ:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
+    }
+
+    #[test]
+    fn re_sub_matches_python() {
+        let fx = fixture();
+        for case in fx["re_sub"].as_array().unwrap() {
+            let (pattern, repl, s) = (
+                case["pattern"].as_str().unwrap(),
+                case["repl"].as_str().unwrap(),
+                case["string"].as_str().unwrap(),
+            );
+            let count = case["count"].as_i64().unwrap();
+            let got = regex_replace(s, pattern, repl, count);
+            if case.get("unsupported_here").is_some() {
+                assert!(got.is_err(), "{pattern:?} is unsupported, yet gave {got:?}");
+                continue;
+            }
+            match case.get("output") {
+                Some(want) => assert_eq!(
+                    got.unwrap_or_else(|e| panic!("{pattern:?} {repl:?}: {e:#}")),
+                    want.as_str().unwrap(),
+                    "re.sub({pattern:?}, {repl:?}, {s:?}, count={count})"
+                ),
+                None => assert!(got.is_err(), "{pattern:?} {repl:?} should fail: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn undefined_names_are_named() {
+        let doc = json!({"question": "q", "choices": {"label": ["A"]}});
+        let err = render("{{ question }} {{ missing }}", &doc)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing"), "{err}");
+        let err = render("{{ choices.nope }}", &doc).unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
+        let err = render("{% if absent %}x{% endif %}", &doc)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absent"), "{err}");
+        assert_eq!(render("{{ absent is defined }}", &doc).unwrap(), "False");
+        for filter in ["string", "join", "trim", "int", "regex_replace('a', 'b')"] {
+            let err = render(&format!("{{{{ absent | {filter} }}}}"), &doc)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`absent` is undefined"), "{filter}: {err}");
+        }
+        assert!(render("{{ question", &doc).is_err());
+        assert!(render("x", &json!([1])).is_err());
+    }
+
+    #[test]
+    fn rendered_lists_read_back_with_literal_eval() {
+        let doc = json!({"choices": ["it's", "say \"hi\"", "back\\slash", "new\nline", "é\u{200b}"]});
+        let text = render("{{ choices }}", &doc).unwrap();
+        let back = pylit::literal_eval(&text).unwrap().to_json().unwrap();
+        assert_eq!(back, doc["choices"]);
+    }
+
+    #[test]
+    fn cache_reuses_and_keeps_results() {
+        let doc = json!({"a": 1});
+        for _ in 0..3 {
+            assert_eq!(render("{{ a + 1 }}\n", &doc).unwrap(), "2\n");
+            assert_eq!(render("{{ a }}\r\n", &doc).unwrap(), "1\n");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! `eval` against lm-evaluation-harness 0.4.13 itself (HF backend, float32, eager attention):
+//! every request's tokens and loglikelihood, the metrics, the results JSON keys and the samples
+//! (tests/fixtures/lm_eval/make_goldens.py made the goldens on the same tiny models).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use sae_onnx::eval::evaluator::{self, EvalOptions, encode_pair};
+use sae_onnx::export::{self, ExportOptions};
+use sae_onnx::tokenizer::Tokenizer;
+use serde_json::Value;
+
+const TOLERANCE: f64 = 1e-4;
+
+fn golden_dir(run: &str) -> PathBuf {
+    common::fixture(&format!("lm_eval/out/{run}"))
+}
+
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn export_arch(arch: &str, dir: &Path) -> PathBuf {
+    let out = dir.join(format!("{arch}.onnx"));
+    let source = format!("tests/fixtures/gemma/{arch}");
+    export::export(&source, &out, &ExportOptions::default()).unwrap();
+    out
+}
+
+/// Runs one golden configuration and checks everything lm-eval wrote.
+fn check_run(arch: &str, run: &str, task: &str, num_fewshot: usize, seed: u64, samples_tasks: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = export_arch(arch, tmp.path());
+    check_model_run(&model, tmp.path(), run, task, num_fewshot, seed, samples_tasks);
+}
+
+fn check_model_run(
+    model: &Path,
+    tmp: &Path,
+    run: &str,
+    task: &str,
+    num_fewshot: usize,
+    seed: u64,
+    samples_tasks: &[&str],
+) {
+    let model = model.to_path_buf();
+    let output = tmp.join("out");
+    let options = EvalOptions {
+        tasks: vec![task.to_owned()],
+        num_fewshot: Some(num_fewshot),
+        fewshot_seed: seed,
+        include_paths: vec![PathBuf::from("tests/fixtures/lm_eval/tasks")],
+        output_path: Some(output.clone()),
+        log_samples: true,
+        batch_size: 5,
+        ..Default::default()
+    };
+    let outcome = evaluator::evaluate(&model, &options).unwrap();
+    let golden: Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir(run).join("results.json")).unwrap())
+            .unwrap();
+
+    // Metrics: identical accuracies, stderr to float precision.
+    for (name, expected) in golden["results"].as_object().unwrap() {
+        let actual = &outcome.results["results"][name];
+        for (key, value) in expected.as_object().unwrap() {
+            if key.contains(",none") {
+                let (a, e) = (actual[key].as_f64(), value.as_f64());
+                assert!(
+                    matches!((a, e), (Some(a), Some(e)) if (a - e).abs() < 1e-12) || actual[key] == *value,
+                    "{run} {name} {key}: {} vs lm-eval {value}",
+                    actual[key]
+                );
+            }
+        }
+        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<BTreeSet<_>>();
+        assert_eq!(keys(actual), keys(expected), "{run} {name}: result keys");
+    }
+    let keys = |v: &Value| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect::<BTreeSet<String>>()
+    };
+    let ours: BTreeSet<String> = outcome.results.keys().cloned().collect();
+    // Environment facts of a Python install have no counterpart here.
+    let environment_only = ["git_hash", "date", "pretty_env_info", "upper_git_hash"];
+    let missing: Vec<String> = keys(&golden)
+        .into_iter()
+        .filter(|k| !ours.contains(k) && !environment_only.contains(&k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{run}: results JSON lacks lm-eval keys {missing:?}"
+    );
+    for section in [
+        "versions",
+        "n-shot",
+        "higher_is_better",
+        "n-samples",
+        "group_subtasks",
+    ] {
+        assert_eq!(outcome.results[section], golden[section], "{run}: {section}");
+    }
+    for (name, config) in golden["configs"].as_object().unwrap() {
+        assert_eq!(
+            keys(&outcome.results["configs"][name]),
+            keys(config),
+            "{run}: config keys of {name}"
+        );
+    }
+
+    // Samples: same prompts, hashes and loglikelihoods.
+    let written: Vec<PathBuf> = std::fs::read_dir(output.join(sae_onnx::eval::output::sanitize_model_name(
+        &model.display().to_string(),
+    )))
+    .unwrap()
+    .map(|e| e.unwrap().path())
+    .collect();
+    for task in samples_tasks {
+        let golden_samples = read_jsonl(&golden_dir(run).join(format!("samples_{task}.jsonl")));
+        let ours_path = written
+            .iter()
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("samples_{task}_"))
+            })
+            .unwrap_or_else(|| panic!("{run}: no samples file for {task} in {written:?}"));
+        let ours = read_jsonl(ours_path);
+        assert_eq!(ours.len(), golden_samples.len(), "{run} {task}: sample count");
+        for (o, g) in ours.iter().zip(&golden_samples) {
+            for key in [
+                "doc_id",
+                "doc",
+                "target",
+                "arguments",
+                "doc_hash",
+                "prompt_hash",
+                "target_hash",
+                "filter",
+                "metrics",
+            ] {
+                assert_eq!(o[key], g[key], "{run} {task} doc {}: {key}", g["doc_id"]);
+            }
+            for (or, gr) in o["filtered_resps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .zip(g["filtered_resps"].as_array().unwrap())
+            {
+                let parse = |v: &Value| v[0].as_str().unwrap().parse::<f64>().unwrap();
+                assert!(
+                    (parse(or) - parse(gr)).abs() <= TOLERANCE,
+                    "{run} {task} doc {}: {or} vs {gr}",
+                    g["doc_id"]
+                );
+                assert_eq!(or[1], gr[1], "{run} {task} doc {}: is_greedy", g["doc_id"]);
+            }
+        }
+    }
+}
+
+#[test]
+fn requests_tokenize_exactly_as_lm_eval_hflm() {
+    for (arch, run) in [
+        ("gemma2", "gemma2_tiny_mc_2shot"),
+        ("gemma2", "gemma2_tiny_mmlu_format_1shot"),
+        ("gemma3", "gemma3_tiny_mc_0shot"),
+    ] {
+        let tokenizer =
+            Tokenizer::from_file(&common::fixture(&format!("gemma/{arch}/tokenizer.json"))).unwrap();
+        let requests = read_jsonl(&golden_dir(run).join(format!("requests_{run}.jsonl")));
+        let mut checked = 0;
+        for r in requests.iter().filter(|r| r.get("_meta").is_none()) {
+            let pair = encode_pair(
+                &tokenizer,
+                true,
+                2,
+                r["context"].as_str().unwrap(),
+                r["continuation"].as_str().unwrap(),
+            )
+            .unwrap();
+            let ids = |k: &str| {
+                r[k].as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_u64().unwrap() as u32)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(pair.context, ids("context_ids"), "{run}: context of {r}");
+            assert_eq!(
+                pair.continuation,
+                ids("continuation_ids"),
+                "{run}: continuation of {r}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 20, "{run}: only {checked} requests");
+    }
+}
+
+#[test]
+fn tiny_mc_zero_shot_matches_lm_eval() {
+    check_run("gemma2", "gemma2_tiny_mc_0shot", "tiny_mc", 0, 1234, &["tiny_mc"]);
+}
+
+#[test]
+fn tiny_mc_two_shot_draws_the_same_examples() {
+    check_run("gemma2", "gemma2_tiny_mc_2shot", "tiny_mc", 2, 1234, &["tiny_mc"]);
+    check_run(
+        "gemma2",
+        "gemma2_tiny_mc_2shot_fewshotseed42",
+        "tiny_mc",
+        2,
+        42,
+        &["tiny_mc"],
+    );
+}
+
+#[test]
+fn mmlu_format_group_aggregates_like_lm_eval() {
+    let subjects = ["tiny_mmlu_format_animals", "tiny_mmlu_format_numbers"];
+    check_run(
+        "gemma2",
+        "gemma2_tiny_mmlu_format_0shot",
+        "tiny_mmlu_format",
+        0,
+        1234,
+        &subjects,
+    );
+    check_run(
+        "gemma2",
+        "gemma2_tiny_mmlu_format_1shot",
+        "tiny_mmlu_format",
+        1,
+        1234,
+        &subjects,
+    );
+}
+
+#[test]
+fn gemma3_matches_lm_eval() {
+    check_run("gemma3", "gemma3_tiny_mc_2shot", "tiny_mc", 2, 1234, &["tiny_mc"]);
+}
+
+/// lm-eval's `steered` model (a `.pt` adding 4·v at `layers.1`) against our patch of the same
+/// vector: v is written as decoder row 0 of a one-latent SAELens folder, steered with coefficient 4.
+#[test]
+fn steered_model_matches_lm_eval_steered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let steer: Value =
+        serde_json::from_str(&std::fs::read_to_string(golden_dir("steer/steer.json")).unwrap()).unwrap();
+    let vector: Vec<f32> = steer["vector"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    let coefficient = steer["coefficient"].as_f64().unwrap();
+    let d = vector.len();
+    let sae = tmp.path().join("sae");
+    std::fs::create_dir(&sae).unwrap();
+    std::fs::write(
+        sae.join("cfg.json"),
+        serde_json::json!({"d_in": d, "d_sae": 1, "architecture": "standard", "apply_b_dec_to_input": false,
+            "normalize_activations": "none", "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"}})
+        .to_string(),
+    )
+    .unwrap();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (w_dec, w_enc, b_enc, b_dec) = (
+        bytes(&vector),
+        bytes(&vector),
+        bytes(&[0.0]),
+        bytes(&vec![0.0; d]),
+    );
+    let view = |shape: Vec<usize>, data: &[u8]| {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data).unwrap()
+    };
+    let tensors = vec![
+        ("W_dec", view(vec![1, d], &w_dec)),
+        ("W_enc", view(vec![d, 1], &w_enc)),
+        ("b_enc", view(vec![1], &b_enc)),
+        ("b_dec", view(vec![d], &b_dec)),
+    ];
+    safetensors::serialize_to_file(tensors, None, &sae.join("sae_weights.safetensors")).unwrap();
+    let csv = tmp.path().join("steer.csv");
+    std::fs::write(&csv, format!("latent_idx,steering_coefficient,sae_release,sae_id,description\n0,{coefficient},{},,lm-eval .pt vector\n", sae.display())).unwrap();
+    let base = export_arch("gemma2", tmp.path());
+    let steered = tmp.path().join("steered.onnx");
+    sae_onnx::steer::patch::patch(&sae_onnx::steer::patch::PatchOptions {
+        csv,
+        output: steered.clone(),
+        model: Some(base.display().to_string()),
+        replace: false,
+        progress: false,
+    })
+    .unwrap();
+    check_model_run(
+        &steered,
+        tmp.path(),
+        "gemma2_steered_tiny_mc_0shot",
+        "tiny_mc",
+        0,
+        1234,
+        &["tiny_mc"],
+    );
+}
