@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::export::{self, ExportOptions};
+use crate::export::{self, ExportOptions, Ops};
 use crate::inspect;
 use crate::onnx::DataType;
 
@@ -34,6 +34,9 @@ pub struct Cli {
 
 const EXAMPLES: &str = "Examples:
   sae-onnx export google/gemma-2-2b -o gemma-2-2b.onnx
+  sae-onnx patch --csv dog_steer.csv -o steered.onnx
+  sae-onnx eval steered.onnx --task mmlu --device cuda:0
+  sae-onnx saes gemma-scope-2b res layer_20
   sae-onnx inspect model.onnx            what a model holds: I/O, opsets, weights, metadata
   sae-onnx inspect model.onnx --json     the same as JSON, for scripts";
 
@@ -43,6 +46,14 @@ pub enum Command {
     /// Weights stream into `OUT.data` beside the model; residual-stream tensors carry their
     /// TransformerLens hook names (blocks.L.hook_resid_post, ...) so `patch` can find them.
     Export(ExportArgs),
+    /// Steer a model: add `coefficient × W_dec[latent]` of SAE features (from a steer.csv) to the
+    /// residual stream, as constant Adds in an ordinary ONNX graph that records its provenance.
+    Patch(PatchArgs),
+    /// List the SAE releases sae-onnx knows (Gemma Scope, Gemma Scope 2, ...), filtered by words.
+    Saes(SaesArgs),
+    /// Score an ONNX model on lm-evaluation-harness tasks (same prompts, tokenization, metrics and
+    /// output files as lm-eval 0.4.13), via ONNX Runtime on the CPU or a GPU.
+    Eval(EvalArgs),
     /// Show what an ONNX model holds: IR and opsets, inputs and outputs, weights, external data
     /// files, metadata, and the hook points and steering it carries.
     Inspect(InspectArgs),
@@ -64,12 +75,129 @@ pub struct ExportArgs {
     /// transformers. f16/bf16 need a GPU execution provider: ONNX Runtime's CPU kernels are f32.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
+    /// Operators the graph may use: `ort`, ONNX Runtime's fused attention and RMSNorm
+    /// (com.microsoft GroupQueryAttention, SimplifiedLayerNormalization), faster on ONNX Runtime;
+    /// `portable`, standard ONNX operators only, for any ONNX runtime. Same model, same hooks.
+    #[arg(long, value_enum, default_value_t = OpsArg::Ort)]
+    pub ops: OpsArg,
     /// Branch, tag or commit of a hub model.
     #[arg(long, default_value = "main")]
     pub revision: String,
     /// Replace OUT.onnx if it exists.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum OpsArg {
+    Portable,
+    Ort,
+}
+
+impl From<OpsArg> for Ops {
+    fn from(o: OpsArg) -> Self {
+        match o {
+            OpsArg::Portable => Ops::Portable,
+            OpsArg::Ort => Ops::Ort,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "steer.csv formats (chosen by the header; spaces around fields are fine):
+  latent_idx,steering_coefficient,sae_release,sae_id,description
+  12082, 240.0,gemma-scope-2b-pt-res-canonical,layer_20/width_16k/canonical,dogs
+
+  loader,action,sparse_model,hookpoint,feature_index,steering_coefficient,head_index,sae_id,description
+  sae_lens,add,gemma-scope-2b-pt-res-canonical,layers.20,12082,240.0,,layer_20/width_16k/canonical,dogs
+
+sae_release / sparse_model: a release (see `sae-onnx saes`), a Hugging Face repo id, or a local folder.
+
+Examples:
+  sae-onnx patch --csv dog_steer.csv -o steered.onnx                  (base model from the SAE release)
+  sae-onnx patch --csv dog_steer.csv --model gemma-2-2b.onnx -o gemma-2-2b.dogs.onnx
+  sae-onnx patch --csv more.csv --model steered.onnx -o steered2.onnx  (stacks; --replace swaps)"
+)]
+pub struct PatchArgs {
+    /// The steering plan.
+    #[arg(long, value_name = "STEER.csv")]
+    pub csv: PathBuf,
+    /// Where to write the steered model. Beside the base model it shares the weights file.
+    #[arg(short, long, value_name = "OUT.onnx")]
+    pub output: PathBuf,
+    /// Base model: an .onnx file, or a Hugging Face id / checkpoint folder (exported once into
+    /// the cache). Default: the base model of the plan's SAE release (gemma-scope-2b-* -> google/gemma-2-2b).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Remove steering already in the model instead of stacking on it.
+    #[arg(long)]
+    pub replace: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SaesArgs {
+    /// Words that must all appear (release, id, path, repo, model, hook or Neuronpedia id).
+    pub filter: Vec<String>,
+    /// At most this many SAEs (0: all).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sae-onnx eval steered.onnx --task mmlu_abstract_algebra
+  sae-onnx eval steered.onnx --task mmlu --num-fewshot 5 --device cuda:0 --output-path results/ --log-samples
+  sae-onnx eval model.onnx --task my_task.yaml --limit 100 --cache run.cache.jsonl
+  sae-onnx eval model.onnx --list-tasks")]
+pub struct EvalArgs {
+    /// The .onnx model (exported by sae-onnx, or a foreign causal LM with a `logits` output).
+    #[arg(required_unless_present = "list_tasks")]
+    pub model: Option<PathBuf>,
+    /// Tasks, groups or tags (comma-separated or repeated), or paths to lm-eval task YAMLs.
+    #[arg(
+        long = "task",
+        visible_alias = "tasks",
+        value_delimiter = ',',
+        required_unless_present = "list_tasks"
+    )]
+    pub tasks: Vec<String>,
+    /// Few-shot examples per question (default: the task's own setting, else 0).
+    #[arg(long)]
+    pub num_fewshot: Option<usize>,
+    /// Evaluate only the first N documents of each task (or a fraction if below 1).
+    #[arg(long)]
+    pub limit: Option<f64>,
+    /// Sequences per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Folder (or .json file) for results_<date>.json and samples, as lm-eval writes them.
+    #[arg(long)]
+    pub output_path: Option<PathBuf>,
+    /// Also write samples_<task>_<date>.jsonl with every document's prompts and scores.
+    #[arg(long)]
+    pub log_samples: bool,
+    /// tokenizer.json, a folder with one, or a Hugging Face id (default: from the model's metadata).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// Few-shot sampling seed (lm-eval's fewshot_random_seed).
+    #[arg(long, default_value_t = crate::eval::task::FEWSHOT_SEED)]
+    pub seed: u64,
+    /// Answered requests go here as they finish; rerunning with the same file resumes.
+    #[arg(long, value_name = "FILE")]
+    pub cache: Option<PathBuf>,
+    /// More folders of task YAMLs.
+    #[arg(long)]
+    pub include_path: Vec<PathBuf>,
+    /// Context length in tokens (default: the model's max_position_embeddings).
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// List the tasks, groups and tags available and exit.
+    #[arg(long)]
+    pub list_tasks: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -123,6 +251,7 @@ impl Cli {
             Command::Export(args) => {
                 let options = ExportOptions {
                     dtype: args.dtype.into(),
+                    ops: args.ops.into(),
                     revision: args.revision.clone(),
                     force: args.force,
                     progress: self.show_progress(),
@@ -141,6 +270,63 @@ impl Cli {
                 );
                 Ok(())
             }
+            Command::Eval(args) => self.eval(args),
+            Command::Patch(args) => {
+                let report = crate::steer::patch::patch(&crate::steer::patch::PatchOptions {
+                    csv: args.csv.clone(),
+                    output: args.output.clone(),
+                    model: args.model.clone(),
+                    replace: args.replace,
+                    progress: self.show_progress(),
+                })?;
+                if report.splice.removed > 0 {
+                    eprintln!("removed {} earlier steering Add(s)", report.splice.removed);
+                }
+                for (hook, tensor, norm) in &report.splice.hooks {
+                    eprintln!("  {hook}: +vector (norm {norm:.3}) at {tensor}");
+                }
+                let weights = if !report.save.shared.is_empty() {
+                    "weights shared with the base model".to_owned()
+                } else if !report.save.linked.is_empty() {
+                    "weights hard-linked".to_owned()
+                } else if !report.save.copied.is_empty() {
+                    "weights copied (different filesystem)".to_owned()
+                } else {
+                    "weights inline".to_owned()
+                };
+                eprintln!(
+                    "steered {} -> {} ({weights}) in {:.2}s",
+                    report.base.display(),
+                    args.output.display(),
+                    report.seconds
+                );
+                Ok(())
+            }
+            Command::Saes(args) => {
+                let found = crate::sae::registry().search(&args.filter.join(" "));
+                let shown = if args.limit == 0 {
+                    found.len()
+                } else {
+                    args.limit.min(found.len())
+                };
+                println!(
+                    "{:<44} {:<40} {:<28} {:>7} {:>8}",
+                    "RELEASE", "SAE ID", "HOOK", "D_IN", "D_SAE"
+                );
+                for entry in &found[..shown] {
+                    println!(
+                        "{:<44} {:<40} {:<28} {:>7} {:>8}",
+                        entry.release.release, entry.sae.id, entry.sae.hook, entry.sae.d_in, entry.sae.d_sae
+                    );
+                }
+                if shown < found.len() {
+                    eprintln!(
+                        "... {} more (use --limit 0 for all, or more filter words)",
+                        found.len() - shown
+                    );
+                }
+                Ok(())
+            }
             Command::Inspect(args) => {
                 let report = inspect::inspect(&args.model)?;
                 if args.json {
@@ -151,5 +337,57 @@ impl Cli {
                 Ok(())
             }
         }
+    }
+
+    fn eval(&self, args: &EvalArgs) -> Result<()> {
+        use crate::eval::evaluator::{self, EvalOptions};
+        use crate::eval::task::TaskIndex;
+        if args.list_tasks {
+            let mut dirs = vec![evaluator::bundled_tasks_dir()];
+            dirs.extend(args.include_path.iter().cloned());
+            let index = TaskIndex::scan(&dirs.into_iter().filter(|d| d.is_dir()).collect::<Vec<_>>())?;
+            for (name, entry) in &index.entries {
+                let kind = match entry {
+                    crate::eval::task::Entry::Task { .. } => "task",
+                    crate::eval::task::Entry::Group { .. } => "group",
+                };
+                println!("{kind:<6} {name}");
+            }
+            for (tag, tasks) in &index.tags {
+                println!("tag    {tag} ({} tasks)", tasks.len());
+            }
+            return Ok(());
+        }
+        let model = args.model.as_ref().expect("clap requires a model");
+        let options = EvalOptions {
+            tasks: args.tasks.clone(),
+            num_fewshot: args.num_fewshot,
+            limit: args.limit,
+            batch_size: args.batch_size,
+            session: crate::runtime::SessionOptions {
+                device: args.device.parse()?,
+                ort_lib: self.ort_lib.clone(),
+                intra_threads: None,
+            },
+            output_path: args.output_path.clone(),
+            log_samples: args.log_samples,
+            tokenizer: args.tokenizer.clone(),
+            fewshot_seed: args.seed,
+            cache: args.cache.clone(),
+            include_paths: args.include_path.clone(),
+            max_length: args.max_length,
+            progress: self.show_progress(),
+        };
+        let outcome = evaluator::evaluate(model, &options)?;
+        print!("{}", outcome.table);
+        let rate = outcome.stats.requests as f64 / outcome.seconds.max(1e-9);
+        eprintln!(
+            "{} requests in {} forwards ({} tokens) in {:.1}s: {rate:.1} requests/s",
+            outcome.stats.requests, outcome.stats.forwards, outcome.stats.tokens, outcome.seconds
+        );
+        if let Some(path) = outcome.results_path {
+            eprintln!("results written to {}", path.display());
+        }
+        Ok(())
     }
 }

@@ -84,6 +84,21 @@ impl Hub {
         })
     }
 
+    /// The files of `repo` at `revision`, as the hub lists them (needs the network).
+    pub fn list(&self, repo_id: &str, kind: RepoKind, revision: &str) -> Result<Vec<String>> {
+        let api = ApiBuilder::from_cache(Cache::new(self.cache_dir.clone()))
+            .with_token(self.token.clone())
+            .with_progress(false)
+            .build()
+            .context("cannot set up the Hugging Face Hub client")?;
+        let repo = Repo::with_revision(repo_id.to_owned(), kind.repo_type(), revision.to_owned());
+        let info = api
+            .repo(repo)
+            .info()
+            .map_err(|e| anyhow::anyhow!("cannot list {} '{repo_id}' at {revision}: {e}", kind.noun()))?;
+        Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
+    }
+
     /// The cached path, if present. A commit hash names its snapshot folder directly; a branch or
     /// tag is looked up in `refs/`.
     pub fn cached(&self, repo_id: &str, kind: RepoKind, revision: &str, filename: &str) -> Option<PathBuf> {

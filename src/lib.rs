@@ -6,9 +6,13 @@
 pub mod cli;
 pub mod eval;
 pub mod export;
+pub mod hook;
 pub mod hub;
 pub mod inspect;
 pub mod onnx;
+pub mod paths;
 pub mod progress;
 pub mod runtime;
+pub mod sae;
+pub mod steer;
 pub mod tokenizer;

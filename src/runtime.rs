@@ -98,11 +98,7 @@ pub fn find_library(flag: Option<&Path>) -> Result<(PathBuf, LibrarySource)> {
 /// Where `scripts/fetch-ort.sh` puts the CPU library: `$SAE_ONNX_HOME/ort/<version>`, default
 /// `~/.cache/sae-onnx/ort/<version>`; the CUDA build goes beside it in `<version>-gpu`.
 pub fn fetched_dir() -> PathBuf {
-    let home = std::env::var_os("SAE_ONNX_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sae-onnx")))
-        .unwrap_or_else(|| PathBuf::from(".sae-onnx"));
-    home.join("ort").join(ORT_VERSION)
+    crate::paths::cache_root().join("ort").join(ORT_VERSION)
 }
 
 fn existing(path: &Path, from: &str) -> Result<PathBuf> {

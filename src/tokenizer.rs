@@ -76,6 +76,11 @@ impl Tokenizer {
             .map_err(|e| anyhow!("decoding {ids:?}: {e}"))
     }
 
+    /// The token's text as the vocabulary spells it (`<bos>`).
+    pub fn decode_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
