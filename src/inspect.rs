@@ -10,7 +10,11 @@ use serde::Serialize;
 use crate::onnx::external::{self, ExternalData};
 use crate::onnx::pb::{GraphProto, ValueInfoProto, tensor_shape_proto::dimension, type_proto};
 use crate::onnx::tensor::{dtype_name, for_each_tensor};
+use crate::export::meta;
+use crate::hook::{HookPoint, Site};
 use crate::onnx::{DataType, Model};
+use crate::steer::locate::locate;
+use crate::steer::splice::STEERING;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -28,6 +32,18 @@ pub struct Report {
     pub weight_bytes: u64,
     pub external_data: Vec<ExternalFile>,
     pub metadata: BTreeMap<String, String>,
+    /// Decoder layers: from our metadata, else counted from `/model/layers.N/` node scopes.
+    pub layers: Option<usize>,
+    /// Hook points found, with the tensor each one steers.
+    pub hooks: Vec<HookFound>,
+    /// The steering patches applied, oldest first (`sae_onnx.steering`).
+    pub steering: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HookFound {
+    pub hook: String,
+    pub tensor: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,9 +155,44 @@ pub fn inspect(path: &Path) -> Result<Report> {
             .proto
             .metadata_props
             .iter()
+            .filter(|e| e.key() != STEERING && e.key() != meta::HOOKS)
             .map(|e| (e.key().to_owned(), e.value().to_owned()))
             .collect(),
+        layers: layer_count(&model),
+        hooks: hooks_found(&model),
+        steering: model.metadata(STEERING).and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default(),
     })
+}
+
+fn layer_count(model: &Model) -> Option<usize> {
+    if let Some(n) = model.metadata(meta::NUM_LAYERS).and_then(|v| v.parse().ok()) {
+        return Some(n);
+    }
+    model
+        .graph()
+        .node
+        .iter()
+        .filter_map(|n| n.name().strip_prefix("/model/layers.")?.split('/').next()?.parse::<usize>().ok())
+        .max()
+        .map(|n| n + 1)
+}
+
+/// Our exports list their hooks; for other graphs, the residual-stream hooks that `patch` can find.
+fn hooks_found(model: &Model) -> Vec<HookFound> {
+    let names: Vec<String> = match model.metadata(meta::HOOKS).and_then(|h| serde_json::from_str(h).ok()) {
+        Some(names) => names,
+        None => (0..layer_count(model).unwrap_or(0))
+            .flat_map(|l| [Site::ResidMid, Site::ResidPost].map(|s| HookPoint::new(l, s).to_string()))
+            .collect(),
+    };
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let hook = HookPoint::parse(&name).ok()?;
+            let site = locate(model, hook).ok()?;
+            Some(HookFound { hook: name, tensor: site.tensor })
+        })
+        .collect()
 }
 
 fn count_nodes(graph: &GraphProto, op_types: &mut BTreeMap<String, usize>) -> usize {
@@ -268,6 +319,45 @@ impl fmt::Display for Report {
                     file.tensors,
                     human_bytes(file.referenced_bytes)
                 )?;
+            }
+        }
+        if let Some(layers) = self.layers {
+            let resid_post = self.hooks.iter().filter(|h| h.hook.ends_with("hook_resid_post")).count();
+            writeln!(f, "decoder layers: {layers}; hook points found: {} ({resid_post} resid_post)", self.hooks.len())?;
+            let named_after_hooks = self.hooks.iter().all(|h| h.hook == h.tensor);
+            if !named_after_hooks {
+                for h in self.hooks.iter().take(8) {
+                    writeln!(f, "  {:<28} -> {}", h.hook, h.tensor)?;
+                }
+                if self.hooks.len() > 8 {
+                    writeln!(f, "  ... {} more (--json lists all)", self.hooks.len() - 8)?;
+                }
+            }
+        }
+        if self.steering.is_empty() {
+            writeln!(f, "steering: none")?;
+        } else {
+            writeln!(f, "steering ({} patch{}):", self.steering.len(), if self.steering.len() == 1 { "" } else { "es" })?;
+            for patch in &self.steering {
+                writeln!(f, "  from {} ({})", patch["csv"].as_str().unwrap_or("?"), patch["tool"].as_str().unwrap_or("?"))?;
+                for row in patch["rows"].as_array().into_iter().flatten() {
+                    writeln!(
+                        f,
+                        "    line {:<3} {} latent {} x {} of {} {} at {}  {}",
+                        row["line"],
+                        row["action"].as_str().unwrap_or(""),
+                        row["latent"],
+                        row["coefficient"],
+                        row["sae"].as_str().unwrap_or(""),
+                        row["sae_id"].as_str().unwrap_or(""),
+                        row["hook"].as_str().unwrap_or(""),
+                        row["description"].as_str().unwrap_or("")
+                    )?;
+                }
+                for sae in patch["saes"].as_array().into_iter().flatten() {
+                    let hash = sae["sha256"].as_str().map_or_else(|| format!("{} bytes", sae["size"]), |h| format!("sha256 {}", &h[..16.min(h.len())]));
+                    writeln!(f, "    SAE file {} ({hash})", sae["file"].as_str().unwrap_or(""))?;
+                }
             }
         }
         if !self.metadata.is_empty() {

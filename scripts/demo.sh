@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The whole pipeline on the bundled demo model (models/tiny-gemma2: a tiny Gemma 2 with random
+# weights, its tokenizer, a random SAE and a steer.csv): export to ONNX, steer it, evaluate base
+# and steered on a small multiple-choice task, and inspect the steered model.
+# Fetches ONNX Runtime 1.31.1 (CPU) from PyPI if it is missing. Output goes to demo-out/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/fetch-ort.sh
+cargo build --release --quiet
+bin=target/release/sae-onnx
+out=demo-out
+mkdir -p "$out"
+
+echo "== export (safetensors -> ONNX, pure Rust)"
+$bin export models/tiny-gemma2 -o "$out/tiny-gemma2.onnx" --force
+
+echo "== patch (steer.csv -> constant Add at blocks.2.hook_resid_post)"
+$bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.onnx" -o "$out/tiny-gemma2.steered.onnx"
+
+echo "== eval base"
+$bin eval "$out/tiny-gemma2.onnx" --task models/tiny-gemma2/demo_mc.yaml --output-path "$out/results" --log-samples
+echo "== eval steered"
+$bin eval "$out/tiny-gemma2.steered.onnx" --task models/tiny-gemma2/demo_mc.yaml --output-path "$out/results" --log-samples
+
+echo "== inspect steered"
+$bin inspect "$out/tiny-gemma2.steered.onnx"
