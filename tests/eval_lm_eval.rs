@@ -73,7 +73,7 @@ fn check_model_run(
             if key.contains(",none") {
                 let (a, e) = (actual[key].as_f64(), value.as_f64());
                 assert!(
-                    matches!((a, e), (Some(a), Some(e)) if (a - e).abs() < 1e-12) || actual[key] == *value,
+                    matches!((a, e), (Some(a), Some(e)) if a == e) || actual[key] == *value,
                     "{run} {name} {key}: {} vs lm-eval {value}",
                     actual[key]
                 );
@@ -283,9 +283,9 @@ fn steered_model_matches_lm_eval_steered() {
         bytes(&[0.0]),
         bytes(&vec![0.0; d]),
     );
-    let view = |shape: Vec<usize>, data: &[u8]| {
+    fn view(shape: Vec<usize>, data: &[u8]) -> safetensors::tensor::TensorView<'_> {
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data).unwrap()
-    };
+    }
     let tensors = vec![
         ("W_dec", view(vec![1, d], &w_dec)),
         ("W_enc", view(vec![d, 1], &w_enc)),

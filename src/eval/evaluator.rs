@@ -941,11 +941,23 @@ impl ResultCache {
                 );
             }
         }
-        let file = std::fs::OpenOptions::new()
+        let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(path)
             .with_context(|| format!("cannot open cache '{}'", path.display()))?;
+        // A run killed mid-line left no newline: start ours on a fresh line.
+        let len = file.metadata()?.len();
+        if len > 0 {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut last = [0u8];
+            let mut reader = std::fs::File::open(path)?;
+            reader.seek(SeekFrom::Start(len - 1))?;
+            reader.read_exact(&mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+            }
+        }
         Ok(Self {
             answers,
             file: Some(file),
