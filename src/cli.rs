@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::eval::evaluator::BatchSize;
 use crate::export::{self, ExportOptions, Ops};
 use crate::inspect;
 use crate::onnx::DataType;
@@ -75,9 +76,9 @@ pub struct ExportArgs {
     /// transformers. f16/bf16 need a GPU execution provider: ONNX Runtime's CPU kernels are f32.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
-    /// Operators the graph may use: `ort`, ONNX Runtime's fused attention and RMSNorm
-    /// (com.microsoft GroupQueryAttention, SimplifiedLayerNormalization), faster on ONNX Runtime;
-    /// `portable`, standard ONNX operators only, for any ONNX runtime. Same model, same hooks.
+    /// Operators the graph may use: `ort`, ONNX Runtime's fused RMSNorm and attention
+    /// (SimplifiedLayerNormalization, com.microsoft GroupQueryAttention), faster on ONNX Runtime's
+    /// CPU; `portable`, standard ONNX operators only, for any ONNX runtime. Same model, same hooks.
     #[arg(long, value_enum, default_value_t = OpsArg::Ort)]
     pub ops: OpsArg,
     /// Branch, tag or commit of a hub model.
@@ -168,9 +169,10 @@ pub struct EvalArgs {
     /// Evaluate only the first N documents of each task (or a fraction if below 1).
     #[arg(long)]
     pub limit: Option<f64>,
-    /// Sequences per forward pass.
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    /// Sequences per forward pass, or `auto`: the largest (up to 64) whose forward at the longest
+    /// request's length runs, halving from 64 on failure (e.g. out of GPU memory).
+    #[arg(long, default_value = "16", value_parser = parse_batch_size)]
+    pub batch_size: BatchSize,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -198,6 +200,18 @@ pub struct EvalArgs {
     /// List the tasks, groups and tags available and exit.
     #[arg(long)]
     pub list_tasks: bool,
+}
+
+fn parse_batch_size(s: &str) -> Result<BatchSize, String> {
+    match s {
+        "auto" => Ok(BatchSize::Auto),
+        n => match n.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(BatchSize::Fixed(n)),
+            _ => Err(format!(
+                "'{s}' is not a batch size: use a positive number or `auto`"
+            )),
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -72,6 +72,8 @@ fn hub_datasets_load_from_the_local_cache_and_score_like_lm_eval() {
             model.to_str().unwrap(),
             "--task",
             "tests/fixtures/hub_dataset/tiny_mc_hub.yaml",
+            "--batch-size",
+            "auto",
             "--output-path",
             out.to_str().unwrap(),
         ],
@@ -82,6 +84,8 @@ fn hub_datasets_load_from_the_local_cache_and_score_like_lm_eval() {
     // lm-eval 0.4.13 on the same documents (tests/fixtures/lm_eval/out/gemma2_tiny_mc_0shot).
     assert_eq!(results["results"]["tiny_mc_hub"]["acc,none"], 0.20833333333333334);
     assert_eq!(results["results"]["tiny_mc_hub"]["acc_norm,none"], 0.5);
+    assert_eq!(results["config"]["batch_size"], "auto");
+    assert!(stderr(&run).contains("batch size auto: 64"), "{}", stderr(&run));
 }
 
 #[test]

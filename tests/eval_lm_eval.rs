@@ -58,7 +58,7 @@ fn check_model_run(
         include_paths: vec![PathBuf::from("tests/fixtures/lm_eval/tasks")],
         output_path: Some(output.clone()),
         log_samples: true,
-        batch_size: 5,
+        batch_size: sae_onnx::eval::evaluator::BatchSize::Fixed(5),
         ..Default::default()
     };
     let outcome = evaluator::evaluate(&model, &options).unwrap();

@@ -33,7 +33,7 @@ pub struct EvalOptions {
     pub num_fewshot: Option<usize>,
     /// An integer count per task, or a fraction of each task below 1.0.
     pub limit: Option<f64>,
-    pub batch_size: usize,
+    pub batch_size: BatchSize,
     pub session: SessionOptions,
     pub output_path: Option<PathBuf>,
     pub log_samples: bool,
@@ -53,7 +53,7 @@ impl Default for EvalOptions {
             tasks: Vec::new(),
             num_fewshot: None,
             limit: None,
-            batch_size: 16,
+            batch_size: BatchSize::Fixed(16),
             session: SessionOptions::default(),
             output_path: None,
             log_samples: false,
@@ -66,6 +66,17 @@ impl Default for EvalOptions {
         }
     }
 }
+
+/// How many sequences go into one forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSize {
+    Fixed(usize),
+    /// The largest that runs at the longest request's length, up to [`AUTO_BATCH_CAP`].
+    Auto,
+}
+
+/// `--batch-size auto` tries this first, then halves.
+pub const AUTO_BATCH_CAP: usize = 64;
 
 /// The bundled task folder (lm-eval YAMLs shipped with sae-onnx).
 pub fn bundled_tasks_dir() -> PathBuf {
@@ -184,8 +195,26 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
             .collect()
     };
     let mut stats = super::lm::ScoringStats::default();
+    let mut batch_sizes: Vec<usize> = Vec::new();
     if !missing.is_empty() {
-        let mut scorer = ScoringModel::open(model_path, &options.session, max_length, options.batch_size)?;
+        let fixed = match options.batch_size {
+            BatchSize::Fixed(n) => n,
+            BatchSize::Auto => AUTO_BATCH_CAP,
+        };
+        let mut scorer = ScoringModel::open(model_path, &options.session, max_length, fixed)?;
+        if options.batch_size == BatchSize::Auto {
+            let longest = missing
+                .iter()
+                .map(|r| (r.context.len() + r.continuation.len()).min(max_length + 1) - 1)
+                .max()
+                .unwrap_or(1);
+            scorer.batch_size = scorer.largest_batch_that_runs(longest, AUTO_BATCH_CAP)?;
+            eprintln!(
+                "batch size auto: {} (sequences of up to {longest} tokens)",
+                scorer.batch_size
+            );
+        }
+        let batch_size_used = scorer.batch_size;
         let bar = progress::items_bar(missing.len() as u64, "loglikelihood", options.progress);
         let tokens_total: usize = missing
             .iter()
@@ -201,6 +230,9 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
         })?;
         bar.finish_and_clear();
         stats = s;
+        if options.batch_size == BatchSize::Auto {
+            batch_sizes.push(batch_size_used);
+        }
         for (request, answer) in missing.iter().zip(answers) {
             cache.answers.insert(request.clone(), answer);
         }
@@ -332,8 +364,8 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
             "model_dtype": model.metadata(meta::DTYPE),
             "model_revision": model.metadata(meta::REVISION).unwrap_or("main"),
             "model_sha": "",
-            "batch_size": options.batch_size.to_string(),
-            "batch_sizes": [],
+            "batch_size": match options.batch_size { BatchSize::Fixed(n) => n.to_string(), BatchSize::Auto => "auto".to_owned() },
+            "batch_sizes": batch_sizes,
             "device": options.session.device.to_string(),
             "use_cache": options.cache.as_ref().map(|p| p.display().to_string()),
             "limit": options.limit,

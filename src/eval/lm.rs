@@ -168,6 +168,26 @@ impl ScoringModel {
         Ok((answers, stats))
     }
 
+    /// The largest batch, from `cap` halving down to 1, whose forward over `seq`-token sequences
+    /// succeeds (a failure is typically an allocation on the device).
+    pub fn largest_batch_that_runs(&mut self, seq: usize, cap: usize) -> Result<usize> {
+        let probe = Unit {
+            input: vec![self.pad_id; seq.max(1)],
+            candidates: BTreeMap::from([(seq.max(1) - 1, vec![0])]),
+        };
+        let mut size = cap.max(1);
+        loop {
+            match self.run_batch(vec![&probe; size]) {
+                Ok(_) => return Ok(size),
+                Err(err) if size > 1 => {
+                    tracing::debug!("batch {size} failed ({err:#}); halving");
+                    size /= 2;
+                }
+                Err(err) => return Err(err.context("even a batch of one sequence does not run")),
+            }
+        }
+    }
+
     /// One forward over `units`; returns, per unit, (position, token) -> (log-prob, token is argmax).
     fn run_batch(&mut self, units: Vec<&Unit>) -> Result<Vec<UnitScores>> {
         let batch = units.len();
