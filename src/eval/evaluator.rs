@@ -99,11 +99,28 @@ enum Node {
     },
 }
 
-/// One request of one document.
+/// One request of one document: lm-eval's arguments (context and continuation, or the text of a
+/// rolling request) and the token windows scored for it (one, or a rolling request's windows).
 struct DocRequest {
-    context: String,
-    continuation: String,
-    tokens: TokenRequest,
+    args: Vec<String>,
+    windows: Vec<TokenRequest>,
+}
+
+impl DocRequest {
+    /// The request's answer: log-probabilities summed over its windows (in order, as lm-eval's
+    /// Python `sum`), greedy when every window is.
+    fn answer(&self, answers: &HashMap<TokenRequest, Loglikelihood>) -> Loglikelihood {
+        self.windows.iter().map(|w| answers[w]).fold(
+            Loglikelihood {
+                logprob: 0.0,
+                is_greedy: true,
+            },
+            |acc, a| Loglikelihood {
+                logprob: acc.logprob + a.logprob,
+                is_greedy: acc.is_greedy && a.is_greedy,
+            },
+        )
+    }
 }
 
 struct DocWork {
@@ -174,8 +191,16 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
         let docs: Vec<Value> = task.eval_docs[..n].to_vec();
         let mut work = Vec::with_capacity(n);
         for (doc_id, doc) in docs.into_iter().enumerate() {
-            let w = build_doc(&mut task, doc_id, doc, &tokenizer, add_bos, prefix_token)
-                .with_context(|| format!("task '{name}', document {doc_id}"))?;
+            let w = build_doc(
+                &mut task,
+                doc_id,
+                doc,
+                &tokenizer,
+                add_bos,
+                prefix_token,
+                max_length,
+            )
+            .with_context(|| format!("task '{name}', document {doc_id}"))?;
             work.push(w);
         }
         tasks.push((task, work));
@@ -184,7 +209,7 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
     // Score all requests, reusing the cache.
     let all: Vec<&TokenRequest> = tasks
         .iter()
-        .flat_map(|(_, w)| w.iter().flat_map(|d| d.requests.iter().map(|r| &r.tokens)))
+        .flat_map(|(_, w)| w.iter().flat_map(|d| d.requests.iter().flat_map(|r| &r.windows)))
         .collect();
     let mut cache = ResultCache::open(options.cache.as_deref())?;
     let missing: Vec<TokenRequest> = {
@@ -250,21 +275,38 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
     let mut task_scores: Scores = HashMap::new();
     for (task, work) in &tasks {
         let metric_names: Vec<String> = task.metrics.iter().map(|m| m.name.clone()).collect();
-        let mut per_metric: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut per_metric: BTreeMap<String, Vec<Item>> = BTreeMap::new();
         let mut samples = Vec::new();
         for doc in work {
-            let answers: Vec<Loglikelihood> = doc.requests.iter().map(|r| cache.answers[&r.tokens]).collect();
-            let doc_metrics = match task.output_type {
+            let answers: Vec<Loglikelihood> = doc.requests.iter().map(|r| r.answer(&cache.answers)).collect();
+            let doc_metrics: Vec<(String, Item)> = match task.output_type {
                 OutputType::MultipleChoice => {
                     metrics::multiple_choice(&answers, &doc.choices, &doc.target, &metric_names)
-                }
-                OutputType::Loglikelihood => {
-                    vec![("acc".to_owned(), f64::from(u8::from(answers[0].is_greedy)))]
                         .into_iter()
-                        .filter(|(m, _)| metric_names.contains(m))
+                        .map(|(m, v)| (m, Item::Value(v)))
                         .collect()
                 }
+                OutputType::Loglikelihood => {
+                    vec![(
+                        "acc".to_owned(),
+                        Item::Value(f64::from(u8::from(answers[0].is_greedy))),
+                    )]
+                }
+                OutputType::LoglikelihoodRolling => {
+                    let text = &doc.requests[0].args[0];
+                    let (words, bytes) = (metrics::count_words(text) as f64, text.len() as f64);
+                    let ll = answers[0].logprob;
+                    vec![
+                        ("word_perplexity".to_owned(), Item::Weighted(ll, words)),
+                        ("byte_perplexity".to_owned(), Item::Weighted(ll, bytes)),
+                        ("bits_per_byte".to_owned(), Item::Weighted(ll, bytes)),
+                    ]
+                }
             };
+            let doc_metrics: Vec<(String, Item)> = doc_metrics
+                .into_iter()
+                .filter(|(m, _)| metric_names.contains(m))
+                .collect();
             for (m, v) in &doc_metrics {
                 per_metric.entry(m.clone()).or_default().push(*v);
             }
@@ -283,7 +325,7 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
             if items.is_empty() {
                 continue;
             }
-            let (mean, stderr) = metrics::mean_and_stderr(&items);
+            let (mean, stderr) = aggregate_items(metric, &items);
             entry.insert(format!("{metric},none"), json!(mean));
             entry.insert(
                 format!("{metric}_stderr,none"),
@@ -472,8 +514,13 @@ pub fn encode_pair(
     } else {
         (context.to_owned(), continuation.to_owned())
     };
-    let whole = tokenizer.encode(&format!("{context}{continuation}"), add_bos)?;
-    let context_ids = tokenizer.encode(&context, add_bos)?;
+    let whole = encode_text(
+        tokenizer,
+        add_bos,
+        prefix_token,
+        &format!("{context}{continuation}"),
+    )?;
+    let context_ids = encode_text(tokenizer, add_bos, prefix_token, &context)?;
     let continuation_ids = whole.get(context_ids.len()..).unwrap_or_default().to_vec();
     Ok(TokenRequest {
         context: context_ids,
@@ -488,42 +535,55 @@ fn build_doc(
     tokenizer: &Tokenizer,
     add_bos: bool,
     prefix: u32,
+    max_length: usize,
 ) -> Result<DocWork> {
-    let context = task.fewshot_context(&doc)?;
     let target = task.doc_to_target(&doc)?;
-    let delimiter = task.target_delimiter();
-    let (choices, pairs): (Vec<String>, Vec<(String, String)>) = match task.output_type {
-        OutputType::MultipleChoice => {
-            let choices = task.doc_to_choice(&doc)?;
-            let pairs = choices
-                .iter()
-                .map(|c| (context.clone(), format!("{delimiter}{c}")))
-                .collect();
-            (choices, pairs)
-        }
-        OutputType::Loglikelihood => {
-            let continuation = match &target {
-                Target::Text(t) => t.clone(),
-                Target::Index(i) => i.to_string(),
-                Target::List(_) => bail!("a loglikelihood task's target must be text"),
-            };
-            (Vec::new(), vec![(context.clone(), continuation)])
+    let kind = task.output_type.name();
+    let target_text = || -> Result<String> {
+        match &target {
+            Target::Text(t) => Ok(t.clone()),
+            Target::Index(i) => Ok(i.to_string()),
+            Target::List(_) => bail!("a {kind} task's target must be text"),
         }
     };
-    let requests = pairs
-        .into_iter()
-        .map(|(context, continuation)| {
-            let tokens = encode_pair(tokenizer, add_bos, prefix, &context, &continuation)?;
-            if tokens.continuation.is_empty() {
-                bail!("continuation {continuation:?} encodes to no tokens");
-            }
-            Ok(DocRequest {
-                context,
-                continuation,
-                tokens,
-            })
+    let pair = |context: String, continuation: String| -> Result<DocRequest> {
+        let tokens = encode_pair(tokenizer, add_bos, prefix, &context, &continuation)?;
+        if tokens.continuation.is_empty() {
+            bail!("continuation {continuation:?} encodes to no tokens");
+        }
+        Ok(DocRequest {
+            args: vec![context, continuation],
+            windows: vec![tokens],
         })
-        .collect::<Result<_>>()?;
+    };
+    let (choices, requests) = match task.output_type {
+        OutputType::MultipleChoice => {
+            let context = task.fewshot_context(&doc)?;
+            let delimiter = task.target_delimiter();
+            let choices = task.doc_to_choice(&doc)?;
+            let requests = choices
+                .iter()
+                .map(|c| pair(context.clone(), format!("{delimiter}{c}")))
+                .collect::<Result<_>>()?;
+            (choices, requests)
+        }
+        OutputType::Loglikelihood => {
+            let context = task.fewshot_context(&doc)?;
+            (Vec::new(), vec![pair(context, target_text()?)?])
+        }
+        OutputType::LoglikelihoodRolling => {
+            let text = target_text()?;
+            let tokens = encode_text(tokenizer, add_bos, prefix, &text)?;
+            let windows = rolling_windows(&tokens, prefix, max_length);
+            (
+                Vec::new(),
+                vec![DocRequest {
+                    args: vec![text],
+                    windows,
+                }],
+            )
+        }
+    };
     Ok(DocWork {
         doc_id,
         doc,
@@ -531,6 +591,50 @@ fn build_doc(
         choices,
         requests,
     })
+}
+
+/// HFLM's `tok_encode`: the tokenizer's special tokens, unless the text already starts with BOS.
+fn encode_text(tokenizer: &Tokenizer, add_special: bool, prefix: u32, text: &str) -> Result<Vec<u32>> {
+    let starts_with_bos = tokenizer
+        .decode_token(prefix)
+        .is_some_and(|bos| text.starts_with(&bos));
+    tokenizer.encode(text, add_special && !starts_with_bos)
+}
+
+/// lm-eval's `get_rolling_token_windows(context_len=1)` made disjoint: the first window predicts
+/// the first `max_length` tokens after the prefix token; each next window predicts the following
+/// `max_length` tokens with as much preceding context as fits.
+pub fn rolling_windows(tokens: &[u32], prefix: u32, max_length: usize) -> Vec<TokenRequest> {
+    let mut windows = Vec::new();
+    if tokens.is_empty() {
+        return windows;
+    }
+    let first = max_length.min(tokens.len());
+    let mut input: Vec<u32> = std::iter::once(prefix)
+        .chain(tokens[..first - 1].iter().copied())
+        .collect();
+    let mut predicted = tokens[..first].to_vec();
+    windows.push(disjoint(&input, &predicted));
+    let mut done = first;
+    while done < tokens.len() {
+        let n = (tokens.len() - done).min(max_length);
+        let end = done + n;
+        let start = end.saturating_sub(max_length + 1);
+        input = tokens[start..end - 1].to_vec();
+        predicted = tokens[end - n..end].to_vec();
+        windows.push(disjoint(&input, &predicted));
+        done += n;
+    }
+    windows
+}
+
+/// `make_disjoint_window`: the context stops where the predicted tokens start.
+fn disjoint(input: &[u32], predicted: &[u32]) -> TokenRequest {
+    let keep = input.len() + 1 - predicted.len();
+    TokenRequest {
+        context: input[..keep].to_vec(),
+        continuation: predicted.to_vec(),
+    }
 }
 
 fn target_value(target: &Target) -> Value {
@@ -541,14 +645,54 @@ fn target_value(target: &Target) -> Value {
     }
 }
 
-fn sample_line(doc: &DocWork, answers: &[Loglikelihood], doc_metrics: &[(String, f64)]) -> Value {
+/// A document's value for one metric: a number averaged over documents, or a (loglikelihood,
+/// count) pair that perplexities weight by the count.
+#[derive(Debug, Clone, Copy)]
+enum Item {
+    Value(f64),
+    Weighted(f64, f64),
+}
+
+impl Item {
+    fn json(self) -> Value {
+        match self {
+            Item::Value(v) => json!(v),
+            Item::Weighted(ll, n) => json!([ll, n]),
+        }
+    }
+}
+
+/// lm-eval's aggregations: `mean` with the sample stderr; `weighted_perplexity`
+/// (`exp(-Σll/Σcount)`) and `bits_per_byte` (`-Σll/Σbytes/ln 2`), whose stderr lm-eval leaves "N/A".
+fn aggregate_items(metric: &str, items: &[Item]) -> (f64, Option<f64>) {
+    let (mut ll, mut count, mut values) = (0.0, 0.0, Vec::new());
+    for item in items {
+        match *item {
+            Item::Value(v) => values.push(v),
+            Item::Weighted(l, n) => {
+                ll += l;
+                count += n;
+            }
+        }
+    }
+    match metric {
+        "bits_per_byte" => (-(ll / count) / std::f64::consts::LN_2, None),
+        "word_perplexity" | "byte_perplexity" => ((-(ll / count)).exp(), None),
+        _ => metrics::mean_and_stderr(&values),
+    }
+}
+
+fn sample_line(doc: &DocWork, answers: &[Loglikelihood], doc_metrics: &[(String, Item)]) -> Value {
     let target = target_value(&doc.target);
     let mut arguments = Map::new();
     for (i, r) in doc.requests.iter().enumerate() {
-        arguments.insert(
-            format!("gen_args_{i}"),
-            json!({"arg_0": r.context, "arg_1": r.continuation}),
-        );
+        let args: Map<String, Value> = r
+            .args
+            .iter()
+            .enumerate()
+            .map(|(j, a)| (format!("arg_{j}"), json!(a)))
+            .collect();
+        arguments.insert(format!("gen_args_{i}"), Value::Object(args));
     }
     let resp = |a: &Loglikelihood| json!([repr_float(a.logprob), if a.is_greedy { "True" } else { "False" }]);
     let mut line = Map::new();
@@ -573,10 +717,10 @@ fn sample_line(doc: &DocWork, answers: &[Loglikelihood], doc_metrics: &[(String,
         "doc_hash".into(),
         json!(hash_string(&doc_json_indented(&doc.doc))),
     );
-    line.insert("prompt_hash".into(), json!(hash_string(&doc.requests[0].context)));
+    line.insert("prompt_hash".into(), json!(hash_string(&doc.requests[0].args[0])));
     line.insert("target_hash".into(), json!(hash_string(&py_str(&target))));
     for (m, v) in doc_metrics {
-        line.insert(m.clone(), json!(v));
+        line.insert(m.clone(), v.json());
     }
     Value::Object(line)
 }
@@ -1011,5 +1155,36 @@ impl ResultCache {
         file.write_all(text.as_bytes())?;
         file.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rolling_windows_match_lm_eval() {
+        // lm_eval.utils: [make_disjoint_window(w) for w in get_rolling_token_windows(list(range(1, 8)), 0, 3, 1)]
+        let pairs = |ws: Vec<TokenRequest>| {
+            ws.into_iter()
+                .map(|w| (w.context, w.continuation))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pairs(rolling_windows(&[1, 2, 3, 4, 5, 6, 7], 0, 3)),
+            vec![
+                (vec![0], vec![1, 2, 3]),
+                (vec![3], vec![4, 5, 6]),
+                (vec![4, 5, 6], vec![7])
+            ]
+        );
+        assert_eq!(pairs(rolling_windows(&[5, 6], 0, 3)), vec![(vec![0], vec![5, 6])]);
+        assert!(rolling_windows(&[], 0, 3).is_empty());
+    }
+
+    #[test]
+    fn words_are_counted_as_python_splits_them() {
+        // len(re.split(r"\s+", " a  b\nc ")) == 5
+        assert_eq!(metrics::count_words(" a  b\nc "), 5);
     }
 }

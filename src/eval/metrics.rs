@@ -71,6 +71,16 @@ pub fn multiple_choice(
         .collect()
 }
 
+/// lm-eval's `count_words`: `len(re.split(r"\s+", text))` (leading and trailing whitespace count
+/// as empty words, as Python's split gives them).
+pub fn count_words(text: &str) -> usize {
+    static WHITESPACE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    WHITESPACE
+        .get_or_init(|| regex::Regex::new(r"\s+").expect("valid regex"))
+        .split(text)
+        .count()
+}
+
 /// The mean and, for more than one item, its standard error `sqrt(Σ(x−μ)²/(n−1)) / sqrt(n)`.
 pub fn mean_and_stderr(items: &[f64]) -> (f64, Option<f64>) {
     let n = items.len() as f64;

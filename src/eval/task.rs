@@ -205,6 +205,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 pub enum OutputType {
     MultipleChoice,
     Loglikelihood,
+    /// Perplexity of whole documents, scored in rolling windows of the model's length.
+    LoglikelihoodRolling,
 }
 
 impl OutputType {
@@ -212,6 +214,7 @@ impl OutputType {
         match self {
             Self::MultipleChoice => "multiple_choice",
             Self::Loglikelihood => "loglikelihood",
+            Self::LoglikelihoodRolling => "loglikelihood_rolling",
         }
     }
 }
@@ -290,8 +293,9 @@ impl Task {
         {
             "multiple_choice" => OutputType::MultipleChoice,
             "loglikelihood" => OutputType::Loglikelihood,
+            "loglikelihood_rolling" => OutputType::LoglikelihoodRolling,
             other => bail!(
-                "{}: output_type '{other}' is not supported yet (multiple_choice, loglikelihood are)",
+                "{}: output_type '{other}' is not supported yet (multiple_choice, loglikelihood, loglikelihood_rolling are)",
                 ctx()
             ),
         };
@@ -601,13 +605,20 @@ fn load_dataset(config: &Map<String, Value>, yaml_path: &Path) -> Result<Dataset
 
 /// `metric_list`, or lm-eval's defaults for the output type.
 fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<Vec<MetricSpec>> {
+    // lm-eval's `perplexity` metric reports a bootstrapped stderr we do not reproduce: refused.
     let supported: &[&str] = match output_type {
         OutputType::MultipleChoice => &["acc", "acc_norm", "acc_bytes", "exact_match"],
-        OutputType::Loglikelihood => &["acc", "perplexity"],
+        OutputType::Loglikelihood => &["acc"],
+        OutputType::LoglikelihoodRolling => &["word_perplexity", "byte_perplexity", "bits_per_byte"],
     };
     let defaults: &[(&str, bool)] = match output_type {
         OutputType::MultipleChoice => &[("acc", true), ("acc_norm", true)],
-        OutputType::Loglikelihood => &[("perplexity", false), ("acc", true)],
+        OutputType::Loglikelihood => &[("acc", true)],
+        OutputType::LoglikelihoodRolling => &[
+            ("word_perplexity", false),
+            ("byte_perplexity", false),
+            ("bits_per_byte", false),
+        ],
     };
     let Some(list) = config.get("metric_list").and_then(Value::as_array) else {
         return Ok(defaults
@@ -631,13 +642,17 @@ fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<
                     supported.join(", ")
                 );
             }
+            let expected_aggregation = match name {
+                "word_perplexity" | "byte_perplexity" => "weighted_perplexity",
+                "bits_per_byte" => "bits_per_byte",
+                _ => "mean",
+            };
             if let Some(agg) = m.get("aggregation").and_then(Value::as_str)
-                && agg != "mean"
-                && !(name == "perplexity" && agg == "perplexity")
+                && agg != expected_aggregation
             {
-                bail!("aggregation '{agg}' for metric '{name}' is not supported (mean is)");
+                bail!("aggregation '{agg}' for metric '{name}' is not supported ({expected_aggregation} is)");
             }
-            let default_higher = name != "perplexity";
+            let default_higher = !name.contains("perplexity") && name != "bits_per_byte";
             Ok(MetricSpec {
                 name: name.to_owned(),
                 higher_is_better: m
