@@ -293,7 +293,11 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
                     )]
                 }
                 OutputType::LoglikelihoodRolling => {
-                    let text = &doc.requests[0].args[0];
+                    let text = super::builtins::counted_text(
+                        task.process_results_builtin(),
+                        &doc.doc,
+                        &doc.requests[0].args[0],
+                    )?;
                     let (words, bytes) = (metrics::count_words(text) as f64, text.len() as f64);
                     let ll = answers[0].logprob;
                     vec![

@@ -1,5 +1,6 @@
 //! `sae-onnx eval`: lm-evaluation-harness semantics on ONNX Runtime.
 
+pub mod builtins;
 pub mod data;
 pub mod evaluator;
 pub mod hub_data;

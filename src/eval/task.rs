@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 
+use super::builtins;
 use super::data::{self, Dataset};
 use super::pylit;
 use super::pyrandom::PyRandom;
@@ -277,7 +278,8 @@ impl Task {
             "custom_dataset",
         ] {
             if let Some(Value::Object(map)) = config.get(key)
-                && map.contains_key("!function")
+                && let Some(function) = map.get("!function")
+                && !function.as_str().is_some_and(builtins::is_known)
             {
                 bail!(
                     "{}: `{key}: !function ...` calls Python code, which sae-onnx cannot run; \
@@ -381,6 +383,11 @@ impl Task {
         })
     }
 
+    /// The `process_results` builtin the task names, if any.
+    pub fn process_results_builtin(&self) -> Option<&str> {
+        self.config.get("process_results")?.get("!function")?.as_str()
+    }
+
     pub fn version(&self) -> Value {
         self.config
             .get("metadata")
@@ -425,6 +432,10 @@ impl Task {
     pub fn doc_to_target(&self, doc: &Value) -> Result<Target> {
         let has_choices = self.config.get("doc_to_choice").is_some_and(|v| !v.is_null());
         match self.config.get("doc_to_target") {
+            Some(Value::Object(map)) if map.contains_key("!function") => {
+                let name = map["!function"].as_str().unwrap_or_default();
+                Ok(Target::Text(builtins::apply(name, doc)?))
+            }
             Some(Value::Number(n)) => n
                 .as_i64()
                 .map(Target::Index)
