@@ -12,10 +12,10 @@ use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 
 use super::weights::{WeightView, convert};
-use crate::onnx::DataType;
 use crate::onnx::external::{ALIGNMENT, ExternalData};
 use crate::onnx::make::{AttrValue, make_node, make_tensor};
 use crate::onnx::pb::{NodeProto, TensorProto};
+use crate::onnx::{DataType, MS_DOMAIN};
 
 /// Tensors at least this large go to the data file; smaller ones stay in the protobuf.
 const EXTERNAL_MIN_BYTES: usize = 1024;
@@ -43,7 +43,7 @@ impl WeightSink {
     }
 
     /// Bytes written so far (the data file's size once finished).
-    pub fn len(&self) -> u64 {
+    pub fn bytes_written(&self) -> u64 {
         self.offset
     }
 
@@ -139,7 +139,7 @@ impl<'s> GraphBuilder<'s> {
     pub fn op(&mut self, op_type: &str, inputs: &[&str], attrs: Vec<(&str, AttrValue)>) -> String {
         let name = self.node_name(op_type);
         let output = format!("{name}_output_0");
-        self.push(op_type, name, inputs, &output, attrs);
+        self.push("", op_type, name, inputs, &[&output], attrs);
         output
     }
 
@@ -152,23 +152,67 @@ impl<'s> GraphBuilder<'s> {
         output: &str,
     ) -> String {
         let name = self.node_name(op_type);
-        self.push(op_type, name, inputs, output, attrs);
+        self.push("", op_type, name, inputs, &[output], attrs);
         output.to_owned()
+    }
+
+    /// Adds a node of ONNX Runtime's contrib domain (`com.microsoft`). `outputs` lists its
+    /// outputs in order: `None` takes a name derived from the node's, `Some(name)` a chosen one
+    /// (a hook), `Some("")` leaves an optional output out. Returns the output names.
+    pub fn op_ms(
+        &mut self,
+        op_type: &str,
+        inputs: &[&str],
+        attrs: Vec<(&str, AttrValue)>,
+        outputs: &[Option<&str>],
+    ) -> Vec<String> {
+        let name = self.node_name(op_type);
+        let outputs: Vec<String> = outputs
+            .iter()
+            .enumerate()
+            .map(|(i, out)| match out {
+                Some(chosen) => (*chosen).to_owned(),
+                None => format!("{name}_output_{i}"),
+            })
+            .collect();
+        let refs: Vec<&str> = outputs.iter().map(String::as_str).collect();
+        self.push(MS_DOMAIN, op_type, name, inputs, &refs, attrs);
+        outputs
     }
 
     fn push(
         &mut self,
+        domain: &str,
         op_type: &str,
         name: String,
         inputs: &[&str],
-        output: &str,
+        outputs: &[&str],
         attrs: Vec<(&str, AttrValue)>,
     ) {
-        let mut node = make_node(op_type, inputs, &[output], name);
+        let mut node = make_node(op_type, inputs, outputs, name);
+        if !domain.is_empty() {
+            node = node.with_domain(domain);
+        }
         for (key, value) in attrs {
             node = node.with_attr(key, value);
         }
         self.nodes.push(node);
+    }
+
+    /// Renames the output `from` of the node that makes it, which must have no consumer yet.
+    pub fn rename_output(&mut self, from: &str, to: &str) {
+        assert!(
+            !self.nodes.iter().any(|n| n.input.iter().any(|i| i == from)),
+            "'{from}' is already consumed"
+        );
+        let output = self
+            .nodes
+            .iter_mut()
+            .rev()
+            .flat_map(|n| n.output.iter_mut())
+            .find(|o| *o == from)
+            .expect("a node makes the tensor being renamed");
+        *output = to.to_owned();
     }
 
     /// A weight from the checkpoint, written to the data file (or inline when small) as `dtype`.

@@ -52,6 +52,8 @@ pub struct Config {
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
+    #[serde(default = "default_max_positions")]
+    pub max_position_embeddings: usize,
     #[serde(default)]
     pub num_key_value_heads: Option<usize>,
     #[serde(default)]
@@ -90,6 +92,9 @@ pub struct Config {
     pub model_type: Option<String>,
 }
 
+fn default_max_positions() -> usize {
+    8192
+}
 fn default_eps() -> f64 {
     1e-6
 }
@@ -153,7 +158,7 @@ impl Config {
     }
 
     fn validate(&self, arch: Arch) -> Result<()> {
-        if self.num_attention_heads % self.kv_heads() != 0 {
+        if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             bail!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
@@ -251,8 +256,8 @@ impl Config {
         }
         match arch {
             Arch::Gemma => false,
-            Arch::Gemma2 => i % 2 == 0,
-            Arch::Gemma3 => (i + 1) % self.sliding_window_pattern.unwrap_or(6) != 0,
+            Arch::Gemma2 => i.is_multiple_of(2),
+            Arch::Gemma3 => !(i + 1).is_multiple_of(self.sliding_window_pattern.unwrap_or(6)),
         }
     }
 

@@ -4,12 +4,33 @@
 //! softcapping, sliding-window layers, Gemma 3's q/k norms and local/global RoPE.
 //!
 //! Residual-stream tensors carry their TransformerLens hook names (`blocks.L.hook_resid_post`, ...).
+//!
+//! Two operator profiles ([`Ops`]) build the same model with the same hook tensors. `Portable`
+//! spells everything in standard ONNX. `Ort` uses ONNX Runtime's fused operators where its CPU
+//! kernels (1.31) are faster, as measured on a random 8-layer Gemma 2/3 (hidden 512):
+//! - `SimplifiedLayerNormalization` for every RMSNorm, the `(1+w)` scale precomputed.
+//! - `com.microsoft.GroupQueryAttention` for attention without logit softcapping (Gemma 1, 3;
+//!   see `GemmaGraph::fused_attention` for Gemma 2): RoPE (`do_rotary`, cos/sin caches of
+//!   `[seq, head_dim/2]`), `scale` and `local_window_size` inside. Its CPU kernel computes
+//!   `softmax(scale·q·kᵀ + attention_bias)` over the keys `q_idx - local_window_size < kv_idx
+//!   <= q_idx`: transformers' window (`kv_idx > q_idx - sliding_window`). Padding goes in
+//!   `attention_bias` (the portable graph's additive mask, window included, so the window also holds
+//!   with kernels that count it one key wider, as older ones did) with `seqlens_k = seq - 1` for every row, rather
+//!   than in `seqlens_k`: that serves right and left padding alike, and padded query rows get
+//!   computed scores instead of the uninitialised ones `seqlens_k` padding leaves them.
+//!
+//! Not used, on purpose: `SkipSimplifiedLayerNormalization` (residual add + next norm, the sum as
+//! its output 3). Steering adds a vector to a hook tensor and rewires that tensor's consumers;
+//! the fused node would compute the next norm from the unsteered sum inside itself, so the
+//! residual adds stay plain `Add`s named as hooks (the fused form measured no faster).
+//! `FastGelu` measured no faster than the standard `Gelu(approximate="tanh")`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use anyhow::Result;
 
+use super::Ops;
 use super::builder::GraphBuilder;
 use super::config::{Activation, Arch, Config};
 use super::weights::Checkpoint;
@@ -47,8 +68,25 @@ struct Shared {
     sliding_bias: Option<(usize, String)>,
     /// Positions 0..seq as float32 `[seq, 1]`.
     positions: String,
-    /// cos/sin tables by (RoPE base, linear factor) bits: Gemma 3 has two kinds of layers.
-    rope: RefCell<HashMap<(u64, u64), (String, String)>>,
+    /// cos/sin tables by (RoPE base, linear factor) bits and layout: Gemma 3 has two kinds of layers.
+    rope: RefCell<HashMap<RopeKey, (String, String)>>,
+    /// GroupQueryAttention's `seqlens_k` (`[batch]` int32, all `seq - 1`) and
+    /// `total_sequence_length` (int32 scalar `seq`); `Ops::Ort` only.
+    gqa_lengths: Option<(String, String)>,
+}
+
+/// RoPE base and linear factor (as bits) and the layout of a cos/sin table pair.
+type RopeKey = (u64, u64, RopeLayout);
+
+/// How RoPE tables are laid out for their consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RopeLayout {
+    /// `[seq, head_dim]` (the two halves repeated), for q and k as `[batch, heads, seq, head_dim]`.
+    Full,
+    /// `[seq, 1, head_dim]`, for q and k as `[batch, seq, heads, head_dim]`.
+    FullPerHead,
+    /// `[seq, head_dim/2]`: GroupQueryAttention's cos/sin caches.
+    Half,
 }
 
 pub struct GemmaGraph<'a> {
@@ -56,7 +94,12 @@ pub struct GemmaGraph<'a> {
     pub arch: Arch,
     /// Activations and weights are in this type; norms and softmax run in float32 as in transformers.
     pub dtype: DataType,
+    pub ops: Ops,
 }
+
+/// GroupQueryAttention's CPU kernel rotates only heads whose size is a multiple of 16 (every
+/// released Gemma's is); smaller test models get RoPE from standard operators before it.
+const GQA_ROTARY_MULTIPLE: usize = 16;
 
 impl GemmaGraph<'_> {
     pub fn build(&self, b: &mut GraphBuilder, ckpt: &Checkpoint) -> Result<()> {
@@ -101,12 +144,17 @@ impl GemmaGraph<'_> {
                 Some(cap) => self.softcap(b, &logits, cap as f32),
                 None => logits,
             };
-            b.op_named(
-                "Cast",
-                &[&logits],
-                vec![("to", AttrValue::Int(DataType::Float as i64))],
-                LOGITS,
-            );
+            if self.dtype == DataType::Float {
+                // Already float32: name the tensor rather than copy it through a Cast.
+                b.rename_output(&logits, LOGITS);
+            } else {
+                b.op_named(
+                    "Cast",
+                    &[&logits],
+                    vec![("to", AttrValue::Int(DataType::Float as i64))],
+                    LOGITS,
+                );
+            }
             Ok(())
         })
     }
@@ -159,12 +207,27 @@ impl GemmaGraph<'_> {
                 vec![("to", AttrValue::Int(DataType::Float as i64))],
             );
             let positions = b.op("Unsqueeze", &[&positions_f32, &b.const_i64(&[1])], vec![]);
+            let gqa_lengths = self.fused_attention().then(|| {
+                // Every row counts all `seq` keys; the bias hides the padding.
+                let int32 = || vec![("to", AttrValue::Int(DataType::Int32 as i64))];
+                let batch = b.op(
+                    "Gather",
+                    &[&batch_seq, &b.const_i64(&[0])],
+                    vec![("axis", AttrValue::Int(0))],
+                );
+                let last = b.op("Sub", &[&seq_scalar, &one], vec![]);
+                let last = b.op("Cast", &[&last], int32());
+                let seqlens_k = b.op("Expand", &[&last, &batch], vec![]);
+                let total = b.op("Cast", &[&seq_scalar], int32());
+                (seqlens_k, total)
+            });
             Ok(Shared {
                 batch_seq,
                 causal_bias,
                 sliding_bias,
                 positions,
                 rope: RefCell::default(),
+                gqa_lengths,
             })
         })
     }
@@ -263,7 +326,6 @@ impl GemmaGraph<'_> {
             c.kv_heads() as i64,
             c.head_dim() as i64,
         );
-        let layer_attention = c.layer_attention(self.arch, layer);
         let proj = |b: &mut GraphBuilder, name: &str| -> Result<String> {
             let full = format!("model.layers.{layer}.self_attn.{name}.weight");
             b.weight(
@@ -278,7 +340,81 @@ impl GemmaGraph<'_> {
             proj(b, "v_proj")?,
             proj(b, "o_proj")?,
         );
+        let q = b.scoped("q_proj", |b| {
+            Ok(self.linear(b, x, &wq, (c.hidden_size, (heads * head_dim) as usize), shared))
+        })?;
+        let k = b.scoped("k_proj", |b| {
+            Ok(self.linear(b, x, &wk, (c.hidden_size, (kv_heads * head_dim) as usize), shared))
+        })?;
+        let v = b.scoped("v_proj", |b| {
+            Ok(self.linear(b, x, &wv, (c.hidden_size, (kv_heads * head_dim) as usize), shared))
+        })?;
+        let qk_norms = if self.arch == Arch::Gemma3 {
+            let wqn = self.norm_weight(
+                b,
+                ckpt,
+                &format!("layers.{layer}.self_attn.q_norm.weight"),
+                &format!("model.layers.{layer}.self_attn.q_norm.weight"),
+            )?;
+            let wkn = self.norm_weight(
+                b,
+                ckpt,
+                &format!("layers.{layer}.self_attn.k_norm.weight"),
+                &format!("model.layers.{layer}.self_attn.k_norm.weight"),
+            )?;
+            Some((wqn, wkn))
+        } else {
+            None
+        };
+        let z = if self.fused_attention() {
+            self.attention_gqa(b, shared, layer, (&q, &k, &v), qk_norms)?
+        } else {
+            self.attention_portable(b, shared, layer, (&q, &k, &v), qk_norms)?
+        };
+        b.scoped("o_proj", |b| {
+            Ok(self.linear(b, &z, &wo, ((heads * head_dim) as usize, c.hidden_size), shared))
+        })
+    }
 
+    /// Whether attention runs as GroupQueryAttention: in the `ort` profile, unless the model
+    /// softcaps attention scores (Gemma 2). GroupQueryAttention's `softcap` computes what
+    /// transformers does (checked on ONNX Runtime 1.31.1: `cap·tanh(scale·q·kᵀ/cap)`, then the
+    /// bias, then softmax), but its CPU kernel came out no faster than the standard operators
+    /// with it: attention of a random 8-layer Gemma 2 (8 heads of 64, batch 4, one thread) took
+    /// 54 ms against 30 at 128 tokens and 583 against 549 at 512. Without softcap (Gemma 3) it
+    /// is faster: 30 against 34 ms, and 329 against 416.
+    fn fused_attention(&self) -> bool {
+        self.ops == Ops::Ort && self.config.attention_softcap(self.arch).is_none()
+    }
+
+    /// The additive mask of `layer`: causal, or causal within its sliding window; padding hidden.
+    fn attention_bias(&self, shared: &Shared, layer: usize) -> Result<String> {
+        let window = self.config.layer_attention(self.arch, layer).sliding_window;
+        match (window, &shared.sliding_bias) {
+            (Some(w), Some((sw, bias))) if w == *sw => Ok(bias.clone()),
+            (Some(w), _) => anyhow::bail!("layer {layer}: sliding window {w} differs from the other layers'"),
+            (None, _) => Ok(shared.causal_bias.clone()),
+        }
+    }
+
+    /// Attention in standard operators, as transformers' eager path computes it. Returns
+    /// `attn.hook_z` (`[batch, seq, heads*head_dim]`).
+    fn attention_portable(
+        &self,
+        b: &mut GraphBuilder,
+        shared: &Shared,
+        layer: usize,
+        (q, k, v): (&str, &str, &str),
+        qk_norms: Option<(String, String)>,
+    ) -> Result<String> {
+        let c = self.config;
+        let dt = self.dtype;
+        let (heads, kv_heads, head_dim) = (
+            c.num_attention_heads as i64,
+            c.kv_heads() as i64,
+            c.head_dim() as i64,
+        );
+        let layer_attention = c.layer_attention(self.arch, layer);
         // [batch, seq, n, head_dim] -> [batch, n, seq, head_dim]
         let split_heads = |b: &mut GraphBuilder, t: &str, n: i64| {
             let shape = b.op(
@@ -293,31 +429,10 @@ impl GemmaGraph<'_> {
                 vec![("perm", AttrValue::Ints(vec![0, 2, 1, 3]))],
             )
         };
-        let q = b.scoped("q_proj", |b| {
-            Ok(self.linear(b, x, &wq, (c.hidden_size, (heads * head_dim) as usize), shared))
-        })?;
-        let k = b.scoped("k_proj", |b| {
-            Ok(self.linear(b, x, &wk, (c.hidden_size, (kv_heads * head_dim) as usize), shared))
-        })?;
-        let v = b.scoped("v_proj", |b| {
-            Ok(self.linear(b, x, &wv, (c.hidden_size, (kv_heads * head_dim) as usize), shared))
-        })?;
-        let mut q = split_heads(b, &q, heads);
-        let mut k = split_heads(b, &k, kv_heads);
-        let v = split_heads(b, &v, kv_heads);
-        if self.arch == Arch::Gemma3 {
-            let wqn = self.norm_weight(
-                b,
-                ckpt,
-                &format!("layers.{layer}.self_attn.q_norm.weight"),
-                &format!("model.layers.{layer}.self_attn.q_norm.weight"),
-            )?;
-            let wkn = self.norm_weight(
-                b,
-                ckpt,
-                &format!("layers.{layer}.self_attn.k_norm.weight"),
-                &format!("model.layers.{layer}.self_attn.k_norm.weight"),
-            )?;
+        let mut q = split_heads(b, q, heads);
+        let mut k = split_heads(b, k, kv_heads);
+        let v = split_heads(b, v, kv_heads);
+        if let Some((wqn, wkn)) = qk_norms {
             q = b.scoped("q_norm", |b| Ok(self.rms_norm(b, &q, &wqn)))?;
             k = b.scoped("k_norm", |b| Ok(self.rms_norm(b, &k, &wkn)))?;
         }
@@ -327,6 +442,7 @@ impl GemmaGraph<'_> {
                 shared,
                 layer_attention.rope_base,
                 layer_attention.rope_linear_factor,
+                RopeLayout::Full,
             )
         })?;
         let q = b.scoped("rope_q", |b| Ok(apply_rope(b, &q, &cos, &sin, head_dim)))?;
@@ -357,11 +473,7 @@ impl GemmaGraph<'_> {
         if let Some(cap) = c.attention_softcap(self.arch) {
             scores = self.softcap(b, &scores, cap as f32);
         }
-        let bias = match (layer_attention.sliding_window, &shared.sliding_bias) {
-            (Some(w), Some((sw, bias))) if w == *sw => bias.clone(),
-            (Some(w), _) => anyhow::bail!("layer {layer}: sliding window {w} differs from the other layers'"),
-            (None, _) => shared.causal_bias.clone(),
-        };
+        let bias = self.attention_bias(shared, layer)?;
         let scores = b.op("Add", &[&scores, &bias], vec![]);
         // transformers: softmax in float32, then back to the model dtype.
         let probs = if dt == DataType::Float {
@@ -386,15 +498,100 @@ impl GemmaGraph<'_> {
             &[&shared.batch_seq, &b.const_i64(&[heads * head_dim])],
             vec![("axis", AttrValue::Int(0))],
         );
-        let z = b.op_named(
+        Ok(b.op_named(
             "Reshape",
             &[&context, &z_shape],
             vec![],
             &hook_name(layer, "attn.hook_z"),
+        ))
+    }
+
+    /// Attention as one `com.microsoft.GroupQueryAttention` on `[batch, seq, n*head_dim]`
+    /// projections (see the module notes for why it equals transformers' eager attention).
+    /// Returns `attn.hook_z`, the operator's output.
+    fn attention_gqa(
+        &self,
+        b: &mut GraphBuilder,
+        shared: &Shared,
+        layer: usize,
+        (q, k, v): (&str, &str, &str),
+        qk_norms: Option<(String, String)>,
+    ) -> Result<String> {
+        let c = self.config;
+        let (heads, kv_heads, head_dim) = (
+            c.num_attention_heads as i64,
+            c.kv_heads() as i64,
+            c.head_dim() as i64,
         );
-        b.scoped("o_proj", |b| {
-            Ok(self.linear(b, &z, &wo, ((heads * head_dim) as usize, c.hidden_size), shared))
-        })
+        let layer_attention = c.layer_attention(self.arch, layer);
+        let (mut q, mut k) = (q.to_owned(), k.to_owned());
+        // Gemma 3 norms each head: [batch, seq, n*head_dim] -> [batch, seq, n, head_dim] and back.
+        let per_head = |b: &mut GraphBuilder, t: &str, n: i64| {
+            b.op("Reshape", &[t, &b.const_i64(&[0, 0, n, head_dim])], vec![])
+        };
+        let merge_heads = |b: &mut GraphBuilder, t: &str, n: i64| {
+            b.op("Reshape", &[t, &b.const_i64(&[0, 0, n * head_dim])], vec![])
+        };
+        if let Some((wqn, wkn)) = qk_norms {
+            q = b.scoped("q_norm", |b| {
+                let t = per_head(b, &q, heads);
+                let t = self.rms_norm(b, &t, &wqn);
+                Ok(merge_heads(b, &t, heads))
+            })?;
+            k = b.scoped("k_norm", |b| {
+                let t = per_head(b, &k, kv_heads);
+                let t = self.rms_norm(b, &t, &wkn);
+                Ok(merge_heads(b, &t, kv_heads))
+            })?;
+        }
+        let (base, factor) = (layer_attention.rope_base, layer_attention.rope_linear_factor);
+        let rotary_inside = c.head_dim().is_multiple_of(GQA_ROTARY_MULTIPLE);
+        let (cos, sin) = if rotary_inside {
+            b.scoped("rotary_emb", |b| {
+                self.rope_tables(b, shared, base, factor, RopeLayout::Half)
+            })?
+        } else {
+            let (cos, sin) = b.scoped("rotary_emb", |b| {
+                self.rope_tables(b, shared, base, factor, RopeLayout::FullPerHead)
+            })?;
+            q = b.scoped("rope_q", |b| {
+                let t = per_head(b, &q, heads);
+                let t = apply_rope(b, &t, &cos, &sin, head_dim);
+                Ok(merge_heads(b, &t, heads))
+            })?;
+            k = b.scoped("rope_k", |b| {
+                let t = per_head(b, &k, kv_heads);
+                let t = apply_rope(b, &t, &cos, &sin, head_dim);
+                Ok(merge_heads(b, &t, kv_heads))
+            })?;
+            (String::new(), String::new())
+        };
+        let (seqlens_k, total) = shared
+            .gqa_lengths
+            .as_ref()
+            .expect("the ort profile makes GroupQueryAttention lengths");
+        let bias = self.attention_bias(shared, layer)?;
+        let mut attrs = vec![
+            ("num_heads", AttrValue::Int(heads)),
+            ("kv_num_heads", AttrValue::Int(kv_heads)),
+            ("scale", AttrValue::Float(c.attention_scale(self.arch) as f32)),
+            ("do_rotary", AttrValue::Int(rotary_inside.into())),
+        ];
+        debug_assert!(c.attention_softcap(self.arch).is_none(), "see fused_attention");
+        if let Some(window) = layer_attention.sliding_window {
+            // The bias hides keys outside the window too; the kernel then skips them.
+            attrs.push(("local_window_size", AttrValue::Int(window as i64)));
+        }
+        let z = hook_name(layer, "attn.hook_z");
+        // Inputs: query, key, value, past_key, past_value, seqlens_k, total_sequence_length,
+        // cos_cache, sin_cache, position_ids, attention_bias.
+        let outputs = b.op_ms(
+            "GroupQueryAttention",
+            &[&q, &k, v, "", "", seqlens_k, total, &cos, &sin, "", &bias],
+            attrs,
+            &[Some(z.as_str())],
+        );
+        Ok(outputs.into_iter().next().expect("one output"))
     }
 
     fn mlp(
@@ -486,6 +683,30 @@ impl GemmaGraph<'_> {
         } else {
             b.op("Cast", &[x], vec![("to", AttrValue::Int(DataType::Float as i64))])
         };
+        if self.ops == Ops::Ort {
+            // ONNX Runtime's RMSNorm kernel (default domain, registered by ONNX Runtime).
+            let attrs = || {
+                vec![
+                    ("axis", AttrValue::Int(-1)),
+                    ("epsilon", AttrValue::Float(self.config.rms_norm_eps as f32)),
+                    ("stash_type", AttrValue::Int(1)),
+                ]
+            };
+            return match (dt == DataType::Float, name) {
+                (true, Some(name)) => {
+                    b.op_named("SimplifiedLayerNormalization", &[&xf, scale], attrs(), name)
+                }
+                (true, None) => b.op("SimplifiedLayerNormalization", &[&xf, scale], attrs()),
+                (false, name) => {
+                    let normed = b.op("SimplifiedLayerNormalization", &[&xf, scale], attrs());
+                    let to = vec![("to", AttrValue::Int(dt as i64))];
+                    match name {
+                        Some(name) => b.op_named("Cast", &[&normed], to, name),
+                        None => b.op("Cast", &[&normed], to),
+                    }
+                }
+            };
+        }
         let square = b.op("Mul", &[&xf, &xf], vec![]);
         let mean = b.op(
             "ReduceMean",
@@ -519,15 +740,17 @@ impl GemmaGraph<'_> {
         b.op("Mul", &[&squashed, &cap], vec![])
     }
 
-    /// cos and sin `[seq, head_dim]` for positions 0..seq, as transformers computes them in float32.
+    /// cos and sin for positions 0..seq, as transformers computes them in float32, laid out
+    /// for their consumer.
     fn rope_tables(
         &self,
         b: &mut GraphBuilder,
         shared: &Shared,
         base: f64,
         linear_factor: f64,
+        layout: RopeLayout,
     ) -> Result<(String, String)> {
-        let key = (base.to_bits(), linear_factor.to_bits());
+        let key = (base.to_bits(), linear_factor.to_bits(), layout);
         if let Some(tables) = shared.rope.borrow().get(&key) {
             return Ok(tables.clone());
         }
@@ -544,7 +767,14 @@ impl GemmaGraph<'_> {
             &inv_freq,
         )?;
         let freqs = b.op("Mul", &[&shared.positions, &inv_freq], vec![]);
-        let emb = b.op("Concat", &[&freqs, &freqs], vec![("axis", AttrValue::Int(-1))]);
+        let emb = match layout {
+            RopeLayout::Half => freqs,
+            RopeLayout::Full => b.op("Concat", &[&freqs, &freqs], vec![("axis", AttrValue::Int(-1))]),
+            RopeLayout::FullPerHead => {
+                let emb = b.op("Concat", &[&freqs, &freqs], vec![("axis", AttrValue::Int(-1))]);
+                b.op("Unsqueeze", &[&emb, &b.const_i64(&[1])], vec![])
+            }
+        };
         let (mut cos, mut sin) = (b.op("Cos", &[&emb], vec![]), b.op("Sin", &[&emb], vec![]));
         if self.dtype != DataType::Float {
             let to = || vec![("to", AttrValue::Int(self.dtype as i64))];

@@ -17,7 +17,7 @@ use self::gemma::{ATTENTION_MASK, GemmaGraph, INPUT_IDS, LAYER_HOOKS, LOGITS, ho
 use self::weights::Checkpoint;
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
 use crate::onnx::make::{make_graph, make_model, make_opsetid, make_tensor_value_info};
-use crate::onnx::{DataType, ExternalDataPolicy, Model, OPSET, SaveOptions, SaveReport};
+use crate::onnx::{DataType, ExternalDataPolicy, MS_DOMAIN, Model, OPSET, SaveOptions, SaveReport};
 use crate::progress;
 
 /// Keys of the metadata our exports carry (`inspect`, `patch` and `eval` read them).
@@ -30,16 +30,57 @@ pub mod meta {
     pub const D_MODEL: &str = "sae_onnx.d_model";
     pub const D_ATTN_Z: &str = "sae_onnx.d_attn_z";
     pub const VOCAB_SIZE: &str = "sae_onnx.vocab_size";
+    /// The context length lm-eval would use (`max_position_embeddings`).
+    pub const MAX_POSITIONS: &str = "sae_onnx.max_position_embeddings";
     pub const DTYPE: &str = "sae_onnx.dtype";
     pub const TOKENIZER: &str = "sae_onnx.tokenizer";
     /// JSON array of the hook tensor names the graph exposes.
     pub const HOOKS: &str = "sae_onnx.hooks";
+    /// The operator profile the graph was built with: `portable` or `ort` (see [`super::Ops`]).
+    pub const OPS: &str = "sae_onnx.ops";
+}
+
+/// Which operators an exported graph is built from. Both compute the same model and expose the
+/// same hook tensors under the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ops {
+    /// Standard ONNX operators only (default domain, opset 21): any ONNX runtime can run it.
+    Portable,
+    /// ONNX Runtime's fused operators where its CPU kernels are faster: SimplifiedLayerNormalization
+    /// for the RMSNorms, `com.microsoft` GroupQueryAttention (RoPE, scale and sliding window
+    /// inside) for attention without logit softcapping. Runs on ONNX Runtime, made for its CPU
+    /// provider: the CUDA provider's GroupQueryAttention takes only float16/bfloat16 and rejects
+    /// the `attention_bias` input that carries the padding mask.
+    Ort,
+}
+
+impl Ops {
+    /// The default for a dtype: `Ort` for float32, measured faster than `Portable` on ONNX
+    /// Runtime's CPU provider (see `gemma.rs`); `Portable` for float16/bfloat16, which are for GPU
+    /// providers, where the fused attention would not run.
+    pub fn default_for(dtype: DataType) -> Self {
+        if dtype == DataType::Float {
+            Self::Ort
+        } else {
+            Self::Portable
+        }
+    }
+
+    /// The name `--ops` takes and `sae_onnx.ops` records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Ort => "ort",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
     /// Weight and activation type; norms, softmax and the logits stay float32.
     pub dtype: DataType,
+    /// Standard operators only, or ONNX Runtime's fused ones; `None`: [`Ops::default_for`] the dtype.
+    pub ops: Option<Ops>,
     /// Branch, tag or commit for a hub id.
     pub revision: String,
     /// Replace an existing output file.
@@ -51,6 +92,7 @@ impl Default for ExportOptions {
     fn default() -> Self {
         Self {
             dtype: DataType::Float,
+            ops: None,
             revision: "main".into(),
             force: false,
             progress: false,
@@ -87,6 +129,7 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     if out.exists() && !options.force {
         bail!("'{}' already exists; pass --force to replace it", out.display());
     }
+    let ops = options.ops.unwrap_or_else(|| Ops::default_for(options.dtype));
     let source = resolve_source(model, &options.revision)?;
     let (config, arch) = Config::load(&source.dir.join("config.json"))?;
     let ckpt = Checkpoint::open(&source.dir)?;
@@ -110,10 +153,11 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         config: &config,
         arch,
         dtype: options.dtype,
+        ops,
     }
     .build(&mut builder, &ckpt)?;
     let (nodes, initializers) = builder.finish();
-    let data_len = sink.len();
+    let data_len = sink.bytes_written();
     sink.finish()?;
 
     let parameters: u64 = initializers
@@ -141,7 +185,11 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         )],
         initializers,
     );
-    let mut model = Model::in_dir(make_model(graph, vec![make_opsetid("", OPSET)]), out_dir.clone());
+    let mut opsets = vec![make_opsetid("", OPSET)];
+    if ops == Ops::Ort {
+        opsets.push(make_opsetid(MS_DOMAIN, 1));
+    }
+    let mut model = Model::in_dir(make_model(graph, opsets), out_dir.clone());
     let hooks: Vec<String> = std::iter::once("hook_embed".to_owned())
         .chain(
             (0..config.num_hidden_layers)
@@ -159,12 +207,14 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
             (config.num_attention_heads * config.head_dim()).to_string(),
         ),
         (meta::VOCAB_SIZE, config.vocab_size.to_string()),
+        (meta::MAX_POSITIONS, config.max_position_embeddings.to_string()),
         (
             meta::DTYPE,
             crate::onnx::tensor::dtype_name(options.dtype).to_owned(),
         ),
         (meta::TOKENIZER, source.name.clone()),
         (meta::HOOKS, serde_json::to_string(&hooks)?),
+        (meta::OPS, ops.name().to_owned()),
     ] {
         model.set_metadata(key, &value);
     }

@@ -22,7 +22,7 @@ impl Golden {
         SafeTensors::deserialize(&self.bytes).unwrap()
     }
     pub fn has(&self, name: &str) -> bool {
-        self.tensors().names().iter().any(|n| *n == name)
+        self.tensors().names().contains(&name)
     }
     pub fn i64s(&self, name: &str) -> (Vec<usize>, Vec<i64>) {
         let st = self.tensors();
