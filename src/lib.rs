@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod eval;
 pub mod export;
+pub mod generate;
 pub mod hook;
 pub mod hub;
 pub mod inspect;

@@ -168,6 +168,25 @@ impl ScoringModel {
         Ok((answers, stats))
     }
 
+    /// The next-token log-probabilities after each sequence (all `vocab` of them), in one
+    /// right-padded batch: the scoring head asked for every token at each sequence's last position.
+    pub fn next_token_logprobs(&mut self, sequences: &[&[u32]], vocab: usize) -> Result<Vec<Vec<f32>>> {
+        let all: Vec<u32> = (0..vocab as u32).collect();
+        let units: Vec<Unit> = sequences
+            .iter()
+            .map(|s| Unit {
+                input: s.to_vec(),
+                candidates: BTreeMap::from([(s.len() - 1, all.clone())]),
+            })
+            .collect();
+        let scored = self.run_batch(units.iter().collect())?;
+        Ok(scored
+            .into_iter()
+            .zip(sequences)
+            .map(|(unit, s)| all.iter().map(|&t| unit[&(s.len() - 1, t)].0).collect())
+            .collect())
+    }
+
     /// The largest batch, from `cap` halving down to 1, whose forward over `seq`-token sequences
     /// succeeds (a failure is typically an allocation on the device).
     pub fn largest_batch_that_runs(&mut self, seq: usize, cap: usize) -> Result<usize> {
