@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::eval::evaluator::BatchSize;
@@ -50,6 +50,9 @@ pub enum Command {
     /// Steer a model: add `coefficient × W_dec[latent]` of SAE features (from a steer.csv) to the
     /// residual stream, as constant Adds in an ordinary ONNX graph that records its provenance.
     Patch(PatchArgs),
+    /// Generate text from a model (steered or not): greedy by default, streamed as it is produced;
+    /// `--compare BASE.onnx` shows the base model's continuation beside it.
+    Generate(GenerateArgs),
     /// List the SAE releases sae-onnx knows (Gemma Scope, Gemma Scope 2, ...), filtered by words.
     Saes(SaesArgs),
     /// Score an ONNX model on lm-evaluation-harness tasks (same prompts, tokenization, metrics and
@@ -78,9 +81,15 @@ pub struct ExportArgs {
     pub dtype: Dtype,
     /// Operators the graph may use: `ort`, ONNX Runtime's fused RMSNorm and attention
     /// (SimplifiedLayerNormalization, com.microsoft GroupQueryAttention), faster on ONNX Runtime's
-    /// CPU; `portable`, standard ONNX operators only, for any ONNX runtime. Same model, same hooks.
-    #[arg(long, value_enum, default_value_t = OpsArg::Ort)]
-    pub ops: OpsArg,
+    /// CPU provider; `portable`, standard ONNX operators only, for any runtime and the GPU. Same
+    /// model, same hooks. Default: `ort` for f32, `portable` for f16/bf16 (ONNX Runtime's CUDA
+    /// attention kernel cannot take the padding mask the fused graph gives it).
+    #[arg(long, value_enum)]
+    pub ops: Option<OpsArg>,
+    /// Export the decoding graph for `generate`: `past_key_values.{L}.key/value` in,
+    /// `present.{L}.key/value` out. It carries the same hooks, so one steer.csv patches both.
+    #[arg(long)]
+    pub kv_cache: bool,
     /// Branch, tag or commit of a hub model.
     #[arg(long, default_value = "main")]
     pub revision: String,
@@ -134,6 +143,55 @@ pub struct PatchArgs {
     /// Remove steering already in the model instead of stacking on it.
     #[arg(long)]
     pub replace: bool,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sae-onnx generate steered.onnx --prompt 'My favourite animal is'
+  sae-onnx generate steered.onnx --compare gemma-2-2b.onnx --prompt 'Tell me a story' --chat
+  sae-onnx generate model.onnx --prompts prompts.txt --temperature 0.7 --top-p 0.9 --seed 1
+
+Decoding graphs (`export --kv-cache`) run one token per step; full-sequence graphs recompute the
+sequence at each step (slower, same tokens).")]
+pub struct GenerateArgs {
+    /// The .onnx model.
+    pub model: PathBuf,
+    /// A prompt (repeatable).
+    #[arg(long, required_unless_present = "prompts")]
+    pub prompt: Vec<String>,
+    /// A file with one prompt per line.
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// At most this many new tokens per prompt.
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 (default) is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample only among the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Sample only within the smallest set of tokens whose probability reaches p.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Seed of the sampler (the same seed gives the same text).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Wrap each prompt in Gemma's chat template (user turn, then the model's turn).
+    #[arg(long)]
+    pub chat: bool,
+    /// Also generate with this (unsteered) model and show both.
+    #[arg(long, value_name = "BASE.onnx")]
+    pub compare: Option<PathBuf>,
+    /// tokenizer.json, a folder with one, or a Hugging Face id (default: from the model's metadata).
+    #[arg(long)]
+    pub tokenizer: Option<String>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Debug, clap::Args)]
@@ -265,8 +323,9 @@ impl Cli {
             Command::Export(args) => {
                 let options = ExportOptions {
                     dtype: args.dtype.into(),
-                    ops: args.ops.into(),
+                    ops: args.ops.map(Ops::from),
                     revision: args.revision.clone(),
+                    kv_cache: args.kv_cache,
                     force: args.force,
                     progress: self.show_progress(),
                 };
@@ -285,6 +344,7 @@ impl Cli {
                 Ok(())
             }
             Command::Eval(args) => self.eval(args),
+            Command::Generate(args) => self.generate(args),
             Command::Patch(args) => {
                 let report = crate::steer::patch::patch(&crate::steer::patch::PatchOptions {
                     csv: args.csv.clone(),
@@ -401,6 +461,81 @@ impl Cli {
         );
         if let Some(path) = outcome.results_path {
             eprintln!("results written to {}", path.display());
+        }
+        Ok(())
+    }
+
+    fn generate(&self, args: &GenerateArgs) -> Result<()> {
+        use std::io::Write;
+
+        use crate::generate::{GenerateOptions, Generator};
+        let mut prompts = args.prompt.clone();
+        if let Some(file) = &args.prompts {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read prompts file '{}'", file.display()))?;
+            prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned));
+        }
+        let options = GenerateOptions {
+            max_new_tokens: args.max_new_tokens,
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+            stop: args.stop.clone(),
+            chat: args.chat,
+            session: crate::runtime::SessionOptions {
+                device: args.device.parse()?,
+                ort_lib: self.ort_lib.clone(),
+                intra_threads: None,
+            },
+            tokenizer: args.tokenizer.clone(),
+        };
+        let mut steered = Generator::open(&args.model, &options)?;
+        let mut base = match &args.compare {
+            Some(path) => Some(Generator::open(path, &options)?),
+            None => None,
+        };
+        let mut out = std::io::stdout();
+        for prompt in &prompts {
+            let ids = steered.encode_prompt(prompt, args.chat)?;
+            if let Some(base) = &mut base {
+                writeln!(out, "=== {prompt}")?;
+                write!(
+                    out,
+                    "--- base ({}):\n{prompt}",
+                    args.compare
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                )?;
+                let b = base.generate(&ids, &options, |t| {
+                    let _ = write!(out, "{t}");
+                    let _ = out.flush();
+                })?;
+                write!(out, "\n--- {}:\n{prompt}", args.model.display())?;
+                let s = steered.generate(&ids, &options, |t| {
+                    let _ = write!(out, "{t}");
+                    let _ = out.flush();
+                })?;
+                let same = b.tokens.iter().zip(&s.tokens).take_while(|(x, y)| x == y).count();
+                writeln!(
+                    out,
+                    "\n(identical for the first {same} of {} / {} tokens)",
+                    b.tokens.len(),
+                    s.tokens.len()
+                )?;
+            } else {
+                write!(out, "{prompt}")?;
+                let g = steered.generate(&ids, &options, |t| {
+                    let _ = write!(out, "{t}");
+                    let _ = out.flush();
+                })?;
+                writeln!(out)?;
+                tracing::debug!("stopped: {} after {} tokens", g.finish, g.tokens.len());
+                if prompts.len() > 1 {
+                    writeln!(out)?;
+                }
+            }
         }
         Ok(())
     }

@@ -8,8 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use crate::eval::lm::ScoringModel;
 use crate::eval::pyrandom::PyRandom;
+use crate::export::gemma::{past_name, present_name};
 use crate::export::meta;
-use crate::onnx::Model;
+use crate::onnx::{DataType, Model};
 use crate::runtime::SessionOptions;
 use crate::tokenizer::Tokenizer;
 
@@ -54,9 +55,25 @@ pub struct Generation {
     pub finish: &'static str,
 }
 
+/// How next-token distributions are computed.
+enum Backend {
+    /// A decoding graph (`sae-onnx export --kv-cache`): the prompt once, then one token per step.
+    Cache(KvCache),
+    /// A full-sequence graph: the whole sequence again at each step, scoring only its last position.
+    Recompute(ScoringModel),
+}
+
+struct KvCache {
+    session: ort::session::Session,
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    dtype: DataType,
+}
+
 /// A model opened for generation, with its tokenizer.
 pub struct Generator {
-    scorer: ScoringModel,
+    backend: Backend,
     pub tokenizer: Tokenizer,
     vocab: usize,
     eos: Vec<u32>,
@@ -70,18 +87,52 @@ impl Generator {
             .metadata(meta::VOCAB_SIZE)
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| tokenizer.vocab_size());
-        let max_length = model
-            .metadata(meta::MAX_POSITIONS)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(8192);
-        let scorer = ScoringModel::open(path, &options.session, max_length, 1)?;
+        let backend = if model
+            .graph()
+            .input
+            .iter()
+            .any(|i| i.name() == past_name(0, "key"))
+        {
+            let dims = input_dims(&model, &past_name(0, "key"))?;
+            let dtype = input_dtype(&model, &past_name(0, "key"));
+            let layers = (0..)
+                .take_while(|&l| {
+                    model
+                        .graph()
+                        .input
+                        .iter()
+                        .any(|i| i.name() == past_name(l, "key"))
+                })
+                .count();
+            Backend::Cache(KvCache {
+                session: crate::runtime::session(path, &options.session)?,
+                layers,
+                kv_heads: dims
+                    .get(1)
+                    .copied()
+                    .flatten()
+                    .context("the cache's head count is not fixed")?,
+                head_dim: dims
+                    .get(3)
+                    .copied()
+                    .flatten()
+                    .context("the cache's head size is not fixed")?,
+                dtype,
+            })
+        } else {
+            let max_length = model
+                .metadata(meta::MAX_POSITIONS)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(8192);
+            Backend::Recompute(ScoringModel::open(path, &options.session, max_length, 1)?)
+        };
         // Gemma stops at <eos>, and chat turns end with <end_of_turn>.
         let eos = [tokenizer.eos_id, tokenizer.token_id("<end_of_turn>")]
             .into_iter()
             .flatten()
             .collect();
         Ok(Self {
-            scorer,
+            backend,
             tokenizer,
             vocab,
             eos,
@@ -113,11 +164,21 @@ impl Generator {
         let mut tokens = Vec::new();
         let mut shown = String::new();
         let mut finish = "length";
+        let mut cache: Option<Vec<ort::value::DynValue>> = None;
         while tokens.len() < options.max_new_tokens {
-            let logprobs = self
-                .scorer
-                .next_token_logprobs(&[&sequence], self.vocab)?
-                .remove(0);
+            let logprobs = match &mut self.backend {
+                Backend::Recompute(scorer) => scorer.next_token_logprobs(&[&sequence], self.vocab)?.remove(0),
+                Backend::Cache(kv) => {
+                    let fed = if cache.is_some() {
+                        &sequence[sequence.len() - 1..]
+                    } else {
+                        &sequence[..]
+                    };
+                    let (logits, presents) = kv.step(fed, sequence.len(), cache.take())?;
+                    cache = Some(presents);
+                    log_softmax(&logits)
+                }
+            };
             let token = pick(&logprobs, options, &mut rng).context("no token can be sampled")?;
             if self.eos.contains(&token) {
                 finish = "eos";
@@ -154,6 +215,117 @@ impl Generator {
             finish,
         })
     }
+}
+
+impl KvCache {
+    /// Runs `new` tokens after a cache of `total - new.len()` tokens (empty on the first call);
+    /// returns the last position's logits and the updated cache.
+    fn step(
+        &mut self,
+        new: &[u32],
+        total: usize,
+        past: Option<Vec<ort::value::DynValue>>,
+    ) -> Result<(Vec<f32>, Vec<ort::value::DynValue>)> {
+        use ort::value::Tensor;
+        let past = match past {
+            Some(values) => values,
+            None => {
+                let shape = [1, self.kv_heads, 0, self.head_dim];
+                (0..2 * self.layers)
+                    .map(|_| -> Result<ort::value::DynValue> {
+                        Ok(match self.dtype {
+                            DataType::Float16 => {
+                                Tensor::from_array((shape, Vec::<half::f16>::new()))?.into_dyn()
+                            }
+                            DataType::Bfloat16 => {
+                                Tensor::from_array((shape, Vec::<half::bf16>::new()))?.into_dyn()
+                            }
+                            _ => Tensor::from_array((shape, Vec::<f32>::new()))?.into_dyn(),
+                        })
+                    })
+                    .collect::<Result<_>>()?
+            }
+        };
+        let ids: Vec<i64> = new.iter().map(|&t| i64::from(t)).collect();
+        let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![
+            (
+                "input_ids".into(),
+                Tensor::from_array(([1, new.len()], ids))?.into(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_array(([1, total], vec![1i64; total]))?.into(),
+            ),
+        ];
+        let mut past = past.into_iter();
+        for layer in 0..self.layers {
+            for kind in ["key", "value"] {
+                let value = past.next().context("cache entries are missing")?;
+                inputs.push((past_name(layer, kind).into(), value.into()));
+            }
+        }
+        let mut outputs = self.session.run(inputs).context("running a decoding step")?;
+        let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
+        let vocab = *shape.last().context("logits have no vocabulary axis")? as usize;
+        let last = logits[logits.len() - vocab..].to_vec();
+        let mut presents = Vec::with_capacity(2 * self.layers);
+        for layer in 0..self.layers {
+            for kind in ["key", "value"] {
+                presents.push(
+                    outputs
+                        .remove(present_name(layer, kind))
+                        .context("the graph has no present output")?,
+                );
+            }
+        }
+        Ok((last, presents))
+    }
+}
+
+fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln() as f32 + max;
+    logits.iter().map(|&x| x - log_sum).collect()
+}
+
+/// Fixed sizes of an input's dimensions (`None` for symbolic ones).
+fn input_dims(model: &Model, name: &str) -> Result<Vec<Option<usize>>> {
+    use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto};
+    let input = model
+        .graph()
+        .input
+        .iter()
+        .find(|i| i.name() == name)
+        .context("no such input")?;
+    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
+        bail!("input {name} is not a tensor");
+    };
+    Ok(t.shape
+        .as_ref()
+        .map(|s| {
+            s.dim
+                .iter()
+                .map(|d| match d.value {
+                    Some(dimension::Value::DimValue(v)) => Some(v as usize),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn input_dtype(model: &Model, name: &str) -> DataType {
+    use crate::onnx::pb::type_proto;
+    model
+        .graph()
+        .input
+        .iter()
+        .find(|i| i.name() == name)
+        .and_then(|i| match i.r#type.as_ref()?.value.as_ref()? {
+            type_proto::Value::TensorType(t) => DataType::try_from(t.elem_type()).ok(),
+            _ => None,
+        })
+        .unwrap_or(DataType::Float)
 }
 
 /// The next token: argmax when greedy; else a draw from the temperature-scaled distribution

@@ -7,11 +7,11 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
+use crate::export::meta;
+use crate::hook::{HookPoint, Site};
 use crate::onnx::external::{self, ExternalData};
 use crate::onnx::pb::{GraphProto, ValueInfoProto, tensor_shape_proto::dimension, type_proto};
 use crate::onnx::tensor::{dtype_name, for_each_tensor};
-use crate::export::meta;
-use crate::hook::{HookPoint, Site};
 use crate::onnx::{DataType, Model};
 use crate::steer::locate::locate;
 use crate::steer::splice::STEERING;
@@ -160,7 +160,10 @@ pub fn inspect(path: &Path) -> Result<Report> {
             .collect(),
         layers: layer_count(&model),
         hooks: hooks_found(&model),
-        steering: model.metadata(STEERING).and_then(|s| serde_json::from_str(s).ok()).unwrap_or_default(),
+        steering: model
+            .metadata(STEERING)
+            .and_then(|s| serde_json::from_str(s).ok())
+            .unwrap_or_default(),
     })
 }
 
@@ -172,14 +175,24 @@ fn layer_count(model: &Model) -> Option<usize> {
         .graph()
         .node
         .iter()
-        .filter_map(|n| n.name().strip_prefix("/model/layers.")?.split('/').next()?.parse::<usize>().ok())
+        .filter_map(|n| {
+            n.name()
+                .strip_prefix("/model/layers.")?
+                .split('/')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map(|n| n + 1)
 }
 
 /// Our exports list their hooks; for other graphs, the residual-stream hooks that `patch` can find.
 fn hooks_found(model: &Model) -> Vec<HookFound> {
-    let names: Vec<String> = match model.metadata(meta::HOOKS).and_then(|h| serde_json::from_str(h).ok()) {
+    let names: Vec<String> = match model
+        .metadata(meta::HOOKS)
+        .and_then(|h| serde_json::from_str(h).ok())
+    {
         Some(names) => names,
         None => (0..layer_count(model).unwrap_or(0))
             .flat_map(|l| [Site::ResidMid, Site::ResidPost].map(|s| HookPoint::new(l, s).to_string()))
@@ -190,7 +203,10 @@ fn hooks_found(model: &Model) -> Vec<HookFound> {
         .filter_map(|name| {
             let hook = HookPoint::parse(&name).ok()?;
             let site = locate(model, hook).ok()?;
-            Some(HookFound { hook: name, tensor: site.tensor })
+            Some(HookFound {
+                hook: name,
+                tensor: site.tensor,
+            })
         })
         .collect()
 }
@@ -322,8 +338,16 @@ impl fmt::Display for Report {
             }
         }
         if let Some(layers) = self.layers {
-            let resid_post = self.hooks.iter().filter(|h| h.hook.ends_with("hook_resid_post")).count();
-            writeln!(f, "decoder layers: {layers}; hook points found: {} ({resid_post} resid_post)", self.hooks.len())?;
+            let resid_post = self
+                .hooks
+                .iter()
+                .filter(|h| h.hook.ends_with("hook_resid_post"))
+                .count();
+            writeln!(
+                f,
+                "decoder layers: {layers}; hook points found: {} ({resid_post} resid_post)",
+                self.hooks.len()
+            )?;
             let named_after_hooks = self.hooks.iter().all(|h| h.hook == h.tensor);
             if !named_after_hooks {
                 for h in self.hooks.iter().take(8) {
@@ -337,9 +361,19 @@ impl fmt::Display for Report {
         if self.steering.is_empty() {
             writeln!(f, "steering: none")?;
         } else {
-            writeln!(f, "steering ({} patch{}):", self.steering.len(), if self.steering.len() == 1 { "" } else { "es" })?;
+            writeln!(
+                f,
+                "steering ({} patch{}):",
+                self.steering.len(),
+                if self.steering.len() == 1 { "" } else { "es" }
+            )?;
             for patch in &self.steering {
-                writeln!(f, "  from {} ({})", patch["csv"].as_str().unwrap_or("?"), patch["tool"].as_str().unwrap_or("?"))?;
+                writeln!(
+                    f,
+                    "  from {} ({})",
+                    patch["csv"].as_str().unwrap_or("?"),
+                    patch["tool"].as_str().unwrap_or("?")
+                )?;
                 for row in patch["rows"].as_array().into_iter().flatten() {
                     writeln!(
                         f,
@@ -355,7 +389,10 @@ impl fmt::Display for Report {
                     )?;
                 }
                 for sae in patch["saes"].as_array().into_iter().flatten() {
-                    let hash = sae["sha256"].as_str().map_or_else(|| format!("{} bytes", sae["size"]), |h| format!("sha256 {}", &h[..16.min(h.len())]));
+                    let hash = sae["sha256"].as_str().map_or_else(
+                        || format!("{} bytes", sae["size"]),
+                        |h| format!("sha256 {}", &h[..16.min(h.len())]),
+                    );
                     writeln!(f, "    SAE file {} ({hash})", sae["file"].as_str().unwrap_or(""))?;
                 }
             }

@@ -95,6 +95,18 @@ pub struct GemmaGraph<'a> {
     /// Activations and weights are in this type; norms and softmax run in float32 as in transformers.
     pub dtype: DataType,
     pub ops: Ops,
+    /// A decoding graph: `past_key_values.{L}.key/value` in, `present.{L}.key/value` out, the new
+    /// tokens at positions after the past ones. Attention is then always in standard operators.
+    pub kv_cache: bool,
+}
+
+/// Names of the decoding graph's cache tensors.
+pub fn past_name(layer: usize, kind: &str) -> String {
+    format!("past_key_values.{layer}.{kind}")
+}
+
+pub fn present_name(layer: usize, kind: &str) -> String {
+    format!("present.{layer}.{kind}")
 }
 
 /// GroupQueryAttention's CPU kernel rotates only heads whose size is a multiple of 16 (every
@@ -170,9 +182,27 @@ impl GemmaGraph<'_> {
             let seq_scalar = b.op("Squeeze", &[&seq], vec![]);
             let zero = b.const_scalar_i64(0);
             let one = b.const_scalar_i64(1);
-            let positions = b.op("Range", &[&zero, &seq_scalar, &one], vec![]);
+            // New tokens sit after the cached ones: queries at past..past+seq, keys at 0..past+seq.
+            let past = if self.kv_cache {
+                let shape = b.op("Shape", &[&past_name(0, "key")], vec![]);
+                let past = b.op(
+                    "Gather",
+                    &[&shape, &b.const_i64(&[2])],
+                    vec![("axis", AttrValue::Int(0))],
+                );
+                b.op("Squeeze", &[&past], vec![])
+            } else {
+                zero.clone()
+            };
+            let end = b.op("Add", &[&past, &seq_scalar], vec![]);
+            let positions = b.op("Range", &[&past, &end, &one], vec![]);
+            let key_positions = if self.kv_cache {
+                b.op("Range", &[&zero, &end, &one], vec![])
+            } else {
+                positions.clone()
+            };
             let query = b.op("Unsqueeze", &[&positions, &b.const_i64(&[1])], vec![]);
-            let key = b.op("Unsqueeze", &[&positions, &b.const_i64(&[0])], vec![]);
+            let key = b.op("Unsqueeze", &[&key_positions, &b.const_i64(&[0])], vec![]);
             let causal = b.op("LessOrEqual", &[&key, &query], vec![]);
             // Keys that are padding are hidden from every query: [batch, 1, 1, seq].
             let mask_bool = b.op(
@@ -384,7 +414,7 @@ impl GemmaGraph<'_> {
     /// 54 ms against 30 at 128 tokens and 583 against 549 at 512. Without softcap (Gemma 3) it
     /// is faster: 30 against 34 ms, and 329 against 416.
     fn fused_attention(&self) -> bool {
-        self.ops == Ops::Ort && self.config.attention_softcap(self.arch).is_none()
+        self.ops == Ops::Ort && self.config.attention_softcap(self.arch).is_none() && !self.kv_cache
     }
 
     /// The additive mask of `layer`: causal, or causal within its sliding window; padding hidden.
@@ -447,6 +477,26 @@ impl GemmaGraph<'_> {
         })?;
         let q = b.scoped("rope_q", |b| Ok(apply_rope(b, &q, &cos, &sin, head_dim)))?;
         let k = b.scoped("rope_k", |b| Ok(apply_rope(b, &k, &cos, &sin, head_dim)))?;
+        // The cache holds keys after RoPE and values, [batch, kv_heads, positions, head_dim].
+        let (k, v) = if self.kv_cache {
+            let axis = || vec![("axis", AttrValue::Int(2))];
+            (
+                b.op_named(
+                    "Concat",
+                    &[&past_name(layer, "key"), &k],
+                    axis(),
+                    &present_name(layer, "key"),
+                ),
+                b.op_named(
+                    "Concat",
+                    &[&past_name(layer, "value"), &v],
+                    axis(),
+                    &present_name(layer, "value"),
+                ),
+            )
+        } else {
+            (k, v)
+        };
         let (k, v) = if heads == kv_heads {
             (k, v)
         } else {

@@ -16,7 +16,7 @@ use self::config::{Arch, Config};
 use self::gemma::{ATTENTION_MASK, GemmaGraph, INPUT_IDS, LAYER_HOOKS, LOGITS, hook_name};
 use self::weights::Checkpoint;
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
-use crate::onnx::make::{make_graph, make_model, make_opsetid, make_tensor_value_info};
+use crate::onnx::make::{Dim, make_graph, make_model, make_opsetid, make_tensor_value_info};
 use crate::onnx::{DataType, ExternalDataPolicy, MS_DOMAIN, Model, OPSET, SaveOptions, SaveReport};
 use crate::progress;
 
@@ -38,6 +38,8 @@ pub mod meta {
     pub const HOOKS: &str = "sae_onnx.hooks";
     /// The operator profile the graph was built with: `portable` or `ort` (see [`super::Ops`]).
     pub const OPS: &str = "sae_onnx.ops";
+    /// "1" on decoding graphs (`past_key_values.*` in, `present.*` out).
+    pub const KV_CACHE: &str = "sae_onnx.kv_cache";
 }
 
 /// Which operators an exported graph is built from. Both compute the same model and expose the
@@ -83,6 +85,8 @@ pub struct ExportOptions {
     pub ops: Option<Ops>,
     /// Branch, tag or commit for a hub id.
     pub revision: String,
+    /// Export the decoding graph (KV cache in and out) instead of the full-sequence graph.
+    pub kv_cache: bool,
     /// Replace an existing output file.
     pub force: bool,
     pub progress: bool,
@@ -94,6 +98,7 @@ impl Default for ExportOptions {
             dtype: DataType::Float,
             ops: None,
             revision: "main".into(),
+            kv_cache: false,
             force: false,
             progress: false,
         }
@@ -154,6 +159,7 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         arch,
         dtype: options.dtype,
         ops,
+        kv_cache: options.kv_cache,
     }
     .build(&mut builder, &ckpt)?;
     let (nodes, initializers) = builder.finish();
@@ -167,24 +173,53 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         .sum();
     let node_count = nodes.len();
     let token_dims = ["batch".into(), "sequence".into()];
-    let graph = make_graph(
-        nodes,
-        "main_graph",
-        vec![
-            make_tensor_value_info(INPUT_IDS, DataType::Int64, &token_dims),
-            make_tensor_value_info(ATTENTION_MASK, DataType::Int64, &token_dims),
+    let mut inputs = vec![make_tensor_value_info(INPUT_IDS, DataType::Int64, &token_dims)];
+    let mut outputs = vec![make_tensor_value_info(
+        LOGITS,
+        DataType::Float,
+        &[
+            "batch".into(),
+            "sequence".into(),
+            (config.vocab_size as i64).into(),
         ],
-        vec![make_tensor_value_info(
-            LOGITS,
-            DataType::Float,
-            &[
+    )];
+    if options.kv_cache {
+        // The mask covers the cached and the new tokens.
+        inputs.push(make_tensor_value_info(
+            ATTENTION_MASK,
+            DataType::Int64,
+            &["batch".into(), "total_sequence".into()],
+        ));
+        let cache_dims = |len: &str| -> Vec<Dim> {
+            vec![
                 "batch".into(),
-                "sequence".into(),
-                (config.vocab_size as i64).into(),
-            ],
-        )],
-        initializers,
-    );
+                (config.kv_heads() as i64).into(),
+                len.into(),
+                (config.head_dim() as i64).into(),
+            ]
+        };
+        for layer in 0..config.num_hidden_layers {
+            for kind in ["key", "value"] {
+                inputs.push(make_tensor_value_info(
+                    &gemma::past_name(layer, kind),
+                    options.dtype,
+                    &cache_dims("past_sequence"),
+                ));
+                outputs.push(make_tensor_value_info(
+                    &gemma::present_name(layer, kind),
+                    options.dtype,
+                    &cache_dims("total_sequence"),
+                ));
+            }
+        }
+    } else {
+        inputs.push(make_tensor_value_info(
+            ATTENTION_MASK,
+            DataType::Int64,
+            &token_dims,
+        ));
+    }
+    let graph = make_graph(nodes, "main_graph", inputs, outputs, initializers);
     let mut opsets = vec![make_opsetid("", OPSET)];
     if ops == Ops::Ort {
         opsets.push(make_opsetid(MS_DOMAIN, 1));
@@ -215,6 +250,10 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         (meta::TOKENIZER, source.name.clone()),
         (meta::HOOKS, serde_json::to_string(&hooks)?),
         (meta::OPS, ops.name().to_owned()),
+        (
+            meta::KV_CACHE,
+            if options.kv_cache { "1" } else { "0" }.to_owned(),
+        ),
     ] {
         model.set_metadata(key, &value);
     }
