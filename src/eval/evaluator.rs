@@ -102,7 +102,7 @@ enum Node {
 /// One request of one document: lm-eval's arguments (context and continuation, or the text of a
 /// rolling request) and the token windows scored for it (one, or a rolling request's windows).
 struct DocRequest {
-    args: Vec<String>,
+    args: Vec<Value>,
     windows: Vec<TokenRequest>,
 }
 
@@ -263,6 +263,23 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
         }
     }
 
+    // generate_until tasks: greedy generations, one per document.
+    let mut generations: HashMap<(String, usize), String> = HashMap::new();
+    if tasks
+        .iter()
+        .any(|(t, _)| t.output_type == OutputType::GenerateUntil)
+    {
+        generate_all(
+            model_path,
+            options,
+            &tasks,
+            &tokenizer,
+            prefix_token,
+            max_length,
+            &mut generations,
+        )?;
+    }
+
     // Metrics per document, aggregated per task.
     let mut results = Map::new();
     let mut configs = Map::new();
@@ -277,7 +294,15 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
         let metric_names: Vec<String> = task.metrics.iter().map(|m| m.name.clone()).collect();
         let mut per_metric: BTreeMap<String, Vec<Item>> = BTreeMap::new();
         let mut samples = Vec::new();
-        for doc in work {
+        if task.output_type == OutputType::GenerateUntil {
+            let outcome = score_generations(task, work, &generations)?;
+            per_metric = outcome.0;
+            samples = outcome.1;
+        }
+        for doc in work
+            .iter()
+            .filter(|_| task.output_type != OutputType::GenerateUntil)
+        {
             let answers: Vec<Loglikelihood> = doc.requests.iter().map(|r| r.answer(&cache.answers)).collect();
             let doc_metrics: Vec<(String, Item)> = match task.output_type {
                 OutputType::MultipleChoice => {
@@ -292,11 +317,12 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
                         Item::Value(f64::from(u8::from(answers[0].is_greedy))),
                     )]
                 }
+                OutputType::GenerateUntil => unreachable!("scored above"),
                 OutputType::LoglikelihoodRolling => {
                     let text = super::builtins::counted_text(
                         task.process_results_builtin(),
                         &doc.doc,
-                        &doc.requests[0].args[0],
+                        doc.requests[0].args[0].as_str().unwrap_or_default(),
                     )?;
                     let (words, bytes) = (metrics::count_words(text) as f64, text.len() as f64);
                     let ll = answers[0].logprob;
@@ -324,18 +350,21 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
         );
         entry.insert("sample_len".into(), json!(work.len()));
         let mut scores = BTreeMap::new();
-        for metric in &metric_names {
-            let items = per_metric.get(metric).cloned().unwrap_or_default();
-            if items.is_empty() {
+        // Keys are `metric` (filter "none") or `metric,filter` (generate_until filter pipelines).
+        for (key, items) in &per_metric {
+            let (metric, filter) = key.split_once(',').unwrap_or((key, "none"));
+            if !metric_names.iter().any(|m| m == metric) || items.is_empty() {
                 continue;
             }
-            let (mean, stderr) = aggregate_items(metric, &items);
-            entry.insert(format!("{metric},none"), json!(mean));
+            let (mean, stderr) = aggregate_items(metric, items);
+            entry.insert(format!("{metric},{filter}"), json!(mean));
             entry.insert(
-                format!("{metric}_stderr,none"),
+                format!("{metric}_stderr,{filter}"),
                 stderr.map_or(json!("N/A"), |s| json!(s)),
             );
-            scores.insert(metric.clone(), (mean, stderr));
+            if filter == "none" {
+                scores.insert(metric.to_owned(), (mean, stderr));
+            }
         }
         task_scores.insert(task.name.clone(), (scores, work.len()));
         results.insert(task.name.clone(), Value::Object(entry));
@@ -556,7 +585,7 @@ fn build_doc(
             bail!("continuation {continuation:?} encodes to no tokens");
         }
         Ok(DocRequest {
-            args: vec![context, continuation],
+            args: vec![json!(context), json!(continuation)],
             windows: vec![tokens],
         })
     };
@@ -582,8 +611,23 @@ fn build_doc(
             (
                 Vec::new(),
                 vec![DocRequest {
-                    args: vec![text],
+                    args: vec![json!(text)],
                     windows,
+                }],
+            )
+        }
+        OutputType::GenerateUntil => {
+            let context = task.fewshot_context(&doc)?;
+            let kwargs = task
+                .config
+                .get("generation_kwargs")
+                .cloned()
+                .unwrap_or_else(|| json!({}));
+            (
+                Vec::new(),
+                vec![DocRequest {
+                    args: vec![json!(context), kwargs],
+                    windows: Vec::new(),
                 }],
             )
         }
@@ -639,6 +683,141 @@ fn disjoint(input: &[u32], predicted: &[u32]) -> TokenRequest {
         context: input[..keep].to_vec(),
         continuation: predicted.to_vec(),
     }
+}
+
+/// Generates greedily for every document of the generate_until tasks, as HFLM.generate_until:
+/// the prompt left-truncated to `max_length - max_gen_toks` tokens, stopped at EOS or an `until`
+/// string, the decoded text cut before the first `until` string.
+#[allow(clippy::too_many_arguments)]
+fn generate_all(
+    model_path: &Path,
+    options: &EvalOptions,
+    tasks: &[(Task, Vec<DocWork>)],
+    tokenizer: &Tokenizer,
+    prefix: u32,
+    max_length: usize,
+    out: &mut HashMap<(String, usize), String>,
+) -> Result<()> {
+    use crate::generate::{GenerateOptions, Generator};
+    let base = GenerateOptions {
+        session: options.session.clone(),
+        tokenizer: options.tokenizer.clone(),
+        ..Default::default()
+    };
+    let mut generator = Generator::open(model_path, &base)?;
+    let total: usize = tasks
+        .iter()
+        .filter(|(t, _)| t.output_type == OutputType::GenerateUntil)
+        .map(|(_, w)| w.len())
+        .sum();
+    let bar = progress::items_bar(total as u64, "generate_until", options.progress);
+    for (task, work) in tasks
+        .iter()
+        .filter(|(t, _)| t.output_type == OutputType::GenerateUntil)
+    {
+        let spec = super::generative::GenSpec::from_config(&task.config, &task.fewshot_delimiter())?;
+        let mut until = spec.until.clone();
+        if let Some(eos) = tokenizer.eos_id.and_then(|e| tokenizer.decode_token(e))
+            && !until.contains(&eos)
+        {
+            until.push(eos);
+        }
+        let gen_options = GenerateOptions {
+            max_new_tokens: spec.max_gen_toks,
+            stop: until.clone(),
+            ..base.clone()
+        };
+        for doc in work {
+            let context = doc.requests[0].args[0].as_str().unwrap_or_default();
+            let mut ids = encode_text(tokenizer, true, prefix, context)?;
+            let keep = max_length.saturating_sub(spec.max_gen_toks).max(1);
+            if ids.len() > keep {
+                ids.drain(..ids.len() - keep);
+            }
+            let generation = generator
+                .generate(&ids, &gen_options, |_| {})
+                .with_context(|| format!("task '{}', document {}", task.name, doc.doc_id))?;
+            out.insert(
+                (task.name.clone(), doc.doc_id),
+                super::generative::cut_at_until(&generation.text, &until),
+            );
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// Per-filter exact_match items and the sample lines (one per document and filter, as lm-eval).
+fn score_generations(
+    task: &Task,
+    work: &[DocWork],
+    generations: &HashMap<(String, usize), String>,
+) -> Result<(BTreeMap<String, Vec<Item>>, Vec<Value>)> {
+    use super::generative::{ExactMatch, Filter};
+    let filters = Filter::from_config(&task.config)?;
+    let metric_entry = task
+        .config
+        .get("metric_list")
+        .and_then(Value::as_array)
+        .and_then(|l| {
+            l.iter()
+                .find(|m| m.get("metric").and_then(Value::as_str) == Some("exact_match"))
+                .cloned()
+        })
+        .unwrap_or_else(|| json!({"metric": "exact_match"}));
+    let exact_match = ExactMatch::from_metric(&metric_entry)?;
+    let mut items: BTreeMap<String, Vec<Item>> = BTreeMap::new();
+    let mut samples = Vec::new();
+    for filter in &filters {
+        for doc in work {
+            let response = &generations[&(task.name.clone(), doc.doc_id)];
+            let filtered = filter.apply(response);
+            let gold = match (
+                &doc.target,
+                task.config.get("doc_to_choice").is_some_and(|v| !v.is_null()),
+            ) {
+                (Target::Index(i), true) => task
+                    .doc_to_choice(&doc.doc)?
+                    .get(*i as usize)
+                    .cloned()
+                    .unwrap_or_default(),
+                (Target::Index(i), false) => i.to_string(),
+                (Target::Text(t), _) => t.clone(),
+                (Target::List(l), _) => l.first().map(super::task::value_text).unwrap_or_default(),
+            };
+            let score = exact_match.score(&filtered, &gold);
+            items
+                .entry(format!("exact_match,{}", filter.name))
+                .or_default()
+                .push(Item::Value(score));
+            let target = target_value(&doc.target);
+            let mut line = Map::new();
+            line.insert("doc_id".into(), json!(doc.doc_id));
+            line.insert("doc".into(), doc.doc.clone());
+            line.insert("target".into(), json!(py_str(&target)));
+            line.insert(
+                "arguments".into(),
+                json!({"gen_args_0": {"arg_0": doc.requests[0].args[0], "arg_1": doc.requests[0].args[1]}}),
+            );
+            line.insert("resps".into(), json!([[response]]));
+            line.insert("filtered_resps".into(), json!([filtered]));
+            line.insert("filter".into(), json!(filter.name));
+            line.insert("metrics".into(), json!(["exact_match"]));
+            line.insert(
+                "doc_hash".into(),
+                json!(hash_string(&doc_json_indented(&doc.doc))),
+            );
+            line.insert(
+                "prompt_hash".into(),
+                json!(hash_string(doc.requests[0].args[0].as_str().unwrap_or_default())),
+            );
+            line.insert("target_hash".into(), json!(hash_string(&py_str(&target))));
+            line.insert("exact_match".into(), json!(score));
+            samples.push(Value::Object(line));
+        }
+    }
+    Ok((items, samples))
 }
 
 fn target_value(target: &Target) -> Value {
@@ -721,7 +900,10 @@ fn sample_line(doc: &DocWork, answers: &[Loglikelihood], doc_metrics: &[(String,
         "doc_hash".into(),
         json!(hash_string(&doc_json_indented(&doc.doc))),
     );
-    line.insert("prompt_hash".into(), json!(hash_string(&doc.requests[0].args[0])));
+    line.insert(
+        "prompt_hash".into(),
+        json!(hash_string(doc.requests[0].args[0].as_str().unwrap_or_default())),
+    );
     line.insert("target_hash".into(), json!(hash_string(&py_str(&target))));
     for (m, v) in doc_metrics {
         line.insert(m.clone(), v.json());
@@ -1028,13 +1210,13 @@ fn render_table(out: &Map<String, Value>, roots: &[Node]) -> String {
             let shots = out["n-shot"].get(name).map(Value::to_string).unwrap_or_default();
             let mut first = true;
             for (key, value) in entry {
-                let Some(metric) = key.strip_suffix(",none") else {
+                let Some((metric, filter)) = key.split_once(',') else {
                     continue;
                 };
                 if metric.ends_with("_stderr") {
                     continue;
                 }
-                let stderr = entry.get(&format!("{metric}_stderr,none"));
+                let stderr = entry.get(&format!("{metric}_stderr,{filter}"));
                 let arrow = match out["higher_is_better"]
                     .get(name)
                     .and_then(|h| h.get(metric))
@@ -1050,9 +1232,9 @@ fn render_table(out: &Map<String, Value>, roots: &[Node]) -> String {
                     None => String::new(),
                 };
                 let (t, v, f, s) = if first {
-                    (format!("{indent}{alias}"), version.clone(), "none", shots.clone())
+                    (format!("{indent}{alias}"), version.clone(), filter, shots.clone())
                 } else {
-                    (String::new(), String::new(), "none", String::new())
+                    (String::new(), String::new(), filter, String::new())
                 };
                 rows.push(format!(
                     "|{t}|{v:>7}|{f}|{s:>6}|{metric}|{arrow}|{}|±|{}|",

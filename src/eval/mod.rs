@@ -3,6 +3,7 @@
 pub mod builtins;
 pub mod data;
 pub mod evaluator;
+pub mod generative;
 pub mod hub_data;
 pub mod lm;
 pub mod metrics;

@@ -208,6 +208,8 @@ pub enum OutputType {
     Loglikelihood,
     /// Perplexity of whole documents, scored in rolling windows of the model's length.
     LoglikelihoodRolling,
+    /// Greedy generation until a stop string, then filters and exact_match.
+    GenerateUntil,
 }
 
 impl OutputType {
@@ -216,6 +218,7 @@ impl OutputType {
             Self::MultipleChoice => "multiple_choice",
             Self::Loglikelihood => "loglikelihood",
             Self::LoglikelihoodRolling => "loglikelihood_rolling",
+            Self::GenerateUntil => "generate_until",
         }
     }
 }
@@ -296,6 +299,7 @@ impl Task {
             "multiple_choice" => OutputType::MultipleChoice,
             "loglikelihood" => OutputType::Loglikelihood,
             "loglikelihood_rolling" => OutputType::LoglikelihoodRolling,
+            "generate_until" => OutputType::GenerateUntil,
             other => bail!(
                 "{}: output_type '{other}' is not supported yet (multiple_choice, loglikelihood, loglikelihood_rolling are)",
                 ctx()
@@ -621,6 +625,7 @@ fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<
         OutputType::MultipleChoice => &["acc", "acc_norm", "acc_bytes", "exact_match"],
         OutputType::Loglikelihood => &["acc"],
         OutputType::LoglikelihoodRolling => &["word_perplexity", "byte_perplexity", "bits_per_byte"],
+        OutputType::GenerateUntil => &["exact_match"],
     };
     let defaults: &[(&str, bool)] = match output_type {
         OutputType::MultipleChoice => &[("acc", true), ("acc_norm", true)],
@@ -630,6 +635,7 @@ fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<
             ("byte_perplexity", false),
             ("bits_per_byte", false),
         ],
+        OutputType::GenerateUntil => &[("exact_match", true)],
     };
     let Some(list) = config.get("metric_list").and_then(Value::as_array) else {
         return Ok(defaults
