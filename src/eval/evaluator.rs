@@ -340,7 +340,8 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
             for (m, v) in &doc_metrics {
                 per_metric.entry(m.clone()).or_default().push(*v);
             }
-            samples.push(sample_line(doc, &answers, &doc_metrics));
+            let rolling = task.output_type == OutputType::LoglikelihoodRolling;
+            samples.push(sample_line(doc, &answers, &doc_metrics, rolling));
         }
         let mut entry = Map::new();
         entry.insert("name".into(), json!(task.name));
@@ -840,7 +841,8 @@ impl Item {
     fn json(self) -> Value {
         match self {
             Item::Value(v) => json!(v),
-            Item::Weighted(ll, n) => json!([ll, n]),
+            // Counts are whole numbers of words or bytes.
+            Item::Weighted(ll, n) => json!([ll, n as u64]),
         }
     }
 }
@@ -865,7 +867,12 @@ fn aggregate_items(metric: &str, items: &[Item]) -> (f64, Option<f64>) {
     }
 }
 
-fn sample_line(doc: &DocWork, answers: &[Loglikelihood], doc_metrics: &[(String, Item)]) -> Value {
+fn sample_line(
+    doc: &DocWork,
+    answers: &[Loglikelihood],
+    doc_metrics: &[(String, Item)],
+    rolling: bool,
+) -> Value {
     let target = target_value(&doc.target);
     let mut arguments = Map::new();
     for (i, r) in doc.requests.iter().enumerate() {
@@ -877,7 +884,14 @@ fn sample_line(doc: &DocWork, answers: &[Loglikelihood], doc_metrics: &[(String,
             .collect();
         arguments.insert(format!("gen_args_{i}"), Value::Object(args));
     }
-    let resp = |a: &Loglikelihood| json!([repr_float(a.logprob), if a.is_greedy { "True" } else { "False" }]);
+    // A rolling request's answer is its loglikelihood alone; others pair it with is_greedy.
+    let resp = |a: &Loglikelihood| {
+        if rolling {
+            json!(repr_float(a.logprob))
+        } else {
+            json!([repr_float(a.logprob), if a.is_greedy { "True" } else { "False" }])
+        }
+    };
     let mut line = Map::new();
     line.insert("doc_id".into(), json!(doc.doc_id));
     line.insert("doc".into(), doc.doc.clone());
