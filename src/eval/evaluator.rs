@@ -774,20 +774,25 @@ fn score_generations(
         for doc in work {
             let response = &generations[&(task.name.clone(), doc.doc_id)];
             let filtered = filter.apply(response);
-            let gold = match (
-                &doc.target,
-                task.config.get("doc_to_choice").is_some_and(|v| !v.is_null()),
-            ) {
-                (Target::Index(i), true) => task
-                    .doc_to_choice(&doc.doc)?
-                    .get(*i as usize)
-                    .cloned()
-                    .unwrap_or_default(),
-                (Target::Index(i), false) => i.to_string(),
-                (Target::Text(t), _) => t.clone(),
-                (Target::List(l), _) => l.first().map(super::task::value_text).unwrap_or_default(),
+            // Several targets (triviaqa's aliases): a match with any of them counts.
+            let has_choices = task.config.get("doc_to_choice").is_some_and(|v| !v.is_null());
+            let golds: Vec<String> = match &doc.target {
+                Target::Index(i) if has_choices => {
+                    vec![
+                        task.doc_to_choice(&doc.doc)?
+                            .get(*i as usize)
+                            .cloned()
+                            .unwrap_or_default(),
+                    ]
+                }
+                Target::Index(i) => vec![i.to_string()],
+                Target::Text(t) => vec![t.clone()],
+                Target::List(l) => l.iter().map(super::task::value_text).collect(),
             };
-            let score = exact_match.score(&filtered, &gold);
+            let score = golds
+                .iter()
+                .map(|g| exact_match.score(&filtered, g))
+                .fold(0.0, f64::max);
             items
                 .entry(format!("exact_match,{}", filter.name))
                 .or_default()

@@ -346,14 +346,15 @@ impl Task {
                 ctx()
             ),
         };
-        let num_fewshot = num_fewshot
-            .or_else(|| {
-                config
-                    .get("num_fewshot")
-                    .and_then(Value::as_u64)
-                    .map(|n| n as usize)
-            })
-            .unwrap_or(0);
+        // lm-eval's simple_evaluate ignores --num_fewshot for tasks whose YAML says 0 (wmdp).
+        let configured = config
+            .get("num_fewshot")
+            .and_then(Value::as_u64)
+            .map(|n| n as usize);
+        let num_fewshot = match configured {
+            Some(0) => 0,
+            _ => num_fewshot.or(configured).unwrap_or(0),
+        };
         if num_fewshot > 0 && fewshot_docs.is_empty() {
             bail!(
                 "{}: {num_fewshot}-shot needs few-shot documents but split '{fewshot_split}' is empty or missing",
