@@ -139,3 +139,74 @@ fn wikitext_detokenizer_matches_lm_eval() {
         );
     }
 }
+
+/// generate_until: the same prompts, greedy generations (to the character), filters and scores.
+fn check_generation_run(run: &str, num_fewshot: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("gemma2.onnx");
+    export::export("tests/fixtures/gemma/gemma2", &model, &ExportOptions::default()).unwrap();
+    let out = tmp.path().join("out");
+    let options = EvalOptions {
+        tasks: vec!["tiny_gsm".into(), "tiny_gsm_stops".into()],
+        include_paths: vec![PathBuf::from("tests/fixtures/lm_eval_gen/tasks")],
+        num_fewshot: Some(num_fewshot),
+        output_path: Some(out.clone()),
+        log_samples: true,
+        ..Default::default()
+    };
+    let outcome = evaluator::evaluate(&model, &options).unwrap();
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(golden(run, "results.json")).unwrap()).unwrap();
+    for task in ["tiny_gsm", "tiny_gsm_stops"] {
+        assert_eq!(
+            outcome.results["results"][task], expected["results"][task],
+            "{run} {task}"
+        );
+        let dir = out.join(sae_onnx::eval::output::sanitize_model_name(
+            &model.display().to_string(),
+        ));
+        let ours_path = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with(&format!("samples_{task}_2"))
+            })
+            .unwrap();
+        let ours = jsonl(&ours_path);
+        let theirs = jsonl(&golden(run, &format!("samples_{task}.jsonl")));
+        assert_eq!(ours.len(), theirs.len(), "{run} {task}: samples");
+        for (o, g) in ours.iter().zip(&theirs) {
+            for key in [
+                "doc_id",
+                "target",
+                "arguments",
+                "resps",
+                "filtered_resps",
+                "filter",
+                "doc_hash",
+                "prompt_hash",
+                "target_hash",
+                "exact_match",
+            ] {
+                assert_eq!(
+                    o[key], g[key],
+                    "{run} {task} doc {} filter {}: {key}",
+                    g["doc_id"], g["filter"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn generate_until_matches_lm_eval_zero_shot() {
+    check_generation_run("gemma2_tiny_gsm_0shot", 0);
+}
+
+#[test]
+fn generate_until_matches_lm_eval_two_shot() {
+    check_generation_run("gemma2_tiny_gsm_2shot", 2);
+}
