@@ -531,7 +531,16 @@ impl Cli {
                     let _ = out.flush();
                 })?;
                 writeln!(out)?;
-                tracing::debug!("stopped: {} after {} tokens", g.finish, g.tokens.len());
+                if self.verbose > 0 {
+                    eprintln!(
+                        "[{} new tokens in {:.3}s: {:.1} tokens/s after a {}-token prompt; stopped: {}]",
+                        g.tokens.len(),
+                        g.seconds,
+                        g.tokens.len() as f64 / g.seconds.max(1e-9),
+                        g.prompt_tokens.len(),
+                        g.finish
+                    );
+                }
                 if prompts.len() > 1 {
                     writeln!(out)?;
                 }

@@ -53,6 +53,8 @@ pub struct Generation {
     pub text: String,
     /// Why it stopped: `eos`, `stop`, or `length`.
     pub finish: &'static str,
+    /// Wall time of the generation (prompt included).
+    pub seconds: f64,
 }
 
 /// How next-token distributions are computed.
@@ -159,6 +161,7 @@ impl Generator {
         if prompt.is_empty() {
             bail!("the prompt encodes to no tokens");
         }
+        let start = std::time::Instant::now();
         let mut rng = PyRandom::new(options.seed);
         let mut sequence = prompt.to_vec();
         let mut tokens = Vec::new();
@@ -213,6 +216,7 @@ impl Generator {
             tokens,
             text: shown,
             finish,
+            seconds: start.elapsed().as_secs_f64(),
         })
     }
 }

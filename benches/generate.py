@@ -1,0 +1,78 @@
+"""Decode speed: `sae-onnx generate` on a decoding graph (export --kv-cache) against transformers'
+`generate(do_sample=False)` with its KV cache, same checkpoint, prompt, token budget, threads.
+
+    /work/refenv/bin/python benches/generate.py [CHECKPOINT_DIR] [--new 64] [--runs 3] [--threads 2]
+
+Default checkpoint: the ~100M random Gemma 2 that benches/make_checkpoint.py writes
+($BENCH_TMP/ckpt/gemma2-100m). Both tools run float32 on the CPU with eager attention semantics
+(transformers: attn_implementation="eager", which keeps Gemma 2's softcapping). Reported: median
+new tokens per second over the whole generate call (prompt prefill included), and the ratio.
+(Token equality with transformers is tested in tests/generate_greedy.rs.)
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("checkpoint", nargs="?", default=os.path.join(os.environ.get("BENCH_TMP", "/work/bench-tmp"), "ckpt/gemma2-100m"))
+parser.add_argument("--new", type=int, default=64)
+parser.add_argument("--runs", type=int, default=3)
+parser.add_argument("--threads", type=int, default=2)
+parser.add_argument("--binary", default=str(Path(__file__).resolve().parent.parent / "target/release/sae-onnx"))
+args = parser.parse_args()
+torch.set_num_threads(args.threads)
+prompt = "The following are questions about animals. Which animal has a long neck and eats leaves from tall trees?"
+
+tok = AutoTokenizer.from_pretrained(args.checkpoint)
+ids = tok(prompt, return_tensors="pt").input_ids
+model = AutoModelForCausalLM.from_pretrained(args.checkpoint, torch_dtype=torch.float32, attn_implementation="eager").eval()
+hf_times, hf_tokens = [], None
+with torch.no_grad():
+    model.generate(ids, do_sample=False, max_new_tokens=4, min_new_tokens=4)  # warm-up
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        out = model.generate(ids, do_sample=False, max_new_tokens=args.new, min_new_tokens=args.new, eos_token_id=None)
+        hf_times.append(time.perf_counter() - start)
+        hf_tokens = out[0, ids.shape[1]:].tolist()
+del model
+
+env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+with tempfile.TemporaryDirectory() as tmp:
+    onnx = os.path.join(tmp, "kv.onnx")
+    subprocess.run([args.binary, "-q", "export", args.checkpoint, "-o", onnx, "--kv-cache"], check=True)
+    ours = []
+    for _ in range(args.runs + 1):
+        run = subprocess.run(
+            [args.binary, "-v", "-q", "generate", onnx, "--prompt", prompt, "--max-new-tokens", str(args.new)],
+            check=True, capture_output=True, text=True, env=env,
+        )
+        m = re.search(r"\[(\d+) new tokens in ([0-9.]+)s", run.stderr)
+        ours.append((int(m.group(1)), float(m.group(2))))
+    ours = ours[1:]  # the first run warms the page cache
+
+hf_tps = args.new / statistics.median(hf_times)
+our_tps = statistics.median(n / s for n, s in ours)
+row = {
+    "checkpoint": args.checkpoint,
+    "new_tokens": args.new,
+    "prompt_tokens": int(ids.shape[1]),
+    "threads": args.threads,
+    "runs": args.runs,
+    "transformers_tokens_per_s": round(hf_tps, 2),
+    "sae_onnx_tokens_per_s": round(our_tps, 2),
+    "ratio": round(our_tps / hf_tps, 2),
+    "our_new_tokens": [n for n, _ in ours],
+    "machine": {"nproc": os.cpu_count(), "load": open("/proc/loadavg").read().split()[:3]},
+    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+}
+print(json.dumps(row))
