@@ -404,9 +404,9 @@ impl Cli {
             Command::Inspect(args) => {
                 let report = inspect::inspect(&args.model)?;
                 if args.json {
-                    println!("{}", serde_json::to_string_pretty(&report)?);
+                    print_or_closed(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
                 } else {
-                    print!("{report}");
+                    print_or_closed(&report.to_string())?;
                 }
                 Ok(())
             }
@@ -453,7 +453,7 @@ impl Cli {
             progress: self.show_progress(),
         };
         let outcome = evaluator::evaluate(model, &options)?;
-        print!("{}", outcome.table);
+        print_or_closed(&outcome.table)?;
         let rate = outcome.stats.requests as f64 / outcome.seconds.max(1e-9);
         eprintln!(
             "{} requests in {} forwards ({} tokens) in {:.1}s: {rate:.1} requests/s",
@@ -547,5 +547,14 @@ impl Cli {
             }
         }
         Ok(())
+    }
+}
+
+/// Writes to stdout; a reader that went away (`inspect m.onnx | head`) is not an error.
+fn print_or_closed(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }

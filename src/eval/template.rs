@@ -135,6 +135,9 @@ fn describe(err: Error, template: &str) -> anyhow::Error {
 /// lm-eval's `env`: StrictUndefined, keep_trailing_newline, no autoescape, `regex_replace`.
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
+    // Release builds turn minijinja's debug info off, and with it the name of an undefined
+    // variable in the error: users need that name to fix their task file.
+    env.set_debug(true);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_syntax(
         SyntaxConfig::builder()
