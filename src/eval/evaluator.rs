@@ -754,7 +754,7 @@ fn score_generations(
     task: &Task,
     work: &[DocWork],
     generations: &HashMap<(String, usize), String>,
-) -> Result<(BTreeMap<String, Vec<Item>>, Vec<Value>)> {
+) -> Result<(MetricItems, Vec<Value>)> {
     use super::generative::{ExactMatch, Filter};
     let filters = Filter::from_config(&task.config)?;
     let metric_entry = task
@@ -833,6 +833,9 @@ fn target_value(target: &Target) -> Value {
         Target::List(l) => Value::Array(l.clone()),
     }
 }
+
+/// Per metric key (`metric` or `metric,filter`), every document's item.
+type MetricItems = BTreeMap<String, Vec<Item>>;
 
 /// A document's value for one metric: a number averaged over documents, or a (loglikelihood,
 /// count) pair that perplexities weight by the count.
