@@ -496,6 +496,32 @@ impl Cli {
             None => None,
         };
         let mut out = std::io::stdout();
+        if base.is_none() && prompts.len() > 1 {
+            // Several prompts: one batch (left-padded on decoding graphs), printed when done.
+            let ids = prompts
+                .iter()
+                .map(|p| steered.encode_prompt(p, args.chat))
+                .collect::<Result<Vec<_>>>()?;
+            let generations = steered.generate_batch(&ids, &options)?;
+            for (prompt, g) in prompts.iter().zip(&generations) {
+                writeln!(out, "{prompt}{}\n", g.text)?;
+                if self.verbose > 0 {
+                    eprintln!("[{} new tokens; stopped: {}]", g.tokens.len(), g.finish);
+                }
+            }
+            if self.verbose > 0
+                && let Some(g) = generations.first()
+            {
+                let tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
+                eprintln!(
+                    "[batch of {}: {tokens} new tokens in {:.3}s: {:.1} tokens/s]",
+                    generations.len(),
+                    g.seconds,
+                    tokens as f64 / g.seconds.max(1e-9)
+                );
+            }
+            return Ok(());
+        }
         for prompt in &prompts {
             let ids = steered.encode_prompt(prompt, args.chat)?;
             if let Some(base) = &mut base {

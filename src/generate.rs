@@ -151,6 +151,109 @@ impl Generator {
         self.tokenizer.encode(&text, true)
     }
 
+    /// Generates from several prompts at once: one left-padded batch on a decoding graph (as
+    /// transformers' generate pads), one prompt after another on a full-sequence graph.
+    pub fn generate_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        options: &GenerateOptions,
+    ) -> Result<Vec<Generation>> {
+        if !matches!(self.backend, Backend::Cache(_)) || prompts.len() < 2 {
+            return prompts
+                .iter()
+                .map(|p| self.generate(p, options, |_| {}))
+                .collect();
+        }
+        let Self {
+            backend: Backend::Cache(kv),
+            tokenizer,
+            eos,
+            ..
+        } = self
+        else {
+            unreachable!("checked above")
+        };
+        let start = std::time::Instant::now();
+        let mut rng = PyRandom::new(options.seed);
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        if prompts.iter().any(Vec::is_empty) {
+            bail!("a prompt encodes to no tokens");
+        }
+        let padded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| {
+                std::iter::repeat_n(0, width - p.len())
+                    .chain(p.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let mut masks: Vec<Vec<i64>> = prompts
+            .iter()
+            .map(|p| {
+                std::iter::repeat_n(0, width - p.len())
+                    .chain(std::iter::repeat_n(1, p.len()))
+                    .collect()
+            })
+            .collect();
+        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
+        let mut finish: Vec<Option<&'static str>> = vec![None; prompts.len()];
+        let rows: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
+        let (mut logits, mut cache) = kv.step(&rows, &masks, None)?;
+        for _ in 0..options.max_new_tokens {
+            let mut next = Vec::with_capacity(prompts.len());
+            for (b, row_logits) in logits.iter().enumerate() {
+                if finish[b].is_some() {
+                    next.push(0);
+                    continue;
+                }
+                let token =
+                    pick(&log_softmax(row_logits), options, &mut rng).context("no token can be sampled")?;
+                if eos.contains(&token) {
+                    finish[b] = Some("eos");
+                    next.push(0);
+                    continue;
+                }
+                generated[b].push(token);
+                let text = tokenizer.decode(&generated[b])?;
+                if options.stop.iter().any(|s| text.contains(s.as_str())) {
+                    finish[b] = Some("stop");
+                }
+                next.push(token);
+            }
+            if finish.iter().all(Option::is_some) {
+                break;
+            }
+            for mask in &mut masks {
+                mask.push(1);
+            }
+            let rows: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let rows: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
+            (logits, cache) = kv.step(&rows, &masks, Some(cache))?;
+        }
+        let seconds = start.elapsed().as_secs_f64();
+        prompts
+            .iter()
+            .zip(generated)
+            .zip(finish)
+            .map(|((prompt, tokens), finish)| {
+                let text = tokenizer.decode(&tokens)?;
+                let cut = options
+                    .stop
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                    .unwrap_or(text.len());
+                Ok(Generation {
+                    prompt_tokens: prompt.clone(),
+                    tokens,
+                    text: text[..cut].to_owned(),
+                    finish: finish.unwrap_or("length"),
+                    seconds,
+                })
+            })
+            .collect()
+    }
+
     /// Generates from `prompt`; `on_text` receives each new piece of text as it is produced.
     pub fn generate(
         &mut self,
@@ -177,9 +280,9 @@ impl Generator {
                     } else {
                         &sequence[..]
                     };
-                    let (logits, presents) = kv.step(fed, sequence.len(), cache.take())?;
+                    let (mut logits, presents) = kv.step(&[fed], &[vec![1; sequence.len()]], cache.take())?;
                     cache = Some(presents);
-                    log_softmax(&logits)
+                    log_softmax(&logits.remove(0))
                 }
             };
             let token = pick(&logprobs, options, &mut rng).context("no token can be sampled")?;
@@ -226,15 +329,16 @@ impl KvCache {
     /// returns the last position's logits and the updated cache.
     fn step(
         &mut self,
-        new: &[u32],
-        total: usize,
+        rows: &[&[u32]],
+        mask: &[Vec<i64>],
         past: Option<Vec<ort::value::DynValue>>,
-    ) -> Result<(Vec<f32>, Vec<ort::value::DynValue>)> {
+    ) -> Result<(Vec<Vec<f32>>, Vec<ort::value::DynValue>)> {
         use ort::value::Tensor;
+        let batch = rows.len();
         let past = match past {
             Some(values) => values,
             None => {
-                let shape = [1, self.kv_heads, 0, self.head_dim];
+                let shape = [batch, self.kv_heads, 0, self.head_dim];
                 (0..2 * self.layers)
                     .map(|_| -> Result<ort::value::DynValue> {
                         Ok(match self.dtype {
@@ -250,15 +354,21 @@ impl KvCache {
                     .collect::<Result<_>>()?
             }
         };
-        let ids: Vec<i64> = new.iter().map(|&t| i64::from(t)).collect();
+        let width = rows[0].len();
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|&t| i64::from(t)))
+            .collect();
+        let total = mask[0].len();
+        let mask: Vec<i64> = mask.iter().flatten().copied().collect();
         let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![
             (
                 "input_ids".into(),
-                Tensor::from_array(([1, new.len()], ids))?.into(),
+                Tensor::from_array(([batch, width], ids))?.into(),
             ),
             (
                 "attention_mask".into(),
-                Tensor::from_array(([1, total], vec![1i64; total]))?.into(),
+                Tensor::from_array(([batch, total], mask))?.into(),
             ),
         ];
         let mut past = past.into_iter();
@@ -271,7 +381,12 @@ impl KvCache {
         let mut outputs = self.session.run(inputs).context("running a decoding step")?;
         let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
         let vocab = *shape.last().context("logits have no vocabulary axis")? as usize;
-        let last = logits[logits.len() - vocab..].to_vec();
+        let last = (0..batch)
+            .map(|b| {
+                let end = (b * width + width) * vocab;
+                logits[end - vocab..end].to_vec()
+            })
+            .collect();
         let mut presents = Vec::with_capacity(2 * self.layers);
         for layer in 0..self.layers {
             for kind in ["key", "value"] {

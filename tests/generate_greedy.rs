@@ -92,3 +92,44 @@ fn steered_greedy_tokens_equal_transformers_with_a_hook() {
     .unwrap();
     check(&steered, "golden_gemma2_steered.safetensors");
 }
+
+/// Several prompts in one left-padded batch give what transformers' batched generate gives
+/// (positions counted from the mask), and what each prompt gives alone.
+#[test]
+fn batched_prompts_equal_transformers_batched_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    for arch in ["gemma", "gemma2", "gemma3"] {
+        let model = export_kv(&format!("tests/fixtures/gemma/{arch}"), tmp.path(), arch);
+        let golden = Golden::load(&common::fixture(&format!("generate/golden_{arch}.safetensors")));
+        let (shape, ids) = golden.i64s("batched.input_ids");
+        let (_, mask) = golden.i64s("batched.attention_mask");
+        let (_, sequences) = golden.i64s("batched.sequences");
+        let (rows, width) = (shape[0], shape[1]);
+        let total = sequences.len() / rows;
+        let prompts: Vec<Vec<u32>> = (0..rows)
+            .map(|r| {
+                (0..width)
+                    .filter(|&c| mask[r * width + c] == 1)
+                    .map(|c| ids[r * width + c] as u32)
+                    .collect()
+            })
+            .collect();
+        let options = GenerateOptions {
+            max_new_tokens: total - width,
+            ..Default::default()
+        };
+        let mut generator = Generator::open(&model, &options).unwrap();
+        let batch = generator.generate_batch(&prompts, &options).unwrap();
+        for (r, generation) in batch.iter().enumerate() {
+            // After EOS transformers pads with 0; generate stops before the EOS.
+            let expected: Vec<u32> = sequences[r * total + width..(r + 1) * total]
+                .iter()
+                .take_while(|&&t| t != EOS)
+                .map(|&t| t as u32)
+                .collect();
+            assert_eq!(generation.tokens, expected, "{arch} batch row {r}");
+            let alone = generator.generate(&prompts[r], &options, |_| {}).unwrap();
+            assert_eq!(alone.tokens, generation.tokens, "{arch} row {r} alone");
+        }
+    }
+}

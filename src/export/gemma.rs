@@ -66,7 +66,7 @@ struct Shared {
     /// Additive attention biases `[batch, 1, seq, seq]`: full causal, and per sliding window size.
     causal_bias: String,
     sliding_bias: Option<(usize, String)>,
-    /// Positions 0..seq as float32 `[seq, 1]`.
+    /// RoPE positions as float32: `[seq, 1]` (0..seq), or `[batch, seq, 1]` from the mask in decoding graphs.
     positions: String,
     /// cos/sin tables by (RoPE base, linear factor) bits and layout: Gemma 3 has two kinds of layers.
     rope: RefCell<HashMap<RopeKey, (String, String)>>,
@@ -231,12 +231,27 @@ impl GemmaGraph<'_> {
                 }
                 None => None,
             };
+            // Decoding graphs take RoPE positions from the mask (left-padded prompts start at 0, as
+            // transformers' generate counts them): [batch, seq, 1]. Full graphs use 0..seq: [seq, 1].
+            let rope_positions = if self.kv_cache {
+                let counted = b.op("CumSum", &[ATTENTION_MASK, &b.const_scalar_i64(1)], vec![]);
+                let counted = b.op("Sub", &[&counted, &one], vec![]);
+                let past_1d = b.op("Unsqueeze", &[&past, &b.const_i64(&[0])], vec![]);
+                let end_1d = b.op("Unsqueeze", &[&end, &b.const_i64(&[0])], vec![]);
+                b.op(
+                    "Slice",
+                    &[&counted, &past_1d, &end_1d, &b.const_i64(&[1])],
+                    vec![],
+                )
+            } else {
+                positions.clone()
+            };
             let positions_f32 = b.op(
                 "Cast",
-                &[&positions],
+                &[&rope_positions],
                 vec![("to", AttrValue::Int(DataType::Float as i64))],
             );
-            let positions = b.op("Unsqueeze", &[&positions_f32, &b.const_i64(&[1])], vec![]);
+            let positions = b.op("Unsqueeze", &[&positions_f32, &b.const_i64(&[-1])], vec![]);
             let gqa_lengths = self.fused_attention().then(|| {
                 // Every row counts all `seq` keys; the bias hides the padding.
                 let int32 = || vec![("to", AttrValue::Int(DataType::Int32 as i64))];
@@ -819,6 +834,11 @@ impl GemmaGraph<'_> {
         let freqs = b.op("Mul", &[&shared.positions, &inv_freq], vec![]);
         let emb = match layout {
             RopeLayout::Half => freqs,
+            RopeLayout::Full if self.kv_cache => {
+                // [batch, seq, head_dim] -> [batch, 1, seq, head_dim] against [batch, heads, seq, head_dim].
+                let emb = b.op("Concat", &[&freqs, &freqs], vec![("axis", AttrValue::Int(-1))]);
+                b.op("Unsqueeze", &[&emb, &b.const_i64(&[1])], vec![])
+            }
             RopeLayout::Full => b.op("Concat", &[&freqs, &freqs], vec![("axis", AttrValue::Int(-1))]),
             RopeLayout::FullPerHead => {
                 let emb = b.op("Concat", &[&freqs, &freqs], vec![("axis", AttrValue::Int(-1))]);
