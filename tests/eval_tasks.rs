@@ -245,7 +245,7 @@ fn with_effective(run: &Value) -> Value {
 
 /// Tasks copied unchanged from lm-eval (tasks/README.md) whose prompts tasks_golden.json does not
 /// cover: they are checked by tests/eval_rolling_gen.rs on local data of the same form.
-const GENERATIVE_AND_ROLLING: [&str; 3] = ["gsm8k", "triviaqa", "wikitext"];
+const GENERATIVE_AND_ROLLING: [&str; 4] = ["gsm8k", "local_text", "triviaqa", "wikitext"];
 
 #[test]
 fn tasks_report_lm_evals_versions_and_metrics() {
