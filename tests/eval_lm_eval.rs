@@ -18,14 +18,6 @@ fn golden_dir(run: &str) -> PathBuf {
     common::fixture(&format!("lm_eval/out/{run}"))
 }
 
-fn read_jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn export_arch(arch: &str, dir: &Path) -> PathBuf {
     let out = dir.join(format!("{arch}.onnx"));
     let source = format!("tests/fixtures/gemma/{arch}");
@@ -125,7 +117,7 @@ fn check_model_run(
     .map(|e| e.unwrap().path())
     .collect();
     for task in samples_tasks {
-        let golden_samples = read_jsonl(&golden_dir(run).join(format!("samples_{task}.jsonl")));
+        let golden_samples = common::read_jsonl(&golden_dir(run).join(format!("samples_{task}.jsonl")));
         let ours_path = written
             .iter()
             .find(|p| {
@@ -135,7 +127,7 @@ fn check_model_run(
                     .starts_with(&format!("samples_{task}_"))
             })
             .unwrap_or_else(|| panic!("{run}: no samples file for {task} in {written:?}"));
-        let ours = read_jsonl(ours_path);
+        let ours = common::read_jsonl(ours_path);
         assert_eq!(ours.len(), golden_samples.len(), "{run} {task}: sample count");
         for (o, g) in ours.iter().zip(&golden_samples) {
             for key in [
@@ -178,7 +170,7 @@ fn requests_tokenize_exactly_as_lm_eval_hflm() {
     ] {
         let tokenizer =
             Tokenizer::from_file(&common::fixture(&format!("gemma/{arch}/tokenizer.json"))).unwrap();
-        let requests = read_jsonl(&golden_dir(run).join(format!("requests_{run}.jsonl")));
+        let requests = common::read_jsonl(&golden_dir(run).join(format!("requests_{run}.jsonl")));
         let mut checked = 0;
         for r in requests.iter().filter(|r| r.get("_meta").is_none()) {
             let pair = encode_pair(

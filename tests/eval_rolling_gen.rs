@@ -15,14 +15,6 @@ fn golden(run: &str, file: &str) -> PathBuf {
     common::fixture(&format!("lm_eval_gen/out/{run}/{file}"))
 }
 
-fn jsonl(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn run_eval(arch: &str, yaml: &str, tmp: &Path) -> (Value, Vec<Value>) {
     let model = tmp.join(format!("{arch}.onnx"));
     export::export(
@@ -47,14 +39,14 @@ fn run_eval(arch: &str, yaml: &str, tmp: &Path) -> (Value, Vec<Value>) {
         .map(|e| e.unwrap().path())
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("samples_"))
         .unwrap();
-    (Value::Object(outcome.results), jsonl(&samples_path))
+    (Value::Object(outcome.results), common::read_jsonl(&samples_path))
 }
 
 #[test]
 fn rolling_windows_and_perplexities_match_lm_eval() {
     let run = "gemma2_tiny_text";
     let tokenizer = Tokenizer::from_file(&common::fixture("gemma/gemma2/tokenizer.json")).unwrap();
-    let requests = jsonl(&golden(run, &format!("requests_{run}.jsonl")));
+    let requests = common::read_jsonl(&golden(run, &format!("requests_{run}.jsonl")));
     let mut windows_checked = 0;
     for r in requests.iter().filter(|r| r.get("_meta").is_none()) {
         let ids = |v: &Value| {
@@ -92,7 +84,7 @@ fn rolling_windows_and_perplexities_match_lm_eval() {
             _ => assert_eq!(ours, value, "{key}"),
         }
     }
-    let golden_samples = jsonl(&golden(run, "samples_tiny_text.jsonl"));
+    let golden_samples = common::read_jsonl(&golden(run, "samples_tiny_text.jsonl"));
     assert_eq!(samples.len(), golden_samples.len());
     for (o, g) in samples.iter().zip(&golden_samples) {
         for key in [
@@ -175,8 +167,8 @@ fn check_generation_run(run: &str, num_fewshot: usize) {
                     .starts_with(&format!("samples_{task}_2"))
             })
             .unwrap();
-        let ours = jsonl(&ours_path);
-        let theirs = jsonl(&golden(run, &format!("samples_{task}.jsonl")));
+        let ours = common::read_jsonl(&ours_path);
+        let theirs = common::read_jsonl(&golden(run, &format!("samples_{task}.jsonl")));
         assert_eq!(ours.len(), theirs.len(), "{run} {task}: samples");
         for (o, g) in ours.iter().zip(&theirs) {
             for key in [

@@ -75,3 +75,12 @@ pub fn fixture(rel: &str) -> std::path::PathBuf {
         .join("tests/fixtures")
         .join(rel)
 }
+
+/// A JSON-lines file (lm-eval's samples and request dumps), one value per line.
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
