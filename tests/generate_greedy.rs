@@ -77,20 +77,23 @@ fn greedy_tokens_equal_transformers_generate() {
     assert!(total > 200, "only {total} tokens compared");
 }
 
+/// On Gemma 1 the vector changes the generated tokens of every prompt, so this can fail.
 #[test]
 fn steered_greedy_tokens_equal_transformers_with_a_hook() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = export_kv("tests/fixtures/gemma/gemma2", tmp.path(), "gemma2");
-    let steered = tmp.path().join("steered.onnx");
-    patch(&PatchOptions {
-        csv: common::fixture("steer/case_a.csv"),
-        output: steered.clone(),
-        model: Some(base.display().to_string()),
-        replace: false,
-        progress: false,
-    })
-    .unwrap();
-    check(&steered, "golden_gemma2_steered.safetensors");
+    for arch in ["gemma2", "gemma"] {
+        let base = export_kv(&format!("tests/fixtures/gemma/{arch}"), tmp.path(), arch);
+        let steered = tmp.path().join(format!("{arch}_steered.onnx"));
+        patch(&PatchOptions {
+            csv: common::fixture("steer/case_a.csv"),
+            output: steered.clone(),
+            model: Some(base.display().to_string()),
+            replace: false,
+            progress: false,
+        })
+        .unwrap();
+        check(&steered, &format!("golden_{arch}_steered.safetensors"));
+    }
 }
 
 /// Several prompts in one left-padded batch give what transformers' batched generate gives
