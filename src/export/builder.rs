@@ -60,13 +60,17 @@ impl WeightSink {
             .write_all(&vec![0u8; (padded - self.offset) as usize])?;
         let mut length = 0u64;
         if weight.dtype == dtype {
-            self.writer.write_all(&weight.data)?;
+            for piece in weight.data.chunks(CONVERT_CHUNK) {
+                self.writer.write_all(piece)?;
+                release_pages(piece);
+            }
             length = weight.data.len() as u64;
         } else {
             let from_width = if weight.dtype == DataType::Float { 4 } else { 2 };
             for piece in weight.data.chunks(CONVERT_CHUNK / 4 * from_width) {
                 convert(piece, weight.dtype, dtype, &mut self.scratch)?;
                 self.writer.write_all(&self.scratch)?;
+                release_pages(piece);
                 length += self.scratch.len() as u64;
             }
         }
@@ -88,6 +92,29 @@ impl WeightSink {
         self.writer.get_ref().sync_all()?;
         self.progress.finish_and_clear();
         Ok(())
+    }
+}
+
+/// Drops the pages of `data` (a slice of a read-only file mapping) from this process once they
+/// are written out, so reading a 5 GB checkpoint does not leave 5 GB resident. The mapping stays
+/// valid: a later read faults the pages back in from the file.
+fn release_pages(data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+    let start = data.as_ptr() as usize;
+    // Whole pages inside the slice only: a partial page may hold bytes of a neighbouring tensor
+    // still to be read (dropping it would only cost a re-read, but there is no need).
+    let first = start.next_multiple_of(page);
+    let end = (start + data.len()) / page * page;
+    if end > first {
+        // SAFETY: [first, end) lies within `data`, a read-only, file-backed mapping; MADV_DONTNEED
+        // discards clean pages only, which the kernel re-reads from the file on the next access.
+        unsafe {
+            libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED);
+        }
     }
 }
 
