@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch-ort.sh
 cargo build --release --quiet
-bin=target/release/sae-onnx
+bin="${CARGO_TARGET_DIR:-target}/release/sae-onnx"
 out=demo-out
 mkdir -p "$out"
 
