@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the bundled demo model (models/tiny-gemma2: a tiny Gemma 2 with random
 # weights, its tokenizer, a random SAE and a steer.csv): export to ONNX, steer it, evaluate base
-# and steered on a small multiple-choice task, and inspect the steered model.
+# and steered on a small multiple-choice task, generate from both, and inspect the steered model.
 # Fetches ONNX Runtime 1.31.1 (CPU) from PyPI if it is missing. Output goes to demo-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,11 @@ echo "== eval base"
 $bin eval "$out/tiny-gemma2.onnx" --task models/tiny-gemma2/demo_mc.yaml --output-path "$out/results" --log-samples
 echo "== eval steered"
 $bin eval "$out/tiny-gemma2.steered.onnx" --task models/tiny-gemma2/demo_mc.yaml --output-path "$out/results" --log-samples
+
+echo "== generate: base and steered, side by side (decoding graphs with a KV cache)"
+$bin export models/tiny-gemma2 -o "$out/tiny-gemma2.kv.onnx" --kv-cache --force
+$bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.kv.onnx" -o "$out/tiny-gemma2.kv.steered.onnx"
+$bin generate "$out/tiny-gemma2.kv.steered.onnx" --compare "$out/tiny-gemma2.kv.onnx" --prompt "The dog sees the" --max-new-tokens 12
 
 echo "== inspect steered"
 $bin inspect "$out/tiny-gemma2.steered.onnx"
