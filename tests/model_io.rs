@@ -246,3 +246,23 @@ fn unsafe_or_broken_external_data_is_refused_at_load() {
     let err = format!("{:#}", Model::load(&path).unwrap_err());
     assert!(err.contains("truncated"), "{err}");
 }
+
+#[test]
+fn saved_files_get_the_permissions_of_ordinary_new_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ordinary = dir.path().join("ordinary");
+    fs::write(&ordinary, b"x").unwrap();
+    let expected = fs::metadata(&ordinary).unwrap().permissions().mode() & 0o777;
+    let path = dir.path().join("m.onnx");
+    Model::new(mlp()).save(&path, &external(0)).unwrap();
+    for file in [path.clone(), dir.path().join("m.onnx.data")] {
+        let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode,
+            expected,
+            "{}: {mode:o}, not the umask's {expected:o}",
+            file.display()
+        );
+    }
+}

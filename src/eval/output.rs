@@ -74,10 +74,11 @@ pub fn write(
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".sae-onnx.")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut temp = crate::paths::output_tempfile(dir, &name)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     temp.persist(path)

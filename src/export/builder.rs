@@ -334,9 +334,5 @@ impl<'s> GraphBuilder<'s> {
 
 /// Creates the data file's temporary in `dir`.
 pub fn data_tempfile(dir: &Path, data_name: &str) -> Result<tempfile::NamedTempFile> {
-    tempfile::Builder::new()
-        .prefix(&format!(".{data_name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in '{}'", dir.display()))
+    crate::paths::output_tempfile(dir, data_name)
 }

@@ -273,11 +273,7 @@ impl Model {
                 "the model's protobuf would be {encoded_len} bytes, past protobuf's 2 GiB limit; save it with external data"
             );
         }
-        let mut model_file = tempfile::Builder::new()
-            .prefix(&format!(".{file_name}."))
-            .suffix(".tmp")
-            .tempfile_in(&out_dir)
-            .with_context(|| format!("cannot create a temporary file in '{}'", out_dir.display()))?;
+        let mut model_file = crate::paths::output_tempfile(&out_dir, &file_name)?;
         {
             let mut writer = BufWriter::new(model_file.as_file_mut());
             writer.write_all(&proto.encode_to_vec())?;
@@ -389,11 +385,7 @@ fn write_external_data(
     if total == 0 {
         return Ok(None);
     }
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{data_name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in '{}'", dir.display()))?;
+    let mut temp = crate::paths::output_tempfile(dir, data_name)?;
     let bar = progress::bytes_bar(total, &format!("writing {data_name}"), show_progress);
     let mut offset = 0u64;
     {
@@ -444,10 +436,7 @@ fn copy_with_progress(source: &Path, target: &Path, show_progress: bool) -> Resu
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut temp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let mut temp = crate::paths::output_tempfile(dir, &name)?;
     let bar = progress::bytes_bar(total, &format!("copying {name}"), show_progress);
     let mut buf = vec![0u8; 8 << 20];
     loop {
