@@ -366,11 +366,7 @@ impl GemmaGraph<'_> {
     ) -> Result<String> {
         let c = self.config;
         let dt = self.dtype;
-        let (heads, kv_heads, head_dim) = (
-            c.num_attention_heads as i64,
-            c.kv_heads() as i64,
-            c.head_dim() as i64,
-        );
+        let (heads, kv_heads, head_dim) = self.head_counts();
         let proj = |b: &mut GraphBuilder, name: &str| -> Result<String> {
             let full = format!("model.layers.{layer}.self_attn.{name}.weight");
             b.weight(
@@ -421,6 +417,16 @@ impl GemmaGraph<'_> {
         })
     }
 
+    /// Query heads, key/value heads and head size, as ONNX shape values.
+    fn head_counts(&self) -> (i64, i64, i64) {
+        let c = self.config;
+        (
+            c.num_attention_heads as i64,
+            c.kv_heads() as i64,
+            c.head_dim() as i64,
+        )
+    }
+
     /// Whether attention runs as GroupQueryAttention: in the `ort` profile, unless the model
     /// softcaps attention scores (Gemma 2). GroupQueryAttention's `softcap` computes what
     /// transformers does (checked on ONNX Runtime 1.31.1: `cap·tanh(scale·q·kᵀ/cap)`, then the
@@ -454,11 +460,7 @@ impl GemmaGraph<'_> {
     ) -> Result<String> {
         let c = self.config;
         let dt = self.dtype;
-        let (heads, kv_heads, head_dim) = (
-            c.num_attention_heads as i64,
-            c.kv_heads() as i64,
-            c.head_dim() as i64,
-        );
+        let (heads, kv_heads, head_dim) = self.head_counts();
         let layer_attention = c.layer_attention(self.arch, layer);
         // [batch, seq, n, head_dim] -> [batch, n, seq, head_dim]
         let split_heads = |b: &mut GraphBuilder, t: &str, n: i64| {
@@ -583,11 +585,7 @@ impl GemmaGraph<'_> {
         qk_norms: Option<(String, String)>,
     ) -> Result<String> {
         let c = self.config;
-        let (heads, kv_heads, head_dim) = (
-            c.num_attention_heads as i64,
-            c.kv_heads() as i64,
-            c.head_dim() as i64,
-        );
+        let (heads, kv_heads, head_dim) = self.head_counts();
         let layer_attention = c.layer_attention(self.arch, layer);
         let (mut q, mut k) = (q.to_owned(), k.to_owned());
         // Gemma 3 norms each head: [batch, seq, n*head_dim] -> [batch, seq, n, head_dim] and back.
