@@ -130,19 +130,22 @@ fn check_model_run(
         let ours = common::read_jsonl(ours_path);
         assert_eq!(ours.len(), golden_samples.len(), "{run} {task}: sample count");
         for (o, g) in ours.iter().zip(&golden_samples) {
-            for key in [
-                "doc_id",
-                "doc",
-                "target",
-                "arguments",
-                "doc_hash",
-                "prompt_hash",
-                "target_hash",
-                "filter",
-                "metrics",
-            ] {
-                assert_eq!(o[key], g[key], "{run} {task} doc {}: {key}", g["doc_id"]);
-            }
+            common::assert_fields_equal(
+                o,
+                g,
+                &[
+                    "doc_id",
+                    "doc",
+                    "target",
+                    "arguments",
+                    "doc_hash",
+                    "prompt_hash",
+                    "target_hash",
+                    "filter",
+                    "metrics",
+                ],
+                &format!("{run} {task} doc {}", g["doc_id"]),
+            );
             for (or, gr) in o["filtered_resps"]
                 .as_array()
                 .unwrap()

@@ -87,19 +87,22 @@ fn rolling_windows_and_perplexities_match_lm_eval() {
     let golden_samples = common::read_jsonl(&golden(run, "samples_tiny_text.jsonl"));
     assert_eq!(samples.len(), golden_samples.len());
     for (o, g) in samples.iter().zip(&golden_samples) {
-        for key in [
-            "doc_id",
-            "doc",
-            "target",
-            "arguments",
-            "doc_hash",
-            "prompt_hash",
-            "target_hash",
-            "metrics",
-            "filter",
-        ] {
-            assert_eq!(o[key], g[key], "doc {}: {key}", g["doc_id"]);
-        }
+        common::assert_fields_equal(
+            o,
+            g,
+            &[
+                "doc_id",
+                "doc",
+                "target",
+                "arguments",
+                "doc_hash",
+                "prompt_hash",
+                "target_hash",
+                "metrics",
+                "filter",
+            ],
+            &format!("doc {}", g["doc_id"]),
+        );
         let ll = |v: &Value| v["filtered_resps"][0].as_str().unwrap().parse::<f64>().unwrap();
         assert!(
             (ll(o) - ll(g)).abs() <= 1e-3,
@@ -171,24 +174,23 @@ fn check_generation_run(run: &str, num_fewshot: usize) {
         let theirs = common::read_jsonl(&golden(run, &format!("samples_{task}.jsonl")));
         assert_eq!(ours.len(), theirs.len(), "{run} {task}: samples");
         for (o, g) in ours.iter().zip(&theirs) {
-            for key in [
-                "doc_id",
-                "target",
-                "arguments",
-                "resps",
-                "filtered_resps",
-                "filter",
-                "doc_hash",
-                "prompt_hash",
-                "target_hash",
-                "exact_match",
-            ] {
-                assert_eq!(
-                    o[key], g[key],
-                    "{run} {task} doc {} filter {}: {key}",
-                    g["doc_id"], g["filter"]
-                );
-            }
+            common::assert_fields_equal(
+                o,
+                g,
+                &[
+                    "doc_id",
+                    "target",
+                    "arguments",
+                    "resps",
+                    "filtered_resps",
+                    "filter",
+                    "doc_hash",
+                    "prompt_hash",
+                    "target_hash",
+                    "exact_match",
+                ],
+                &format!("{run} {task} doc {} filter {}", g["doc_id"], g["filter"]),
+            );
         }
     }
 }

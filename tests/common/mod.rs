@@ -84,3 +84,10 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
 }
+
+/// Asserts that two JSON objects (a sample of ours and lm-eval's) agree on each of `keys`.
+pub fn assert_fields_equal(ours: &serde_json::Value, theirs: &serde_json::Value, keys: &[&str], what: &str) {
+    for key in keys {
+        assert_eq!(ours[*key], theirs[*key], "{what}: {key}");
+    }
+}
