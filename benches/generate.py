@@ -28,32 +28,43 @@ parser.add_argument("checkpoint", nargs="?", default=os.path.join(os.environ.get
 parser.add_argument("--new", type=int, default=64)
 parser.add_argument("--runs", type=int, default=3)
 parser.add_argument("--threads", type=int, default=2)
+parser.add_argument("--device", default="cpu", help="cpu or cuda:N (both tools)")
+parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+parser.add_argument("--onnx", default=None, help="an existing decoding-graph export (else exported here, float32)")
 parser.add_argument("--binary", default=str(Path(__file__).resolve().parent.parent / "target/release/sae-onnx"))
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 prompt = "The following are questions about animals. Which animal has a long neck and eats leaves from tall trees?"
 
 tok = AutoTokenizer.from_pretrained(args.checkpoint)
-ids = tok(prompt, return_tensors="pt").input_ids
-model = AutoModelForCausalLM.from_pretrained(args.checkpoint, torch_dtype=torch.float32, attn_implementation="eager").eval()
+ids = tok(prompt, return_tensors="pt").input_ids.to(args.device)
+model = AutoModelForCausalLM.from_pretrained(
+    args.checkpoint, torch_dtype=getattr(torch, args.dtype), attn_implementation="eager").to(args.device).eval()
 hf_times, hf_tokens = [], None
+sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 with torch.no_grad():
     model.generate(ids, do_sample=False, max_new_tokens=4, min_new_tokens=4)  # warm-up
     for _ in range(args.runs):
+        sync()
         start = time.perf_counter()
         out = model.generate(ids, do_sample=False, max_new_tokens=args.new, min_new_tokens=args.new, eos_token_id=None)
+        sync()
         hf_times.append(time.perf_counter() - start)
         hf_tokens = out[0, ids.shape[1]:].tolist()
 del model
+if args.device.startswith("cuda"):
+    torch.cuda.empty_cache()
 
 env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
 with tempfile.TemporaryDirectory() as tmp:
-    onnx = os.path.join(tmp, "kv.onnx")
-    subprocess.run([args.binary, "-q", "export", args.checkpoint, "-o", onnx, "--kv-cache"], check=True)
+    onnx = args.onnx or os.path.join(tmp, "kv.onnx")
+    if not args.onnx:
+        subprocess.run([args.binary, "-q", "export", args.checkpoint, "-o", onnx, "--kv-cache"], check=True)
     ours = []
     for _ in range(args.runs + 1):
         run = subprocess.run(
-            [args.binary, "-v", "-q", "generate", onnx, "--prompt", prompt, "--max-new-tokens", str(args.new)],
+            [args.binary, "-v", "-q", "generate", onnx, "--prompt", prompt, "--max-new-tokens", str(args.new),
+             "--device", args.device],
             check=True, capture_output=True, text=True, env=env,
         )
         m = re.search(r"\[(\d+) new tokens in ([0-9.]+)s", run.stderr)
@@ -67,6 +78,8 @@ row = {
     "new_tokens": args.new,
     "prompt_tokens": int(ids.shape[1]),
     "threads": args.threads,
+    "device": args.device,
+    "dtype": args.dtype,
     "runs": args.runs,
     "transformers_tokens_per_s": round(hf_tps, 2),
     "sae_onnx_tokens_per_s": round(our_tps, 2),

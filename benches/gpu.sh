@@ -1,89 +1,191 @@
 #!/usr/bin/env bash
-# GPU eval benchmark (NOT YET RUN: no CUDA machine so far). One prepared script, run from anywhere:
+# GPU benchmark: sae-onnx on ONNX Runtime's CUDA provider against lm-eval's Hugging Face backend and
+# transformers' generate on the same GPU, with numerics checks. Run from the repository root:
 #
-#   bash benches/gpu.sh            on a Linux x86_64 machine with an NVIDIA GPU (CUDA 13 driver)
+#   bash benches/gpu.sh STAGE...      STAGE: setup lmeval exports reference ours (or all), or unpack
 #
-# What it does, in order (about 10 minutes on one H100, most of it lm-eval start-up):
-#  1. venv GPU_VENV (/tmp/sae-onnx-gpu-venv), unless it exists: the reference pins of
-#     tests/fixtures/requirements.txt (torch 2.15 is the CUDA 13 build) with onnxruntime-gpu==1.31.1
-#     in place of onnxruntime. Needs PyPI, or a GPU_VENV made beforehand.
-#  2. our binary: BIN, else target/release/sae-onnx, built with cargo if missing.
-#     ONNX Runtime: the venv's onnxruntime-gpu library (ORT_DYLIB_PATH); CUDA/cuDNN from the venv's
-#     nvidia-* wheels (LD_LIBRARY_PATH), as `sae-onnx eval --device cuda` explains when it fails.
-#  3. checkpoints (benches/make_checkpoint.py 100m) and ONNX exports (f32) of tiny and 100m.
-#  4. per model: CPU reference of sae-onnx (--log-samples); sae-onnx --device cuda:0 and lm-eval hf
-#     --device cuda:0 (eager and sdpa), each RUNS (3) times through benches/measure.py, batch size
-#     EVAL_BS (16). Results: benches/results/gpu.jsonl (+ .logs/).
-#  5. numerics: every choice's loglikelihood, sae-onnx cuda vs sae-onnx cpu and vs lm-eval cuda
-#     (eager), within 1e-3 (benches/compare_samples.py) -> benches/results/gpu.numerics.txt.
-#  6. prints the table last (benches/report.py --gpu).
+# The stages exist because a lent GPU machine here has no network and receives files in parts
+# (benches/gpu_bundle.sh makes them under .gpu/); each stage is idempotent and keeps its state in
+# $BENCH_TMP (default /tmp/sae-onnx-bench), so the stages can run in successive calls while the
+# machine stays up. On a machine with everything installed, `all` runs them in order.
+#
+#  setup      Python packages from .gpu/p0/whl (lm-eval 0.4.13 and transformers 4.57.6, the reference
+#             pins) into $BENCH_TMP/site unless `import lm_eval` already works; ONNX Runtime GPU
+#             1.31.1 from .gpu/p*/ (ORT_DIR, or ORT_DYLIB_PATH if set); the sae-onnx binary from
+#             .gpu/ or target/release; checkpoints (benches/make_checkpoint.py): the ~100M model and
+#             gemma-2-2b's shape with its 256000-row LM head and the tiny tokenizer ("2b").
+#  lmeval     lm-eval hf on cuda:0, eager attention (keeps Gemma 2's softcap), 2b in float32 and
+#             bfloat16, LMEVAL_RUNS (2) runs each, timed phases via benches/lmeval_timed.py.
+#  exports    sae-onnx export of 100m (f32) and 2b (f32 and bf16, and an f32 decoding graph).
+#  reference  sae-onnx on the CPU provider for the 100m model (the numerics reference).
+#  ours       sae-onnx eval on cuda:0 (RUNS (3) each), numerics checks, decode speed against
+#             transformers generate, and the table, printed last.
+# The task: benches/tasks bench_mmlu (200 MMLU-format questions) 5-shot, as MMLU is usually run,
+# batch size EVAL_BS (32) for both tools. Results: benches/results/gpu.jsonl (+ gpu.logs/,
+# gpu.numerics.txt, gpu.generate.jsonl); with $OUT set, copies of them land there too.
 # Exit code: non-zero if a numerics check failed.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 T=${BENCH_TMP:-/tmp/sae-onnx-bench}
-VENV=${GPU_VENV:-/tmp/sae-onnx-gpu-venv}
 RUNS=${RUNS:-3}
-EVAL_BS=${EVAL_BS:-16}
-BIN=${BIN:-$REPO/target/release/sae-onnx}
-RES=$REPO/benches/results
-OUT=$RES/gpu.jsonl
+LMEVAL_RUNS=${LMEVAL_RUNS:-2}
+EVAL_BS=${EVAL_BS:-32}
+SHOTS=${SHOTS:-5}
+RES=${BENCH_RESULTS:-$REPO/benches/results}
+OUT_JSONL=$RES/gpu.jsonl
+ORT_DIR=${ORT_DIR:-$T/ort}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
+export PYTHONUNBUFFERED=1
 mkdir -p "$T/eval" "$RES"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-
-# 1. venv
-if [ ! -x "$VENV/bin/python" ]; then
-    python3.11 -m venv "$VENV"
-    grep -v '^onnxruntime==' tests/fixtures/requirements.txt > "$T/requirements-gpu.txt"
-    echo "onnxruntime-gpu==1.31.1" >> "$T/requirements-gpu.txt"
-    "$VENV/bin/pip" install -r "$T/requirements-gpu.txt"
-fi
-PY=$VENV/bin/python
-SITE=$("$PY" -c 'import site; print(site.getsitepackages()[0])')
-export ORT_DYLIB_PATH=$SITE/onnxruntime/capi/libonnxruntime.so.1.31.1
-[ -f "$SITE/onnxruntime/capi/libonnxruntime_providers_cuda.so" ] || { echo "onnxruntime in $VENV is not the GPU build" >&2; exit 1; }
-NVLIBS=$(find "$SITE/nvidia" -name 'lib*.so*' -printf '%h\n' 2>/dev/null | sort -u | paste -sd:)
-export LD_LIBRARY_PATH=$NVLIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-"$PY" -c 'import torch; assert torch.cuda.is_available(), "torch sees no GPU"; print("torch", torch.__version__, torch.cuda.get_device_name(0))'
-
-# 2. binary
-[ -x "$BIN" ] || cargo build --release
-
-# 3. checkpoints and exports
+[ -d "$T/site" ] && export PYTHONPATH=$T/site${PYTHONPATH:+:$PYTHONPATH}
+PY=${PY:-python3}
 CK100=$T/ckpt/gemma2-100m
-[ -f "$CK100/config.json" ] || "$PY" benches/make_checkpoint.py 100m "$CK100"
-[ -f benches/tasks/bench_mmlu.yaml ] || python3 benches/make_task.py
-
-measure() { python3 benches/measure.py "$@" || echo "   (recorded as failed: rc $?)" >&2; }
-[ -f "$OUT" ] && mv "$OUT" "$RES/gpu.prev.jsonl"
-rm -rf "$RES/gpu.logs" "$RES/gpu.numerics.txt"
-status=0
+CK2B=$T/ckpt/gemma2-2b-tok
 o=$T/eval/out
-for name in tiny 100m; do
-    if [ "$name" = tiny ]; then dir=$REPO/models/tiny-gemma2; else dir=$CK100; fi
-    [ -f "$T/eval/$name.onnx" ] || "$BIN" -q export "$dir" -o "$T/eval/$name.onnx" --force
-    common=(--task bench_mmlu --include-path benches/tasks --batch-size "$EVAL_BS" --log-samples)
-    # 4. CPU reference (untimed), then the timed GPU runs
-    rm -rf "$o/cpu-$name"
-    "$BIN" -q eval "$T/eval/$name.onnx" "${common[@]}" --device cpu --output-path "$o/cpu-$name" > /dev/null
-    measure --out "$OUT" --name "ours eval $name bs$EVAL_BS" --runs "$RUNS" --before "rm -rf $o/cuda-$name" \
-        --note "device cuda:0" \
-        -- "$BIN" -q eval "$T/eval/$name.onnx" "${common[@]}" --device cuda:0 --output-path "$o/cuda-$name"
-    for attn in eager sdpa; do
-        measure --out "$OUT" --name "lm-eval hf $name bs$EVAL_BS $attn" --runs "$RUNS" \
-            --scoring "$T/eval/scoring.json" --before "rm -rf $o/lmeval-cuda-$name-$attn" --note "device cuda:0" \
-            -- "$PY" benches/lmeval_timed.py run --model hf \
-            --model_args "pretrained=$dir,dtype=float32,attn_implementation=$attn" \
-            --tasks bench_mmlu --include_path benches/tasks --batch_size "$EVAL_BS" --device cuda:0 \
-            --output_path "$o/lmeval-cuda-$name-$attn" --log_samples
+common=(--task bench_mmlu --include-path benches/tasks --num-fewshot "$SHOTS" --batch-size "$EVAL_BS" --log-samples)
+
+nvlibs() { # the folders of the nvidia-* wheels' libraries (CUDA 13, cuDNN 9) of this Python
+    "$PY" - <<'EOF'
+import glob, os, site
+dirs = set()
+for sp in site.getsitepackages():
+    for so in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True):
+        dirs.add(os.path.dirname(so))
+print(":".join(sorted(dirs)))
+EOF
+}
+
+runtime_env() {
+    BIN=${BIN:-$T/bin/sae-onnx}
+    [ -x "$BIN" ] || BIN=$REPO/target/release/sae-onnx
+    export ORT_DYLIB_PATH=${ORT_DYLIB_PATH:-$ORT_DIR/libonnxruntime.so.1.31.1}
+    local nv
+    nv=$(nvlibs)
+    export LD_LIBRARY_PATH=$nv${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+}
+
+measure() { "$PY" benches/measure.py "$@" || echo "   (recorded as failed: rc $?)" >&2; }
+
+unpack() { # the parts that gpu_bundle.sh made, once each
+    if [ -d .gpu/p0/whl ] && ! "$PY" -c 'import lm_eval' 2>/dev/null && [ ! -d "$T/site" ]; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$T/site" .gpu/p0/whl/*.whl
+        export PYTHONPATH=$T/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    mkdir -p "$ORT_DIR" "$T/bin"
+    if [ -f .gpu/p0/ort-core.tar.xz ] && [ ! -f "$ORT_DIR/libonnxruntime.so.1.31.1" ]; then
+        tar -xJf .gpu/p0/ort-core.tar.xz -C "$ORT_DIR"
+    fi
+    if [ -f .gpu/p0/sae-onnx.xz ] && [ ! -x "$T/bin/sae-onnx" ]; then
+        xz -dc .gpu/p0/sae-onnx.xz > "$T/bin/sae-onnx.part" && chmod +x "$T/bin/sae-onnx.part"
+        mv "$T/bin/sae-onnx.part" "$T/bin/sae-onnx"
+    fi
+    local parts n
+    parts=$(ls .gpu/p*/cuda.xz.* 2>/dev/null | sort -t/ -k3 || true)
+    n=$(cat .gpu/p0/cuda.parts 2>/dev/null || echo 0)
+    if [ ! -f "$ORT_DIR/libonnxruntime_providers_cuda.so" ] && [ -n "$parts" ] && [ "$(echo "$parts" | wc -l)" = "$n" ]; then
+        # shellcheck disable=SC2086
+        cat $parts | xz -dc > "$ORT_DIR/cuda.part"
+        mv "$ORT_DIR/cuda.part" "$ORT_DIR/libonnxruntime_providers_cuda.so"
+    fi
+    echo "bundle: site=$([ -d "$T/site" ] && echo yes || echo no) ort-core=$([ -f "$ORT_DIR/libonnxruntime.so.1.31.1" ] && echo yes || echo no)" \
+        "cuda-provider=$([ -f "$ORT_DIR/libonnxruntime_providers_cuda.so" ] && echo yes || echo "no ($(echo "$parts" | grep -c . || true)/$n parts)")"
+}
+
+stage_unpack() { :; } # the parts that arrived in this call, nothing else
+
+stage_setup() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv,noheader
+    "$PY" -c 'import torch, transformers, lm_eval; print("torch", torch.__version__, torch.cuda.get_device_name(0), "| transformers", transformers.__version__, "| lm_eval", lm_eval.__version__ if hasattr(lm_eval, "__version__") else "?")'
+    [ -f "$CK100/config.json" ] || "$PY" benches/make_checkpoint.py 100m "$CK100"
+    [ -f "$CK2B/config.json" ] || "$PY" benches/make_checkpoint.py 2b "$CK2B" --with-tokenizer
+    RES=$RES "$PY" - <<'EOF'
+import json, os, time, torch
+rates = {}
+a = torch.randn(8192, 8192, device="cuda"); b = torch.randn(8192, 8192, device="cuda")
+for dt, name in ((torch.float32, "f32"), (torch.bfloat16, "bf16")):
+    x, y = a.to(dt), b.to(dt)
+    for _ in range(3): x @ y
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(10): x @ y
+    torch.cuda.synchronize(); s = (time.perf_counter() - t) / 10
+    rates[name] = 2 * 8192**3 / s / 1e12
+    print(f"matmul rate {name}: {rates[name]:.1f} TFLOP/s (8192^3, torch, TF32 off)")
+json.dump(rates, open(os.path.join(os.environ["RES"], "gpu.matmul.json"), "w"))
+EOF
+}
+
+lmeval_run() { # NAME CKPT DTYPE
+    measure --out "$OUT_JSONL" --name "lm-eval hf $1 bs$EVAL_BS ${SHOTS}-shot eager" --runs "$LMEVAL_RUNS" \
+        --scoring "$T/eval/scoring.json" --before "rm -rf $o/lmeval-$1" --note "device cuda:0" \
+        -- "$PY" benches/lmeval_timed.py run --model hf \
+        --model_args "pretrained=$2,dtype=$3,attn_implementation=eager" \
+        --tasks bench_mmlu --include_path benches/tasks --num_fewshot "$SHOTS" --batch_size "$EVAL_BS" \
+        --device cuda:0 --output_path "$o/lmeval-$1" --log_samples
+}
+
+stage_lmeval() {
+    lmeval_run 2b-f32 "$CK2B" float32
+    lmeval_run 2b-bf16 "$CK2B" bfloat16
+}
+
+stage_exports() {
+    runtime_env
+    [ -f "$T/eval/100m.onnx" ] || "$BIN" -q export "$CK100" -o "$T/eval/100m.onnx" --force
+    [ -f "$T/eval/2b-f32.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-f32.onnx" --dtype f32 --force
+    [ -f "$T/eval/2b-bf16.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-bf16.onnx" --dtype bf16 --force
+    [ -f "$T/eval/2b-f32-kv.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-f32-kv.onnx" --kv-cache --force
+    ls -la "$T/eval"
+}
+
+stage_reference() {
+    runtime_env
+    rm -rf "$o/cpu-100m"
+    "$BIN" -q eval "$T/eval/100m.onnx" "${common[@]}" --device cpu --output-path "$o/cpu-100m" | tail -3
+}
+
+ours_run() { # NAME
+    measure --out "$OUT_JSONL" --name "ours eval $1 bs$EVAL_BS ${SHOTS}-shot" --runs "$RUNS" \
+        --before "rm -rf $o/cuda-$1" --note "device cuda:0" \
+        -- "$BIN" eval "$T/eval/$1.onnx" "${common[@]}" --device cuda:0 --output-path "$o/cuda-$1"
+}
+
+stage_ours() {
+    runtime_env
+    status=0
+    ours_run 100m
+    ours_run 2b-f32
+    ours_run 2b-bf16
+    local num=$RES/gpu.numerics.txt
+    : > "$num"
+    "$PY" benches/compare_samples.py "$o/cuda-100m" "$o/cpu-100m" --name "100m f32: sae-onnx cuda vs sae-onnx cpu" --tol 1e-3 >> "$num" || status=1
+    "$PY" benches/compare_samples.py "$o/cuda-2b-f32" "$o/lmeval-2b-f32" --name "2b f32: sae-onnx cuda vs lm-eval cuda" --tol 1e-3 >> "$num" || status=1
+    # bf16 against the float32 reference: the size of bf16's rounding, for both tools.
+    "$PY" benches/compare_samples.py "$o/cuda-2b-bf16" "$o/lmeval-2b-f32" --name "2b bf16: sae-onnx cuda vs lm-eval f32" --tol 1 >> "$num" || status=1
+    "$PY" benches/compare_samples.py "$o/lmeval-2b-bf16" "$o/lmeval-2b-f32" --name "2b bf16: lm-eval bf16 vs lm-eval f32" --tol 1 >> "$num" || true
+    "$PY" benches/generate.py "$CK2B" --device cuda:0 --onnx "$T/eval/2b-f32-kv.onnx" --binary "$BIN" --runs 2 --new 64 \
+        >> "$RES/gpu.generate.jsonl" 2> "$RES/gpu.generate.log" || echo "generate bench failed: see gpu.generate.log" >&2
+    cat "$num"
+    tail -1 "$RES/gpu.generate.jsonl" 2>/dev/null || true
+    "$PY" benches/report.py --gpu "$RES"
+    return $status
+}
+
+save_out() { # copies for the device tool's $OUT (flat: it returns at most 8 files)
+    [ -n "${OUT:-}" ] || return 0
+    for f in gpu.jsonl gpu.numerics.txt gpu.generate.jsonl gpu.generate.log gpu.matmul.json; do
+        [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/" || true
     done
-    # 5. numerics
-    python3 benches/compare_samples.py "$o/cuda-$name" "$o/cpu-$name" --name "$name sae-onnx cuda vs cpu" \
-        >> "$RES/gpu.numerics.txt" || status=1
-    python3 benches/compare_samples.py "$o/cuda-$name" "$o/lmeval-cuda-$name-eager" \
-        --name "$name sae-onnx cuda vs lm-eval cuda eager" >> "$RES/gpu.numerics.txt" || status=1
+    [ -d "$RES/gpu.logs" ] && tar -czf "$OUT/gpu.logs.tgz" -C "$RES" gpu.logs || true
+}
+trap save_out EXIT
+
+unpack
+rc=0
+stages=("$@")
+[ "${stages[0]:-all}" = all ] && stages=(setup lmeval exports reference ours)
+for s in "${stages[@]}"; do
+    echo "== stage $s ($(date -u +%H:%M:%S))"
+    "stage_$s" || rc=$?
 done
-# 6. the table, last
-python3 benches/report.py --gpu "$RES"
-exit $status
+exit $rc

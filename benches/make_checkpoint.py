@@ -9,7 +9,8 @@ Presets (all Gemma2ForCausalLM, bfloat16 on disk, tied embeddings):
          while the tokenizer stays the tiny one (a 256000-token vocabulary needs a real tokenizer).
   2b     gemma-2-2b's shape: hidden 2304, 26 layers, 8 heads, 4 kv heads, head_dim 256,
          intermediate 9216, vocab 256000: 2.61B parameters, 5.2 GB in 3 shards + index.json.
-         No tokenizer (its vocabulary has no tokenizer here): for export/patch costs only.
+         No tokenizer (its vocabulary has no tokenizer here): for export/patch costs, unless
+         --with-tokenizer copies the tiny one in (benches/gpu.sh evaluates that on a GPU).
   2b-L<n> the same with n layers (the largest shape a baseline fits in memory, if 26 do not).
 
 Nothing is instantiated: transformers builds the config and lists the parameter names and shapes on
@@ -120,6 +121,9 @@ def main():
     ap.add_argument("preset")
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--with-tokenizer", action="store_true",
+                    help="copy the tiny tokenizer in whatever the vocabulary (2b: an eval-able model whose LM head "
+                         "has gemma-2-2b's 256000 rows; the tokenizer only ever produces ids < 512)")
     args = ap.parse_args()
 
     import torch
@@ -138,7 +142,7 @@ def main():
 
     os.makedirs(args.out, exist_ok=True)
     cfg.save_pretrained(args.out)
-    tok = kw["vocab_size"] == 512
+    tok = kw["vocab_size"] == 512 or args.with_tokenizer
     if tok:
         for name in TOKENIZER_FILES:
             shutil.copyfile(os.path.join(TOKENIZER_DIR, name), os.path.join(args.out, name))

@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import re
+import resource
 import shlex
 import signal
 import statistics
@@ -127,8 +128,12 @@ def main():
         with tempfile.NamedTemporaryFile(suffix=".time", delete=False) as t:
             tpath = t.name
         guard = None
+        timed = os.path.exists("/usr/bin/time")
+        t0 = time.perf_counter()
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         with open(log, "w") as lf:
-            p = subprocess.Popen(["/usr/bin/time", "-v", "-o", tpath] + cmd, stdout=lf, stderr=subprocess.STDOUT,
+            prefix = ["/usr/bin/time", "-v", "-o", tpath] if timed else []
+            p = subprocess.Popen(prefix + cmd, stdout=lf, stderr=subprocess.STDOUT,
                                  env=env, start_new_session=True)
             while p.poll() is None:
                 avail = mem_available_mib()
@@ -143,7 +148,16 @@ def main():
             with open(log, "a") as lf:
                 lf.write("\n" + guard + "\n")
             print("  " + guard, file=sys.stderr)
-        r = parse_time(tpath) if not guard else {"wall_s": 0.0, "rss_kib": 0, "user_s": 0.0, "sys_s": 0.0}
+        if guard:
+            r = {"wall_s": 0.0, "rss_kib": 0, "user_s": 0.0, "sys_s": 0.0}
+        elif timed:
+            r = parse_time(tpath)
+        else:
+            # No GNU time (the GPU image has none): wall clock here, CPU times from the kernel, and
+            # the largest waited-for process's peak RSS (a maximum over all runs so far).
+            ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+            r = {"wall_s": time.perf_counter() - t0, "rss_kib": ru.ru_maxrss, "user_s": ru.ru_utime - ru0.ru_utime,
+                 "sys_s": ru.ru_stime - ru0.ru_stime, "timer": "python (no /usr/bin/time)"}
         if guard:
             r["guard"] = guard
         os.remove(tpath)

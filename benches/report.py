@@ -201,14 +201,57 @@ PARAMS = {
 }
 
 
+def gpu_table(recs, res_dir):
+    """benches/gpu.sh's records: per model and dtype, sae-onnx (CUDA provider) vs lm-eval hf (eager)."""
+    rate = {}
+    mm = os.path.join(res_dir, "gpu.matmul.json")
+    if os.path.exists(mm):
+        rate = json.load(open(mm))
+    ck = os.environ.get("BENCH_TMP", "/tmp/sae-onnx-bench")
+    params = {"100m": params_of(os.path.join(ck, "ckpt", "gemma2-100m", "config.json")),
+              "2b": params_of(os.path.join(ck, "ckpt", "gemma2-2b-tok", "config.json"))}
+    print(f"### eval on the GPU ({header(recs)})\n")
+    print("| model | tool | runs | wall (median) | scoring phase | tokens | scoring tokens/s | lm-eval / ours (wall) "
+          "| lm-eval / ours (scoring) | scoring / FLOP floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in recs.items():
+        parts = name.split()
+        if parts[:2] != ["ours", "eval"]:
+            continue
+        model, rest = parts[2], " ".join(parts[3:])
+        lm = recs.get(f"lm-eval hf {model} {rest} eager")
+        ok = [x for x in r["runs"] if x["rc"] == 0 and "eval" in x]
+        tokens = ok[0]["eval"]["tokens"] if ok else None
+        ours_sc = statistics.median(x["eval"]["seconds"] for x in ok) if ok else None
+        dtype = "bf16" if "bf16" in model else "f32"
+        p = params.get(model.split("-")[0])
+        floor = 2 * p * tokens / (rate[dtype] * 1e12) if p and tokens and dtype in rate else None
+        rows = [("sae-onnx (CUDA EP)", r, ours_sc)]
+        if lm:
+            sc = [x["scoring"]["scoring_s"] for x in lm["runs"] if x["rc"] == 0 and "scoring" in x]
+            rows.append(("lm-eval hf (eager)", lm, statistics.median(sc) if sc else None))
+        for label, rec, sc in rows:
+            n, _ = runs(rec)
+            w = rec["median_wall_s"]
+            is_ours = label.startswith("sae-onnx")
+            rw = "" if is_ours or not (w and r["median_wall_s"]) else f"{w / r['median_wall_s']:.1f}x"
+            rs = "" if is_ours or not (sc and ours_sc) else f"{sc / ours_sc:.1f}x"
+            fl = f"{sc / floor:.1f}x" if sc and floor else "-"
+            tps = f"{tokens / sc:.0f}" if sc and tokens else "-"
+            print(f"| {model} {rest} | {label} | {n} | {fmt_s(w)} | {fmt_s(sc)} | {tokens or '-'} | {tps} | {rw} "
+                  f"| {rs} | {fl} |")
+    if rate:
+        print(f"\nFLOP floor: 2 x parameters x tokens at torch's measured 8192^3 matmul rate "
+              f"(f32 {rate.get('f32', 0):.1f}, bf16 {rate.get('bf16', 0):.1f} TFLOP/s).\n")
+
+
 def main():
     args = [a for a in sys.argv[1:] if a != "--gpu"]
     res = args[0] if args else os.path.join(REPO, "benches", "results")
     if "--gpu" in sys.argv:
         recs = load(os.path.join(res, "gpu.jsonl"))
         if recs:
-            print("GPU (device cuda:0; see each record's note)\n")
-            eval_table(recs, res, floor=False)
+            gpu_table(recs, res)
         num = os.path.join(res, "gpu.numerics.txt")
         if os.path.exists(num):
             print("Numerics (--log_samples, every choice's loglikelihood):\n")

@@ -11,7 +11,7 @@ use crate::eval::pyrandom::PyRandom;
 use crate::export::gemma::{past_name, present_name};
 use crate::export::meta;
 use crate::onnx::{DataType, Model};
-use crate::runtime::SessionOptions;
+use crate::runtime::{Device, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -67,6 +67,9 @@ enum Backend {
 
 struct KvCache {
     session: ort::session::Session,
+    /// Where the cache lives between steps: on the GPU with `--device cuda`, so each step moves
+    /// only the new token and its logits across the bus, not the whole cache twice.
+    cache_memory: ort::memory::MemoryInfo<'static>,
     layers: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -108,6 +111,7 @@ impl Generator {
                 .count();
             Backend::Cache(KvCache {
                 session: crate::runtime::session(path, &options.session)?,
+                cache_memory: crate::runtime::memory_info(options.session.device)?,
                 layers,
                 kv_heads: dims
                     .get(1)
@@ -361,24 +365,22 @@ impl KvCache {
             .collect();
         let total = mask[0].len();
         let mask: Vec<i64> = mask.iter().flatten().copied().collect();
-        let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![
-            (
-                "input_ids".into(),
-                Tensor::from_array(([batch, width], ids))?.into(),
-            ),
-            (
-                "attention_mask".into(),
-                Tensor::from_array(([batch, total], mask))?.into(),
-            ),
-        ];
+        let mut binding = self.session.create_binding()?;
+        binding.bind_input("input_ids", &Tensor::from_array(([batch, width], ids))?)?;
+        binding.bind_input("attention_mask", &Tensor::from_array(([batch, total], mask))?)?;
         let mut past = past.into_iter();
         for layer in 0..self.layers {
             for kind in ["key", "value"] {
                 let value = past.next().context("cache entries are missing")?;
-                inputs.push((past_name(layer, kind).into(), value.into()));
+                binding.bind_input(past_name(layer, kind), &value)?;
+                binding.bind_output_to_device(present_name(layer, kind), &self.cache_memory)?;
             }
         }
-        let mut outputs = self.session.run(inputs).context("running a decoding step")?;
+        binding.bind_output_to_device("logits", &crate::runtime::memory_info(Device::Cpu)?)?;
+        let mut outputs = self
+            .session
+            .run_binding(&binding)
+            .context("running a decoding step")?;
         let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
         let vocab = *shape.last().context("logits have no vocabulary axis")? as usize;
         let last = (0..batch)

@@ -229,6 +229,16 @@ fn builder(options: &SessionOptions) -> Result<ort::session::builder::SessionBui
     Ok(builder)
 }
 
+/// Memory on `device`, for outputs that should stay where the next run reads them.
+pub fn memory_info(device: Device) -> Result<ort::memory::MemoryInfo<'static>> {
+    use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+    let (place, id) = match device {
+        Device::Cpu => (AllocationDevice::CPU, 0),
+        Device::Cuda(id) => (AllocationDevice::CUDA, id),
+    };
+    MemoryInfo::new(place, id, AllocatorType::Device, MemoryType::Default).map_err(|e| anyhow!("{e}"))
+}
+
 /// Explains a failed CUDA registration: which library is missing and how to provide it.
 fn cuda_failure_help(lib: &Path, device: i32, error: &str) -> String {
     let dir = lib.parent().unwrap_or(Path::new("."));
