@@ -61,6 +61,72 @@ pub enum Command {
     /// Show what an ONNX model holds: IR and opsets, inputs and outputs, weights, external data
     /// files, metadata, and the hook points and steering it carries.
     Inspect(InspectArgs),
+    /// Compare eval results (the first is the baseline): scores, differences and paired
+    /// significance tests on the same documents; `--plot` draws a coefficient sweep.
+    Compare(CompareArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sae-onnx eval base.onnx    --task mmlu --output-path runs/base --log-samples
+  sae-onnx eval steered.onnx --task mmlu --output-path runs/steered --log-samples
+  sae-onnx compare runs/base runs/steered              is the steered score really different?
+  sae-onnx compare runs/c0 runs/c60 runs/c120 --plot sweep.png --x-values 0,60,120
+  sae-onnx compare base/results_2026-01-01T10-00-00.json steered/ --json > comparison.json
+
+Each RESULTS is a results_<date>.json, or the folder holding one (directly or one level down, as
+--output-path DIR leaves it), with the samples_<task>_<date>.jsonl of --log-samples beside it;
+lm-eval's own --output_path folders work too. Documents are matched by doc_id and doc_hash: runs
+that scored different documents (another --limit, task version or dataset) are refused.
+
+Tests, per task, group (pooling its subtasks' documents) and metric:
+  0/1 metrics (acc, acc_norm, exact_match): exact McNemar test, the two-sided binomial test on the
+    documents only one run got right ('gained': right only in B, 'lost': right only in A).
+  others (perplexities): paired bootstrap: --resamples draws of the documents with replacement
+    (seeded, reproducible), the (1-α) percentile interval of the difference and a two-sided p-value.
+
+The x of each run for --plot: --x-values, else `sae_onnx.sweep.value` in its results JSON, else
+the coefficient of the one steering row (the model's provenance under `steering`) that differs
+between the runs; an unsteered run counts as 0.")]
+pub struct CompareArgs {
+    /// Results files or folders; the first is the baseline, each other one is compared with it.
+    #[arg(value_name = "RESULTS", required = true, num_args = 2..)]
+    pub results: Vec<PathBuf>,
+    /// Print the comparison as JSON (every number the table shows, unrounded).
+    #[arg(long)]
+    pub json: bool,
+    /// Draw each top-level task's metrics against the steering coefficient into this PNG (960
+    /// pixels wide, 440 per metric), with ±stderr error bars.
+    #[arg(long, value_name = "OUT.png")]
+    pub plot: Option<PathBuf>,
+    /// The steering coefficient of each RESULTS, in order (e.g. 0,60,120), where the results do
+    /// not record it.
+    #[arg(long, value_delimiter = ',', value_name = "X,X,...")]
+    pub x_values: Option<Vec<f64>>,
+    /// Only these tasks or groups (with a group's subtasks); comma-separated or repeated.
+    #[arg(long = "task", value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Only these metrics (acc, acc_norm, exact_match, word_perplexity, ...).
+    #[arg(long = "metric", value_delimiter = ',')]
+    pub metrics: Vec<String>,
+    /// Significance level.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_alpha)]
+    pub alpha: f64,
+    /// Bootstrap resamples.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub resamples: u32,
+    /// Bootstrap seed (Python's random.Random(seed) draws the same resamples).
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+}
+
+fn parse_alpha(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(a) if a > 0.0 && a < 1.0 => Ok(a),
+        _ => Err(format!(
+            "'{s}' is not a significance level: use a number between 0 and 1, e.g. 0.05"
+        )),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -401,6 +467,7 @@ impl Cli {
                 }
                 Ok(())
             }
+            Command::Compare(args) => self.compare(args),
             Command::Inspect(args) => {
                 let report = inspect::inspect(&args.model)?;
                 if args.json {
@@ -461,6 +528,39 @@ impl Cli {
         );
         if let Some(path) = outcome.results_path {
             eprintln!("results written to {}", path.display());
+        }
+        Ok(())
+    }
+
+    fn compare(&self, args: &CompareArgs) -> Result<()> {
+        use crate::compare::{self, CompareOptions, Run};
+        let options = CompareOptions {
+            resamples: args.resamples as usize,
+            seed: args.seed,
+            alpha: args.alpha,
+            tasks: args.tasks.clone(),
+            metrics: args.metrics.clone(),
+        };
+        let runs = args
+            .results
+            .iter()
+            .map(|p| Run::load(p))
+            .collect::<Result<Vec<_>>>()?;
+        let sweep = compare::sweep_values(&runs, args.x_values.as_deref())?;
+        let report = compare::compare(&runs, &sweep.x, &options)?;
+        // The figure is made before anything is printed, so a plot error leaves no half output.
+        let figure = match &args.plot {
+            Some(_) => Some(compare::sweep_figure(&runs, &sweep, &options)?),
+            None => None,
+        };
+        if args.json {
+            print_or_closed(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+        } else {
+            print_or_closed(&report.render())?;
+        }
+        if let (Some(path), Some(figure)) = (&args.plot, figure) {
+            let (w, h) = compare::plot::write_png(path, &figure)?;
+            eprintln!("plot written to {} ({w}x{h})", path.display());
         }
         Ok(())
     }

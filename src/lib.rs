@@ -4,6 +4,7 @@
 //! The library is what the `sae-onnx` binary runs; each module has one job (see DESIGN.md).
 
 pub mod cli;
+pub mod compare;
 pub mod eval;
 pub mod export;
 pub mod generate;
