@@ -190,10 +190,16 @@ impl From<OpsArg> for Ops {
 
 sae_release / sparse_model: a release (see `sae-onnx saes`), a Hugging Face repo id, or a local folder.
 
+Actions (optional column `action`, default add; optional `threshold` for add_if_active): add,
+clamp (set the SAE feature to the coefficient), add_if_active, clamp_projection (lm-eval's clamp;
+in lm-eval's format `clamp` keeps that meaning and `clamp_feature` is the SAE clamp). All rows on a
+hook read its unsteered value and their changes add up. See the README, steer.csv actions.
+
 Examples:
   sae-onnx patch --csv dog_steer.csv -o steered.onnx                  (base model from the SAE release)
   sae-onnx patch --csv dog_steer.csv --model gemma-2-2b.onnx -o gemma-2-2b.dogs.onnx
-  sae-onnx patch --csv more.csv --model steered.onnx -o steered2.onnx  (stacks; --replace swaps)"
+  sae-onnx patch --csv more.csv --model steered.onnx -o steered2.onnx  (stacks; --replace swaps)
+  sae-onnx patch --csv dog_steer.csv --model gemma-2-2b.onnx -o sweep.onnx --sweepable"
 )]
 pub struct PatchArgs {
     /// The steering plan.
@@ -209,6 +215,10 @@ pub struct PatchArgs {
     /// Remove steering already in the model instead of stacking on it.
     #[arg(long)]
     pub replace: bool,
+    /// Make each row's coefficient a graph input `steer.coeff.<k>` (k = row index in the plan)
+    /// whose default is the CSV value: feed it to sweep coefficients without re-patching.
+    #[arg(long)]
+    pub sweepable: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -412,18 +422,34 @@ impl Cli {
             Command::Eval(args) => self.eval(args),
             Command::Generate(args) => self.generate(args),
             Command::Patch(args) => {
-                let report = crate::steer::patch::patch(&crate::steer::patch::PatchOptions {
-                    csv: args.csv.clone(),
-                    output: args.output.clone(),
-                    model: args.model.clone(),
-                    replace: args.replace,
-                    progress: self.show_progress(),
-                })?;
+                let report = crate::steer::patch::patch_with(
+                    &crate::steer::patch::PatchOptions {
+                        csv: args.csv.clone(),
+                        output: args.output.clone(),
+                        model: args.model.clone(),
+                        replace: args.replace,
+                        progress: self.show_progress(),
+                    },
+                    &crate::steer::patch::PatchExtras {
+                        sweepable: args.sweepable,
+                    },
+                )?;
                 if report.splice.removed > 0 {
                     eprintln!("removed {} earlier steering Add(s)", report.splice.removed);
                 }
                 for (hook, tensor, norm) in &report.splice.hooks {
-                    eprintln!("  {hook}: +vector (norm {norm:.3}) at {tensor}");
+                    if *norm > 0.0 {
+                        eprintln!("  {hook}: +vector (norm {norm:.3}) at {tensor}");
+                    }
+                    if let Some((_, what)) = report.splice.computed.iter().find(|(h, _)| h == hook) {
+                        eprintln!("  {hook}: {what} at {tensor}");
+                    }
+                }
+                if !report.splice.coefficient_inputs.is_empty() {
+                    eprintln!(
+                        "  coefficient inputs: {}",
+                        report.splice.coefficient_inputs.join(", ")
+                    );
                 }
                 let weights = if !report.save.shared.is_empty() {
                     "weights shared with the base model".to_owned()

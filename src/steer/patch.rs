@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use super::plan::SteeringPlan;
-use super::splice::{self, SpliceReport};
+use super::splice::{self, SpliceOptions, SpliceReport};
 use crate::export::{self, ExportOptions};
 use crate::hub::Hub;
 use crate::onnx::{Model, SaveOptions, SaveReport};
@@ -31,7 +31,21 @@ pub struct PatchReport {
     pub seconds: f64,
 }
 
+/// Patches with fixed coefficients (see [`patch_with`]).
 pub fn patch(options: &PatchOptions) -> Result<PatchReport> {
+    patch_with(options, &PatchExtras::default())
+}
+
+/// Patch choices beyond [`PatchOptions`] (kept apart so code that builds `PatchOptions` literally
+/// keeps compiling as choices are added).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PatchExtras {
+    /// Each row's coefficient becomes an overridable graph input `steer.coeff.<k>` (see
+    /// [`super::sweep`]).
+    pub sweepable: bool,
+}
+
+pub fn patch_with(options: &PatchOptions, extras: &PatchExtras) -> Result<PatchReport> {
     let start = Instant::now();
     let plan = SteeringPlan::from_csv_file(&options.csv)?;
     if plan.rows.is_empty() {
@@ -40,8 +54,17 @@ pub fn patch(options: &PatchOptions) -> Result<PatchReport> {
     let base = base_model(&plan, options)?;
     let mut model = Model::load(&base)?;
     let hub = Hub::from_env();
-    let (vectors, provenance) = splice::steering_vectors(&plan, &hub)?;
-    let report = splice::splice(&mut model, &plan, &vectors, &provenance, options.replace)?;
+    let (hooks, provenance) = splice::steering(&plan, &hub, extras.sweepable)?;
+    let report = splice::splice(
+        &mut model,
+        &plan,
+        &hooks,
+        &provenance,
+        &SpliceOptions {
+            replace: options.replace,
+            sweepable: extras.sweepable,
+        },
+    )?;
     let save = model.save(
         &options.output,
         &SaveOptions {

@@ -1,12 +1,17 @@
 //! Steering plans: CSV files that name SAE latents and coefficients.
 //!
 //! Two formats, told apart by the header (column order is free, names are case-insensitive):
-//! - the seed format: `latent_idx,steering_coefficient,sae_release,sae_id,description` and an
-//!   optional `action` column (default `add`), e.g.
+//! - the seed format: `latent_idx,steering_coefficient,sae_release,sae_id,description` and the
+//!   optional columns `action` (default `add`) and `threshold`, e.g.
 //!   `12082, 240.0,gemma-scope-2b-pt-res-canonical,layer_20/width_16k/canonical,dogs`;
 //! - lm-eval's `steered` format: `loader,action,sparse_model,hookpoint,feature_index,
 //!   steering_coefficient,head_index,sae_id,description` (`loader`, `action`, `hookpoint`,
-//!   `head_index`, `sae_id` and `description` may be left out; `loader` must be `sae_lens`).
+//!   `head_index`, `sae_id` and `description` may be left out; `loader` must be `sae_lens`), and
+//!   also an optional `threshold`.
+//!
+//! Actions are [`SteerAction`]s. In lm-eval's format `clamp` keeps lm-eval's meaning (set the
+//! projection on the decoder direction: [`SteerAction::ClampProjection`]), so existing lm-eval files
+//! steer as lm-eval steers them; `clamp_feature` names the SAE-feature clamp in either format.
 //!
 //! Fields are trimmed, may be quoted (`"a, b"`, with `""` for a quote), and a UTF-8 BOM, CRLF line
 //! ends and empty lines are accepted. Columns whose header is empty (a pandas index, a trailing
@@ -21,38 +26,75 @@ use anyhow::{Context, Result, anyhow, bail};
 use crate::hook::HookPoint;
 use crate::sae::SaeSource;
 
-/// What a row does at its hook.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What a row does at its hook `x`, with `f(x)` the row's SAE feature (the SAE's own encoder:
+/// `act((x - b_dec if apply_b_dec_to_input) · W_enc[:, latent] + b_enc[latent])`, ReLU or JumpReLU).
+/// Every row of a plan reads the hook's value before any row of that plan changed it, and the
+/// changes of rows on one hook are summed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SteerAction {
     /// Add `coefficient * W_dec[latent]` at every position.
     Add,
-    /// Set the activation's projection on the unit decoder direction to `coefficient`.
+    /// Set the SAE feature to `coefficient` (SAELens: encode, set the latent, decode, keep the error
+    /// term): add `(coefficient - f(x)) * W_dec[latent]`.
     Clamp,
+    /// Add `coefficient * W_dec[latent]` only where the feature is active: `f(x) > threshold`
+    /// (the row's `threshold` column, default 0).
+    AddIfActive,
+    /// lm-eval's `clamp`: set the projection of `x - b_dec` on the unit decoder direction
+    /// `d = W_dec[latent] / |W_dec[latent]|` to `coefficient`: add `(coefficient - (x - b_dec)·d) * d`.
+    ClampProjection,
 }
 
 impl SteerAction {
-    pub const ALL: [SteerAction; 2] = [SteerAction::Add, SteerAction::Clamp];
+    pub const ALL: [SteerAction; 4] = [
+        SteerAction::Add,
+        SteerAction::Clamp,
+        SteerAction::AddIfActive,
+        SteerAction::ClampProjection,
+    ];
 
+    /// The name in the seed format (and in the patched model's provenance).
     pub fn name(self) -> &'static str {
         match self {
             SteerAction::Add => "add",
             SteerAction::Clamp => "clamp",
+            SteerAction::AddIfActive => "add_if_active",
+            SteerAction::ClampProjection => "clamp_projection",
         }
+    }
+
+    /// Whether the row needs its SAE's encoder (the feature's activation).
+    pub fn reads_feature(self) -> bool {
+        matches!(self, SteerAction::Clamp | SteerAction::AddIfActive)
+    }
+
+    /// Parses an `action` field as the plan's format means it: lm-eval's `clamp` is its
+    /// projection clamp, ours the SAE-feature clamp; `clamp_feature` is the latter in both.
+    pub fn parse(text: &str, format: PlanFormat) -> Result<Self> {
+        let t = text.trim().to_ascii_lowercase();
+        match (t.as_str(), format) {
+            ("clamp", PlanFormat::LmEval) => return Ok(SteerAction::ClampProjection),
+            ("clamp_feature", _) => return Ok(SteerAction::Clamp),
+            _ => {}
+        }
+        Self::ALL.into_iter().find(|a| a.name() == t).ok_or_else(|| {
+            let known = match format {
+                PlanFormat::Seed => "add, clamp, add_if_active, clamp_projection (clamp_feature is clamp)",
+                PlanFormat::LmEval => {
+                    "add, clamp (lm-eval's: clamp_projection), add_if_active, clamp_projection, \
+                     clamp_feature (the SAE-feature clamp)"
+                }
+            };
+            anyhow!("unknown action '{}'; known actions: {known}", text.trim())
+        })
     }
 }
 
 impl FromStr for SteerAction {
     type Err = anyhow::Error;
+    /// The seed format's meaning (`clamp` is the SAE-feature clamp).
     fn from_str(s: &str) -> Result<Self> {
-        let t = s.trim().to_ascii_lowercase();
-        Self::ALL.into_iter().find(|a| a.name() == t).ok_or_else(|| {
-            let known: Vec<_> = Self::ALL.iter().map(|a| a.name()).collect();
-            anyhow!(
-                "unknown action '{}'; known actions: {}",
-                s.trim(),
-                known.join(", ")
-            )
-        })
+        Self::parse(s, PlanFormat::Seed)
     }
 }
 
@@ -65,7 +107,7 @@ impl fmt::Display for SteerAction {
 /// Which CSV format a plan was written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlanFormat {
-    /// `latent_idx,steering_coefficient,sae_release,sae_id,description[,action]`
+    /// `latent_idx,steering_coefficient,sae_release,sae_id,description[,action][,threshold]`
     Seed,
     /// lm-eval `steered`: `loader,action,sparse_model,hookpoint,feature_index,...`
     LmEval,
@@ -89,6 +131,7 @@ pub enum PlanField {
     Hook,
     HeadIndex,
     Description,
+    Threshold,
 }
 
 /// Where each field of a row starts (`None`: the column is absent or the field empty).
@@ -102,6 +145,7 @@ pub struct RowPositions {
     pub hook: Option<Pos>,
     pub head_index: Option<Pos>,
     pub description: Option<Pos>,
+    pub threshold: Option<Pos>,
 }
 
 /// One row of a plan.
@@ -120,6 +164,8 @@ pub struct SteerRow {
     pub hook: Option<HookPoint>,
     pub head_index: Option<usize>,
     pub description: String,
+    /// `add_if_active`: the activation the feature must exceed (`None`: 0).
+    pub threshold: Option<f64>,
     pub positions: RowPositions,
 }
 
@@ -189,6 +235,7 @@ impl SteeringPlan {
             PlanField::Hook => p.hook,
             PlanField::HeadIndex => p.head_index,
             PlanField::Description => p.description,
+            PlanField::Threshold => p.threshold,
         }
         .unwrap_or(Pos {
             line: row.line,
@@ -330,6 +377,7 @@ enum Col {
     Loader,
     Hook,
     HeadIndex,
+    Threshold,
 }
 
 const SEED_COLUMNS: &[(&str, Col, bool)] = &[
@@ -339,6 +387,7 @@ const SEED_COLUMNS: &[(&str, Col, bool)] = &[
     ("sae_id", Col::SaeId, true),
     ("description", Col::Description, false),
     ("action", Col::Action, false),
+    ("threshold", Col::Threshold, false),
 ];
 
 const LM_EVAL_COLUMNS: &[(&str, Col, bool)] = &[
@@ -351,6 +400,7 @@ const LM_EVAL_COLUMNS: &[(&str, Col, bool)] = &[
     ("head_index", Col::HeadIndex, false),
     ("sae_id", Col::SaeId, false),
     ("description", Col::Description, false),
+    ("threshold", Col::Threshold, false),
 ];
 
 fn column_list(columns: &[(&str, Col, bool)]) -> String {
@@ -509,12 +559,14 @@ impl Layout {
         }
         let action = match self.optional(record, Col::Action) {
             Some((_, f)) => (
-                f.text
-                    .parse::<SteerAction>()
-                    .map_err(|e| (f.pos, e.to_string()))?,
+                SteerAction::parse(&f.text, self.format).map_err(|e| (f.pos, e.to_string()))?,
                 Some(f.pos),
             ),
             None => (SteerAction::Add, None),
+        };
+        let threshold = match self.optional(record, Col::Threshold) {
+            Some((name, f)) => Some((threshold(name, f, action.0)?, f.pos)),
+            None => None,
         };
         let (name, f) = self.required(record, Col::Sae)?;
         let sae = SaeSource::classify(&f.text, base_dir).map_err(|e| (f.pos, format!("{name}: {e:#}")))?;
@@ -550,6 +602,7 @@ impl Layout {
             hook: hook.map(|h| h.0),
             head_index: head_index.map(|h| h.0),
             description: description.map(|(_, f)| f.text.clone()).unwrap_or_default(),
+            threshold: threshold.map(|t| t.0),
             positions: RowPositions {
                 action: action.1,
                 latent: latent_pos,
@@ -559,9 +612,40 @@ impl Layout {
                 hook: hook.map(|h| h.1),
                 head_index: head_index.map(|h| h.1),
                 description: description.map(|(_, f)| f.pos),
+                threshold: threshold.map(|t| t.1),
             },
         })
     }
+}
+
+/// A `threshold` field: a finite activation level >= 0, on an `add_if_active` row only (the other
+/// actions have no use for it, and silently ignoring it would hide a mistake).
+fn threshold(name: &str, f: &Field, action: SteerAction) -> Result<f64, PlanError> {
+    let value = f
+        .text
+        .parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite())
+        .ok_or_else(|| (f.pos, format!("{name} '{}' is not a finite number", f.text)))?;
+    if action != SteerAction::AddIfActive {
+        return Err((
+            f.pos,
+            format!(
+                "{name} applies to add_if_active rows only (this row's action is {action}); leave it empty"
+            ),
+        ));
+    }
+    if value < 0.0 {
+        // SAE features are never negative, so a negative level would make the row a plain `add`.
+        return Err((
+            f.pos,
+            format!(
+                "{name} '{}' is negative; features are never below 0, so the row would add everywhere (use add)",
+                f.text
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 /// Just past the last field of a record, for "missing field" errors.
@@ -608,9 +692,21 @@ mod tests {
     #[test]
     fn actions_parse_and_unknown_ones_list_the_known() {
         assert_eq!(" Clamp ".parse::<SteerAction>().unwrap(), SteerAction::Clamp);
+        let lm = |t| SteerAction::parse(t, PlanFormat::LmEval).unwrap();
+        assert_eq!(
+            lm("clamp"),
+            SteerAction::ClampProjection,
+            "lm-eval's clamp keeps its meaning"
+        );
+        assert_eq!(lm("clamp_feature"), SteerAction::Clamp);
+        assert_eq!(lm("add_if_active"), SteerAction::AddIfActive);
+        for a in SteerAction::ALL {
+            assert_eq!(a.name().parse::<SteerAction>().unwrap(), a);
+        }
         let err = "ablate".parse::<SteerAction>().unwrap_err().to_string();
         assert!(
-            err.contains("unknown action 'ablate'") && err.contains("add, clamp"),
+            err.contains("unknown action 'ablate'")
+                && err.contains("add, clamp, add_if_active, clamp_projection"),
             "{err}"
         );
     }
