@@ -92,9 +92,14 @@ fn lm_eval_steered_format() {
         (Some(HookPoint::resid_post(20)), 12082, 240.0)
     );
     assert_eq!(r[0].description, "increase dogs, a lot");
+    // lm-eval's `clamp` keeps lm-eval's meaning: the projection clamp.
     assert_eq!(
         (r[1].action, r[1].hook, r[1].head_index),
-        (SteerAction::Clamp, Some(HookPoint::resid_post(7)), Some(3))
+        (
+            SteerAction::ClampProjection,
+            Some(HookPoint::resid_post(7)),
+            Some(3)
+        )
     );
     assert_eq!(r[2].hook, Some(HookPoint::new(3, Site::AttnZ)));
     assert_eq!(r[2].sae, SaeSource::HfRepo("google/gemma-scope-2b-pt-res".into()));
@@ -173,7 +178,8 @@ fn unknown_actions_list_the_known_ones() {
         format!("{LM_EVAL_HEADER}\nsae_lens,ablate,gemma-scope-2b-pt-res-canonical,layers.20,1,1,,x,\n");
     assert_eq!(
         err(&text),
-        "plan.csv:2:10: unknown action 'ablate'; known actions: add, clamp"
+        "plan.csv:2:10: unknown action 'ablate'; known actions: add, clamp (lm-eval's: clamp_projection), \
+         add_if_active, clamp_projection, clamp_feature (the SAE-feature clamp)"
     );
 }
 
