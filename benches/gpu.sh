@@ -16,10 +16,14 @@
 #             gemma-2-2b's shape with its 256000-row LM head and the tiny tokenizer ("2b").
 #  lmeval     lm-eval hf on cuda:0, eager attention (keeps Gemma 2's softcap), 2b in float32 and
 #             bfloat16, LMEVAL_RUNS (2) runs each, timed phases via benches/lmeval_timed.py.
-#  exports    sae-onnx export of 100m (f32) and 2b (f32 and bf16, and an f32 decoding graph).
+#  exports    sae-onnx export of 100m (f32) and 2b (f32, bf16, bf16 --ops ort, f16; with
+#             WITH_GENERATE=1 an f32 decoding graph).
 #  reference  sae-onnx on the CPU provider for the 100m model (the numerics reference).
-#  ours       sae-onnx eval on cuda:0 (RUNS (3) each), numerics checks, decode speed against
-#             transformers generate, and the table, printed last.
+#  ours       sae-onnx eval on cuda:0 (RUNS (3) each; f32 with and without --tf32, bf16 with
+#             portable and fused norms, f16), numerics checks, decode speed against transformers
+#             generate (WITH_GENERATE=1), and the table, printed last.
+#  profile    ONNX Runtime's per-operator profile (SAE_ONNX_ORT_PROFILE) of 16 documents per model in
+#             PROFILE_MODELS, summed by operator and provider (benches/ort_profile_summary.py).
 # The task: benches/tasks bench_mmlu (200 MMLU-format questions) 5-shot, as MMLU is usually run,
 # batch size EVAL_BS (32) for both tools. Results: benches/results/gpu.jsonl (+ gpu.logs/,
 # gpu.numerics.txt, gpu.generate.jsonl); with $OUT set, copies of them land there too.
@@ -134,7 +138,12 @@ stage_exports() {
     [ -f "$T/eval/100m.onnx" ] || "$BIN" -q export "$CK100" -o "$T/eval/100m.onnx" --force
     [ -f "$T/eval/2b-f32.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-f32.onnx" --dtype f32 --force
     [ -f "$T/eval/2b-bf16.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-bf16.onnx" --dtype bf16 --force
-    [ -f "$T/eval/2b-f32-kv.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-f32-kv.onnx" --kv-cache --force
+    # Variants: fused norms (--ops ort) in bf16, and float16 (the CUDA provider's widest coverage).
+    [ -f "$T/eval/2b-bf16-ort.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-bf16-ort.onnx" --dtype bf16 --ops ort --force
+    [ -f "$T/eval/2b-f16.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-f16.onnx" --dtype f16 --force
+    if [ -n "${WITH_GENERATE:-}" ] && [ ! -f "$T/eval/2b-f32-kv.onnx" ]; then
+        "$BIN" -q export "$CK2B" -o "$T/eval/2b-f32-kv.onnx" --kv-cache --force
+    fi
     ls -la "$T/eval"
 }
 
@@ -144,10 +153,16 @@ stage_reference() {
     "$BIN" -q eval "$T/eval/100m.onnx" "${common[@]}" --device cpu --output-path "$o/cpu-100m" | tail -3
 }
 
-ours_run() { # NAME
-    measure --out "$OUT_JSONL" --name "ours eval $1 bs$EVAL_BS ${SHOTS}-shot" --runs "$RUNS" \
-        --before "rm -rf $o/cuda-$1" --note "device cuda:0" \
-        -- "$BIN" eval "$T/eval/$1.onnx" "${common[@]}" --device cuda:0 --output-path "$o/cuda-$1"
+ours_run() { # MODEL [LABEL EXTRA_ARGS...]
+    local model=$1 label=${2:-$1}
+    shift $(( $# < 2 ? $# : 2 ))
+    measure --out "$OUT_JSONL" --name "ours eval $label bs$EVAL_BS ${SHOTS}-shot" --runs "$RUNS" \
+        --before "rm -rf $o/cuda-$label" --note "device cuda:0 $*" \
+        -- "$BIN" eval "$T/eval/$model.onnx" "${common[@]}" --device cuda:0 --output-path "$o/cuda-$label" "$@"
+}
+
+compare() { # A B NAME TOL
+    "$PY" benches/compare_samples.py "$1" "$2" --name "$3" --tol "$4" >> "$RES/gpu.numerics.txt"
 }
 
 stage_ours() {
@@ -155,25 +170,44 @@ stage_ours() {
     status=0
     ours_run 100m
     ours_run 2b-f32
+    ours_run 2b-f32 2b-f32-tf32 --tf32
     ours_run 2b-bf16
-    local num=$RES/gpu.numerics.txt
-    : > "$num"
-    "$PY" benches/compare_samples.py "$o/cuda-100m" "$o/cpu-100m" --name "100m f32: sae-onnx cuda vs sae-onnx cpu" --tol 1e-3 >> "$num" || status=1
-    "$PY" benches/compare_samples.py "$o/cuda-2b-f32" "$o/lmeval-2b-f32" --name "2b f32: sae-onnx cuda vs lm-eval cuda" --tol 1e-3 >> "$num" || status=1
-    # bf16 against the float32 reference: the size of bf16's rounding, for both tools.
-    "$PY" benches/compare_samples.py "$o/cuda-2b-bf16" "$o/lmeval-2b-f32" --name "2b bf16: sae-onnx cuda vs lm-eval f32" --tol 1 >> "$num" || status=1
-    "$PY" benches/compare_samples.py "$o/lmeval-2b-bf16" "$o/lmeval-2b-f32" --name "2b bf16: lm-eval bf16 vs lm-eval f32" --tol 1 >> "$num" || true
-    "$PY" benches/generate.py "$CK2B" --device cuda:0 --onnx "$T/eval/2b-f32-kv.onnx" --binary "$BIN" --runs 2 --new 64 \
-        >> "$RES/gpu.generate.jsonl" 2> "$RES/gpu.generate.log" || echo "generate bench failed: see gpu.generate.log" >&2
-    cat "$num"
-    tail -1 "$RES/gpu.generate.jsonl" 2>/dev/null || true
+    ours_run 2b-bf16-ort
+    ours_run 2b-f16
+    : > "$RES/gpu.numerics.txt"
+    compare "$o/cuda-100m" "$o/cpu-100m" "100m f32: sae-onnx cuda vs sae-onnx cpu" 1e-3 || status=1
+    compare "$o/cuda-2b-f32" "$o/lmeval-2b-f32" "2b f32: sae-onnx cuda vs lm-eval cuda" 1e-3 || status=1
+    compare "$o/cuda-2b-f32-tf32" "$o/lmeval-2b-f32" "2b f32 --tf32: sae-onnx cuda vs lm-eval cuda f32" 3e-2 || status=1
+    # Half precision against the float32 reference: the size of the rounding, for both tools.
+    for v in 2b-bf16 2b-bf16-ort 2b-f16; do
+        compare "$o/cuda-$v" "$o/lmeval-2b-f32" "$v: sae-onnx cuda vs lm-eval f32" 1 || status=1
+    done
+    compare "$o/lmeval-2b-bf16" "$o/lmeval-2b-f32" "2b bf16: lm-eval bf16 vs lm-eval f32" 1 || true
+    if [ -n "${WITH_GENERATE:-}" ]; then
+        "$PY" benches/generate.py "$CK2B" --device cuda:0 --onnx "$T/eval/2b-f32-kv.onnx" --binary "$BIN" --runs 2 --new 64 \
+            >> "$RES/gpu.generate.jsonl" 2> "$RES/gpu.generate.log" || echo "generate bench failed: see gpu.generate.log" >&2
+        tail -1 "$RES/gpu.generate.jsonl" 2>/dev/null || true
+    fi
     "$PY" benches/report.py --gpu "$RES"
     return $status
 }
 
+stage_profile() { # ONNX Runtime's per-operator profile of a few documents, summed by operator and provider
+    runtime_env
+    local v
+    for v in ${PROFILE_MODELS:-2b-bf16 2b-bf16-ort 2b-f32}; do
+        rm -rf "$T/profile-$v"* "$o/profile-$v"
+        SAE_ONNX_ORT_PROFILE=$T/profile-$v "$BIN" -q eval "$T/eval/$v.onnx" "${common[@]}" --limit 8 \
+            --device cuda:0 --output-path "$o/profile-$v" > /dev/null
+        echo "## $v" >> "$RES/gpu.profile.txt"
+        "$PY" benches/ort_profile_summary.py "$(ls -t "$T/profile-$v"*.json | head -1)" >> "$RES/gpu.profile.txt"
+    done
+    cat "$RES/gpu.profile.txt"
+}
+
 save_out() { # copies for the device tool's $OUT (flat: it returns at most 8 files)
     [ -n "${OUT:-}" ] || return 0
-    for f in gpu.jsonl gpu.numerics.txt gpu.generate.jsonl gpu.generate.log gpu.matmul.json; do
+    for f in gpu.jsonl gpu.numerics.txt gpu.generate.jsonl gpu.generate.log gpu.matmul.json gpu.profile.txt; do
         [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/" || true
     done
     [ -d "$RES/gpu.logs" ] && tar -czf "$OUT/gpu.logs.tgz" -C "$RES" gpu.logs || true

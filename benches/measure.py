@@ -94,7 +94,8 @@ def mem_available_mib():
     return 1 << 30
 
 
-EVAL_LINE = re.compile(r"(\d+) requests in (\d+) forwards \((\d+) tokens\) in ([\d.]+)s")
+EVAL_LINE = re.compile(r"(\d+) requests in (\d+) forwards \((\d+) tokens\) in ([\d.]+)s"
+                       r"(?: \(opening the model ([\d.]+)s, scoring ([\d.]+)s\))?")
 
 
 def main():
@@ -168,6 +169,9 @@ def main():
         if m:
             r["eval"] = {"requests": int(m.group(1)), "forwards": int(m.group(2)),
                          "tokens": int(m.group(3)), "seconds": float(m.group(4))}
+            if m.group(5):
+                r["eval"]["session_s"] = float(m.group(5))
+                r["eval"]["scoring_s"] = float(m.group(6))
         if a.scoring and os.path.exists(a.scoring):
             with open(a.scoring) as f:
                 r["scoring"] = json.load(f)

@@ -178,6 +178,10 @@ pub struct SessionOptions {
     pub ort_lib: Option<PathBuf>,
     /// Threads for one operator; `None` lets ONNX Runtime choose (one per physical core).
     pub intra_threads: Option<usize>,
+    /// Let float32 matrix products on CUDA round their inputs to TF32 (tensor cores): several
+    /// times faster, ~1e-3 relative error. Off unless asked for, like PyTorch's matmul default,
+    /// so float32 scores match lm-eval's float32 runs.
+    pub tf32: bool,
 }
 
 /// Opens `model` in ONNX Runtime on the requested device.
@@ -217,9 +221,16 @@ fn builder(options: &SessionOptions) -> Result<ort::session::builder::SessionBui
     if let Some(n) = options.intra_threads {
         builder = builder.with_intra_threads(n).map_err(|e| anyhow!("{e}"))?;
     }
+    // ONNX Runtime's own per-operator profile (JSON for chrome://tracing or Perfetto): which
+    // provider ran each node and for how long, the first thing to read when a device is slower
+    // than expected.
+    if let Some(prefix) = std::env::var_os("SAE_ONNX_ORT_PROFILE") {
+        builder = builder.with_profiling(prefix).map_err(|e| anyhow!("{e}"))?;
+    }
     if let Device::Cuda(id) = options.device {
         let cuda = ort::ep::CUDA::default()
             .with_device_id(id)
+            .with_tf32(options.tf32)
             .build()
             .error_on_failure();
         builder = builder
