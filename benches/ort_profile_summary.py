@@ -2,8 +2,9 @@
 
     python3 benches/ort_profile_summary.py PROFILE.json [--top 25]
 
-Prints, per (op type, execution provider), the number of kernel runs and their total time, largest
-first, then the share of kernel time spent outside the requested device's provider: where a GPU run
+Prints the session-level events first (model loading and session initialization: where opening a
+model goes), then, per (op type, execution provider), the number of kernel runs and their total time,
+largest first, and the share of kernel time spent outside the requested device's provider: where a GPU run
 is slower than it should be, nodes that fell back to the CPU show up here. Plain Python 3.
 """
 
@@ -18,6 +19,9 @@ a = ap.parse_args()
 events = json.load(open(a.profile))
 by = collections.defaultdict(lambda: [0, 0])
 total = 0
+for e in events:
+    if e.get("cat") == "Session":
+        print(f"session: {e.get('name')}: {e.get('dur', 0) / 1e6:.3f} s")
 for e in events:
     args = e.get("args", {})
     if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):

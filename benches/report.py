@@ -186,7 +186,10 @@ def eval_table(recs, res_dir, floor=True):
 def params_of(cfg_path):
     if not os.path.exists(cfg_path):
         return None
-    c = json.load(open(cfg_path))
+    return params_from(json.load(open(cfg_path)))
+
+
+def params_from(c):
     h, i, L, v = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
     nh, nkv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
     layer = h * nh * hd * 2 + 2 * h * nkv * hd + 3 * h * i + 4 * h
@@ -210,6 +213,15 @@ def gpu_table(recs, res_dir):
     ck = os.environ.get("BENCH_TMP", "/tmp/sae-onnx-bench")
     params = {"100m": params_of(os.path.join(ck, "ckpt", "gemma2-100m", "config.json")),
               "2b": params_of(os.path.join(ck, "ckpt", "gemma2-2b-tok", "config.json"))}
+    # Without the checkpoints (reading committed results): the presets they were made from.
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    try:
+        from make_checkpoint import PRESETS  # imports numpy
+    except ImportError:
+        PRESETS = {}
+    for name, preset in PRESETS.items():
+        if params.get(name) is None:
+            params[name] = params_from(preset)
     print(f"### eval on the GPU ({header(recs)})\n")
     print("| model | tool | runs | wall (median) | scoring phase | tokens | scoring tokens/s | lm-eval / ours (wall) "
           "| lm-eval / ours (scoring) | scoring / FLOP floor |")
@@ -224,7 +236,8 @@ def gpu_table(recs, res_dir):
         tokens = ok[0]["eval"]["tokens"] if ok else None
         # The scoring phase alone when the eval line reports it (opening the session apart).
         ours_sc = statistics.median(x["eval"].get("scoring_s", x["eval"]["seconds"]) for x in ok) if ok else None
-        dtype = "bf16" if "bf16" in model else "f32"
+        # f16 runs on the tensor cores at bf16's rate; TF32's rate was not measured (no floor).
+        dtype = "bf16" if ("bf16" in model or "f16" in model) else (None if "tf32" in model else "f32")
         p = params.get(model.split("-")[0])
         floor = 2 * p * tokens / (rate[dtype] * 1e12) if p and tokens and dtype in rate else None
         rows = [("sae-onnx (CUDA EP)", r, ours_sc)]

@@ -433,9 +433,13 @@ impl GemmaGraph<'_> {
     /// bias, then softmax), but its CPU kernel came out no faster than the standard operators
     /// with it: attention of a random 8-layer Gemma 2 (8 heads of 64, batch 4, one thread) took
     /// 54 ms against 30 at 128 tokens and 583 against 549 at 512. Without softcap (Gemma 3) it
-    /// is faster: 30 against 34 ms, and 329 against 416.
+    /// is faster: 30 against 34 ms, and 329 against 416. Float32 graphs only: the CUDA
+    /// provider's kernel, the one half precision runs on, rejects the padding mask's bias.
     fn fused_attention(&self) -> bool {
-        self.ops == Ops::Ort && self.config.attention_softcap(self.arch).is_none() && !self.kv_cache
+        self.ops == Ops::Ort
+            && self.dtype == DataType::Float
+            && self.config.attention_softcap(self.arch).is_none()
+            && !self.kv_cache
     }
 
     /// The additive mask of `layer`: causal, or causal within its sliding window; padding hidden.
