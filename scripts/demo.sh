@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on the bundled demo model (models/tiny-gemma2: a tiny Gemma 2 with random
 # weights, its tokenizer, a random SAE and a steer.csv): export to ONNX, steer it, evaluate base
-# and steered on a small multiple-choice task, generate from both, and inspect the steered model.
+# and steered on a small multiple-choice task, sweep the steering coefficient and test the
+# differences, generate from both, and inspect the steered model.
 # Fetches ONNX Runtime 1.31.1 (CPU) from PyPI if it is missing. Output goes to demo-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,13 @@ echo "== eval base"
 $bin eval "$out/tiny-gemma2.onnx" --task models/tiny-gemma2/demo_mc.yaml --output-path "$out/results" --log-samples
 echo "== eval steered"
 $bin eval "$out/tiny-gemma2.steered.onnx" --task models/tiny-gemma2/demo_mc.yaml --output-path "$out/results" --log-samples
+
+echo "== sweep: the coefficient at 0, 12, 24 and 48 in one session, then paired tests and a plot"
+$bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.onnx" -o "$out/tiny-gemma2.sweepable.onnx" --sweepable
+rm -rf "$out/sweep"
+$bin eval "$out/tiny-gemma2.sweepable.onnx" --task models/tiny-gemma2/demo_mc.yaml --sweep 0,12,24,48 \
+    --output-path "$out/sweep" --log-samples
+$bin compare "$out"/sweep/sweep_* --plot "$out/sweep.png"
 
 echo "== generate: base and steered, side by side (decoding graphs with a KV cache)"
 $bin export models/tiny-gemma2 -o "$out/tiny-gemma2.kv.onnx" --kv-cache --force

@@ -145,11 +145,10 @@ pub struct ExportArgs {
     /// transformers. f16/bf16 need a GPU execution provider: ONNX Runtime's CPU kernels are f32.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
-    /// Operators the graph may use: `ort`, ONNX Runtime's fused RMSNorm and attention
-    /// (SimplifiedLayerNormalization, com.microsoft GroupQueryAttention), faster on ONNX Runtime's
-    /// CPU provider; `portable`, standard ONNX operators only, for any runtime and the GPU. Same
-    /// model, same hooks. Default: `ort` for f32, `portable` for f16/bf16 (ONNX Runtime's CUDA
-    /// attention kernel cannot take the padding mask the fused graph gives it).
+    /// Operators the graph may use: `ort`, ONNX Runtime's fused RMSNorm (all dtypes) and, in f32,
+    /// fused attention (com.microsoft GroupQueryAttention), faster on ONNX Runtime's CPU and CUDA
+    /// providers; `portable`, standard ONNX operators only, for any runtime. Same model, same
+    /// hooks. Default: `ort` for f32 and bf16, `portable` for f16.
     #[arg(long, value_enum)]
     pub ops: Option<OpsArg>,
     /// Export the decoding graph for `generate`: `past_key_values.{L}.key/value` in,
@@ -288,6 +287,8 @@ pub struct SaesArgs {
   sae-onnx eval steered.onnx --task mmlu_abstract_algebra
   sae-onnx eval steered.onnx --task mmlu --num-fewshot 5 --device cuda:0 --output-path results/ --log-samples
   sae-onnx eval model.onnx --task my_task.yaml --limit 100 --cache run.cache.jsonl
+  sae-onnx eval steered.onnx --task mmlu --sweep 0,60,120,240 --output-path sweep/ --log-samples
+  sae-onnx compare sweep/sweep_*/ --plot sweep.png
   sae-onnx eval model.onnx --list-tasks")]
 pub struct EvalArgs {
     /// The .onnx model (exported by sae-onnx, or a foreign causal LM with a `logits` output).
@@ -342,6 +343,11 @@ pub struct EvalArgs {
     /// List the tasks, groups and tags available and exit.
     #[arg(long)]
     pub list_tasks: bool,
+    /// Evaluate a `patch --sweepable` model once per coefficient, in one session: `0,60,120,240`
+    /// (its only coefficient input) or `steer.coeff.1=0,60,120` (one of several). Each value's
+    /// results go to <output-path>/sweep_<input>_<value>/; a table of all values is printed last.
+    #[arg(long, value_name = "[INPUT=]VALUES", allow_hyphen_values = true)]
+    pub sweep: Option<crate::eval::sweep::SweepSpec>,
 }
 
 fn parse_batch_size(s: &str) -> Result<BatchSize, String> {
@@ -554,6 +560,24 @@ impl Cli {
             max_length: args.max_length,
             progress: self.show_progress(),
         };
+        if let Some(spec) = &args.sweep {
+            let loaded = crate::onnx::Model::load(model)?;
+            let inputs = crate::steer::coefficient_inputs(&loaded.proto)?;
+            let input = spec.resolve(&inputs)?.clone();
+            drop(loaded);
+            let points = evaluator::evaluate_sweep(model, &options, &input, &spec.values)?;
+            for point in &points {
+                if let Some(path) = &point.outcome.results_path {
+                    eprintln!(
+                        "{}={}: results written to {}",
+                        input.input,
+                        point.value,
+                        path.display()
+                    );
+                }
+            }
+            return print_or_closed(&crate::eval::sweep::table(&input.input, &points));
+        }
         let outcome = evaluator::evaluate(model, &options)?;
         print_or_closed(&outcome.table)?;
         let rate = outcome.stats.requests as f64 / outcome.seconds.max(1e-9);

@@ -11,7 +11,7 @@ use crate::eval::pyrandom::PyRandom;
 use crate::export::gemma::{past_name, present_name};
 use crate::export::meta;
 use crate::onnx::{DataType, Model};
-use crate::runtime::{Device, SessionOptions};
+use crate::runtime::{Device, ScalarFeed, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -70,6 +70,8 @@ struct KvCache {
     /// Where the cache lives between steps: on the GPU with `--device cuda`, so each step moves
     /// only the new token and its logits across the bus, not the whole cache twice.
     cache_memory: ort::memory::MemoryInfo<'static>,
+    /// Fed on every step besides tokens, mask and cache (a sweep's coefficient).
+    feeds: Vec<ScalarFeed>,
     layers: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -112,6 +114,7 @@ impl Generator {
             Backend::Cache(KvCache {
                 session: crate::runtime::session(path, &options.session)?,
                 cache_memory: crate::runtime::memory_info(options.session.device)?,
+                feeds: Vec::new(),
                 layers,
                 kv_heads: dims
                     .get(1)
@@ -143,6 +146,15 @@ impl Generator {
             vocab,
             eos,
         })
+    }
+
+    /// Graph inputs fed on every step from now on, besides the tokens (a sweepable steered
+    /// model's coefficients).
+    pub fn set_feeds(&mut self, feeds: Vec<ScalarFeed>) {
+        match &mut self.backend {
+            Backend::Cache(kv) => kv.feeds = feeds,
+            Backend::Recompute(scorer) => scorer.feeds = feeds,
+        }
     }
 
     /// The prompt's tokens: BOS by the tokenizer's template, Gemma's chat turn around it with `chat`.
@@ -375,6 +387,9 @@ impl KvCache {
                 binding.bind_input(past_name(layer, kind), &value)?;
                 binding.bind_output_to_device(present_name(layer, kind), &self.cache_memory)?;
             }
+        }
+        for feed in &self.feeds {
+            binding.bind_input(feed.name.as_str(), &feed.tensor()?)?;
         }
         binding.bind_output_to_device("logits", &crate::runtime::memory_info(Device::Cpu)?)?;
         let mut outputs = self

@@ -12,7 +12,7 @@ use ort::environment::Environment;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
-use crate::onnx::Model;
+use crate::onnx::{DataType, Model};
 
 /// The ONNX Runtime release we build and test against (ort 2.0.0-rc.15 targets 1.31).
 pub const ORT_VERSION: &str = "1.31.1";
@@ -238,6 +238,37 @@ fn builder(options: &SessionOptions) -> Result<ort::session::builder::SessionBui
             .map_err(|e| anyhow!("{}", cuda_failure_help(lib, id, &e.to_string())))?;
     }
     Ok(builder)
+}
+
+/// A scalar fed to a graph input on every run besides the model's own inputs: a sweepable
+/// steered model's coefficient (`steer.coeff.<k>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalarFeed {
+    pub name: String,
+    pub value: f64,
+    /// The input's element type: float32, float16 or bfloat16.
+    pub dtype: DataType,
+}
+
+impl ScalarFeed {
+    /// The value as a tensor of shape `[]` in the input's type.
+    pub fn tensor(&self) -> Result<ort::value::DynValue> {
+        use ort::value::Tensor;
+        let shape: [usize; 0] = [];
+        Ok(match self.dtype {
+            DataType::Float => Tensor::from_array((shape, vec![self.value as f32]))?.into_dyn(),
+            DataType::Float16 => {
+                Tensor::from_array((shape, vec![half::f16::from_f64(self.value)]))?.into_dyn()
+            }
+            DataType::Bfloat16 => {
+                Tensor::from_array((shape, vec![half::bf16::from_f64(self.value)]))?.into_dyn()
+            }
+            other => bail!(
+                "input '{}' is {other:?}: only float inputs can be fed a coefficient",
+                self.name
+            ),
+        })
+    }
 }
 
 /// Memory on `device`, for outputs that should stay where the next run reads them.

@@ -252,42 +252,8 @@ fn gemma3_matches_lm_eval() {
 #[test]
 fn steered_model_matches_lm_eval_steered() {
     let tmp = tempfile::tempdir().unwrap();
-    let steer: Value =
-        serde_json::from_str(&std::fs::read_to_string(golden_dir("steer/steer.json")).unwrap()).unwrap();
-    let vector: Vec<f32> = steer["vector"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
-    let coefficient = steer["coefficient"].as_f64().unwrap();
-    let d = vector.len();
-    let sae = tmp.path().join("sae");
-    std::fs::create_dir(&sae).unwrap();
-    std::fs::write(
-        sae.join("cfg.json"),
-        serde_json::json!({"d_in": d, "d_sae": 1, "architecture": "standard", "apply_b_dec_to_input": false,
-            "normalize_activations": "none", "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"}})
-        .to_string(),
-    )
-    .unwrap();
-    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let (w_dec, w_enc, b_enc, b_dec) = (
-        bytes(&vector),
-        bytes(&vector),
-        bytes(&[0.0]),
-        bytes(&vec![0.0; d]),
-    );
-    fn view(shape: Vec<usize>, data: &[u8]) -> safetensors::tensor::TensorView<'_> {
-        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data).unwrap()
-    }
-    let tensors = vec![
-        ("W_dec", view(vec![1, d], &w_dec)),
-        ("W_enc", view(vec![d, 1], &w_enc)),
-        ("b_enc", view(vec![1], &b_enc)),
-        ("b_dec", view(vec![d], &b_dec)),
-    ];
-    safetensors::serialize_to_file(tensors, None, &sae.join("sae_weights.safetensors")).unwrap();
+    let (vector, coefficient) = common::lm_eval_steer_vector();
+    let sae = common::write_vector_sae(tmp.path(), &vector);
     let csv = tmp.path().join("steer.csv");
     std::fs::write(&csv, format!("latent_idx,steering_coefficient,sae_release,sae_id,description\n0,{coefficient},{},,lm-eval .pt vector\n", sae.display())).unwrap();
     let base = export_arch("gemma2", tmp.path());

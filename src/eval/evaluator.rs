@@ -21,7 +21,7 @@ use super::task::{Entry, FEWSHOT_SEED, OutputType, Target, Task, TaskIndex};
 use crate::export::meta;
 use crate::onnx::Model;
 use crate::progress;
-use crate::runtime::SessionOptions;
+use crate::runtime::{ScalarFeed, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
 /// The lm-eval version whose semantics (prompts, metrics, files) this reproduces.
@@ -143,8 +143,107 @@ pub struct EvalOutcome {
     pub scoring_seconds: f64,
 }
 
+/// What every pass over one model and task list shares: the documents, their prompts and token
+/// requests, built once (a coefficient sweep scores them once per value).
+struct Prepared {
+    model: Model,
+    tokenizer: Tokenizer,
+    max_length: usize,
+    prefix_token: u32,
+    roots: Vec<Node>,
+    tasks: Vec<(Task, Vec<DocWork>)>,
+}
+
+/// Sessions opened on a pass's first use and kept for the passes after it.
+#[derive(Default)]
+struct Engines {
+    scorer: Option<ScoringModel>,
+    generator: Option<crate::generate::Generator>,
+}
+
+/// One evaluation of the prepared requests: the graph inputs to feed (a sweep's coefficient),
+/// where answers are cached and results written, and the sweep point it records.
+struct Pass {
+    feeds: Vec<ScalarFeed>,
+    cache: Option<PathBuf>,
+    output_path: Option<PathBuf>,
+    sweep: Option<(String, f64)>,
+}
+
+/// Evaluates `model_path` on `options.tasks` as lm-eval would.
 pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome> {
     let start = Instant::now();
+    let prepared = prepare(model_path, options)?;
+    let pass = Pass {
+        feeds: Vec::new(),
+        cache: options.cache.clone(),
+        output_path: options.output_path.clone(),
+        sweep: None,
+    };
+    run_pass(
+        model_path,
+        options,
+        &prepared,
+        &mut Engines::default(),
+        &pass,
+        start,
+    )
+}
+
+/// One point of a coefficient sweep.
+pub struct SweepPoint {
+    pub value: f64,
+    pub outcome: EvalOutcome,
+}
+
+/// Evaluates a `--sweepable` steered model once per value of the coefficient input `input`,
+/// in one session: the requests are built once, the model is opened once, and each value is
+/// fed as the input's value. Results go to `<output>/sweep_<input>_<value>/`, answers to a
+/// cache file per value (`<cache stem>.<input>=<value>.<ext>`).
+pub fn evaluate_sweep(
+    model_path: &Path,
+    options: &EvalOptions,
+    input: &crate::steer::CoefficientInput,
+    values: &[f64],
+) -> Result<Vec<SweepPoint>> {
+    let prepared = prepare(model_path, options)?;
+    let mut engines = Engines::default();
+    let mut points = Vec::with_capacity(values.len());
+    for &value in values {
+        let start = Instant::now();
+        let label = format!("{}={value}", input.input);
+        eprintln!("sweep: {label}");
+        let pass = Pass {
+            feeds: vec![ScalarFeed {
+                name: input.input.clone(),
+                value,
+                dtype: input.dtype,
+            }],
+            cache: options.cache.as_deref().map(|c| suffixed(c, &label)),
+            output_path: options
+                .output_path
+                .as_ref()
+                .map(|o| o.join(format!("sweep_{}_{value}", input.input))),
+            sweep: Some((input.input.clone(), value)),
+        };
+        let outcome = run_pass(model_path, options, &prepared, &mut engines, &pass, start)
+            .with_context(|| format!("sweep point {label}"))?;
+        points.push(SweepPoint { value, outcome });
+    }
+    Ok(points)
+}
+
+/// `answers.jsonl` -> `answers.<label>.jsonl`.
+fn suffixed(path: &Path, label: &str) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{label}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{label}"),
+    };
+    path.with_file_name(name)
+}
+
+fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
     let model = Model::load(model_path)?;
     let tokenizer = Tokenizer::for_model(&model, options.tokenizer.as_deref())?;
     check_vocab(&model, &tokenizer)?;
@@ -209,13 +308,40 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
         }
         tasks.push((task, work));
     }
+    Ok(Prepared {
+        model,
+        tokenizer,
+        max_length,
+        prefix_token,
+        roots,
+        tasks,
+    })
+}
+
+fn run_pass(
+    model_path: &Path,
+    options: &EvalOptions,
+    prepared: &Prepared,
+    engines: &mut Engines,
+    pass: &Pass,
+    start: Instant,
+) -> Result<EvalOutcome> {
+    let Prepared {
+        model,
+        tokenizer,
+        max_length,
+        prefix_token,
+        roots,
+        tasks,
+    } = prepared;
+    let (max_length, prefix_token) = (*max_length, *prefix_token);
 
     // Score all requests, reusing the cache.
     let all: Vec<&TokenRequest> = tasks
         .iter()
         .flat_map(|(_, w)| w.iter().flat_map(|d| d.requests.iter().flat_map(|r| &r.windows)))
         .collect();
-    let mut cache = ResultCache::open(options.cache.as_deref())?;
+    let mut cache = ResultCache::open(pass.cache.as_deref())?;
     let missing: Vec<TokenRequest> = {
         let mut seen = std::collections::HashSet::new();
         all.iter()
@@ -231,10 +357,20 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
             BatchSize::Fixed(n) => n,
             BatchSize::Auto => AUTO_BATCH_CAP,
         };
-        let opening = Instant::now();
-        let mut scorer = ScoringModel::open(model_path, &options.session, max_length, fixed)?;
-        session_seconds = opening.elapsed().as_secs_f64();
-        if options.batch_size == BatchSize::Auto {
+        let fresh = engines.scorer.is_none();
+        if fresh {
+            let opening = Instant::now();
+            engines.scorer = Some(ScoringModel::open(
+                model_path,
+                &options.session,
+                max_length,
+                fixed,
+            )?);
+            session_seconds = opening.elapsed().as_secs_f64();
+        }
+        let scorer = engines.scorer.as_mut().expect("opened above");
+        scorer.feeds = pass.feeds.clone();
+        if fresh && options.batch_size == BatchSize::Auto {
             let longest = missing
                 .iter()
                 .map(|r| (r.context.len() + r.continuation.len()).min(max_length + 1) - 1)
@@ -277,11 +413,21 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
         .iter()
         .any(|(t, _)| t.output_type == OutputType::GenerateUntil)
     {
+        if engines.generator.is_none() {
+            let base = crate::generate::GenerateOptions {
+                session: options.session.clone(),
+                tokenizer: options.tokenizer.clone(),
+                ..Default::default()
+            };
+            engines.generator = Some(crate::generate::Generator::open(model_path, &base)?);
+        }
+        let generator = engines.generator.as_mut().expect("opened above");
+        generator.set_feeds(pass.feeds.clone());
         generate_all(
-            model_path,
+            generator,
             options,
-            &tasks,
-            &tokenizer,
+            tasks,
+            tokenizer,
             prefix_token,
             max_length,
             &mut generations,
@@ -298,7 +444,7 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
     let mut task_hashes = Map::new();
     let mut samples_out = Vec::new();
     let mut task_scores: Scores = HashMap::new();
-    for (task, work) in &tasks {
+    for (task, work) in tasks {
         let metric_names: Vec<String> = task.metrics.iter().map(|m| m.name.clone()).collect();
         let mut per_metric: BTreeMap<String, Vec<Item>> = BTreeMap::new();
         let mut samples = Vec::new();
@@ -413,7 +559,7 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
     // Groups, children first.
     let mut groups = Map::new();
     let mut group_subtasks = Map::new();
-    for root in &roots {
+    for root in roots {
         aggregate(
             root,
             &mut task_scores,
@@ -466,7 +612,7 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
     out.insert("sae_onnx_version".into(), json!(env!("CARGO_PKG_VERSION")));
     let token = |id: Option<u32>| {
         id.map_or(Value::Null, |i| {
-            json!([tokenizer_token(&tokenizer, i), i.to_string()])
+            json!([tokenizer_token(tokenizer, i), i.to_string()])
         })
     };
     out.insert("tokenizer_pad_token".into(), token(Some(0)));
@@ -490,6 +636,12 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
     ] {
         out.insert(key.into(), Value::Null);
     }
+    if let Some((input, value)) = &pass.sweep {
+        out.insert(
+            "sae_onnx".into(),
+            json!({"sweep": {"input": input, "value": value}}),
+        );
+    }
     if let Some(steering) = model.metadata("sae_onnx.steering") {
         out.insert(
             "steering".into(),
@@ -499,8 +651,8 @@ pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome>
     let seconds = start.elapsed().as_secs_f64();
     out.insert("total_evaluation_time_seconds".into(), json!(seconds.to_string()));
 
-    let table = render_table(&out, &roots);
-    let results_path = match &options.output_path {
+    let table = render_table(&out, roots);
+    let results_path = match &pass.output_path {
         Some(path) => Some(output::write(path, &model_name, &out, &samples_out)?),
         None => None,
     };
@@ -701,7 +853,7 @@ fn disjoint(input: &[u32], predicted: &[u32]) -> TokenRequest {
 /// string, the decoded text cut before the first `until` string.
 #[allow(clippy::too_many_arguments)]
 fn generate_all(
-    model_path: &Path,
+    generator: &mut crate::generate::Generator,
     options: &EvalOptions,
     tasks: &[(Task, Vec<DocWork>)],
     tokenizer: &Tokenizer,
@@ -709,13 +861,12 @@ fn generate_all(
     max_length: usize,
     out: &mut HashMap<(String, usize), String>,
 ) -> Result<()> {
-    use crate::generate::{GenerateOptions, Generator};
+    use crate::generate::GenerateOptions;
     let base = GenerateOptions {
         session: options.session.clone(),
         tokenizer: options.tokenizer.clone(),
         ..Default::default()
     };
-    let mut generator = Generator::open(model_path, &base)?;
     let total: usize = tasks
         .iter()
         .filter(|(t, _)| t.output_type == OutputType::GenerateUntil)

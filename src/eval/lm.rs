@@ -16,7 +16,7 @@ use ort::value::Tensor;
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
 use crate::onnx::Model;
-use crate::runtime::{self, SessionOptions};
+use crate::runtime::{self, ScalarFeed, SessionOptions};
 
 /// One loglikelihood request, already tokenized.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -53,6 +53,8 @@ pub struct ScoringStats {
 
 pub struct ScoringModel {
     session: Session,
+    /// Fed on every run besides the token inputs (a sweep's coefficient).
+    pub feeds: Vec<ScalarFeed>,
     pub max_length: usize,
     pub batch_size: usize,
     pub pad_id: u32,
@@ -67,6 +69,7 @@ impl ScoringModel {
         let session = runtime::session_from_model(&model, options)?;
         Ok(Self {
             session,
+            feeds: Vec::new(),
             max_length,
             batch_size: batch_size.max(1),
             pad_id: 0,
@@ -233,12 +236,15 @@ impl ScoringModel {
                 }
             }
         }
-        let inputs = ort::inputs![
+        let mut inputs = ort::inputs![
             "input_ids" => Tensor::from_array(([batch, seq], ids))?,
             "attention_mask" => Tensor::from_array(([batch, seq], mask))?,
             POSITIONS => Tensor::from_array(([batch, k], positions))?,
             TARGETS => Tensor::from_array(([batch, k, c], targets))?,
         ];
+        for feed in &self.feeds {
+            inputs.push((feed.name.clone().into(), feed.tensor()?.into()));
+        }
         let outputs = self.session.run(inputs).context("running the model")?;
         let (_, logprobs) = outputs[TARGET_LOGPROBS].try_extract_tensor::<f32>()?;
         let (_, greedy) = outputs[GREEDY_TOKENS].try_extract_tensor::<i64>()?;

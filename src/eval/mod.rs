@@ -11,5 +11,6 @@ pub mod output;
 pub mod pylit;
 pub mod pyrandom;
 pub mod scoring;
+pub mod sweep;
 pub mod task;
 pub mod template;

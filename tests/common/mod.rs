@@ -91,3 +91,46 @@ pub fn assert_fields_equal(ours: &serde_json::Value, theirs: &serde_json::Value,
         assert_eq!(ours[*key], theirs[*key], "{what}: {key}");
     }
 }
+
+/// The vector and coefficient of lm-eval's `steered` goldens (tests/fixtures/lm_eval/out/steer).
+pub fn lm_eval_steer_vector() -> (Vec<f32>, f64) {
+    let steer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("lm_eval/out/steer/steer.json")).unwrap())
+            .unwrap();
+    let vector = steer["vector"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap() as f32)
+        .collect();
+    (vector, steer["coefficient"].as_f64().unwrap())
+}
+
+/// A one-latent SAELens folder (`dir/sae`) whose decoder row 0 is `vector`, at
+/// `blocks.1.hook_resid_post` (lm-eval's `layers.1`): steering latent 0 with coefficient c adds
+/// c·vector there, as lm-eval's `steered` model does with a `.pt` holding the vector.
+pub fn write_vector_sae(dir: &Path, vector: &[f32]) -> std::path::PathBuf {
+    let d = vector.len();
+    let sae = dir.join("sae");
+    std::fs::create_dir(&sae).unwrap();
+    std::fs::write(
+        sae.join("cfg.json"),
+        serde_json::json!({"d_in": d, "d_sae": 1, "architecture": "standard", "apply_b_dec_to_input": false,
+            "normalize_activations": "none", "metadata": {"sae_lens_version": "6.54.12", "hook_name": "blocks.1.hook_resid_post"}})
+        .to_string(),
+    )
+    .unwrap();
+    let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let (w_dec, w_enc, b_enc, b_dec) = (bytes(vector), bytes(vector), bytes(&[0.0]), bytes(&vec![0.0; d]));
+    fn view(shape: Vec<usize>, data: &[u8]) -> safetensors::tensor::TensorView<'_> {
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape, data).unwrap()
+    }
+    let tensors = vec![
+        ("W_dec", view(vec![1, d], &w_dec)),
+        ("W_enc", view(vec![d, 1], &w_enc)),
+        ("b_enc", view(vec![1], &b_enc)),
+        ("b_dec", view(vec![d], &b_dec)),
+    ];
+    safetensors::serialize_to_file(tensors, None, &sae.join("sae_weights.safetensors")).unwrap();
+    sae
+}
