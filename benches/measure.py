@@ -94,7 +94,7 @@ def mem_available_mib():
     return 1 << 30
 
 
-EVAL_LINE = re.compile(r"(\d+) requests in (\d+) forwards \((\d+) tokens\) in ([\d.]+)s"
+EVAL_LINE = re.compile(r"(\d+) requests in (\d+) forwards \((\d+) tokens(?:, \d+ of them from shared-prefix caches)?\) in ([\d.]+)s"
                        r"(?: \(opening the model ([\d.]+)s, scoring ([\d.]+)s\))?")
 
 

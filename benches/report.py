@@ -9,6 +9,7 @@ benches/gpu.sh (results/gpu.jsonl, gpu.numerics.txt) only. Plain Python 3.
 
 import json
 import os
+import re
 import statistics
 import sys
 
@@ -204,6 +205,45 @@ PARAMS = {
 }
 
 
+def eval5_table(recs, res_dir):
+    """benches/run.sh eval5: the 100m model 5-shot, ours on both graphs against lm-eval hf eager."""
+    print(f"### eval, 100m, 5-shot ({header(recs)})\n")
+    print("| tool | runs | max load | wall | scoring phase | tokens computed | lm-eval / this (wall) "
+          "| lm-eval / this (scoring) |")
+    print("|---|---|---|---|---|---|---|---|")
+    lm = next((r for n, r in recs.items() if n.startswith("lm-eval")), None)
+    lm_sc = None
+    if lm:
+        sc = [x["scoring"]["scoring_s"] for x in lm["runs"] if x["rc"] == 0 and "scoring" in x]
+        lm_sc = statistics.median(sc) if sc else None
+    for name, r in recs.items():
+        n, load = runs(r)
+        ok = [x for x in r["runs"] if x["rc"] == 0]
+        if name.startswith("ours"):
+            ev = [x["eval"] for x in ok if "eval" in x]
+            sc = statistics.median(e.get("scoring_s", e["seconds"]) for e in ev) if ev else None
+            computed = "-"
+            log_dir = os.path.join(res_dir, "eval5.logs")
+            for f in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
+                if f.startswith(name) and f.endswith("run1.log"):
+                    m = re.search(r"\((\d+) tokens(?:, (\d+) of them from shared-prefix caches)?\)",
+                                  open(os.path.join(log_dir, f)).read())
+                    if m:
+                        computed = str(int(m.group(1)) - int(m.group(2) or 0))
+            rw = f"{lm['median_wall_s'] / r['median_wall_s']:.1f}x" if lm and lm["ok"] and r["median_wall_s"] else "-"
+            rs = f"{lm_sc / sc:.1f}x" if lm_sc and sc else "-"
+        else:
+            sc, computed, rw, rs = lm_sc, "all", "", ""
+        label = name.replace(" bs16 5-shot", "").replace(" 100m", "")
+        print(f"| {label} | {n} | {load:.1f} | {fmt_s(r['median_wall_s'])} | {fmt_s(sc)} | {computed} | {rw} | {rs} |")
+    print()
+    num = os.path.join(res_dir, "eval5.numerics.txt")
+    if os.path.exists(num):
+        for line in open(num):
+            print(f"- {line.strip()}")
+        print()
+
+
 def gpu_table(recs, res_dir):
     """benches/gpu.sh's records: per model and dtype, sae-onnx (CUDA provider) vs lm-eval hf (eager)."""
     rate = {}
@@ -285,6 +325,9 @@ def main():
     recs = load(os.path.join(res, "eval.jsonl"))
     if recs:
         eval_table(recs, res)
+    recs = load(os.path.join(res, "eval5.jsonl"))
+    if recs:
+        eval5_table(recs, res)
     num = os.path.join(res, "eval.numerics.txt")
     if os.path.exists(num):
         print("Numerics (--log_samples, every choice's loglikelihood):\n")

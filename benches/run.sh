@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# sae-onnx benchmarks: bash benches/run.sh [export|patch|eval|sgemm|check|all]   (from anywhere)
+# sae-onnx benchmarks: bash benches/run.sh [export|patch|eval|eval5|sgemm|check|all]   (from anywhere)
 #   export  sae-onnx export vs optimum (2b shape, 2b-L6, 100m)      ~10 min
 #   patch   sae-onnx patch vs Python onnx on the 2b-shaped export   ~3 min
 #   eval    sae-onnx eval vs lm-eval hf, tiny and 100m; then sgemm  ~10 min on a quiet machine
+#   eval5   the same 100m eval 5-shot: ours on the decoding graph (shared prefixes) and the
+#           full graph vs lm-eval hf eager                           ~12 min
 #   sgemm   this machine's float32 matmul rate (the eval floor)     ~1 min
 #   check   not timed: the 2b-shaped export and a steered copy vs transformers (13 GB peak)
 #   all     all of the above, in that order
@@ -171,6 +173,35 @@ eval_section() {
     done
 }
 
+eval5_section() {  # MMLU as usually run, 5-shot: every question of a subject shares its 5 examples
+    start_section eval5
+    local ck100; ck100=$(checkpoint 100m)
+    [ -f benches/tasks/bench_mmlu.yaml ] || python3 benches/make_task.py
+    mkdir -p "$T/eval"
+    local o=$T/eval/out5 common=(--task bench_mmlu --include-path benches/tasks --num-fewshot 5 --batch-size "$EVAL_BS")
+    [ -f "$T/eval/100m.onnx" ] || "$BIN" -q export "$ck100" -o "$T/eval/100m.onnx" --force
+    [ -f "$T/eval/100m.kv.onnx" ] || "$BIN" -q export "$ck100" -o "$T/eval/100m.kv.onnx" --kv-cache --force
+    # ours on the decoding graph (each subject's 5-shot prefix computed once), then on the
+    # full-sequence graph (everything recomputed, as lm-eval does)
+    measure --out "$OUT" --name "ours eval 100m kv-cache graph bs$EVAL_BS 5-shot" --runs "$RUNS" \
+        --before "rm -rf $o/ours-kv" \
+        -- "$BIN" eval "$T/eval/100m.kv.onnx" "${common[@]}" --output-path "$o/ours-kv" --log-samples
+    measure --out "$OUT" --name "ours eval 100m full graph bs$EVAL_BS 5-shot" --runs "$RUNS" \
+        --before "rm -rf $o/ours-full" \
+        -- "$BIN" eval "$T/eval/100m.onnx" "${common[@]}" --output-path "$o/ours-full" --log-samples
+    measure --out "$OUT" --name "lm-eval hf 100m bs$EVAL_BS 5-shot eager" --runs "$RUNS" \
+        --scoring "$T/eval/scoring.json" --before "rm -rf $o/lmeval" \
+        -- "$PY" benches/lmeval_timed.py run --model hf \
+        --model_args "pretrained=$ck100,dtype=float32,attn_implementation=eager" \
+        --tasks bench_mmlu --include_path benches/tasks --num_fewshot 5 --batch_size "$EVAL_BS" --device cpu \
+        --output_path "$o/lmeval" --log_samples
+    : > "$RES/eval5.numerics.txt"
+    python3 benches/compare_samples.py "$o/ours-kv" "$o/lmeval" --name "100m 5-shot ours (kv-cache graph) vs lm-eval eager" \
+        --tol 1e-4 >> "$RES/eval5.numerics.txt" || true
+    python3 benches/compare_samples.py "$o/ours-full" "$o/lmeval" --name "100m 5-shot ours (full graph) vs lm-eval eager" \
+        --tol 1e-4 >> "$RES/eval5.numerics.txt" || true
+}
+
 check_section() {  # not a benchmark: the 2b-shaped export (and a steered copy) against transformers
     local ck2b; ck2b=$(checkpoint 2b)
     local m=$T/export/2b-f32.onnx
@@ -192,10 +223,11 @@ case "${1:-all}" in
     export) export_section ;;
     patch) patch_section ;;
     eval) rm -f "$RES/eval.numerics.txt"; eval_section; sgemm_section ;;
+    eval5) eval5_section ;;
     sgemm) sgemm_section ;;
     check) check_section ;;
     all) export_section; patch_section; check_section; rm -f "$RES/eval.numerics.txt"; eval_section; sgemm_section ;;
-    *) echo "usage: benches/run.sh [export|patch|eval|sgemm|check|all]" >&2; exit 2 ;;
+    *) echo "usage: benches/run.sh [export|patch|eval|eval5|sgemm|check|all]" >&2; exit 2 ;;
 esac
 python3 benches/report.py "$RES"
 }

@@ -581,8 +581,12 @@ impl Cli {
         let outcome = evaluator::evaluate(model, &options)?;
         print_or_closed(&outcome.table)?;
         let rate = outcome.stats.requests as f64 / outcome.seconds.max(1e-9);
+        let shared = match outcome.stats.shared_prefix_tokens {
+            0 => String::new(),
+            n => format!(", {n} of them from shared-prefix caches"),
+        };
         eprintln!(
-            "{} requests in {} forwards ({} tokens) in {:.1}s (opening the model {:.1}s, scoring {:.2}s): \
+            "{} requests in {} forwards ({} tokens{shared}) in {:.1}s (opening the model {:.1}s, scoring {:.2}s): \
              {rate:.1} requests/s",
             outcome.stats.requests,
             outcome.stats.forwards,
@@ -593,6 +597,14 @@ impl Cli {
         );
         if let Some(path) = outcome.results_path {
             eprintln!("results written to {}", path.display());
+        }
+        let shareable = outcome.stats.shareable_prefix_tokens;
+        if shareable * 4 > outcome.stats.tokens {
+            eprintln!(
+                "hint: {shareable} of the {} tokens are prefixes shared by several requests (few-shot examples); \
+                 a decoding graph (`sae-onnx export --kv-cache`, patched the same way) computes each once",
+                outcome.stats.tokens
+            );
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use crate::eval::lm::ScoringModel;
 use crate::eval::pyrandom::PyRandom;
 use crate::export::gemma::{past_name, present_name};
 use crate::export::meta;
-use crate::onnx::{DataType, Model};
+use crate::onnx::Model;
 use crate::runtime::{Device, ScalarFeed, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
@@ -72,10 +72,7 @@ struct KvCache {
     cache_memory: ort::memory::MemoryInfo<'static>,
     /// Fed on every step besides tokens, mask and cache (a sweep's coefficient).
     feeds: Vec<ScalarFeed>,
-    layers: usize,
-    kv_heads: usize,
-    head_dim: usize,
-    dtype: DataType,
+    layout: crate::kv_cache::CacheLayout,
 }
 
 /// A model opened for generation, with its tokenizer.
@@ -94,39 +91,12 @@ impl Generator {
             .metadata(meta::VOCAB_SIZE)
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| tokenizer.vocab_size());
-        let backend = if model
-            .graph()
-            .input
-            .iter()
-            .any(|i| i.name() == past_name(0, "key"))
-        {
-            let dims = input_dims(&model, &past_name(0, "key"))?;
-            let dtype = input_dtype(&model, &past_name(0, "key"));
-            let layers = (0..)
-                .take_while(|&l| {
-                    model
-                        .graph()
-                        .input
-                        .iter()
-                        .any(|i| i.name() == past_name(l, "key"))
-                })
-                .count();
+        let backend = if let Some(layout) = crate::kv_cache::CacheLayout::of(&model)? {
             Backend::Cache(KvCache {
                 session: crate::runtime::session(path, &options.session)?,
                 cache_memory: crate::runtime::memory_info(options.session.device)?,
                 feeds: Vec::new(),
-                layers,
-                kv_heads: dims
-                    .get(1)
-                    .copied()
-                    .flatten()
-                    .context("the cache's head count is not fixed")?,
-                head_dim: dims
-                    .get(3)
-                    .copied()
-                    .flatten()
-                    .context("the cache's head size is not fixed")?,
-                dtype,
+                layout,
             })
         } else {
             let max_length = model
@@ -353,22 +323,7 @@ impl KvCache {
         let batch = rows.len();
         let past = match past {
             Some(values) => values,
-            None => {
-                let shape = [batch, self.kv_heads, 0, self.head_dim];
-                (0..2 * self.layers)
-                    .map(|_| -> Result<ort::value::DynValue> {
-                        Ok(match self.dtype {
-                            DataType::Float16 => {
-                                Tensor::from_array((shape, Vec::<half::f16>::new()))?.into_dyn()
-                            }
-                            DataType::Bfloat16 => {
-                                Tensor::from_array((shape, Vec::<half::bf16>::new()))?.into_dyn()
-                            }
-                            _ => Tensor::from_array((shape, Vec::<f32>::new()))?.into_dyn(),
-                        })
-                    })
-                    .collect::<Result<_>>()?
-            }
+            None => self.layout.empty(batch)?,
         };
         let width = rows[0].len();
         let ids: Vec<i64> = rows
@@ -381,7 +336,7 @@ impl KvCache {
         binding.bind_input("input_ids", &Tensor::from_array(([batch, width], ids))?)?;
         binding.bind_input("attention_mask", &Tensor::from_array(([batch, total], mask))?)?;
         let mut past = past.into_iter();
-        for layer in 0..self.layers {
+        for layer in 0..self.layout.layers {
             for kind in ["key", "value"] {
                 let value = past.next().context("cache entries are missing")?;
                 binding.bind_input(past_name(layer, kind), &value)?;
@@ -404,8 +359,8 @@ impl KvCache {
                 logits[end - vocab..end].to_vec()
             })
             .collect();
-        let mut presents = Vec::with_capacity(2 * self.layers);
-        for layer in 0..self.layers {
+        let mut presents = Vec::with_capacity(2 * self.layout.layers);
+        for layer in 0..self.layout.layers {
             for kind in ["key", "value"] {
                 presents.push(
                     outputs
@@ -422,46 +377,6 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln() as f32 + max;
     logits.iter().map(|&x| x - log_sum).collect()
-}
-
-/// Fixed sizes of an input's dimensions (`None` for symbolic ones).
-fn input_dims(model: &Model, name: &str) -> Result<Vec<Option<usize>>> {
-    use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto};
-    let input = model
-        .graph()
-        .input
-        .iter()
-        .find(|i| i.name() == name)
-        .context("no such input")?;
-    let Some(type_proto::Value::TensorType(t)) = input.r#type.as_ref().and_then(|t| t.value.as_ref()) else {
-        bail!("input {name} is not a tensor");
-    };
-    Ok(t.shape
-        .as_ref()
-        .map(|s| {
-            s.dim
-                .iter()
-                .map(|d| match d.value {
-                    Some(dimension::Value::DimValue(v)) => Some(v as usize),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-fn input_dtype(model: &Model, name: &str) -> DataType {
-    use crate::onnx::pb::type_proto;
-    model
-        .graph()
-        .input
-        .iter()
-        .find(|i| i.name() == name)
-        .and_then(|i| match i.r#type.as_ref()?.value.as_ref()? {
-            type_proto::Value::TensorType(t) => DataType::try_from(t.elem_type()).ok(),
-            _ => None,
-        })
-        .unwrap_or(DataType::Float)
 }
 
 /// The next token: argmax when greedy; else a draw from the temperature-scaled distribution

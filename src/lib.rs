@@ -11,6 +11,7 @@ pub mod generate;
 pub mod hook;
 pub mod hub;
 pub mod inspect;
+pub mod kv_cache;
 pub mod onnx;
 pub mod paths;
 pub mod progress;

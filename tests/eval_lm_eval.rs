@@ -40,7 +40,7 @@ fn check_model_run(
     num_fewshot: usize,
     seed: u64,
     samples_tasks: &[&str],
-) {
+) -> sae_onnx::eval::lm::ScoringStats {
     let model = model.to_path_buf();
     let output = tmp.join("out");
     let options = EvalOptions {
@@ -162,6 +162,7 @@ fn check_model_run(
             }
         }
     }
+    outcome.stats
 }
 
 #[test]
@@ -240,6 +241,32 @@ fn mmlu_format_group_aggregates_like_lm_eval() {
         1234,
         &subjects,
     );
+}
+
+/// A decoding graph (`export --kv-cache`) computes each subject's shared few-shot prefix once
+/// (MMLU's first_n sampler gives every question of a subject the same examples) and still gives
+/// lm-eval's answers: Gemma 2's softcap and Gemma 3's sliding windows and q/k norms through the
+/// cache path.
+#[test]
+fn decoding_graphs_compute_shared_prefixes_once_and_match_lm_eval() {
+    let subjects = ["tiny_mmlu_format_animals", "tiny_mmlu_format_numbers"];
+    for arch in ["gemma2", "gemma3"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let model = tmp.path().join(format!("{arch}.kv.onnx"));
+        let options = ExportOptions {
+            kv_cache: true,
+            ..Default::default()
+        };
+        export::export(&format!("tests/fixtures/gemma/{arch}"), &model, &options).unwrap();
+        let run = format!("{arch}_tiny_mmlu_format_1shot");
+        let stats = check_model_run(&model, tmp.path(), &run, "tiny_mmlu_format", 1, 1234, &subjects);
+        assert!(
+            stats.shared_prefix_tokens > stats.tokens / 4,
+            "{arch}: {} of {} tokens came from shared prefixes",
+            stats.shared_prefix_tokens,
+            stats.tokens
+        );
+    }
 }
 
 #[test]

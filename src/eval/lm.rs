@@ -5,16 +5,20 @@
 //!
 //! Requests are grouped by the exact token sequence the model reads, so all requests sharing a
 //! context with one-token continuations (MMLU's A/B/C/D) cost one forward; groups are batched by
-//! length, right-padded.
+//! length, right-padded. On a decoding graph (`export --kv-cache`), sequences that share a long
+//! prefix (MMLU's k-shot block: the same for every question of a subject) compute it once: the
+//! prefix's key/value cache is computed once and repeated for each batch of their suffixes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use ort::session::Session;
-use ort::value::Tensor;
+use ort::value::{DynValue, Tensor};
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
+use crate::export::gemma::{past_name, present_name};
+use crate::kv_cache::CacheLayout;
 use crate::onnx::Model;
 use crate::runtime::{self, ScalarFeed, SessionOptions};
 
@@ -48,11 +52,28 @@ struct Unit {
 pub struct ScoringStats {
     pub requests: usize,
     pub forwards: usize,
+    /// Tokens the model reads (each sequence's length, as if computed whole).
     pub tokens: usize,
+    /// Of those, tokens not recomputed: shared prefixes answered from their cache.
+    pub shared_prefix_tokens: usize,
+    /// On a full-sequence graph: the tokens a decoding graph would not have recomputed.
+    pub shareable_prefix_tokens: usize,
+}
+
+/// A shared prefix shorter than this is recomputed with each sequence: repeating its cache for a
+/// batch would cost about what it saves.
+const MIN_SHARED_PREFIX: usize = 32;
+
+/// Sequences whose first `len` tokens are the same (`len` 0: computed whole), longest first.
+struct PrefixGroup {
+    len: usize,
+    units: Vec<usize>,
 }
 
 pub struct ScoringModel {
     session: Session,
+    /// The cache layout of a decoding graph, which lets shared prefixes be computed once.
+    cache: Option<CacheLayout>,
     /// Fed on every run besides the token inputs (a sweep's coefficient).
     pub feeds: Vec<ScalarFeed>,
     pub max_length: usize,
@@ -64,11 +85,13 @@ impl ScoringModel {
     /// Opens `path`, rewrites its LM head into the scoring form in memory, and starts a session.
     pub fn open(path: &Path, options: &SessionOptions, max_length: usize, batch_size: usize) -> Result<Self> {
         let mut model = Model::load(path)?;
+        let cache = CacheLayout::of(&model)?;
         scoring::add_scoring_head(&mut model, "logits")
             .with_context(|| format!("preparing '{}' for scoring", path.display()))?;
         let session = runtime::session_from_model(&model, options)?;
         Ok(Self {
             session,
+            cache,
             feeds: Vec::new(),
             max_length,
             batch_size: batch_size.max(1),
@@ -132,43 +155,93 @@ impl ScoringModel {
             requests_of_unit[*unit].push(i);
         }
 
-        // Longest first, as lm-eval orders them (so an out-of-memory shows at the start).
-        let mut order: Vec<usize> = (0..units.len()).collect();
-        order.sort_by_key(|&u| std::cmp::Reverse(units[u].input.len()));
-        let mut answers: Vec<Option<Loglikelihood>> = vec![None; requests.len()];
         let mut stats = ScoringStats {
             requests: requests.len(),
             forwards: units.len(),
-            tokens: 0,
+            ..Default::default()
         };
-        for batch in order.chunks(self.batch_size) {
-            let scored = self.run_batch(batch.iter().map(|&u| &units[u]).collect())?;
-            let mut finished = Vec::new();
-            for (&u, unit_results) in batch.iter().zip(scored) {
-                stats.tokens += units[u].input.len();
-                for &i in &requests_of_unit[u] {
-                    let mut logprob = 0.0f32;
-                    let mut is_greedy = true;
-                    for key in &plan[i].1 {
-                        let (lp, greedy) = unit_results[key];
-                        logprob += lp;
-                        is_greedy &= greedy;
-                    }
-                    let answer = Loglikelihood {
-                        logprob: f64::from(logprob),
-                        is_greedy,
-                    };
-                    answers[i] = Some(answer);
-                    finished.push((&requests[i], answer));
+        let groups = if self.cache.is_some() {
+            prefix_groups(&units)
+        } else {
+            stats.shareable_prefix_tokens = prefix_groups(&units)
+                .iter()
+                .map(|g| g.len * g.units.len().saturating_sub(1))
+                .sum();
+            vec![PrefixGroup {
+                len: 0,
+                units: longest_first(&units, (0..units.len()).collect()),
+            }]
+        };
+        let mut answers: Vec<Option<Loglikelihood>> = vec![None; requests.len()];
+        for group in &groups {
+            let prefix = match group.len {
+                0 => None,
+                len => Some(self.prefix_cache(&units[group.units[0]].input[..len])?),
+            };
+            for batch in group.units.chunks(self.batch_size) {
+                let scored = self.run_batch(
+                    batch.iter().map(|&u| &units[u]).collect(),
+                    prefix.as_ref().map(|kv| (kv.as_slice(), group.len)),
+                )?;
+                stats.shared_prefix_tokens += group.len
+                    * batch
+                        .len()
+                        .saturating_sub(usize::from(batch[0] == group.units[0]));
+                for &u in batch {
+                    stats.tokens += units[u].input.len();
                 }
+                let mut finished = Vec::new();
+                for (&u, unit_results) in batch.iter().zip(scored) {
+                    for &i in &requests_of_unit[u] {
+                        let mut logprob = 0.0f32;
+                        let mut is_greedy = true;
+                        for key in &plan[i].1 {
+                            let (lp, greedy) = unit_results[key];
+                            logprob += lp;
+                            is_greedy &= greedy;
+                        }
+                        let answer = Loglikelihood {
+                            logprob: f64::from(logprob),
+                            is_greedy,
+                        };
+                        answers[i] = Some(answer);
+                        finished.push((&requests[i], answer));
+                    }
+                }
+                on_batch(finished.len(), &finished)?;
             }
-            on_batch(finished.len(), &finished)?;
         }
         let answers = answers
             .into_iter()
             .map(|a| a.expect("every unit was scored"))
             .collect();
         Ok((answers, stats))
+    }
+
+    /// The cache of one sequence's first tokens, to repeat under each batch of suffixes.
+    fn prefix_cache(&mut self, prefix: &[u32]) -> Result<Vec<DynValue>> {
+        let layout = self.cache.expect("prefixes are shared on decoding graphs only");
+        let n = prefix.len();
+        let mut inputs = ort::inputs![
+            "input_ids" => Tensor::from_array(([1, n], prefix.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()))?,
+            "attention_mask" => Tensor::from_array(([1, n], vec![1i64; n]))?,
+            POSITIONS => Tensor::from_array(([1, 1], vec![0i64]))?,
+            TARGETS => Tensor::from_array(([1, 1, 1], vec![0i64]))?,
+        ];
+        for (k, value) in layout.empty(1)?.into_iter().enumerate() {
+            inputs.push((past_name(k / 2, KINDS[k % 2]).into(), value.into()));
+        }
+        for feed in &self.feeds {
+            inputs.push((feed.name.clone().into(), feed.tensor()?.into()));
+        }
+        let mut outputs = self.session.run(inputs).context("computing a shared prefix")?;
+        (0..2 * layout.layers)
+            .map(|k| {
+                outputs
+                    .remove(present_name(k / 2, KINDS[k % 2]))
+                    .context("the decoding graph has no present output")
+            })
+            .collect()
     }
 
     /// The next-token log-probabilities after each sequence (all `vocab` of them), in one
@@ -182,7 +255,7 @@ impl ScoringModel {
                 candidates: BTreeMap::from([(s.len() - 1, all.clone())]),
             })
             .collect();
-        let scored = self.run_batch(units.iter().collect())?;
+        let scored = self.run_batch(units.iter().collect(), None)?;
         Ok(scored
             .into_iter()
             .zip(sequences)
@@ -199,7 +272,7 @@ impl ScoringModel {
         };
         let mut size = cap.max(1);
         loop {
-            match self.run_batch(vec![&probe; size]) {
+            match self.run_batch(vec![&probe; size], None) {
                 Ok(_) => return Ok(size),
                 Err(err) if size > 1 => {
                     tracing::debug!("batch {size} failed ({err:#}); halving");
@@ -211,9 +284,16 @@ impl ScoringModel {
     }
 
     /// One forward over `units`; returns, per unit, (position, token) -> (log-prob, token is argmax).
-    fn run_batch(&mut self, units: Vec<&Unit>) -> Result<Vec<UnitScores>> {
+    /// With `prefix` (a one-sequence cache and its length), every unit starts with those tokens:
+    /// only the rest is fed, after the cache repeated for the batch.
+    fn run_batch(
+        &mut self,
+        units: Vec<&Unit>,
+        prefix: Option<(&[DynValue], usize)>,
+    ) -> Result<Vec<UnitScores>> {
         let batch = units.len();
-        let seq = units.iter().map(|u| u.input.len()).max().unwrap_or(1);
+        let skip = prefix.map_or(0, |(_, len)| len);
+        let seq = units.iter().map(|u| u.input.len() - skip).max().unwrap_or(1);
         let k = units.iter().map(|u| u.candidates.len()).max().unwrap_or(1);
         let c = units
             .iter()
@@ -225,23 +305,37 @@ impl ScoringModel {
         let mut positions = vec![0i64; batch * k];
         let mut targets = vec![0i64; batch * k * c];
         for (b, unit) in units.iter().enumerate() {
-            for (t, &token) in unit.input.iter().enumerate() {
+            for (t, &token) in unit.input[skip..].iter().enumerate() {
                 ids[b * seq + t] = i64::from(token);
                 mask[b * seq + t] = 1;
             }
             for (j, (&position, candidates)) in unit.candidates.iter().enumerate() {
-                positions[b * k + j] = position as i64;
+                positions[b * k + j] = (position - skip) as i64;
                 for (m, &token) in candidates.iter().enumerate() {
                     targets[(b * k + j) * c + m] = i64::from(token);
                 }
             }
         }
+        // The mask covers the cached prefix too: the graph takes positions from its running sum.
+        let mask: Vec<i64> = mask
+            .chunks(seq)
+            .flat_map(|row| std::iter::repeat_n(1, skip).chain(row.iter().copied()))
+            .collect();
         let mut inputs = ort::inputs![
             "input_ids" => Tensor::from_array(([batch, seq], ids))?,
-            "attention_mask" => Tensor::from_array(([batch, seq], mask))?,
+            "attention_mask" => Tensor::from_array(([batch, skip + seq], mask))?,
             POSITIONS => Tensor::from_array(([batch, k], positions))?,
             TARGETS => Tensor::from_array(([batch, k, c], targets))?,
         ];
+        if let Some(layout) = self.cache {
+            let past = match prefix {
+                Some((kv, _)) => layout.repeat(kv, batch)?,
+                None => layout.empty(batch)?,
+            };
+            for (n, value) in past.into_iter().enumerate() {
+                inputs.push((past_name(n / 2, KINDS[n % 2]).into(), value.into()));
+            }
+        }
         for feed in &self.feeds {
             inputs.push((feed.name.clone().into(), feed.tensor()?.into()));
         }
@@ -266,4 +360,62 @@ impl ScoringModel {
         }
         Ok(results)
     }
+}
+
+/// A cache input's two kinds, in the graph's order per layer.
+const KINDS: [&str; 2] = ["key", "value"];
+
+/// `units` by decreasing length, as lm-eval orders requests (an out-of-memory shows at the start).
+fn longest_first(units: &[Unit], mut order: Vec<usize>) -> Vec<usize> {
+    order.sort_by_key(|&u| std::cmp::Reverse(units[u].input.len()));
+    order
+}
+
+/// Groups the units that share a prefix of at least [`MIN_SHARED_PREFIX`] tokens, ending before
+/// their first scored position (whose logits must come from the suffix). Units in sorted order
+/// that share a prefix are neighbours: a group grows while the prefix it shares stays that long.
+/// The units that share none come last, in a group of length 0.
+fn prefix_groups(units: &[Unit]) -> Vec<PrefixGroup> {
+    let first_scored = |u: &Unit| u.candidates.keys().next().copied().unwrap_or(0);
+    let mut sorted: Vec<usize> = (0..units.len()).collect();
+    sorted.sort_by(|&a, &b| units[a].input.cmp(&units[b].input));
+    let mut groups = Vec::new();
+    let mut alone = Vec::new();
+    let mut start = 0;
+    while start < sorted.len() {
+        let head = &units[sorted[start]];
+        let mut len = first_scored(head);
+        let mut end = start + 1;
+        while end < sorted.len() {
+            let next = &units[sorted[end]];
+            let common = head
+                .input
+                .iter()
+                .zip(&next.input)
+                .take_while(|(a, b)| a == b)
+                .count();
+            let shared = len.min(common).min(first_scored(next));
+            if shared < MIN_SHARED_PREFIX {
+                break;
+            }
+            len = shared;
+            end += 1;
+        }
+        if end - start >= 2 {
+            groups.push(PrefixGroup {
+                len,
+                units: longest_first(units, sorted[start..end].to_vec()),
+            });
+        } else {
+            alone.push(sorted[start]);
+        }
+        start = end;
+    }
+    if !alone.is_empty() {
+        groups.push(PrefixGroup {
+            len: 0,
+            units: longest_first(units, alone),
+        });
+    }
+    groups
 }
