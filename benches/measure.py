@@ -94,8 +94,8 @@ def mem_available_mib():
     return 1 << 30
 
 
-EVAL_LINE = re.compile(r"(\d+) requests in (\d+) forwards \((\d+) tokens(?:, \d+ of them from shared-prefix caches)?\) in ([\d.]+)s"
-                       r"(?: \(opening the model ([\d.]+)s, scoring ([\d.]+)s\))?")
+EVAL_LINE = re.compile(r"(\d+) requests in (\d+) forwards \((\d+) tokens(?:, (\d+) of them from shared-prefix caches)?\) "
+                       r"in ([\d.]+)s(?: \(opening the model ([\d.]+)s, scoring ([\d.]+)s\))?")
 
 
 def main():
@@ -168,10 +168,12 @@ def main():
         m = EVAL_LINE.search(text)
         if m:
             r["eval"] = {"requests": int(m.group(1)), "forwards": int(m.group(2)),
-                         "tokens": int(m.group(3)), "seconds": float(m.group(4))}
-            if m.group(5):
-                r["eval"]["session_s"] = float(m.group(5))
-                r["eval"]["scoring_s"] = float(m.group(6))
+                         "tokens": int(m.group(3)), "seconds": float(m.group(5))}
+            if m.group(4):
+                r["eval"]["shared_prefix_tokens"] = int(m.group(4))
+            if m.group(6):
+                r["eval"]["session_s"] = float(m.group(6))
+                r["eval"]["scoring_s"] = float(m.group(7))
         if a.scoring and os.path.exists(a.scoring):
             with open(a.scoring) as f:
                 r["scoring"] = json.load(f)

@@ -223,6 +223,8 @@ def eval5_table(recs, res_dir):
             ev = [x["eval"] for x in ok if "eval" in x]
             sc = statistics.median(e.get("scoring_s", e["seconds"]) for e in ev) if ev else None
             computed = "-"
+            if ev and ("shared_prefix_tokens" in ev[0] or "kv-cache" not in name):
+                computed = str(ev[0]["tokens"] - ev[0].get("shared_prefix_tokens", 0))
             log_dir = os.path.join(res_dir, "eval5.logs")
             for f in sorted(os.listdir(log_dir)) if os.path.isdir(log_dir) else []:
                 if f.startswith(name) and f.endswith("run1.log"):
