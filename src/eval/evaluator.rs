@@ -651,7 +651,7 @@ fn run_pass(
     let seconds = start.elapsed().as_secs_f64();
     out.insert("total_evaluation_time_seconds".into(), json!(seconds.to_string()));
 
-    let table = render_table(&out, roots);
+    let table = super::table::render(&out);
     let results_path = match &pass.output_path {
         Some(path) => Some(output::write(path, &model_name, &out, &samples_out)?),
         None => None,
@@ -1367,76 +1367,6 @@ fn aggregate(
     scores.insert(name.clone(), (group_scores, total));
     results.insert(name.clone(), Value::Object(ordered.clone()));
     groups.insert(name.clone(), Value::Object(ordered));
-}
-
-/// lm-eval's summary table (markdown), tasks indented under their groups.
-fn render_table(out: &Map<String, Value>, roots: &[Node]) -> String {
-    let mut rows = vec![
-        "|Tasks|Version|Filter|n-shot|Metric| |Value| |Stderr|".to_owned(),
-        "|-----|-------|------|-----:|------|-|----:|-|-----:|".to_owned(),
-    ];
-    fn walk(node: &Node, depth: usize, out: &Map<String, Value>, rows: &mut Vec<String>) {
-        let name = match node {
-            Node::Task { name } | Node::Group { name, .. } => name,
-        };
-        if let Some(Value::Object(entry)) = out["results"].get(name) {
-            let alias = entry.get("alias").and_then(Value::as_str).unwrap_or(name);
-            let indent = if depth == 0 {
-                String::new()
-            } else {
-                format!("{} - ", " ".repeat(depth - 1))
-            };
-            let version = out["versions"]
-                .get(name)
-                .map(super::task::value_text)
-                .unwrap_or_default();
-            let shots = out["n-shot"].get(name).map(Value::to_string).unwrap_or_default();
-            let mut first = true;
-            for (key, value) in entry {
-                let Some((metric, filter)) = key.split_once(',') else {
-                    continue;
-                };
-                if metric.ends_with("_stderr") {
-                    continue;
-                }
-                let stderr = entry.get(&format!("{metric}_stderr,{filter}"));
-                let arrow = match out["higher_is_better"]
-                    .get(name)
-                    .and_then(|h| h.get(metric))
-                    .and_then(Value::as_bool)
-                {
-                    Some(true) => "↑",
-                    Some(false) => "↓",
-                    None => " ",
-                };
-                let fmt = |v: Option<&Value>| match v {
-                    Some(Value::Number(n)) => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
-                    Some(other) => super::task::value_text(other),
-                    None => String::new(),
-                };
-                let (t, v, f, s) = if first {
-                    (format!("{indent}{alias}"), version.clone(), filter, shots.clone())
-                } else {
-                    (String::new(), String::new(), filter, String::new())
-                };
-                rows.push(format!(
-                    "|{t}|{v:>7}|{f}|{s:>6}|{metric}|{arrow}|{}|±|{}|",
-                    fmt(Some(value)),
-                    fmt(stderr)
-                ));
-                first = false;
-            }
-        }
-        if let Node::Group { children, .. } = node {
-            for child in children {
-                walk(child, depth + 1, out, rows);
-            }
-        }
-    }
-    for root in roots {
-        walk(root, 0, out, &mut rows);
-    }
-    rows.join("\n") + "\n"
 }
 
 /// Answered requests in a JSON-lines file, appended as batches finish, so an interrupted run

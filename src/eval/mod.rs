@@ -12,5 +12,6 @@ pub mod pylit;
 pub mod pyrandom;
 pub mod scoring;
 pub mod sweep;
+pub mod table;
 pub mod task;
 pub mod template;
