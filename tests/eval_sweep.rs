@@ -47,24 +47,8 @@ fn sweepable_steered_model(dir: &Path) -> PathBuf {
     steered
 }
 
-/// lm-eval's samples of `task` in one of the golden runs, by doc_id.
-fn golden_samples(run: &str, task: &str) -> Vec<Value> {
-    let dir = common::fixture(&format!("compare/lm_eval/{run}/tests__fixtures__gemma__gemma2"));
-    let file = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            let name = p.file_name().unwrap().to_string_lossy();
-            name.starts_with(&format!("samples_{task}_2"))
-        })
-        .unwrap_or_else(|| panic!("no samples of {task} in {}", dir.display()));
-    let mut samples = common::read_jsonl(&file);
-    samples.sort_by_key(|s| s["doc_id"].as_u64());
-    samples
-}
-
-fn our_samples(results: &Path, task: &str) -> Vec<Value> {
-    let dir = results.parent().unwrap();
+/// The samples of `task` in an output folder (lm-eval's or ours), by doc_id.
+fn samples_in(dir: &Path, task: &str) -> Vec<Value> {
     let file = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -72,7 +56,7 @@ fn our_samples(results: &Path, task: &str) -> Vec<Value> {
             let name = p.file_name().unwrap().to_string_lossy();
             name.starts_with(&format!("samples_{task}_2"))
         })
-        .unwrap_or_else(|| panic!("no samples of {task} beside {}", results.display()));
+        .unwrap_or_else(|| panic!("no samples of {task} in {}", dir.display()));
     let mut samples = common::read_jsonl(&file);
     samples.sort_by_key(|s| s["doc_id"].as_u64());
     samples
@@ -155,7 +139,12 @@ fn a_sweep_equals_lm_eval_steered_at_each_coefficient() {
         assert_eq!(written["sae_onnx"]["sweep"]["value"].as_f64(), Some(point.value));
         for task in TASKS {
             let what = format!("{task} at {}", point.value);
-            assert_samples_close(&our_samples(results, task), &golden_samples(run, task), &what);
+            let golden = common::fixture(&format!("compare/lm_eval/{run}/tests__fixtures__gemma__gemma2"));
+            assert_samples_close(
+                &samples_in(results.parent().unwrap(), task),
+                &samples_in(&golden, task),
+                &what,
+            );
         }
         // One answers cache per value, so a resumed sweep never mixes coefficients.
         assert!(

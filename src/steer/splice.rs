@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use super::locate::{HookSite, locate};
 use super::plan::{PlanField, SteerAction, SteeringPlan};
-use super::sweep::{COEFFICIENT_INPUTS, CoefficientRecord, coefficient_input_name};
+use super::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
 use crate::export::meta;
 use crate::hook::{HookPoint, Site};
 use crate::hub::Hub;
@@ -351,7 +351,7 @@ pub fn splice(
     } else {
         0
     };
-    let mut coefficient_records: Vec<CoefficientRecord> = match model.metadata(COEFFICIENT_INPUTS) {
+    let mut coefficient_records: Vec<CoefficientInput> = match model.metadata(COEFFICIENT_INPUTS) {
         Some(text) => serde_json::from_str(text)
             .with_context(|| format!("the model's {COEFFICIENT_INPUTS} metadata is not valid"))?,
         None => Vec::new(),
@@ -466,13 +466,15 @@ pub fn splice(
         .context("ordering the patched graph")?;
     if options.sweepable {
         let patch = steering_patches(model).len();
-        let mut added: Vec<CoefficientRecord> = hooks
+        let mut added: Vec<CoefficientInput> = hooks
             .iter()
             .flat_map(|hs| {
                 hs.rows.iter().map(move |&i| {
                     let row = &plan.rows[i];
-                    CoefficientRecord {
+                    CoefficientInput {
                         input: coefficient_input_name(first_input + i),
+                        // Not recorded: the graph input states it.
+                        dtype: crate::onnx::DataType::Undefined,
                         patch,
                         row: i,
                         line: row.line,

@@ -22,29 +22,14 @@ pub fn coefficient_input_name(k: usize) -> String {
     format!("steer.coeff.{k}")
 }
 
-/// One coefficient input as the metadata records it.
+/// A coefficient input of a sweepable steered model, as the metadata records it (all but the
+/// element type, which the graph input itself states).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct CoefficientRecord {
-    pub input: String,
-    /// Index of the patch in `sae_onnx.steering` that added it.
-    pub patch: usize,
-    /// The row's index in its plan (0-based, plan order).
-    pub row: usize,
-    /// The row's line in its CSV file.
-    pub line: usize,
-    pub latent: usize,
-    pub action: String,
-    pub hook: String,
-    /// The plan's coefficient: what the input holds when it is not fed.
-    pub default: f64,
-}
-
-/// A coefficient input of a sweepable steered model.
-#[derive(Debug, Clone, PartialEq)]
 pub struct CoefficientInput {
     /// The graph input's name, `steer.coeff.<k>`.
     pub input: String,
     /// Element type to feed (the hook's: float32, float16 or bfloat16); a scalar, shape `[]`.
+    #[serde(skip, default = "undefined")]
     pub dtype: DataType,
     /// Which patch (index into `sae_onnx.steering`) and which row of its plan (0-based; `line`
     /// is its line in the CSV file).
@@ -70,7 +55,7 @@ pub fn coefficient_inputs(model: &ModelProto) -> Result<Vec<CoefficientInput>> {
     else {
         return Ok(Vec::new());
     };
-    let records: Vec<CoefficientRecord> = serde_json::from_str(entry.value())
+    let records: Vec<CoefficientInput> = serde_json::from_str(entry.value())
         .with_context(|| format!("the model's {COEFFICIENT_INPUTS} metadata is not valid"))?;
     let graph = model.graph.as_ref().context("the model has no graph")?;
     records
@@ -87,17 +72,11 @@ pub fn coefficient_inputs(model: &ModelProto) -> Result<Vec<CoefficientInput>> {
                 _ => None,
             }
             .with_context(|| format!("coefficient input '{}' has no tensor element type", r.input))?;
-            Ok(CoefficientInput {
-                input: r.input,
-                dtype,
-                patch: r.patch,
-                row: r.row,
-                line: r.line,
-                latent: r.latent,
-                action: r.action,
-                hook: r.hook,
-                default: r.default,
-            })
+            Ok(CoefficientInput { dtype, ..r })
         })
         .collect()
+}
+
+fn undefined() -> DataType {
+    DataType::Undefined
 }
