@@ -1,12 +1,13 @@
 //! The key/value cache of a decoding graph (`export --kv-cache`: `past_key_values.{L}.key/value`
 //! in, `present.{L}.key/value` out, `[batch, kv_heads, tokens, head_dim]`): its layout read from
-//! the graph's inputs, and cache tensors built to match (empty, or one sequence's cache repeated
-//! for a batch).
+//! the graph's inputs, empty caches to start from, and the rewrite that lets one sequence's cache
+//! serve a batch.
 
 use anyhow::{Context, Result, bail};
 use ort::value::{DynValue, Tensor};
 
 use crate::export::gemma::past_name;
+use crate::onnx::make::{make_node, make_tensor_i64};
 use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto};
 use crate::onnx::{DataType, Model};
 
@@ -73,32 +74,54 @@ impl CacheLayout {
             })
             .collect()
     }
+}
 
-    /// One sequence's cache (`[1, heads, tokens, head_dim]` each) repeated for `batch` sequences.
-    pub fn repeat(&self, single: &[DynValue], batch: usize) -> Result<Vec<DynValue>> {
-        fn tile<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
-            value: &DynValue,
-            batch: usize,
-        ) -> Result<DynValue> {
-            let (shape, data) = value.try_extract_tensor::<T>()?;
-            if shape.first() != Some(&1) {
-                bail!("a cache to repeat holds one sequence, not {shape:?}");
+/// Lets a decoding graph take one sequence's cache for a whole batch: inside the graph each cache
+/// input is broadcast (Expand) to the batch of `input_ids`, so a shared prefix's cache is fed as
+/// computed, once, and stays where it is (on the GPU with CUDA) whatever the batch. A cache
+/// already the batch's size passes through unchanged.
+pub fn broadcast_cache_inputs(model: &mut Model, layout: &CacheLayout) -> Result<()> {
+    let graph = model.graph_mut();
+    let name = |s: &str| format!("/cache_broadcast/{s}");
+    let shape = name("shape");
+    graph.initializer.push(make_tensor_i64(&name("zero"), &[1], &[0]));
+    graph.initializer.push(make_tensor_i64(&name("one"), &[1], &[1]));
+    graph
+        .initializer
+        .push(make_tensor_i64(&name("ones"), &[3], &[1, 1, 1]));
+    let ids_shape = name("ids_shape");
+    let batch = name("batch");
+    let nodes = vec![
+        make_node("Shape", &["input_ids"], &[&ids_shape], name("Shape")),
+        make_node(
+            "Slice",
+            &[&ids_shape, &name("zero"), &name("one")],
+            &[&batch],
+            name("Slice"),
+        ),
+        make_node("Concat", &[&batch, &name("ones")], &[&shape], name("Concat")).with_attr("axis", 0i64),
+    ];
+    graph.node.splice(0..0, nodes);
+    for layer in 0..layout.layers {
+        for kind in ["key", "value"] {
+            let past = past_name(layer, kind);
+            let expanded = name(&past);
+            let expand = make_node(
+                "Expand",
+                &[&past, &shape],
+                &[&expanded],
+                name(&format!("Expand_{past}")),
+            );
+            graph.insert_after(&past, vec![expand], &expanded)?;
+            // Its batch is no longer the batch of input_ids: give the dimension its own name.
+            if let Some(input) = graph.input.iter_mut().find(|i| i.name() == past)
+                && let Some(type_proto::Value::TensorType(t)) =
+                    input.r#type.as_mut().and_then(|t| t.value.as_mut())
+                && let Some(first) = t.shape.as_mut().and_then(|s| s.dim.first_mut())
+            {
+                first.value = Some(dimension::Value::DimParam("cache_batch".to_owned()));
             }
-            let mut dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-            dims[0] = batch;
-            let mut repeated = Vec::with_capacity(data.len() * batch);
-            for _ in 0..batch {
-                repeated.extend_from_slice(data);
-            }
-            Ok(Tensor::from_array((dims, repeated))?.into_dyn())
         }
-        single
-            .iter()
-            .map(|value| match self.dtype {
-                DataType::Float16 => tile::<half::f16>(value, batch),
-                DataType::Bfloat16 => tile::<half::bf16>(value, batch),
-                _ => tile::<f32>(value, batch),
-            })
-            .collect()
     }
+    graph.toposort()
 }

@@ -74,6 +74,8 @@ pub struct ScoringModel {
     session: Session,
     /// The cache layout of a decoding graph, which lets shared prefixes be computed once.
     cache: Option<CacheLayout>,
+    /// Where a shared prefix's cache is kept between the batches that read it: the device.
+    cache_memory: ort::memory::MemoryInfo<'static>,
     /// Fed on every run besides the token inputs (a sweep's coefficient).
     pub feeds: Vec<ScalarFeed>,
     pub max_length: usize,
@@ -86,12 +88,17 @@ impl ScoringModel {
     pub fn open(path: &Path, options: &SessionOptions, max_length: usize, batch_size: usize) -> Result<Self> {
         let mut model = Model::load(path)?;
         let cache = CacheLayout::of(&model)?;
+        if let Some(layout) = &cache {
+            crate::kv_cache::broadcast_cache_inputs(&mut model, layout)
+                .with_context(|| format!("preparing '{}' for shared prefixes", path.display()))?;
+        }
         scoring::add_scoring_head(&mut model, "logits")
             .with_context(|| format!("preparing '{}' for scoring", path.display()))?;
         let session = runtime::session_from_model(&model, options)?;
         Ok(Self {
             session,
             cache,
+            cache_memory: runtime::memory_info(options.device)?,
             feeds: Vec::new(),
             max_length,
             batch_size: batch_size.max(1),
@@ -218,23 +225,33 @@ impl ScoringModel {
         Ok((answers, stats))
     }
 
-    /// The cache of one sequence's first tokens, to repeat under each batch of suffixes.
+    /// The cache of one sequence's first tokens, kept on the session's device and fed as is under
+    /// each batch of suffixes (the graph broadcasts it to the batch).
     fn prefix_cache(&mut self, prefix: &[u32]) -> Result<Vec<DynValue>> {
         let layout = self.cache.expect("prefixes are shared on decoding graphs only");
         let n = prefix.len();
-        let mut inputs = ort::inputs![
-            "input_ids" => Tensor::from_array(([1, n], prefix.iter().map(|&t| i64::from(t)).collect::<Vec<_>>()))?,
-            "attention_mask" => Tensor::from_array(([1, n], vec![1i64; n]))?,
-            POSITIONS => Tensor::from_array(([1, 1], vec![0i64]))?,
-            TARGETS => Tensor::from_array(([1, 1, 1], vec![0i64]))?,
-        ];
-        for (k, value) in layout.empty(1)?.into_iter().enumerate() {
-            inputs.push((past_name(k / 2, KINDS[k % 2]).into(), value.into()));
+        let ids: Vec<i64> = prefix.iter().map(|&t| i64::from(t)).collect();
+        let mut binding = self.session.create_binding()?;
+        binding.bind_input("input_ids", &Tensor::from_array(([1, n], ids))?)?;
+        binding.bind_input("attention_mask", &Tensor::from_array(([1, n], vec![1i64; n]))?)?;
+        binding.bind_input(POSITIONS, &Tensor::from_array(([1, 1], vec![0i64]))?)?;
+        binding.bind_input(TARGETS, &Tensor::from_array(([1, 1, 1], vec![0i64]))?)?;
+        for (k, value) in layout.empty(1)?.iter().enumerate() {
+            binding.bind_input(past_name(k / 2, KINDS[k % 2]), value)?;
         }
         for feed in &self.feeds {
-            inputs.push((feed.name.clone().into(), feed.tensor()?.into()));
+            binding.bind_input(feed.name.as_str(), &feed.tensor()?)?;
         }
-        let mut outputs = self.session.run(inputs).context("computing a shared prefix")?;
+        let cpu = runtime::memory_info(runtime::Device::Cpu)?;
+        binding.bind_output_to_device(TARGET_LOGPROBS, &cpu)?;
+        binding.bind_output_to_device(GREEDY_TOKENS, &cpu)?;
+        for k in 0..2 * layout.layers {
+            binding.bind_output_to_device(present_name(k / 2, KINDS[k % 2]), &self.cache_memory)?;
+        }
+        let mut outputs = self
+            .session
+            .run_binding(&binding)
+            .context("computing a shared prefix")?;
         (0..2 * layout.layers)
             .map(|k| {
                 outputs
@@ -328,12 +345,17 @@ impl ScoringModel {
             TARGETS => Tensor::from_array(([batch, k, c], targets))?,
         ];
         if let Some(layout) = self.cache {
-            let past = match prefix {
-                Some((kv, _)) => layout.repeat(kv, batch)?,
-                None => layout.empty(batch)?,
-            };
-            for (n, value) in past.into_iter().enumerate() {
-                inputs.push((past_name(n / 2, KINDS[n % 2]).into(), value.into()));
+            match prefix {
+                Some((kv, _)) => {
+                    for (n, value) in kv.iter().enumerate() {
+                        inputs.push((past_name(n / 2, KINDS[n % 2]).into(), value.into()));
+                    }
+                }
+                None => {
+                    for (n, value) in layout.empty(1)?.into_iter().enumerate() {
+                        inputs.push((past_name(n / 2, KINDS[n % 2]).into(), value.into()));
+                    }
+                }
             }
         }
         for feed in &self.feeds {
