@@ -16,8 +16,8 @@
 #             gemma-2-2b's shape with its 256000-row LM head and the tiny tokenizer ("2b").
 #  lmeval     lm-eval hf on cuda:0, eager attention (keeps Gemma 2's softcap), 2b in float32 and
 #             bfloat16, LMEVAL_RUNS (2) runs each, timed phases via benches/lmeval_timed.py.
-#  exports    sae-onnx export of 100m (f32) and 2b (f32, bf16, bf16 --ops ort, f16; with
-#             WITH_GENERATE=1 an f32 decoding graph).
+#  exports    sae-onnx export of 100m (f32) and 2b (f32, bf16, bf16 --ops ort, f16, a bf16 decoding
+#             graph for shared 5-shot prefixes; with WITH_GENERATE=1 an f32 decoding graph).
 #  reference  sae-onnx on the CPU provider for the 100m model (the numerics reference).
 #  ours       sae-onnx eval on cuda:0 (RUNS (3) each; f32 with and without --tf32, bf16 with
 #             portable and fused norms, f16), numerics checks, decode speed against transformers
@@ -141,6 +141,8 @@ stage_exports() {
     # Variants: fused norms (--ops ort) in bf16, and float16 (the CUDA provider's widest coverage).
     [ -f "$T/eval/2b-bf16-ort.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-bf16-ort.onnx" --dtype bf16 --ops ort --force
     [ -f "$T/eval/2b-f16.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-f16.onnx" --dtype f16 --force
+    # Decoding graph: eval computes each subject's shared 5-shot prefix once.
+    [ -f "$T/eval/2b-bf16-kv.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-bf16-kv.onnx" --dtype bf16 --kv-cache --force
     if [ -n "${WITH_GENERATE:-}" ] && [ ! -f "$T/eval/2b-f32-kv.onnx" ]; then
         "$BIN" -q export "$CK2B" -o "$T/eval/2b-f32-kv.onnx" --kv-cache --force
     fi
@@ -174,12 +176,13 @@ stage_ours() {
     ours_run 2b-bf16
     ours_run 2b-bf16-ort
     ours_run 2b-f16
+    ours_run 2b-bf16-kv
     : > "$RES/gpu.numerics.txt"
     compare "$o/cuda-100m" "$o/cpu-100m" "100m f32: sae-onnx cuda vs sae-onnx cpu" 1e-3 || status=1
     compare "$o/cuda-2b-f32" "$o/lmeval-2b-f32" "2b f32: sae-onnx cuda vs lm-eval cuda" 1e-3 || status=1
     compare "$o/cuda-2b-f32-tf32" "$o/lmeval-2b-f32" "2b f32 --tf32: sae-onnx cuda vs lm-eval cuda f32" 3e-2 || status=1
     # Half precision against the float32 reference: the size of the rounding, for both tools.
-    for v in 2b-bf16 2b-bf16-ort 2b-f16; do
+    for v in 2b-bf16 2b-bf16-ort 2b-f16 2b-bf16-kv; do
         compare "$o/cuda-$v" "$o/lmeval-2b-f32" "$v: sae-onnx cuda vs lm-eval f32" 1 || status=1
     done
     compare "$o/lmeval-2b-bf16" "$o/lmeval-2b-f32" "2b bf16: lm-eval bf16 vs lm-eval f32" 1 || true
