@@ -137,7 +137,7 @@ stage_exports() {
     runtime_env
     [ -f "$T/eval/100m.onnx" ] || "$BIN" -q export "$CK100" -o "$T/eval/100m.onnx" --force
     [ -f "$T/eval/2b-f32.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-f32.onnx" --dtype f32 --force
-    [ -f "$T/eval/2b-bf16.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-bf16.onnx" --dtype bf16 --force
+    [ -f "$T/eval/2b-bf16.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-bf16.onnx" --dtype bf16 --ops portable --force
     # Variants: fused norms (--ops ort) in bf16, and float16 (the CUDA provider's widest coverage).
     [ -f "$T/eval/2b-bf16-ort.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-bf16-ort.onnx" --dtype bf16 --ops ort --force
     [ -f "$T/eval/2b-f16.onnx" ] || "$BIN" -q export "$CK2B" -o "$T/eval/2b-f16.onnx" --dtype f16 --force
