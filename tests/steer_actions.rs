@@ -64,6 +64,12 @@ fn patched(base: &Path, csv: &Path, out: &Path, sweepable: bool, replace: bool) 
     out.to_path_buf()
 }
 
+/// `csv` patched onto `base` twice, with fixed coefficients and `--sweepable`.
+fn fixed_and_sweepable(base: &Path, csv: &str, dir: &Path) -> (PathBuf, PathBuf) {
+    let patch = |name: &str, sweepable| patched(base, &fixture(csv), &dir.join(name), sweepable, false);
+    (patch("fixed.onnx", false), patch("sweep.onnx", true))
+}
+
 /// Logits (every STRIDE-th vocabulary entry) of each golden prompt, with `feeds` as extra scalar
 /// inputs (of the type the model's coefficient inputs declare).
 fn logits(model: &Path, feeds: &[(&str, f32)]) -> Vec<Vec<f32>> {
@@ -238,20 +244,7 @@ fn provenance_records_each_rows_action_and_threshold() {
 fn sweepable_coefficients_default_to_the_plan_and_can_be_fed() {
     let tmp = tempfile::tempdir().unwrap();
     let base = export_demo(tmp.path());
-    let fixed = patched(
-        &base,
-        &fixture("mixed.csv"),
-        &tmp.path().join("fixed.onnx"),
-        false,
-        false,
-    );
-    let sweep = patched(
-        &base,
-        &fixture("mixed.csv"),
-        &tmp.path().join("sweep.onnx"),
-        true,
-        false,
-    );
+    let (fixed, sweep) = fixed_and_sweepable(&base, "mixed.csv", tmp.path());
     let model = Model::load(&sweep).unwrap();
     let inputs = coefficient_inputs(&model.proto).unwrap();
     let plan = SteeringPlan::from_csv_file(&fixture("mixed.csv")).unwrap();
@@ -529,20 +522,7 @@ fn float16_hooks_are_steered_in_float32() {
         ..Default::default()
     };
     export::export("models/tiny-gemma2", &base, &options).unwrap();
-    let fixed = patched(
-        &base,
-        &fixture("mixed.csv"),
-        &tmp.path().join("fixed.onnx"),
-        false,
-        false,
-    );
-    let sweep = patched(
-        &base,
-        &fixture("mixed.csv"),
-        &tmp.path().join("sweep.onnx"),
-        true,
-        false,
-    );
+    let (fixed, sweep) = fixed_and_sweepable(&base, "mixed.csv", tmp.path());
     let model = Model::load(&sweep).unwrap();
     let inputs = coefficient_inputs(&model.proto).unwrap();
     assert!(inputs.iter().all(|i| i.dtype == DataType::Float16));
