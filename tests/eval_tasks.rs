@@ -244,8 +244,9 @@ fn with_effective(run: &Value) -> Value {
 }
 
 /// Tasks copied unchanged from lm-eval (tasks/README.md) whose prompts tasks_golden.json does not
-/// cover: they are checked by tests/eval_rolling_gen.rs on local data of the same form.
-const GENERATIVE_AND_ROLLING: [&str; 4] = ["gsm8k", "local_text", "triviaqa", "wikitext"];
+/// cover: they are checked by tests/eval_rolling_gen.rs (and winogrande by tests/eval_winogrande.rs)
+/// on local data of the same form.
+const GENERATIVE_AND_ROLLING: [&str; 5] = ["gsm8k", "local_text", "triviaqa", "wikitext", "winogrande"];
 
 #[test]
 fn tasks_report_lm_evals_versions_and_metrics() {

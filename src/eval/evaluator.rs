@@ -17,7 +17,7 @@ type Scores = HashMap<String, (BTreeMap<String, (f64, Option<f64>)>, usize)>;
 use super::metrics;
 use super::output::{self, doc_json_indented, hash_string, py_str, sanitize_model_name};
 use super::pylit::repr_float;
-use super::task::{Entry, FEWSHOT_SEED, OutputType, Target, Task, TaskIndex};
+use super::task::{DocText, Entry, FEWSHOT_SEED, OutputType, Target, Task, TaskIndex};
 use crate::export::meta;
 use crate::onnx::Model;
 use crate::progress;
@@ -126,7 +126,10 @@ impl DocRequest {
 struct DocWork {
     doc_id: usize,
     doc: Value,
+    /// `doc_to_target`, as the samples log it.
     target: Target,
+    /// What the metrics compare with: the target, or a multiple-input task's `doc_to_text`.
+    gold: Target,
     choices: Vec<String>,
     requests: Vec<DocRequest>,
 }
@@ -460,7 +463,7 @@ fn run_pass(
             let answers: Vec<Loglikelihood> = doc.requests.iter().map(|r| r.answer(&cache.answers)).collect();
             let doc_metrics: Vec<(String, Item)> = match task.output_type {
                 OutputType::MultipleChoice => {
-                    metrics::multiple_choice(&answers, &doc.choices, &doc.target, &metric_names)
+                    metrics::multiple_choice(&answers, &doc.choices, &doc.gold, &metric_names)
                         .into_iter()
                         .map(|(m, v)| (m, Item::Value(v)))
                         .collect()
@@ -752,7 +755,23 @@ fn build_doc(
             windows: vec![tokens],
         })
     };
+    let mut gold = target.clone();
     let (choices, requests) = match task.output_type {
+        // lm-eval's multiple-input mode (winogrande): one context per choice, all with the same
+        // continuation; the gold choice is `doc_to_text`.
+        OutputType::MultipleChoice if task.multiple_input => {
+            let contexts = task.multiple_input_contexts(&doc)?;
+            let continuation = format!("{}{}", task.target_delimiter(), target_text()?);
+            let requests = contexts
+                .into_iter()
+                .map(|context| pair(context, continuation.clone()))
+                .collect::<Result<_>>()?;
+            gold = match task.doc_to_text_value(&doc)? {
+                DocText::Index(i) => Target::Index(i),
+                DocText::Text(t) => Target::Text(t),
+            };
+            (task.doc_to_choice(&doc)?, requests)
+        }
         OutputType::MultipleChoice => {
             let context = task.fewshot_context(&doc)?;
             let delimiter = task.target_delimiter();
@@ -799,6 +818,7 @@ fn build_doc(
         doc_id,
         doc,
         target,
+        gold,
         choices,
         requests,
     })

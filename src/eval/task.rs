@@ -231,6 +231,15 @@ pub enum Target {
     List(Vec<Value>),
 }
 
+/// What `doc_to_text` returns: the prompt text, or an index. An index makes a task with choices
+/// *multiple-input* (lm-eval's winogrande): each choice is a context of its own, and the index is
+/// the gold choice.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocText {
+    Text(String),
+    Index(i64),
+}
+
 /// One metric of `metric_list`.
 #[derive(Debug, Clone)]
 pub struct MetricSpec {
@@ -251,6 +260,10 @@ pub struct Task {
     pub columns: Vec<String>,
     pub metrics: Vec<MetricSpec>,
     pub num_fewshot: usize,
+    /// lm-eval's `multiple_input`: the task has choices and `doc_to_text` of its first evaluated
+    /// document returns an int. Each choice is then a context (few-shot prefix + choice) with the
+    /// same continuation (target delimiter + `doc_to_target`), and `doc_to_text` is the gold index.
+    pub multiple_input: bool,
     fewshot_is_eval_split: bool,
     sampler: Sampler,
     rng: PyRandom,
@@ -362,7 +375,7 @@ impl Task {
             );
         }
         let metrics = metric_specs(&config, output_type).with_context(ctx)?;
-        Ok(Self {
+        let mut task = Self {
             name: name.to_owned(),
             alias: config
                 .get("task_alias")
@@ -375,6 +388,7 @@ impl Task {
             fewshot_docs,
             metrics,
             num_fewshot,
+            multiple_input: false,
             // lm-eval compares the *configured* few-shot split with test_split.
             fewshot_is_eval_split: fewshot_config
                 .get("split")
@@ -385,7 +399,23 @@ impl Task {
             sampler,
             rng: PyRandom::new(seed),
             config,
-        })
+        };
+        // lm-eval decides from the first document of the evaluated split (`task_docs[0]`).
+        if task.has_choices()
+            && let Some(first) = task.eval_docs.first()
+        {
+            let first = first.clone();
+            task.multiple_input = matches!(
+                task.doc_to_text_value(&first)
+                    .with_context(|| format!("{}: doc_to_text of document 0", ctx()))?,
+                DocText::Index(_)
+            );
+        }
+        Ok(task)
+    }
+
+    fn has_choices(&self) -> bool {
+        self.config.get("doc_to_choice").is_some_and(|v| !v.is_null())
     }
 
     /// The `process_results` builtin the task names, if any.
@@ -417,16 +447,42 @@ impl Task {
         self.str_field("fewshot_delimiter", "\n\n")
     }
 
-    /// `doc_to_text`: a column's value, or the rendered template.
+    /// `doc_to_text` as text: a column's value, the rendered template, or a builtin's string (an
+    /// index is written as its digits).
     pub fn doc_to_text(&self, doc: &Value) -> Result<String> {
+        Ok(match self.doc_to_text_value(doc)? {
+            DocText::Text(text) => text,
+            DocText::Index(i) => i.to_string(),
+        })
+    }
+
+    /// `doc_to_text` as lm-eval returns it: an int for an integer `doc_to_text`, an integer
+    /// column, a builtin returning an int, or (when the task has choices) a template rendering
+    /// only digits; text otherwise.
+    pub fn doc_to_text_value(&self, doc: &Value) -> Result<DocText> {
+        let from_value = |v: &Value| match v {
+            Value::Number(n) if n.is_i64() => DocText::Index(n.as_i64().unwrap_or_default()),
+            other => DocText::Text(value_text(other)),
+        };
         match self.config.get("doc_to_text") {
             Some(Value::String(spec)) => {
                 if let Some(v) = self.column(doc, spec) {
-                    return Ok(value_text(v));
+                    return Ok(from_value(v));
                 }
-                template::render(spec, doc)
+                let rendered = template::render(spec, doc)?;
+                if self.has_choices()
+                    && pylit::isdigit(&rendered)
+                    && let Ok(index) = rendered.parse::<i64>()
+                {
+                    return Ok(DocText::Index(index));
+                }
+                Ok(DocText::Text(rendered))
             }
-            Some(Value::Number(n)) => Ok(n.to_string()),
+            Some(number @ Value::Number(_)) => Ok(from_value(number)),
+            Some(Value::Object(map)) if map.contains_key("!function") => {
+                let name = map["!function"].as_str().unwrap_or_default();
+                Ok(from_value(&builtins::apply(name, doc)?))
+            }
             None => bail!("task '{}' has no doc_to_text", self.name),
             Some(other) => bail!("task '{}': doc_to_text {other} is not supported", self.name),
         }
@@ -435,11 +491,15 @@ impl Task {
     /// `doc_to_target`, with lm-eval's conversions: digit strings become indices when the task has
     /// choices; a rendered `[...]` becomes a list.
     pub fn doc_to_target(&self, doc: &Value) -> Result<Target> {
-        let has_choices = self.config.get("doc_to_choice").is_some_and(|v| !v.is_null());
+        let has_choices = self.has_choices();
         match self.config.get("doc_to_target") {
             Some(Value::Object(map)) if map.contains_key("!function") => {
                 let name = map["!function"].as_str().unwrap_or_default();
-                Ok(Target::Text(builtins::apply(name, doc)?))
+                Ok(match builtins::apply(name, doc)? {
+                    Value::Number(n) if n.is_i64() => Target::Index(n.as_i64().unwrap_or_default()),
+                    Value::Array(list) => Target::List(list),
+                    other => Target::Text(value_text(&other)),
+                })
             }
             Some(Value::Number(n)) => n
                 .as_i64()
@@ -490,6 +550,13 @@ impl Task {
                 }
             },
             Some(Value::Array(list)) => list.clone(),
+            Some(Value::Object(map)) if map.contains_key("!function") => {
+                let name = map["!function"].as_str().unwrap_or_default();
+                match builtins::apply(name, doc)? {
+                    Value::Array(list) => list,
+                    other => bail!("`!function {name}` returned {other}, not a list of choices"),
+                }
+            }
             Some(Value::Object(map)) => map.values().cloned().collect(),
             None => bail!("task '{}' has no doc_to_choice", self.name),
             Some(other) => bail!("task '{}': doc_to_choice {other} is not supported", self.name),
@@ -509,6 +576,26 @@ impl Task {
     /// answer, few-shot delimiter), then the document's text. Draws few-shot examples from the
     /// task's sampler, so calling it in document order reproduces lm-eval's random draws.
     pub fn fewshot_context(&mut self, doc: &Value) -> Result<String> {
+        let mut context = self.fewshot_prefix(doc)?;
+        context.push_str(&self.doc_to_text(doc)?);
+        Ok(context)
+    }
+
+    /// A multiple-input task's contexts for `doc` (lm-eval's `multiple_input_context`): the
+    /// description and few-shot examples, then one choice, for each choice. Draws few-shot
+    /// examples as [`Task::fewshot_context`] does.
+    pub fn multiple_input_contexts(&mut self, doc: &Value) -> Result<Vec<String>> {
+        let prefix = self.fewshot_prefix(doc)?;
+        Ok(self
+            .doc_to_choice(doc)?
+            .iter()
+            .map(|choice| format!("{prefix}{choice}"))
+            .collect())
+    }
+
+    /// The description and the few-shot examples. A multiple-input task's example is its gold
+    /// choice (`doc_to_choice[doc_to_text]`), then the target delimiter and `doc_to_target`.
+    fn fewshot_prefix(&mut self, doc: &Value) -> Result<String> {
         let mut context = match self.config.get("description") {
             Some(Value::String(d)) if !d.is_empty() => match self.column(doc, d) {
                 Some(v) => value_text(v),
@@ -521,12 +608,22 @@ impl Task {
             let target_delimiter = self.target_delimiter();
             let fewshot_delimiter = self.fewshot_delimiter();
             for example in &examples {
-                let text = self.doc_to_text(example)?;
+                let text = match self.doc_to_text_value(example)? {
+                    DocText::Index(i) if self.multiple_input => self
+                        .doc_to_choice(example)?
+                        .get(i as usize)
+                        .cloned()
+                        .with_context(|| format!("few-shot doc_to_text {i} is out of range"))?,
+                    DocText::Index(i) => i.to_string(),
+                    DocText::Text(text) => text,
+                };
                 let target = self.doc_to_target(example)?;
                 // lm-eval: an example "has an answer" unless its raw target is the empty string.
                 let has_answer = target != Target::Text(String::new());
                 let answer = match target {
-                    Target::Index(i) if self.config.get("doc_to_choice").is_some_and(|v| !v.is_null()) => {
+                    // A multiple-input example's choices went into its text: an int target is
+                    // no index into them.
+                    Target::Index(i) if self.has_choices() && !self.multiple_input => {
                         let choices = self.doc_to_choice(example)?;
                         choices
                             .get(i as usize)
@@ -545,7 +642,6 @@ impl Task {
                 }
             }
         }
-        context.push_str(&self.doc_to_text(doc)?);
         Ok(context)
     }
 

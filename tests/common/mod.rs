@@ -2,6 +2,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod golden;
+pub mod lm_eval;
 
 use std::path::Path;
 
