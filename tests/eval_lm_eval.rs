@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use sae_onnx::eval::evaluator::{self, EvalOptions, encode_pair};
@@ -58,109 +57,13 @@ fn check_model_run(
         serde_json::from_str(&std::fs::read_to_string(golden_dir(run).join("results.json")).unwrap())
             .unwrap();
 
-    // Metrics: identical accuracies, stderr to float precision.
-    for (name, expected) in golden["results"].as_object().unwrap() {
-        let actual = &outcome.results["results"][name];
-        for (key, value) in expected.as_object().unwrap() {
-            if key.contains(",none") {
-                let (a, e) = (actual[key].as_f64(), value.as_f64());
-                assert!(
-                    matches!((a, e), (Some(a), Some(e)) if a == e) || actual[key] == *value,
-                    "{run} {name} {key}: {} vs lm-eval {value}",
-                    actual[key]
-                );
-            }
-        }
-        let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<BTreeSet<_>>();
-        assert_eq!(keys(actual), keys(expected), "{run} {name}: result keys");
-    }
-    let keys = |v: &Value| {
-        v.as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect::<BTreeSet<String>>()
-    };
-    let ours: BTreeSet<String> = outcome.results.keys().cloned().collect();
-    // Environment facts of a Python install have no counterpart here.
-    let environment_only = ["git_hash", "date", "pretty_env_info", "upper_git_hash"];
-    let missing: Vec<String> = keys(&golden)
-        .into_iter()
-        .filter(|k| !ours.contains(k) && !environment_only.contains(&k.as_str()))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "{run}: results JSON lacks lm-eval keys {missing:?}"
-    );
-    for section in [
-        "versions",
-        "n-shot",
-        "higher_is_better",
-        "n-samples",
-        "group_subtasks",
-    ] {
-        assert_eq!(outcome.results[section], golden[section], "{run}: {section}");
-    }
-    for (name, config) in golden["configs"].as_object().unwrap() {
-        assert_eq!(
-            keys(&outcome.results["configs"][name]),
-            keys(config),
-            "{run}: config keys of {name}"
-        );
-    }
+    common::lm_eval::assert_results_match(&outcome.results, &golden, run);
 
     // Samples: same prompts, hashes and loglikelihoods.
-    let written: Vec<PathBuf> = std::fs::read_dir(output.join(sae_onnx::eval::output::sanitize_model_name(
-        &model.display().to_string(),
-    )))
-    .unwrap()
-    .map(|e| e.unwrap().path())
-    .collect();
     for task in samples_tasks {
         let golden_samples = common::read_jsonl(&golden_dir(run).join(format!("samples_{task}.jsonl")));
-        let ours_path = written
-            .iter()
-            .find(|p| {
-                p.file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .starts_with(&format!("samples_{task}_"))
-            })
-            .unwrap_or_else(|| panic!("{run}: no samples file for {task} in {written:?}"));
-        let ours = common::read_jsonl(ours_path);
-        assert_eq!(ours.len(), golden_samples.len(), "{run} {task}: sample count");
-        for (o, g) in ours.iter().zip(&golden_samples) {
-            common::assert_fields_equal(
-                o,
-                g,
-                &[
-                    "doc_id",
-                    "doc",
-                    "target",
-                    "arguments",
-                    "doc_hash",
-                    "prompt_hash",
-                    "target_hash",
-                    "filter",
-                    "metrics",
-                ],
-                &format!("{run} {task} doc {}", g["doc_id"]),
-            );
-            for (or, gr) in o["filtered_resps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .zip(g["filtered_resps"].as_array().unwrap())
-            {
-                let parse = |v: &Value| v[0].as_str().unwrap().parse::<f64>().unwrap();
-                assert!(
-                    (parse(or) - parse(gr)).abs() <= TOLERANCE,
-                    "{run} {task} doc {}: {or} vs {gr}",
-                    g["doc_id"]
-                );
-                assert_eq!(or[1], gr[1], "{run} {task} doc {}: is_greedy", g["doc_id"]);
-            }
-        }
+        let ours = common::read_jsonl(&common::lm_eval::samples_file(&output, task));
+        common::lm_eval::assert_samples_match(&ours, &golden_samples, TOLERANCE, &format!("{run} {task}"));
     }
     outcome.stats
 }

@@ -1174,6 +1174,9 @@ fn task_config_json(task: &Task, model_path: &Path) -> Value {
         "should_decontaminate".into(),
         get("should_decontaminate").unwrap_or(json!(false)),
     );
+    if let Some(query) = get("doc_to_decontamination_query") {
+        out.insert("doc_to_decontamination_query".into(), query);
+    }
     let mut metadata = c
         .get("metadata")
         .and_then(Value::as_object)

@@ -18,13 +18,8 @@ fn keys(v: &Value) -> BTreeSet<String> {
 
 /// Our results against lm-eval's: every `metric,filter` value identical, the same keys per task,
 /// lm-eval's top-level keys present, the same versions, n-shot, higher_is_better, n-samples and
-/// group_subtasks, and the same config keys per task apart from `config_keys_not_ours`.
-pub fn assert_results_match(
-    ours: &Map<String, Value>,
-    golden: &Value,
-    run: &str,
-    config_keys_not_ours: &[&str],
-) {
+/// group_subtasks, and the same config keys per task.
+pub fn assert_results_match(ours: &Map<String, Value>, golden: &Value, run: &str) {
     for (name, expected) in golden["results"].as_object().unwrap() {
         let actual = &ours["results"][name];
         for (key, value) in expected.as_object().unwrap() {
@@ -57,11 +52,9 @@ pub fn assert_results_match(
         assert_eq!(ours[section], golden[section], "{run}: {section}");
     }
     for (name, config) in golden["configs"].as_object().unwrap() {
-        let mut theirs = keys(config);
-        theirs.retain(|k| !config_keys_not_ours.contains(&k.as_str()));
         assert_eq!(
             keys(&ours["configs"][name]),
-            theirs,
+            keys(config),
             "{run}: config keys of {name}"
         );
     }
