@@ -150,13 +150,24 @@ impl GraphProto {
     /// nothing reads. Returns how many nodes were removed.
     pub fn cleanup(&mut self) -> usize {
         let mut needed: HashSet<String> = self.output.iter().map(|v| v.name().to_owned()).collect();
+        // Producers looked up by name: one pass over the graph, not one per needed tensor.
+        let mut producers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, node) in self.node.iter().enumerate() {
+            for output in &node.output {
+                producers.entry(output.as_str()).or_default().push(i);
+            }
+        }
         let mut keep = vec![false; self.node.len()];
         let mut queue: VecDeque<String> = needed.iter().cloned().collect();
         while let Some(name) = queue.pop_front() {
-            for (i, node) in self.node.iter().enumerate() {
-                if !keep[i] && node.output.contains(&name) {
+            for &i in producers
+                .get(name.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                if !keep[i] {
                     keep[i] = true;
-                    for input in node_reads_all(node) {
+                    for input in node_reads_all(&self.node[i]) {
                         if needed.insert(input.clone()) {
                             queue.push_back(input);
                         }
