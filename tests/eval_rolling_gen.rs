@@ -90,17 +90,7 @@ fn rolling_windows_and_perplexities_match_lm_eval() {
         common::assert_fields_equal(
             o,
             g,
-            &[
-                "doc_id",
-                "doc",
-                "target",
-                "arguments",
-                "doc_hash",
-                "prompt_hash",
-                "target_hash",
-                "metrics",
-                "filter",
-            ],
+            &common::lm_eval::SAMPLE_FIELDS,
             &format!("doc {}", g["doc_id"]),
         );
         let ll = |v: &Value| v["filtered_resps"][0].as_str().unwrap().parse::<f64>().unwrap();

@@ -89,6 +89,20 @@ pub fn samples_file(dir: &Path, task: &str) -> PathBuf {
         .clone()
 }
 
+/// What a sample line of ours must share with lm-eval's exactly: the document, its target, the
+/// request arguments, the three hashes, the filter and the metric names.
+pub const SAMPLE_FIELDS: [&str; 9] = [
+    "doc_id",
+    "doc",
+    "target",
+    "arguments",
+    "doc_hash",
+    "prompt_hash",
+    "target_hash",
+    "filter",
+    "metrics",
+];
+
 /// Our samples against lm-eval's, line by line: the same documents, targets, request arguments,
 /// hashes, filter, metrics and metric values; every loglikelihood within `tolerance`, the same
 /// is_greedy.
@@ -96,22 +110,7 @@ pub fn assert_samples_match(ours: &[Value], golden: &[Value], tolerance: f64, wh
     assert_eq!(ours.len(), golden.len(), "{what}: sample count");
     for (o, g) in ours.iter().zip(golden) {
         let what = format!("{what} doc {}", g["doc_id"]);
-        super::assert_fields_equal(
-            o,
-            g,
-            &[
-                "doc_id",
-                "doc",
-                "target",
-                "arguments",
-                "doc_hash",
-                "prompt_hash",
-                "target_hash",
-                "filter",
-                "metrics",
-            ],
-            &what,
-        );
+        super::assert_fields_equal(o, g, &SAMPLE_FIELDS, &what);
         for metric in g["metrics"].as_array().unwrap() {
             let metric = metric.as_str().unwrap();
             assert_eq!(o[metric].as_f64(), g[metric].as_f64(), "{what}: {metric}");
