@@ -19,7 +19,7 @@ pub struct Split {
 pub type Dataset = BTreeMap<String, Split>;
 
 /// Loads `data_files` (a path, a list, or a map split -> path|list) with the builder `kind`
-/// (`json` or `csv`). Relative paths resolve against the working directory, as `datasets` does,
+/// (`json`, `csv` or `parquet`). Relative paths resolve against the working directory, as `datasets` does,
 /// then against `yaml_dir` (where the task file is).
 pub fn load_local(kind: &str, data_files: &Value, yaml_dir: &Path) -> Result<Dataset> {
     let by_split: Vec<(String, Vec<String>)> = match data_files {
@@ -46,7 +46,10 @@ pub fn load_local(kind: &str, data_files: &Value, yaml_dir: &Path) -> Result<Dat
             let part = match kind {
                 "json" => read_json(&path)?,
                 "csv" => read_csv(&path)?,
-                other => bail!("local datasets of type '{other}' are not supported (json, csv are)"),
+                "parquet" => super::hub_data::read_parquet(&path)?,
+                other => {
+                    bail!("local datasets of type '{other}' are not supported (json, csv and parquet are)")
+                }
             };
             for column in part.columns {
                 if !loaded.columns.contains(&column) {
@@ -203,6 +206,24 @@ mod tests {
             data["train"].docs[0],
             serde_json::json!({"q": "a, b", "label": 1, "score": 0.5})
         );
+    }
+
+    #[test]
+    fn local_parquet_reads_the_same_documents_as_their_jsonl() {
+        // The winogrande fixture holds the same documents both ways (make_golden.py wrote both).
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lm_eval_winogrande");
+        for split in ["train", "validation"] {
+            let parquet = dir.join(format!("hub/winogrande_xl/{split}-00000-of-00001.parquet"));
+            let jsonl = dir.join(format!("tasks/tiny_winogrande_{split}.jsonl"));
+            let from_parquet =
+                load_local("parquet", &Value::from(parquet.display().to_string()), &dir).unwrap();
+            let from_json = load_local("json", &Value::from(jsonl.display().to_string()), &dir).unwrap();
+            assert_eq!(from_parquet["train"].docs, from_json["train"].docs, "{split}");
+            assert_eq!(
+                from_parquet["train"].columns, from_json["train"].columns,
+                "{split}"
+            );
+        }
     }
 
     #[test]

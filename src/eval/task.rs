@@ -705,8 +705,8 @@ fn load_dataset(config: &Map<String, Value>, yaml_path: &Path) -> Result<Dataset
     let kwargs = config.get("dataset_kwargs").and_then(Value::as_object);
     let yaml_dir = yaml_path.parent().unwrap_or(Path::new("."));
     match (path, kwargs.and_then(|k| k.get("data_files"))) {
-        ("json" | "csv", Some(files)) => data::load_local(path, files, yaml_dir),
-        ("json" | "csv", None) => bail!("dataset_path '{path}' needs dataset_kwargs.data_files"),
+        ("json" | "csv" | "parquet", Some(files)) => data::load_local(path, files, yaml_dir),
+        ("json" | "csv" | "parquet", None) => bail!("dataset_path '{path}' needs dataset_kwargs.data_files"),
         (repo, _) => super::hub_data::load_hub_dataset(
             repo,
             config.get("dataset_name").and_then(Value::as_str),
