@@ -991,15 +991,7 @@ fn score_generations(
             line.insert("filtered_resps".into(), json!([filtered]));
             line.insert("filter".into(), json!(filter.name));
             line.insert("metrics".into(), json!(["exact_match"]));
-            line.insert(
-                "doc_hash".into(),
-                json!(hash_string(&doc_json_indented(&doc.doc))),
-            );
-            line.insert(
-                "prompt_hash".into(),
-                json!(hash_string(doc.requests[0].args[0].as_str().unwrap_or_default())),
-            );
-            line.insert("target_hash".into(), json!(hash_string(&py_str(&target))));
+            insert_hashes(&mut line, doc, &target);
             line.insert("exact_match".into(), json!(score));
             samples.push(Value::Object(line));
         }
@@ -1056,6 +1048,20 @@ fn aggregate_items(metric: &str, items: &[Item]) -> (f64, Option<f64>) {
     }
 }
 
+/// lm-eval's three sample hashes: of the document (as its indented JSON), of the first request's
+/// context, and of the target as Python's `str` prints it.
+fn insert_hashes(line: &mut Map<String, Value>, doc: &DocWork, target: &Value) {
+    line.insert(
+        "doc_hash".into(),
+        json!(hash_string(&doc_json_indented(&doc.doc))),
+    );
+    line.insert(
+        "prompt_hash".into(),
+        json!(hash_string(doc.requests[0].args[0].as_str().unwrap_or_default())),
+    );
+    line.insert("target_hash".into(), json!(hash_string(&py_str(target))));
+}
+
 fn sample_line(
     doc: &DocWork,
     answers: &[Loglikelihood],
@@ -1099,15 +1105,7 @@ fn sample_line(
         "metrics".into(),
         json!(doc_metrics.iter().map(|(m, _)| m).collect::<Vec<_>>()),
     );
-    line.insert(
-        "doc_hash".into(),
-        json!(hash_string(&doc_json_indented(&doc.doc))),
-    );
-    line.insert(
-        "prompt_hash".into(),
-        json!(hash_string(doc.requests[0].args[0].as_str().unwrap_or_default())),
-    );
-    line.insert("target_hash".into(), json!(hash_string(&py_str(&target))));
+    insert_hashes(&mut line, doc, &target);
     for (m, v) in doc_metrics {
         line.insert(m.clone(), v.json());
     }
