@@ -205,6 +205,20 @@ PARAMS = {
 }
 
 
+NUMERICS = "Numerics (--log_samples, every choice's loglikelihood):"
+
+
+def print_list(path, title=None):
+    """A results text file (one finding per line) as a Markdown list, under `title`."""
+    if not os.path.exists(path):
+        return
+    if title:
+        print(title + "\n")
+    for line in open(path):
+        print(f"- {line.strip()}")
+    print()
+
+
 def eval5_table(recs, res_dir):
     """benches/run.sh eval5: the 100m model 5-shot, ours on both graphs against lm-eval hf eager."""
     print(f"### eval, 100m, 5-shot ({header(recs)})\n")
@@ -239,11 +253,7 @@ def eval5_table(recs, res_dir):
         label = name.replace(" bs16 5-shot", "").replace(" 100m", "")
         print(f"| {label} | {n} | {load:.1f} | {fmt_s(r['median_wall_s'])} | {fmt_s(sc)} | {computed} | {rw} | {rs} |")
     print()
-    num = os.path.join(res_dir, "eval5.numerics.txt")
-    if os.path.exists(num):
-        for line in open(num):
-            print(f"- {line.strip()}")
-        print()
+    print_list(os.path.join(res_dir, "eval5.numerics.txt"))
 
 
 def gpu_table(recs, res_dir):
@@ -308,34 +318,21 @@ def main():
         recs = load(os.path.join(res, "gpu.jsonl"))
         if recs:
             gpu_table(recs, res)
-        num = os.path.join(res, "gpu.numerics.txt")
-        if os.path.exists(num):
-            print("Numerics (--log_samples, every choice's loglikelihood):\n")
-            for line in open(num):
-                print(f"- {line.strip()}")
+        print_list(os.path.join(res, "gpu.numerics.txt"), NUMERICS)
         return
     for sec, fn in (("export", export_table), ("patch", patch_table)):
         recs = load(os.path.join(res, f"{sec}.jsonl"))
         if recs:
             fn(recs)
-        split = os.path.join(res, f"{sec}.rss_split.txt")
-        if os.path.exists(split):
-            print("Peak resident pages by kind (benches/rss_split.py, one extra run):\n")
-            for line in open(split):
-                print(f"- {line.strip()}")
-            print()
+        print_list(os.path.join(res, f"{sec}.rss_split.txt"),
+                   "Peak resident pages by kind (benches/rss_split.py, one extra run):")
     recs = load(os.path.join(res, "eval.jsonl"))
     if recs:
         eval_table(recs, res)
     recs = load(os.path.join(res, "eval5.jsonl"))
     if recs:
         eval5_table(recs, res)
-    num = os.path.join(res, "eval.numerics.txt")
-    if os.path.exists(num):
-        print("Numerics (--log_samples, every choice's loglikelihood):\n")
-        for line in open(num):
-            print(f"- {line.strip()}")
-        print()
+    print_list(os.path.join(res, "eval.numerics.txt"), NUMERICS)
 
 
 if __name__ == "__main__":
