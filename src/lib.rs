@@ -7,6 +7,7 @@ pub mod cli;
 pub mod compare;
 pub mod eval;
 pub mod export;
+pub mod files;
 pub mod generate;
 pub mod hook;
 pub mod hub;

@@ -406,7 +406,7 @@ pub fn write_png(path: &Path, fig: &Figure) -> Result<(u32, u32)> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .with_context(|| format!("--plot '{}' is not a file name", path.display()))?;
-    let mut temp = crate::paths::output_tempfile(dir, &name).with_context(|| {
+    let mut temp = crate::files::temp_file(dir, &name).with_context(|| {
         format!(
             "cannot write the plot '{}': does its folder exist?",
             path.display()

@@ -78,7 +78,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut temp = crate::paths::output_tempfile(dir, &name)?;
+    let mut temp = crate::files::temp_file(dir, &name)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     temp.persist(path)

@@ -334,5 +334,5 @@ impl<'s> GraphBuilder<'s> {
 
 /// Creates the data file's temporary in `dir`.
 pub fn data_tempfile(dir: &Path, data_name: &str) -> Result<tempfile::NamedTempFile> {
-    crate::paths::output_tempfile(dir, data_name)
+    crate::files::temp_file(dir, data_name)
 }

@@ -273,7 +273,7 @@ impl Model {
                 "the model's protobuf would be {encoded_len} bytes, past protobuf's 2 GiB limit; save it with external data"
             );
         }
-        let mut model_file = crate::paths::output_tempfile(&out_dir, &file_name)?;
+        let mut model_file = crate::files::temp_file(&out_dir, &file_name)?;
         {
             let mut writer = BufWriter::new(model_file.as_file_mut());
             writer.write_all(&proto.encode_to_vec())?;
@@ -385,7 +385,7 @@ fn write_external_data(
     if total == 0 {
         return Ok(None);
     }
-    let mut temp = crate::paths::output_tempfile(dir, data_name)?;
+    let mut temp = crate::files::temp_file(dir, data_name)?;
     let bar = progress::bytes_bar(total, &format!("writing {data_name}"), show_progress);
     let mut offset = 0u64;
     {
@@ -436,7 +436,7 @@ fn copy_with_progress(source: &Path, target: &Path, show_progress: bool) -> Resu
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut temp = crate::paths::output_tempfile(dir, &name)?;
+    let mut temp = crate::files::temp_file(dir, &name)?;
     let bar = progress::bytes_bar(total, &format!("copying {name}"), show_progress);
     let mut buf = vec![0u8; 8 << 20];
     loop {
