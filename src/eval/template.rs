@@ -44,6 +44,10 @@ use regex::Regex;
 
 use super::pylit;
 
+/// The work one render may do: about one unit per instruction or per 64 bytes created, so
+/// at most ~640 MB and a few seconds.
+const FUEL: u64 = 10_000_000;
+
 /// How many compiled templates (and regexes) the per-thread cache keeps before starting over.
 const CACHE_LIMIT: usize = 4096;
 
@@ -122,7 +126,11 @@ impl Renderer {
 }
 
 fn describe(err: Error, template: &str) -> anyhow::Error {
-    let mut msg = format!("jinja template {template:?}: {}", err.kind());
+    let mut msg = format!(
+        "jinja template \"{}\": {}",
+        crate::files::printable(template, 200),
+        err.kind()
+    );
     if let Some(detail) = err.detail() {
         let _ = write!(msg, ": {detail}");
     }
@@ -139,6 +147,10 @@ fn environment() -> Environment<'static> {
     // variable in the error: users need that name to fix their task file.
     env.set_debug(true);
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // A task file is untrusted input: a loop over huge ranges, or a string multiplied up,
+    // must end in an error, not a hang or an out-of-memory kill. lm-eval's templates use a few
+    // thousand units on the longest documents; see `hostile_templates_end_in_errors`.
+    env.set_fuel(Some(FUEL));
     env.set_syntax(
         SyntaxConfig::builder()
             .keep_trailing_newline(true)
@@ -947,6 +959,58 @@ mod tests {
         let text = render("{{ choices }}", &doc).unwrap();
         let back = pylit::literal_eval(&text).unwrap().to_json().unwrap();
         assert_eq!(back, doc["choices"]);
+    }
+
+    /// Hostile task templates: each must fail with an error, quickly and without exhausting
+    /// memory or the stack, and the template in the message is printable.
+    #[test]
+    fn hostile_templates_end_in_errors() {
+        let doc = json!({"text": "a".repeat(1000)});
+        let deep_parens = format!("{{{{ {}1{} }}}}", "(".repeat(100_000), ")".repeat(100_000));
+        let deep_lists = format!("{{{{ {}1{} }}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep_ifs = "{% if true %}".repeat(10_000) + &"{% endif %}".repeat(10_000);
+        let cases = [
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "{{ 'x' * 10000000000 }}",
+            "{{ text * 100000000 }}",
+            "{% macro d(s, n) %}{% if n %}{{ d(s ~ s, n - 1) }}{% else %}{{ s | length }}{% endif %}{% endmacro %}{{ d(text, 40) }}",
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+            "{{ range(1000000000) | list }}",
+            "{{ text | regex_replace('(' * 100000, '') }}",
+            "{{ text | regex_replace('(?:a{1000}){1000}', '') }}",
+            &deep_parens,
+            &deep_lists,
+            &deep_ifs,
+        ];
+        for template in cases {
+            let start = std::time::Instant::now();
+            let result = render(template, &doc);
+            let seconds = start.elapsed().as_secs_f64();
+            let shown = crate::files::printable(template, 60);
+            assert!(
+                result.is_err(),
+                "{shown}: rendered {} bytes",
+                result.map(|r| r.len()).unwrap_or(0)
+            );
+            assert!(seconds < 10.0, "{shown}: {seconds:.1}s");
+        }
+        let err = render("{{ \u{0}\u{1b}[31m", &doc).unwrap_err().to_string();
+        assert!(
+            err.contains("\\u{0}\\u{1b}[31m") && !err.contains('\u{1b}'),
+            "{err}"
+        );
+    }
+
+    /// The fuel limit leaves room for real templates on long documents.
+    #[test]
+    fn long_documents_render_within_the_fuel() {
+        let doc = json!({"text": "word ".repeat(2_000_000), "choices": vec!["c"; 10_000]});
+        let out = render(
+            "{{ text.strip() }}\n{% for c in choices %}{{ loop.index }}. {{ c }}\n{% endfor %}",
+            &doc,
+        )
+        .unwrap();
+        assert!(out.len() > 10_000_000);
     }
 
     #[test]
