@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::export::meta;
 use crate::hook::{HookPoint, Site};
+use crate::onnx::datafile::{DataRecord, RECORDS_KEY};
 use crate::onnx::external::{self, ExternalData};
 use crate::onnx::pb::{GraphProto, ValueInfoProto, tensor_shape_proto::dimension, type_proto};
 use crate::onnx::tensor::{dtype_name, for_each_tensor};
@@ -85,6 +86,9 @@ pub struct ExternalFile {
     pub file_bytes: u64,
     pub tensors: usize,
     pub referenced_bytes: u64,
+    /// What the graph recorded about the file when it was saved (size, content hash); `None` for
+    /// graphs of other tools. Loading has checked the file against it.
+    pub record: Option<DataRecord>,
 }
 
 pub fn inspect(path: &Path) -> Result<Report> {
@@ -95,6 +99,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
     let mut parameters = 0;
     let mut weight_bytes = 0;
     let mut files: BTreeMap<String, ExternalFile> = BTreeMap::new();
+    let records = model.data_records()?;
     for t in &graph.initializer {
         parameters += t.numel();
     }
@@ -112,6 +117,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
                         .map_or(0, |m| m.len()),
                     tensors: 0,
                     referenced_bytes: 0,
+                    record: records.get(&record.location).cloned(),
                 });
             file.tensors += 1;
             file.referenced_bytes += record.length.unwrap_or(bytes);
@@ -155,7 +161,7 @@ pub fn inspect(path: &Path) -> Result<Report> {
             .proto
             .metadata_props
             .iter()
-            .filter(|e| e.key() != STEERING && e.key() != meta::HOOKS)
+            .filter(|e| ![STEERING, meta::HOOKS, RECORDS_KEY].contains(&e.key()))
             .map(|e| (e.key().to_owned(), e.value().to_owned()))
             .collect(),
         layers: layer_count(&model),
@@ -335,6 +341,23 @@ impl fmt::Display for Report {
                     file.tensors,
                     human_bytes(file.referenced_bytes)
                 )?;
+                match &file.record {
+                    Some(DataRecord {
+                        bytes,
+                        xxh3_128: Some(hash),
+                    }) => writeln!(
+                        f,
+                        "    matches the graph's record: {bytes} bytes, content hash {hash}"
+                    )?,
+                    Some(DataRecord { bytes, .. }) => writeln!(
+                        f,
+                        "    matches the graph's record: {bytes} bytes (no content hash: not written by sae-onnx)"
+                    )?,
+                    None => writeln!(
+                        f,
+                        "    not recorded in the graph (saved by another tool): a rewritten file would go unnoticed"
+                    )?,
+                }
             }
         }
         if let Some(layers) = self.layers {

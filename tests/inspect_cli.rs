@@ -61,8 +61,8 @@ fn text_report_of_a_hand_built_model_with_external_data() {
     let data_bytes = fs::metadata(dir.path().join("mlp.onnx.data")).unwrap().len();
     assert_eq!(
         data_bytes,
-        4096 + 12,
-        "W at offset 0, b at the next 4096-byte boundary"
+        4096 + 12 + sae_onnx::onnx::datafile::TRAILER_LEN,
+        "W at offset 0, b at the next 4096-byte boundary, then the trailer"
     );
     let text = inspect(&[path.to_str().unwrap()], None);
     let lines: Vec<&str> = text.lines().collect();
@@ -88,7 +88,18 @@ fn text_report_of_a_hand_built_model_with_external_data() {
     has("external data:");
     assert_eq!(
         line_of("mlp.onnx.data"),
-        "mlp.onnx.data 4.0 KiB (2 tensors, 60 B referenced)"
+        "mlp.onnx.data 4.1 KiB (2 tensors, 60 B referenced)"
+    );
+    let record = lines
+        .iter()
+        .skip_while(|l| !l.trim_start().starts_with("mlp.onnx.data"))
+        .nth(1)
+        .unwrap();
+    assert!(
+        record.contains(&format!(
+            "matches the graph's record: {data_bytes} bytes, content hash "
+        )),
+        "{text}"
     );
     has("metadata:");
     has("  sae_onnx.note: hand-built for inspect");
@@ -128,7 +139,16 @@ fn json_report_of_a_hand_built_model_with_external_data() {
             "file_bytes": fs::metadata(dir.path().join("mlp.onnx.data")).unwrap().len(),
             "tensors": 2,
             "referenced_bytes": 60,
+            "record": sae_onnx::onnx::Model::load(&path).unwrap().data_records().unwrap()["mlp.onnx.data"],
         }])
+    );
+    assert!(
+        report["external_data"][0]["record"]["xxh3_128"]
+            .as_str()
+            .unwrap()
+            .len()
+            == 32,
+        "{report}"
     );
     assert_eq!(report["metadata"]["sae_onnx.note"], "hand-built for inspect");
     assert_eq!(
@@ -201,7 +221,7 @@ fn json_report_of_models_written_by_python_onnx() {
                 let size = fs::metadata(path.with_file_name(location)).unwrap().len();
                 assert_eq!(
                     report["external_data"],
-                    json!([{"location": location, "file_bytes": size, "tensors": 2, "referenced_bytes": 60}])
+                    json!([{"location": location, "file_bytes": size, "tensors": 2, "referenced_bytes": 60, "record": null}])
                 );
             }
         }

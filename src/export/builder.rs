@@ -5,13 +5,14 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use indicatif::ProgressBar;
 
 use super::weights::{WeightView, convert};
+use crate::onnx::datafile::{DataRecord, DataWriter};
 use crate::onnx::external::{ALIGNMENT, ExternalData};
 use crate::onnx::make::{AttrValue, make_node, make_tensor};
 use crate::onnx::pb::{NodeProto, TensorProto};
@@ -24,9 +25,8 @@ const CONVERT_CHUNK: usize = 16 << 20;
 
 /// Appends tensors to a data file at aligned offsets and hands back external tensor records.
 pub struct WeightSink {
-    writer: BufWriter<File>,
+    writer: DataWriter<BufWriter<File>>,
     location: String,
-    offset: u64,
     scratch: Vec<u8>,
     progress: ProgressBar,
 }
@@ -34,17 +34,11 @@ pub struct WeightSink {
 impl WeightSink {
     pub fn new(file: File, location: &str, progress: ProgressBar) -> Self {
         Self {
-            writer: BufWriter::with_capacity(4 << 20, file),
+            writer: DataWriter::new(BufWriter::with_capacity(4 << 20, file)),
             location: location.to_owned(),
-            offset: 0,
             scratch: Vec::new(),
             progress,
         }
-    }
-
-    /// Bytes written so far (the data file's size once finished).
-    pub fn bytes_written(&self) -> u64 {
-        self.offset
     }
 
     /// Writes `weight` converted to `dtype` and returns the initializer pointing at it.
@@ -55,9 +49,7 @@ impl WeightSink {
         dtype: DataType,
         dims: &[i64],
     ) -> Result<TensorProto> {
-        let padded = self.offset.next_multiple_of(ALIGNMENT);
-        self.writer
-            .write_all(&vec![0u8; (padded - self.offset) as usize])?;
+        let padded = self.writer.align(ALIGNMENT)?;
         let mut length = 0u64;
         if weight.dtype == dtype {
             for piece in weight.data.chunks(CONVERT_CHUNK) {
@@ -75,7 +67,6 @@ impl WeightSink {
             }
         }
         self.progress.inc(weight.data.len() as u64);
-        self.offset = padded + length;
         let mut tensor = make_tensor(name, dtype, dims, Vec::new());
         ExternalData {
             location: self.location.clone(),
@@ -86,12 +77,12 @@ impl WeightSink {
         Ok(tensor)
     }
 
-    /// Flushes and syncs the data file.
-    pub fn finish(mut self) -> Result<()> {
-        self.writer.flush()?;
-        self.writer.get_ref().sync_all()?;
+    /// Ends the data file with its trailer, syncs it, and returns the record the graph keeps.
+    pub fn finish(self) -> Result<DataRecord> {
+        let (writer, record) = self.writer.finish()?;
+        writer.get_ref().sync_all()?;
         self.progress.finish_and_clear();
-        Ok(())
+        Ok(record)
     }
 }
 

@@ -165,8 +165,10 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     }
     .build(&mut builder, &ckpt)?;
     let (nodes, initializers) = builder.finish();
-    let data_len = sink.bytes_written();
-    sink.finish()?;
+    let data_path = out_dir.join(&data_name);
+    let data_record = sink
+        .finish()
+        .with_context(|| format!("cannot write '{}'", data_path.display()))?;
 
     let parameters: u64 = initializers
         .iter()
@@ -262,10 +264,18 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     if let Some(revision) = &source.revision {
         model.set_metadata(meta::REVISION, revision);
     }
+    // The record of the data exactly as this export wrote it: saving checks the file in place
+    // against it, so a concurrent export that replaced the file in between is an error here,
+    // and a later one an error when the model is loaded.
+    let data_len = data_record.bytes;
+    let records = std::collections::BTreeMap::from([(data_name.clone(), data_record)]);
+    model.set_metadata(
+        crate::onnx::datafile::RECORDS_KEY,
+        &serde_json::to_string(&records)?,
+    );
 
     // The data file goes into place first, so the model never appears without its weights; a
     // failure to write the model removes it again.
-    let data_path = out_dir.join(&data_name);
     data_temp
         .persist(&data_path)
         .with_context(|| format!("cannot write '{}'", data_path.display()))?;

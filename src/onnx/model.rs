@@ -11,6 +11,7 @@ use prost::Message;
 use prost::bytes::Bytes;
 
 use super::IR_VERSION;
+use super::datafile::{self, DataRecord, DataWriter, RECORDS_KEY, Records};
 use super::external::{self, ALIGNMENT, ExternalData};
 use super::make::make_metadata;
 use super::pb::{GraphProto, ModelProto, TensorProto};
@@ -113,6 +114,7 @@ impl Model {
             dir,
             source: Some(path.to_path_buf()),
         };
+        model.check_data_records(path)?;
         model
             .check_external_data()
             .with_context(|| format!("in '{}'", path.display()))?;
@@ -174,6 +176,51 @@ impl Model {
         }
     }
 
+    /// The data-file records the graph carries (see [`datafile`]).
+    pub fn data_records(&self) -> Result<Records> {
+        datafile::records_of(self.metadata(RECORDS_KEY))
+    }
+
+    /// Refuses a model whose data files are no longer the ones it was saved with.
+    fn check_data_records(&self, path: &Path) -> Result<()> {
+        let records = self
+            .data_records()
+            .with_context(|| format!("in '{}'", path.display()))?;
+        let used = self.external_locations()?;
+        for (location, record) in &records {
+            // A record of a file no tensor reads any more (a graph edited by another tool)
+            // says nothing about this graph's weights.
+            if !used.contains(location) {
+                continue;
+            }
+            let data =
+                external::resolve(&self.dir, location).with_context(|| format!("in '{}'", path.display()))?;
+            datafile::check(path, &data, record)?;
+        }
+        Ok(())
+    }
+
+    /// The records of the data files `locations` (resolved against `dir`) as they are now,
+    /// checked against what this model recorded: a file that changed since the model was
+    /// loaded or built is refused rather than recorded as if it belonged to the graph.
+    fn current_records(&self, locations: &BTreeSet<String>, dir: &Path) -> Result<Records> {
+        let known = self.data_records()?;
+        let mut records = Records::new();
+        for location in locations {
+            let data = external::resolve(dir, location)?;
+            let record = match known.get(location) {
+                Some(recorded) => {
+                    let model = self.source.clone().unwrap_or_else(|| dir.join("<new model>"));
+                    datafile::check(&model, &data, recorded)?;
+                    recorded.clone()
+                }
+                None => DataRecord::of_file(&data)?,
+            };
+            records.insert(location.clone(), record);
+        }
+        Ok(records)
+    }
+
     fn check_external_data(&self) -> Result<()> {
         let mut file_sizes: BTreeMap<String, u64> = BTreeMap::new();
         for_each_tensor(self.graph(), &mut |t| {
@@ -185,7 +232,9 @@ impl Model {
                 None => {
                     let path = external::resolve(&self.dir, &record.location)
                         .with_context(|| format!("tensor '{}'", t.name()))?;
-                    let size = fs::metadata(&path)?.len();
+                    let size = fs::metadata(&path)
+                        .with_context(|| format!("cannot read '{}'", path.display()))?
+                        .len();
                     file_sizes.insert(record.location.clone(), size);
                     size
                 }
@@ -248,6 +297,7 @@ impl Model {
             model: path.to_path_buf(),
             ..Default::default()
         };
+        let mut records = self.current_records(&locations, &self.dir)?;
         self.place_external_files(&locations, &out_dir, options, &mut report)?;
 
         let min_bytes = match options.external {
@@ -266,6 +316,10 @@ impl Model {
             }
             None => None,
         };
+        if let Some((_, record)) = &data_file {
+            records.insert(data_name.clone(), record.clone());
+        }
+        set_records(&mut proto, &records)?;
 
         let encoded_len = proto.encoded_len();
         if encoded_len > (2 << 30) - 1 {
@@ -276,18 +330,23 @@ impl Model {
         let mut model_file = crate::files::temp_file(&out_dir, &file_name)?;
         {
             let mut writer = BufWriter::new(model_file.as_file_mut());
-            writer.write_all(&proto.encode_to_vec())?;
-            writer.flush()?;
+            writer
+                .write_all(&proto.encode_to_vec())
+                .and_then(|()| writer.flush())
+                .with_context(|| format!("cannot write '{}'", path.display()))?;
         }
-        model_file.as_file().sync_all()?;
+        model_file
+            .as_file()
+            .sync_all()
+            .with_context(|| format!("cannot write '{}'", path.display()))?;
 
         // The data file goes into place first so a model never points at missing data; if the
         // model then cannot be renamed into place, the data file goes too.
-        if let Some((temp, size)) = data_file {
+        if let Some((temp, record)) = data_file {
             let data_path = out_dir.join(&data_name);
             temp.persist(&data_path)
                 .with_context(|| format!("cannot write '{}'", data_path.display()))?;
-            report.data_file = Some((data_path, size));
+            report.data_file = Some((data_path, record.bytes));
         }
         if let Err(err) = model_file.persist(path) {
             if let Some((data_path, _)) = &report.data_file {
@@ -332,7 +391,8 @@ impl Model {
                 );
             }
             if let Some(parent) = target.parent() {
-                fs::create_dir_all(parent)?;
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create '{}'", parent.display()))?;
             }
             if fs::hard_link(&source, &target).is_ok() {
                 report.linked.push(target);
@@ -366,15 +426,27 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// The graph's record of the data files it reads; none at all for a graph without external data.
+fn set_records(proto: &mut ModelProto, records: &Records) -> Result<()> {
+    proto.metadata_props.retain(|e| e.key() != RECORDS_KEY);
+    if !records.is_empty() {
+        proto
+            .metadata_props
+            .push(make_metadata(RECORDS_KEY, &serde_json::to_string(records)?));
+    }
+    Ok(())
+}
+
 /// Moves inline tensors of at least `min_bytes` into a new data file (temporary name in `dir`),
-/// each at a 4096-byte aligned offset. Returns the file and its size, or `None` if none moved.
+/// each at a 4096-byte aligned offset, ended by our trailer. Returns the file and its record, or
+/// `None` if none moved.
 fn write_external_data(
     graph: &mut GraphProto,
     dir: &Path,
     data_name: &str,
     min_bytes: u64,
     show_progress: bool,
-) -> Result<Option<(tempfile::NamedTempFile, u64)>> {
+) -> Result<Option<(tempfile::NamedTempFile, DataRecord)>> {
     let mut total = 0u64;
     for_each_tensor(graph, &mut |t| {
         if !t.is_external() && t.byte_len().is_some_and(|n| n >= min_bytes) {
@@ -387,9 +459,9 @@ fn write_external_data(
     }
     let mut temp = crate::files::temp_file(dir, data_name)?;
     let bar = progress::bytes_bar(total, &format!("writing {data_name}"), show_progress);
-    let mut offset = 0u64;
-    {
-        let mut writer = BufWriter::with_capacity(1 << 20, temp.as_file_mut());
+    let data_path = dir.join(data_name);
+    let record = {
+        let mut writer = DataWriter::new(BufWriter::with_capacity(1 << 20, temp.as_file_mut()));
         for_each_tensor_mut(graph, &mut |t| {
             if t.is_external() || t.byte_len().is_none_or(|n| n < min_bytes) {
                 return Ok(());
@@ -398,9 +470,10 @@ fn write_external_data(
                 Some(raw) => raw.clone(),
                 None => Bytes::from(t.inline_bytes()?),
             };
-            let padded = offset.next_multiple_of(ALIGNMENT);
-            writer.write_all(&vec![0u8; (padded - offset) as usize])?;
-            writer.write_all(&bytes)?;
+            let padded = writer
+                .align(ALIGNMENT)
+                .and_then(|padded| writer.write_all(&bytes).map(|()| padded))
+                .with_context(|| format!("cannot write '{}'", data_path.display()))?;
             let record = ExternalData {
                 location: data_name.to_owned(),
                 offset: padded,
@@ -408,15 +481,19 @@ fn write_external_data(
             };
             clear_typed_data(t);
             record.apply_to(t);
-            offset = padded + bytes.len() as u64;
             bar.inc(bytes.len() as u64);
             Ok(())
         })?;
-        writer.flush()?;
-    }
-    temp.as_file().sync_all()?;
+        let (_, record) = writer
+            .finish()
+            .with_context(|| format!("cannot write '{}'", data_path.display()))?;
+        record
+    };
+    temp.as_file()
+        .sync_all()
+        .with_context(|| format!("cannot write '{}'", data_path.display()))?;
     bar.finish_and_clear();
-    Ok(Some((temp, offset)))
+    Ok(Some((temp, record)))
 }
 
 fn clear_typed_data(t: &mut TensorProto) {
@@ -431,7 +508,10 @@ fn clear_typed_data(t: &mut TensorProto) {
 fn copy_with_progress(source: &Path, target: &Path, show_progress: bool) -> Result<()> {
     let dir = target.parent().unwrap_or(Path::new("."));
     let mut input = File::open(source).with_context(|| format!("cannot open '{}'", source.display()))?;
-    let total = input.metadata()?.len();
+    let total = input
+        .metadata()
+        .with_context(|| format!("cannot read '{}'", source.display()))?
+        .len();
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -440,16 +520,17 @@ fn copy_with_progress(source: &Path, target: &Path, show_progress: bool) -> Resu
     let bar = progress::bytes_bar(total, &format!("copying {name}"), show_progress);
     let mut buf = vec![0u8; 8 << 20];
     loop {
-        let n = input.read(&mut buf)?;
+        let n = input
+            .read(&mut buf)
+            .with_context(|| format!("cannot read '{}'", source.display()))?;
         if n == 0 {
             break;
         }
-        temp.write_all(&buf[..n])?;
+        temp.write_all(&buf[..n])
+            .with_context(|| format!("cannot write '{}'", target.display()))?;
         bar.inc(n as u64);
     }
-    temp.as_file().sync_all()?;
-    temp.persist(target)
-        .with_context(|| format!("cannot write '{}'", target.display()))?;
+    crate::files::persist(temp, target)?;
     bar.finish_and_clear();
     Ok(())
 }
