@@ -3,7 +3,7 @@
 //! `models--org--name/snapshots/<commit>/`) and downloaded through hf-hub when missing, unless
 //! `HF_HUB_OFFLINE=1`.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use hf_hub::api::sync::ApiBuilder;
@@ -50,6 +50,8 @@ impl Hub {
     /// The local path of `filename` in `repo` at `revision` (a branch, tag or commit hash),
     /// downloading it into the cache if needed and allowed.
     pub fn file(&self, repo_id: &str, kind: RepoKind, revision: &str, filename: &str) -> Result<PathBuf> {
+        check_in_repo("file", filename)?;
+        check_in_repo("revision", revision)?;
         if let Some(path) = self.cached(repo_id, kind, revision, filename) {
             return Ok(path);
         }
@@ -102,6 +104,9 @@ impl Hub {
     /// The cached path, if present. A commit hash names its snapshot folder directly; a branch or
     /// tag is looked up in `refs/`.
     pub fn cached(&self, repo_id: &str, kind: RepoKind, revision: &str, filename: &str) -> Option<PathBuf> {
+        if check_in_repo("file", filename).is_err() || check_in_repo("revision", revision).is_err() {
+            return None;
+        }
         let repo_dir = self.repo_dir(repo_id, kind);
         let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
         let commit = if is_commit {
@@ -142,6 +147,23 @@ impl RepoKind {
             Self::Dataset => "dataset",
         }
     }
+}
+
+/// Refuses a file name (or revision) that would leave the repository's snapshot folder: names
+/// come from files we do not control (a safetensors index, a steering plan's sae_id), and the
+/// cache is laid out as plain folders, so `../` or an absolute path would read any file.
+fn check_in_repo(what: &str, name: &str) -> Result<()> {
+    let plain = !name.is_empty()
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !plain {
+        bail!(
+            "the {what} '{}' is not a path inside a Hugging Face repository ('..' and absolute paths are refused)",
+            crate::files::printable(name, 200)
+        );
+    }
+    Ok(())
 }
 
 /// True when `s` looks like a Hub repository id (`org/name`) rather than a local path.
@@ -194,6 +216,35 @@ mod tests {
             hub.file("google/gemma-2-2b", RepoKind::Dataset, "main", "config.json")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn names_leaving_the_snapshot_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        fake_cache(dir.path(), "models--a--b", commit, "config.json");
+        std::fs::write(dir.path().join("secret.json"), "{}").unwrap();
+        let hub = Hub {
+            cache_dir: dir.path().into(),
+            offline: true,
+            token: None,
+            progress: false,
+        };
+        let escape = "../../../secret.json";
+        assert!(hub.cached("a/b", RepoKind::Model, "main", escape).is_none());
+        let outside = dir.path().join("secret.json");
+        for name in [escape, outside.to_str().unwrap()] {
+            let err = hub
+                .file("a/b", RepoKind::Model, "main", name)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a path inside"), "{err}");
+        }
+        let err = hub
+            .file("a/b", RepoKind::Model, "../../x", "config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("revision"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,15 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use super::gemma::PREFIXES;
+use super::weights::Checkpoint;
+
+/// config.json is a few kilobytes; a bound keeps a wrong path (`/dev/zero`) from filling memory.
+const CONFIG_MAX_BYTES: u64 = 16 << 20;
+/// The largest size any config field may give (ONNX shapes are int64; products of two such
+/// sizes must not overflow).
+const MAX_SIZE: usize = i32::MAX as usize;
+
 /// The architectures we export, from `config.json`'s `architectures`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Arch {
@@ -118,8 +127,7 @@ pub struct LayerAttention {
 impl Config {
     /// Reads `config.json`; for Gemma3ForConditionalGeneration, its `text_config`.
     pub fn load(path: &Path) -> Result<(Self, Arch)> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+        let text = crate::files::read_text(path, "model config", CONFIG_MAX_BYTES)?;
         let value: serde_json::Value =
             serde_json::from_str(&text).with_context(|| format!("'{}' is not valid JSON", path.display()))?;
         let architectures: Vec<String> = value
@@ -131,8 +139,9 @@ impl Config {
             Some("Gemma2ForCausalLM") => Arch::Gemma2,
             Some("Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration") => Arch::Gemma3,
             Some(other) => bail!(
-                "'{}': architecture {other} is not supported; sae-onnx exports {SUPPORTED}",
-                path.display()
+                "'{}': architecture {} is not supported; sae-onnx exports {SUPPORTED}",
+                path.display(),
+                crate::files::printable(other, 100)
             ),
             None => bail!(
                 "'{}' names no `architectures`; sae-onnx exports {SUPPORTED}",
@@ -145,7 +154,7 @@ impl Config {
         };
         let mut config: Config = serde_json::from_value(text_value).with_context(|| {
             format!(
-                "'{}' lacks a field a {} config must have",
+                "'{}' is not a {} config: a field is missing or not of its type",
                 path.display(),
                 arch.hf_name()
             )
@@ -157,13 +166,71 @@ impl Config {
         Ok((config, arch))
     }
 
+    /// Every value the graph divides by, indexes with or multiplies into a shape is checked here,
+    /// so a bad config.json is an error naming the field and not a panic or a graph that fails
+    /// inside ONNX Runtime.
     fn validate(&self, arch: Arch) -> Result<()> {
+        let sizes = [
+            ("vocab_size", Some(self.vocab_size)),
+            ("hidden_size", Some(self.hidden_size)),
+            ("intermediate_size", Some(self.intermediate_size)),
+            ("num_hidden_layers", Some(self.num_hidden_layers)),
+            ("num_attention_heads", Some(self.num_attention_heads)),
+            ("max_position_embeddings", Some(self.max_position_embeddings)),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+            ("sliding_window", self.sliding_window),
+            ("sliding_window_pattern", self.sliding_window_pattern),
+        ];
+        for (field, value) in sizes {
+            match value {
+                Some(0) => bail!("{field} is 0; it must be at least 1"),
+                Some(v) if v > MAX_SIZE => {
+                    bail!("{field} is {v}, larger than any model sae-onnx exports (at most {MAX_SIZE})")
+                }
+                _ => {}
+            }
+        }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            bail!(
+                "head_dim is missing and hidden_size {} is not a multiple of num_attention_heads {}; give head_dim",
+                self.hidden_size,
+                self.num_attention_heads
+            );
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            bail!(
+                "head_dim {} is odd; rotary embeddings rotate pairs of dimensions",
+                self.head_dim()
+            );
+        }
         if !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             bail!(
                 "num_attention_heads {} is not a multiple of num_key_value_heads {}",
                 self.num_attention_heads,
                 self.kv_heads()
             );
+        }
+        let positive = [
+            ("rope_theta", Some(self.rope_theta)),
+            ("rope_local_base_freq", self.rope_local_base_freq),
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
+            (
+                "rope_scaling.factor",
+                self.rope_scaling.as_ref().and_then(|s| s.factor),
+            ),
+        ];
+        for (field, value) in positive {
+            if let Some(v) = value
+                && !(v.is_finite() && v > 0.0)
+            {
+                bail!("{field} is {v}; it must be a positive number");
+            }
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
+            bail!("rms_norm_eps is {}; it must be a number >= 0", self.rms_norm_eps);
         }
         self.activation(arch)?;
         if let Some(scaling) = &self.rope_scaling {
@@ -173,7 +240,10 @@ impl Config {
                 .or(scaling.legacy_type.as_deref())
                 .unwrap_or("default");
             if !matches!(kind, "default" | "linear") {
-                bail!("rope_scaling type '{kind}' is not supported (default and linear are)");
+                bail!(
+                    "rope_scaling type '{}' is not supported (default and linear are)",
+                    crate::files::printable(kind, 100)
+                );
             }
         }
         if arch != Arch::Gemma && self.uses_sliding_window(arch) && self.sliding_window.is_none() {
@@ -191,7 +261,104 @@ impl Config {
                 .iter()
                 .find(|t| !matches!(t.as_str(), "sliding_attention" | "full_attention"))
             {
-                bail!("layer type '{bad}' is not supported");
+                bail!(
+                    "layer type '{}' is not supported",
+                    crate::files::printable(bad, 100)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the shape of every weight the export reads against what this config implies,
+    /// before anything is written: a config that contradicts its checkpoint would otherwise
+    /// export a graph that fails inside ONNX Runtime, or computes with the wrong head split.
+    pub fn check_weights(&self, arch: Arch, ckpt: &Checkpoint, path: &Path) -> Result<()> {
+        let (vocab, hidden, inter) = (self.vocab_size, self.hidden_size, self.intermediate_size);
+        let (heads, kv, head_dim) = (self.num_attention_heads, self.kv_heads(), self.head_dim());
+        // `validate` bounds every factor by MAX_SIZE, so these products fit in a usize.
+        let (q_rows, kv_rows) = (heads * head_dim, kv * head_dim);
+        let q_fields = "[num_attention_heads × head_dim, hidden_size]";
+        let kv_fields = "[num_key_value_heads × head_dim, hidden_size]";
+        let mut expected: Vec<(String, Vec<usize>, &str)> = vec![
+            (
+                "embed_tokens.weight".into(),
+                vec![vocab, hidden],
+                "[vocab_size, hidden_size]",
+            ),
+            ("norm.weight".into(), vec![hidden], "[hidden_size]"),
+        ];
+        let norms: &[&str] = if Self::has_post_norms(arch) {
+            &[
+                "input_layernorm",
+                "post_attention_layernorm",
+                "pre_feedforward_layernorm",
+                "post_feedforward_layernorm",
+            ]
+        } else {
+            &["input_layernorm", "post_attention_layernorm"]
+        };
+        for layer in 0..self.num_hidden_layers {
+            let p = |name: &str| format!("layers.{layer}.{name}.weight");
+            for norm in norms {
+                expected.push((p(norm), vec![hidden], "[hidden_size]"));
+            }
+            expected.push((p("self_attn.q_proj"), vec![q_rows, hidden], q_fields));
+            expected.push((p("self_attn.k_proj"), vec![kv_rows, hidden], kv_fields));
+            expected.push((p("self_attn.v_proj"), vec![kv_rows, hidden], kv_fields));
+            expected.push((
+                p("self_attn.o_proj"),
+                vec![hidden, q_rows],
+                "[hidden_size, num_attention_heads × head_dim]",
+            ));
+            if arch == Arch::Gemma3 {
+                expected.push((p("self_attn.q_norm"), vec![head_dim], "[head_dim]"));
+                expected.push((p("self_attn.k_norm"), vec![head_dim], "[head_dim]"));
+            }
+            let up = "[intermediate_size, hidden_size]";
+            expected.push((p("mlp.gate_proj"), vec![inter, hidden], up));
+            expected.push((p("mlp.up_proj"), vec![inter, hidden], up));
+            expected.push((
+                p("mlp.down_proj"),
+                vec![hidden, inter],
+                "[hidden_size, intermediate_size]",
+            ));
+        }
+        let mut prefixes: Vec<&[&str]> = vec![&PREFIXES; expected.len()];
+        if !self.tie_word_embeddings && ckpt.contains("lm_head.weight") {
+            expected.push((
+                "lm_head.weight".into(),
+                vec![vocab, hidden],
+                "[vocab_size, hidden_size]",
+            ));
+            prefixes.push(&[""]);
+        }
+        for ((name, want, fields), prefixes) in expected.into_iter().zip(prefixes) {
+            let Some((full, shape, file)) = ckpt.shape(prefixes, &name) else {
+                bail!(
+                    "the checkpoint has no tensor '{name}' (looked for it under {prefixes:?}), which a {} \
+                     with {} layers has; is '{}' the config of this checkpoint?",
+                    arch.hf_name(),
+                    self.num_hidden_layers,
+                    path.display()
+                );
+            };
+            if shape != want {
+                let hint = match (self.num_key_value_heads, self.head_dim) {
+                    (None, _) if fields == kv_fields => {
+                        " (num_key_value_heads is missing, so it was taken as num_attention_heads; set it)"
+                    }
+                    (_, None) if fields.contains("head_dim") => {
+                        " (head_dim is missing, so it was taken as hidden_size / num_attention_heads; set it)"
+                    }
+                    _ => "",
+                };
+                bail!(
+                    "'{}' implies {fields} = {want:?} for '{full}', but that tensor in '{}' has shape {shape:?}{hint}; \
+                     the config does not describe this checkpoint",
+                    path.display(),
+                    file.display()
+                );
             }
         }
         Ok(())

@@ -38,7 +38,7 @@ use crate::onnx::DataType;
 use crate::onnx::make::AttrValue;
 
 /// Where checkpoints keep the text model's tensors, depending on how it was saved.
-const PREFIXES: [&str; 3] = ["model.", "model.language_model.", "language_model.model."];
+pub(crate) const PREFIXES: [&str; 3] = ["model.", "model.language_model.", "language_model.model."];
 
 /// Graph input and output names.
 pub const INPUT_IDS: &str = "input_ids";

@@ -133,13 +133,24 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     ) {
         bail!("export dtype must be f32, f16 or bf16");
     }
-    if out.exists() && !options.force {
-        bail!("'{}' already exists; pass --force to replace it", out.display());
-    }
     let ops = options.ops.unwrap_or_else(|| Ops::default_for(options.dtype));
+    // The output is checked before the download as well as after it, so a refused path does not
+    // cost a download first.
+    let data_out = data_path_for(out)?;
+    let mut inputs = crate::files::Inputs::new();
+    if Path::new(model).is_dir() {
+        inputs.add_tree(Path::new(model));
+    }
+    crate::files::check_output(out, &inputs, options.force)?;
+    crate::files::check_output(&data_out, &inputs, options.force)?;
     let source = resolve_source(model, &options.revision)?;
-    let (config, arch) = Config::load(&source.dir.join("config.json"))?;
+    inputs.add_tree(&source.dir);
+    crate::files::check_output(out, &inputs, options.force)?;
+    crate::files::check_output(&data_out, &inputs, options.force)?;
+    let config_path = source.dir.join("config.json");
+    let (config, arch) = Config::load(&config_path)?;
     let ckpt = Checkpoint::open(&source.dir)?;
+    config.check_weights(arch, &ckpt, &config_path)?;
 
     let out_dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -305,6 +316,18 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     })
 }
 
+/// `OUT.data`, the data file written beside `out` (by export, and by a patch too big to stay
+/// inline).
+pub fn data_path_for(out: &Path) -> Result<PathBuf> {
+    let name = out.file_name().and_then(|n| n.to_str()).with_context(|| {
+        format!(
+            "'{}' has no file name; give the .onnx file to write",
+            out.display()
+        )
+    })?;
+    Ok(out.with_file_name(format!("{name}.data")))
+}
+
 /// A local folder as it is; a hub id through the Hugging Face cache (downloading what is missing).
 fn resolve_source(model: &str, revision: &str) -> Result<Source> {
     let path = Path::new(model);
@@ -333,8 +356,9 @@ fn resolve_source(model: &str, revision: &str) -> Result<Source> {
     }
     match hub.file(model, RepoKind::Model, revision, "model.safetensors.index.json") {
         Ok(index) => {
-            let text = std::fs::read_to_string(&index)?;
-            let index: serde_json::Value = serde_json::from_str(&text)?;
+            let text = crate::files::read_text(&index, "safetensors index", 64 << 20)?;
+            let index: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("'{}' is not a safetensors index", index.display()))?;
             let mut shards: Vec<&str> = index["weight_map"]
                 .as_object()
                 .context("safetensors index without weight_map")?

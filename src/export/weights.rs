@@ -2,7 +2,7 @@
 //! memory-mapped: a tensor is a slice of the map until it is written out.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use prost::bytes::Bytes;
@@ -23,9 +23,12 @@ pub struct WeightView {
 /// All safetensors files of a checkpoint, mapped.
 pub struct Checkpoint {
     files: Vec<(PathBuf, Bytes)>,
-    /// Tensor name -> index into `files`.
-    index: HashMap<String, usize>,
+    /// Tensor name -> index into `files` and the tensor's shape.
+    index: HashMap<String, (usize, Vec<usize>)>,
 }
+
+/// A safetensors index is a few hundred kilobytes; the bound makes `/dev/zero` an error.
+const INDEX_MAX_BYTES: u64 = 64 << 20;
 
 impl Checkpoint {
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`, in `dir`.
@@ -36,7 +39,7 @@ impl Checkpoint {
             struct Index {
                 weight_map: BTreeMap<String, String>,
             }
-            let text = std::fs::read_to_string(&index_path)?;
+            let text = crate::files::read_text(&index_path, "safetensors index", INDEX_MAX_BYTES)?;
             let index: Index = serde_json::from_str(&text)
                 .with_context(|| format!("'{}' is not a safetensors index", index_path.display()))?;
             let mut names: Vec<String> = index.weight_map.into_values().collect();
@@ -51,19 +54,29 @@ impl Checkpoint {
                 dir.display()
             );
         };
+        let root = checkpoint_root(dir)?;
         let mut files = Vec::new();
         let mut index = HashMap::new();
         for name in shard_names {
-            let path = dir.join(&name);
+            let path = shard_path(dir, &root, &name, &index_path)?;
             let bytes = map_file(&path)?;
             let st = SafeTensors::deserialize(&bytes)
                 .map_err(|e| anyhow::anyhow!("'{}' is not a valid safetensors file: {e}", path.display()))?;
-            for tensor_name in st.names() {
-                index.insert(tensor_name.to_owned(), files.len());
+            for (tensor_name, view) in st.tensors() {
+                index.insert(tensor_name, (files.len(), view.shape().to_vec()));
             }
             files.push((path, bytes));
         }
         Ok(Self { files, index })
+    }
+
+    /// The full name, shape and file of tensor `name` under the first of `prefixes` that has it.
+    pub fn shape(&self, prefixes: &[&str], name: &str) -> Option<(String, Vec<usize>, PathBuf)> {
+        prefixes.iter().find_map(|prefix| {
+            let full = format!("{prefix}{name}");
+            let (file, shape) = self.index.get(&full)?;
+            Some((full, shape.clone(), self.files[*file].0.clone()))
+        })
     }
 
     /// Whether the checkpoint has a tensor called `name`.
@@ -76,7 +89,7 @@ impl Checkpoint {
     pub fn get(&self, prefixes: &[&str], name: &str) -> Result<WeightView> {
         for prefix in prefixes {
             let full = format!("{prefix}{name}");
-            if let Some(&file) = self.index.get(&full) {
+            if let Some(&(file, _)) = self.index.get(&full) {
                 return self.read(file, &full);
             }
         }
@@ -114,6 +127,53 @@ impl Checkpoint {
     pub fn total_bytes(&self) -> u64 {
         self.files.iter().map(|(_, b)| b.len() as u64).sum()
     }
+}
+
+/// The folder a checkpoint's files must resolve into: the checkpoint folder itself, or for a
+/// Hugging Face cache snapshot (`models--org--name/snapshots/<commit>`), whose files are symlinks
+/// into `../../blobs`, the repository's cache folder.
+fn checkpoint_root(dir: &Path) -> Result<PathBuf> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("cannot read the checkpoint folder '{}'", dir.display()))?;
+    let repo = dir
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "snapshots"))
+        .and_then(Path::parent)
+        .filter(|r| {
+            r.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("models--"))
+        });
+    Ok(repo.map_or_else(|| dir.clone(), Path::to_path_buf))
+}
+
+/// `dir/name` for a shard the index names, refused unless `name` is a plain relative path and
+/// the file, links followed, lies inside `root`: an index (downloaded with the checkpoint) must
+/// not make export read arbitrary files.
+fn shard_path(dir: &Path, root: &Path, name: &str, index_path: &Path) -> Result<PathBuf> {
+    let plain = !name.is_empty()
+        && Path::new(name)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+    if !plain {
+        bail!(
+            "'{}' names the shard '{}', which is not a file inside the checkpoint folder (absolute paths and '..' are refused)",
+            index_path.display(),
+            crate::files::printable(name, 200)
+        );
+    }
+    let path = dir.join(name);
+    if let Ok(target) = path.canonicalize()
+        && !target.starts_with(root)
+    {
+        bail!(
+            "'{}' is a link to '{}', outside the checkpoint folder '{}'; refusing to read it (copy the file into the folder)",
+            path.display(),
+            target.display(),
+            root.display()
+        );
+    }
+    Ok(path)
 }
 
 /// Converts little-endian elements between float types, chunk by chunk into `out`.
