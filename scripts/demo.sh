@@ -16,7 +16,7 @@ echo "== export (safetensors -> ONNX, pure Rust)"
 $bin export models/tiny-gemma2 -o "$out/tiny-gemma2.onnx" --force
 
 echo "== patch (steer.csv -> constant Add at blocks.2.hook_resid_post)"
-$bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.onnx" -o "$out/tiny-gemma2.steered.onnx"
+$bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.onnx" -o "$out/tiny-gemma2.steered.onnx" --force
 
 echo "== eval base"
 $bin eval "$out/tiny-gemma2.onnx" --task models/tiny-gemma2/demo_mc.yaml --output-path "$out/results" --log-samples
@@ -24,7 +24,7 @@ echo "== eval steered"
 $bin eval "$out/tiny-gemma2.steered.onnx" --task models/tiny-gemma2/demo_mc.yaml --output-path "$out/results" --log-samples
 
 echo "== sweep: the coefficient at 0, 12, 24 and 48 in one session, then paired tests and a plot"
-$bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.onnx" -o "$out/tiny-gemma2.sweepable.onnx" --sweepable
+$bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.onnx" -o "$out/tiny-gemma2.sweepable.onnx" --sweepable --force
 rm -rf "$out/sweep"
 $bin eval "$out/tiny-gemma2.sweepable.onnx" --task models/tiny-gemma2/demo_mc.yaml --sweep 0,12,24,48 \
     --output-path "$out/sweep" --log-samples
@@ -32,7 +32,7 @@ $bin compare "$out"/sweep/sweep_* --plot "$out/sweep.png"
 
 echo "== generate: base and steered, side by side (decoding graphs with a KV cache)"
 $bin export models/tiny-gemma2 -o "$out/tiny-gemma2.kv.onnx" --kv-cache --force
-$bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.kv.onnx" -o "$out/tiny-gemma2.kv.steered.onnx"
+$bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.kv.onnx" -o "$out/tiny-gemma2.kv.steered.onnx" --force
 $bin generate "$out/tiny-gemma2.kv.steered.onnx" --compare "$out/tiny-gemma2.kv.onnx" --prompt "The dog sees the" --max-new-tokens 12
 
 echo "== inspect steered"

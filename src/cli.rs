@@ -218,6 +218,10 @@ pub struct PatchArgs {
     /// whose default is the CSV value: feed it to sweep coefficients without re-patching.
     #[arg(long)]
     pub sweepable: bool,
+    /// Replace OUT.onnx if it exists (never an input of the patch: the CSV, the base model and
+    /// its data, the SAE files).
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -446,6 +450,7 @@ impl Cli {
                     },
                     &crate::steer::patch::PatchExtras {
                         sweepable: args.sweepable,
+                        force: args.force,
                     },
                 )?;
                 if report.splice.removed > 0 {

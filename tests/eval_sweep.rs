@@ -43,7 +43,14 @@ fn sweepable_steered_model(dir: &Path) -> PathBuf {
         replace: false,
         progress: false,
     };
-    patch_with(&options, &PatchExtras { sweepable: true }).unwrap();
+    patch_with(
+        &options,
+        &PatchExtras {
+            sweepable: true,
+            force: false,
+        },
+    )
+    .unwrap();
     steered
 }
 

@@ -12,7 +12,7 @@ use common::golden::{Golden, compare};
 use ort::value::Tensor;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::onnx::Model;
-use sae_onnx::steer::patch::{PatchOptions, patch};
+use sae_onnx::steer::patch::{PatchExtras, PatchOptions, patch, patch_with};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -26,14 +26,21 @@ fn export_base(dir: &Path) -> PathBuf {
     out
 }
 
+/// Patches `base` into `out`, replacing `out` if an earlier case wrote it.
 fn patched(base: &Path, csv: &Path, out: &Path) -> PathBuf {
-    patch(&PatchOptions {
-        csv: csv.to_path_buf(),
-        output: out.to_path_buf(),
-        model: Some(base.display().to_string()),
-        replace: false,
-        progress: false,
-    })
+    patch_with(
+        &PatchOptions {
+            csv: csv.to_path_buf(),
+            output: out.to_path_buf(),
+            model: Some(base.display().to_string()),
+            replace: false,
+            progress: false,
+        },
+        &PatchExtras {
+            sweepable: false,
+            force: true,
+        },
+    )
     .unwrap_or_else(|e| panic!("{}: {e:#}", csv.display()));
     out.to_path_buf()
 }

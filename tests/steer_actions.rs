@@ -58,7 +58,10 @@ fn patched(base: &Path, csv: &Path, out: &Path, sweepable: bool, replace: bool) 
             replace,
             progress: false,
         },
-        &PatchExtras { sweepable },
+        &PatchExtras {
+            sweepable,
+            force: true,
+        },
     )
     .unwrap_or_else(|e| panic!("{}: {e:#}", csv.display()));
     out.to_path_buf()

@@ -274,7 +274,10 @@ fn non_utf8_plans_are_refused_with_a_position() {
     let e = format!("{:#}", SteeringPlan::from_csv_file(&path).unwrap_err());
     assert_eq!(
         e,
-        format!("{}:2:3: the steering plan is not UTF-8 text", path.display())
+        format!(
+            "steering plan '{}' is not UTF-8 text (line 2, byte 13)",
+            path.display()
+        )
     );
 }
 

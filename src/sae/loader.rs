@@ -52,6 +52,8 @@ pub struct Sae {
     pub provenance: SaeProvenance,
     /// `release/id`, `repo/id` or the folder, for messages.
     pub label: String,
+    /// The files opened (weights, config), so a command can refuse to write over them.
+    pub files: Vec<PathBuf>,
     weights: Weights,
     names: Names,
     scales: Scales,
@@ -159,6 +161,8 @@ struct Description {
     architecture: String,
     apply_b_dec_to_input: bool,
     scales: Scales,
+    /// The config file the description was read from, if any.
+    config: Option<PathBuf>,
 }
 
 /// Provenance fields known before the file is opened.
@@ -188,7 +192,20 @@ impl Sae {
                 let dir = if sae_id.is_empty() {
                     dir.clone()
                 } else {
-                    dir.join(sae_id)
+                    check_sae_id(sae_id)?;
+                    let sub = dir.join(sae_id);
+                    // A subfolder that is a link out of the SAE folder is refused like `..`.
+                    if let (Ok(real), Ok(root)) = (sub.canonicalize(), dir.canonicalize())
+                        && !real.starts_with(&root)
+                    {
+                        bail!(
+                            "sae_id '{}' leads to '{}', outside the SAE folder '{}'",
+                            crate::files::printable(sae_id, 200),
+                            real.display(),
+                            root.display()
+                        );
+                    }
+                    sub
                 };
                 let origin = Origin {
                     source: source.clone(),
@@ -248,6 +265,9 @@ impl Sae {
 
     /// A repository the registry does not list (or a folder of it that it does not list).
     fn open_hub_folder(hub: &Hub, source: &SaeSource, repo: &str, sae_id: &str) -> Result<Self> {
+        if !sae_id.trim_matches('/').is_empty() {
+            check_sae_id(sae_id.trim_matches('/'))?;
+        }
         let prefix = if sae_id.trim_matches('/').is_empty() {
             String::new()
         } else {
@@ -342,6 +362,9 @@ impl Sae {
     }
 
     fn build(weights_file: &Path, desc: Description, origin: Origin) -> Result<Self> {
+        let files = std::iter::once(weights_file.to_path_buf())
+            .chain(desc.config.clone())
+            .collect();
         let weights = Weights::open(weights_file)?;
         let names = Names {
             w_enc: weights.pick(weights_file, &["W_enc", "w_enc"])?,
@@ -403,6 +426,7 @@ impl Sae {
             apply_b_dec_to_input: desc.apply_b_dec_to_input,
             provenance,
             label: origin.label,
+            files,
             weights,
             names,
             scales: desc.scales,
@@ -425,6 +449,9 @@ impl Sae {
         self.check_latents(latents)?;
         let mut rows = self.weights.array(&self.names.w_dec)?.rows(latents)?;
         rows.iter_mut().for_each(|r| self.scales.w_dec.apply(r));
+        for (row, &latent) in rows.iter().zip(latents) {
+            self.check_finite(&self.names.w_dec, Some(latent), row)?;
+        }
         Ok(DecoderRows {
             hook: self.hook,
             head_index: self.head_index,
@@ -441,20 +468,31 @@ impl Sae {
         self.check_latents(latents)?;
         let mut w_enc_cols = self.weights.array(&self.names.w_enc)?.cols(latents)?;
         w_enc_cols.iter_mut().for_each(|c| self.scales.w_enc.apply(c));
+        for (col, &latent) in w_enc_cols.iter().zip(latents) {
+            self.check_finite(&self.names.w_enc, Some(latent), col)?;
+        }
         let b_enc = self.vector(&self.names.b_enc, self.d_sae)?.elements(latents)?;
+        for (b, &latent) in b_enc.iter().zip(latents) {
+            self.check_finite(&self.names.b_enc, Some(latent), std::slice::from_ref(b))?;
+        }
         let threshold = match &self.names.threshold {
             Some(name) => {
                 let t = self.vector(name, self.d_sae)?.elements(latents)?;
-                Some(if self.names.log_threshold {
+                let t: Vec<f32> = if self.names.log_threshold {
                     t.into_iter().map(f32::exp).collect()
                 } else {
                     t
-                })
+                };
+                for (v, &latent) in t.iter().zip(latents) {
+                    self.check_finite(name, Some(latent), std::slice::from_ref(v))?;
+                }
+                Some(t)
             }
             None => None,
         };
         let mut b_dec = self.vector(&self.names.b_dec, self.d_in)?.to_vec()?;
         self.scales.b_dec.apply(&mut b_dec);
+        self.check_finite(&self.names.b_dec, None, &b_dec)?;
         Ok(EncoderParts {
             hook: self.hook,
             head_index: self.head_index,
@@ -471,6 +509,29 @@ impl Sae {
         })
     }
 
+    /// NaN or infinity in what a steering row reads would make every logit NaN (or the graph's
+    /// comparisons always false) without an error; the file is damaged or was saved so.
+    fn check_finite(&self, tensor: &str, latent: Option<usize>, values: &[f32]) -> Result<()> {
+        let Some((index, value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) else {
+            return Ok(());
+        };
+        let at = match latent {
+            // The latent's column of W_enc, its row of W_dec, its entry of a [d_sae] vector.
+            Some(latent) if values.len() > 1 => format!("latent {latent} (element {index})"),
+            Some(latent) => format!("latent {latent}"),
+            None => format!("element {index}"),
+        };
+        let message = format!(
+            "'{}': {tensor} has {value} at {at} (values loaded as SAELens scales them); the SAE file is damaged \
+             or was saved with non-finite values, and steering with it would give NaN or infinite activations",
+            self.provenance.file.display()
+        );
+        Err(match latent {
+            Some(latent) => anyhow!(NonFiniteLatent { latent, message }),
+            None => anyhow!(message),
+        })
+    }
+
     fn vector(&self, name: &str, len: usize) -> Result<StoredArray> {
         let a = self.weights.array(name)?;
         ensure!(
@@ -482,6 +543,36 @@ impl Sae {
         Ok(a)
     }
 }
+
+/// An sae_id names a folder inside its SAE source; `..` or an absolute path would read SAEs (or
+/// any file) elsewhere.
+fn check_sae_id(sae_id: &str) -> Result<()> {
+    let plain = Path::new(sae_id)
+        .components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    ensure!(
+        plain,
+        "sae_id '{}' is not a folder inside the SAE source ('..' and absolute paths are refused)",
+        crate::files::printable(sae_id, 200)
+    );
+    Ok(())
+}
+
+/// Non-finite values in one latent's weights: the fault of the plan rows naming that latent,
+/// so the plan reader can point at them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonFiniteLatent {
+    pub latent: usize,
+    pub message: String,
+}
+
+impl std::fmt::Display for NonFiniteLatent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for NonFiniteLatent {}
 
 // ------------------------------------------------------------------------------------------------
 // descriptions
@@ -514,6 +605,7 @@ fn params_description(
         architecture: "jumprelu".into(),
         apply_b_dec_to_input: false,
         scales,
+        config: None,
     }
 }
 
@@ -565,13 +657,17 @@ fn params_description_inferred(
         },
     };
     let mut desc = params_description(format, hook, head_index, None);
+    desc.config = config.map(Path::to_path_buf);
     if format == SaeFormat::GemmaScopeNpz && hook.site == Site::Embed {
         // The sqrt(d_in) scale needs d_in: read it from W_dec's shape.
         let npz = Npz::open(weights)?;
         let key = if npz.contains("W_dec") { "W_dec" } else { "w_dec" };
         let shape = npz.array(key)?.shape;
         if let [d_sae, d_in] = shape[..] {
-            desc = params_description(format, hook, head_index, Some((d_in, d_sae, "W_dec".into())));
+            desc = Description {
+                config: desc.config,
+                ..params_description(format, hook, head_index, Some((d_in, d_sae, "W_dec".into())))
+            };
         }
     }
     Ok(desc)
@@ -786,6 +882,7 @@ fn saelens_description(cfg_path: &Path, norm_factor: Option<f64>, label: &str) -
         architecture,
         apply_b_dec_to_input,
         scales,
+        config: Some(cfg_path.to_path_buf()),
     })
 }
 

@@ -21,7 +21,7 @@ use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::hook::HookPoint;
-pub use loader::{Sae, load_decoder_rows, load_encoder_parts};
+pub use loader::{NonFiniteLatent, Sae, load_decoder_rows, load_encoder_parts};
 pub use registry::{Registry, RegistrySae, Release, SaeEntry, registry};
 
 /// Where an SAE comes from (as a steering plan names it in `sae_release` / `sparse_model`).

@@ -37,7 +37,7 @@ pub fn locate(model: &Model, hook: HookPoint) -> Result<HookSite> {
         return Ok(site(name));
     }
     let Some(layer) = hook.layer else {
-        return candidates_error(graph, hook);
+        return candidates_error(model, hook);
     };
     let scope = format!("/model/layers.{layer}/");
     // 2. torch.onnx / optimum: plain Adds and norms.
@@ -89,10 +89,18 @@ pub fn locate(model: &Model, hook: HookPoint) -> Result<HookSite> {
             }
         }
     }
-    candidates_error(graph, hook)
+    candidates_error(model, hook)
 }
 
-fn candidates_error(graph: &GraphProto, hook: HookPoint) -> Result<HookSite> {
+fn candidates_error(model: &Model, hook: HookPoint) -> Result<HookSite> {
+    let graph = model.graph();
+    if model.metadata(crate::export::meta::FORMAT).is_some() {
+        // Our exports list their hooks; a missing one is not a foreign graph to search.
+        let layers = model.metadata(crate::export::meta::NUM_LAYERS).unwrap_or("?");
+        bail!(
+            "this sae-onnx export ({layers} layers) has no tensor {hook}; `sae-onnx inspect` lists the hooks it has"
+        );
+    }
     let scope = hook.layer.map(|l| format!("layers.{l}/")).unwrap_or_default();
     let mut candidates: Vec<String> = graph
         .node

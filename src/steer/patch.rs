@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use super::plan::SteeringPlan;
 use super::splice::{self, SpliceOptions, SpliceReport};
 use crate::export::{self, ExportOptions};
+use crate::files::{self, Inputs};
 use crate::hub::Hub;
 use crate::onnx::{Model, SaveOptions, SaveReport};
 use crate::sae::{SaeSource, registry};
@@ -43,18 +44,46 @@ pub struct PatchExtras {
     /// Each row's coefficient becomes an overridable graph input `steer.coeff.<k>` (see
     /// [`super::sweep`]).
     pub sweepable: bool,
+    /// Replace an existing output file (never an input of the patch, nor anything that is not a
+    /// regular file).
+    pub force: bool,
 }
 
 pub fn patch_with(options: &PatchOptions, extras: &PatchExtras) -> Result<PatchReport> {
     let start = Instant::now();
+    let out = &options.output;
+    let data_out = export::data_path_for(out)?;
+    let check = |inputs: &Inputs| -> Result<()> {
+        files::check_output(out, inputs, extras.force)?;
+        files::check_output(&data_out, inputs, extras.force)
+    };
+    // Checked first with what is known before any work (a base export can take minutes), and
+    // again once every input (base model data, SAE files) is known, before anything is written.
+    let mut inputs = Inputs::new();
+    inputs.add(&options.csv);
+    if let Some(m) = &options.model {
+        inputs.add_tree(Path::new(m));
+    }
+    check(&inputs)?;
     let plan = SteeringPlan::from_csv_file(&options.csv)?;
     if plan.rows.is_empty() {
         bail!("{}: the steering plan has no rows", options.csv.display());
     }
+    for row in &plan.rows {
+        if let SaeSource::Folder(dir) = &row.sae {
+            inputs.add_tree(dir);
+        }
+    }
+    check(&inputs)?;
     let base = base_model(&plan, options)?;
     let mut model = Model::load(&base)?;
+    inputs.add(&base);
+    for location in model.external_locations()? {
+        inputs.add(&crate::onnx::external::resolve(&model.dir, &location)?);
+    }
     let hub = Hub::from_env();
-    let (hooks, provenance) = splice::steering(&plan, &hub, extras.sweepable)?;
+    let (hooks, provenance) = splice::steering(&plan, &hub, extras.sweepable, &mut inputs)?;
+    check(&inputs)?;
     let report = splice::splice(
         &mut model,
         &plan,

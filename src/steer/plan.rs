@@ -21,7 +21,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail};
 
 use crate::hook::HookPoint;
 use crate::sae::SaeSource;
@@ -113,6 +113,10 @@ pub enum PlanFormat {
     LmEval,
 }
 
+/// A steering plan is a few lines; the bound makes `--csv /dev/zero` an error, not an
+/// out-of-memory kill.
+const PLAN_MAX_BYTES: u64 = 64 << 20;
+
 /// A position in the plan file (1-based line and character column).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Pos {
@@ -181,15 +185,7 @@ impl SteeringPlan {
     /// Reads and parses a plan file. Relative SAE folders are looked up in the current directory,
     /// then next to the plan.
     pub fn from_csv_file(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read steering plan '{}'", path.display()))?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            let (line, col) = line_col(&e.as_bytes()[..e.utf8_error().valid_up_to()]);
-            anyhow!(
-                "{}:{line}:{col}: the steering plan is not UTF-8 text",
-                path.display()
-            )
-        })?;
+        let text = crate::files::read_text(path, "steering plan", PLAN_MAX_BYTES)?;
         Self::parse_csv(&text, path)
     }
 
@@ -243,13 +239,6 @@ impl SteeringPlan {
         });
         format!("{}:{}:{}", self.source_path.display(), pos.line, pos.col)
     }
-}
-
-fn line_col(prefix: &[u8]) -> (usize, usize) {
-    let text = String::from_utf8_lossy(prefix);
-    let line = text.matches('\n').count() + 1;
-    let col = text.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, col)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -307,6 +296,7 @@ fn lex(text: &str) -> Result<Vec<Record>, PlanError> {
                             col = 1;
                         }
                         Some(c) => {
+                            refuse_control(c, Pos { line, col })?;
                             s.push(c);
                             col += 1;
                         }
@@ -331,6 +321,7 @@ fn lex(text: &str) -> Result<Vec<Record>, PlanError> {
                     if matches!(c, ',' | '\n' | '\r') {
                         break;
                     }
+                    refuse_control(c, Pos { line, col })?;
                     s.push(c);
                     chars.next();
                     col += 1;
@@ -361,6 +352,22 @@ fn lex(text: &str) -> Result<Vec<Record>, PlanError> {
         }
     }
     Ok(records)
+}
+
+/// NUL bytes and terminal escapes have no place in a plan (a binary file, or text pasted from
+/// a terminal); refusing them here also keeps them out of every later message that echoes a field.
+fn refuse_control(c: char, pos: Pos) -> Result<(), PlanError> {
+    if c.is_control() && !matches!(c, '\t' | '\r' | '\n') {
+        return Err((
+            pos,
+            format!(
+                "control character '{}' in the steering plan (a binary file, or terminal escape codes?); \
+                 a plan is plain CSV text",
+                c.escape_default()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -539,12 +546,7 @@ impl Layout {
         })?;
         let latent_pos = f.pos;
         let (name, f) = self.required(record, Col::Coefficient)?;
-        let coefficient = f
-            .text
-            .parse::<f64>()
-            .ok()
-            .filter(|c| c.is_finite())
-            .ok_or_else(|| (f.pos, format!("{name} '{}' is not a finite number", f.text)))?;
+        let coefficient = float32(name, f)?;
         let coefficient_pos = f.pos;
         if let Some((_, f)) = self.optional(record, Col::Loader)
             && f.text != "sae_lens"
@@ -621,12 +623,7 @@ impl Layout {
 /// A `threshold` field: a finite activation level >= 0, on an `add_if_active` row only (the other
 /// actions have no use for it, and silently ignoring it would hide a mistake).
 fn threshold(name: &str, f: &Field, action: SteerAction) -> Result<f64, PlanError> {
-    let value = f
-        .text
-        .parse::<f64>()
-        .ok()
-        .filter(|t| t.is_finite())
-        .ok_or_else(|| (f.pos, format!("{name} '{}' is not a finite number", f.text)))?;
+    let value = float32(name, f)?;
     if action != SteerAction::AddIfActive {
         return Err((
             f.pos,
@@ -642,6 +639,28 @@ fn threshold(name: &str, f: &Field, action: SteerAction) -> Result<f64, PlanErro
             format!(
                 "{name} '{}' is negative; features are never below 0, so the row would add everywhere (use add)",
                 f.text
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// A number the graph can hold: steering runs in float32, so a value beyond its range would
+/// become an infinite vector (and NaN would poison every logit).
+fn float32(name: &str, f: &Field) -> Result<f64, PlanError> {
+    let value = f
+        .text
+        .parse::<f64>()
+        .ok()
+        .filter(|c| c.is_finite())
+        .ok_or_else(|| (f.pos, format!("{name} '{}' is not a finite number", f.text)))?;
+    if value.abs() > f64::from(f32::MAX) {
+        return Err((
+            f.pos,
+            format!(
+                "{name} '{}' is beyond float32's range (±{:e}), in which steering is computed",
+                f.text,
+                f32::MAX
             ),
         ));
     }

@@ -29,12 +29,13 @@ use super::locate::{HookSite, locate};
 use super::plan::{PlanField, SteerAction, SteeringPlan};
 use super::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
 use crate::export::meta;
+use crate::files::Inputs;
 use crate::hook::{HookPoint, Site};
 use crate::hub::Hub;
 use crate::onnx::make::{make_node, make_tensor, make_tensor_value_info};
 use crate::onnx::pb::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::onnx::{DataType, Model};
-use crate::sae::{LatentOutOfRange, Sae, SaeProvenance};
+use crate::sae::{LatentOutOfRange, NonFiniteLatent, Sae, SaeProvenance};
 
 /// Metadata key holding the JSON list of steering patches applied, oldest first.
 pub const STEERING: &str = "sae_onnx.steering";
@@ -122,11 +123,13 @@ pub struct SpliceReport {
     pub coefficient_inputs: Vec<String>,
 }
 
-/// Reads what the plan needs from its SAEs (each opened once) and groups the rows per hook.
+/// Reads what the plan needs from its SAEs (each opened once) and groups the rows per hook. The
+/// SAE files read are recorded in `inputs`.
 pub fn steering(
     plan: &SteeringPlan,
     hub: &Hub,
     sweepable: bool,
+    inputs: &mut Inputs,
 ) -> Result<(Vec<HookSteering>, Vec<SaeProvenance>)> {
     let mut by_sae: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
     for (i, row) in plan.rows.iter().enumerate() {
@@ -147,9 +150,11 @@ pub fn steering(
         let latents: Vec<usize> = rows.iter().map(|&i| plan.rows[i].latent).collect();
         let culprit = |err: anyhow::Error| {
             // A latent out of range is the fault of its own row; anything else, of the SAE column.
-            let row = err
+            let latent = err
                 .downcast_ref::<LatentOutOfRange>()
-                .and_then(|e| rows.iter().map(|&i| &plan.rows[i]).find(|r| r.latent == e.latent));
+                .map(|e| e.latent)
+                .or_else(|| err.downcast_ref::<NonFiniteLatent>().map(|e| e.latent));
+            let row = latent.and_then(|l| rows.iter().map(|&i| &plan.rows[i]).find(|r| r.latent == l));
             match row {
                 Some(row) => err.context(plan.location(row, PlanField::Latent)),
                 None => {
@@ -159,6 +164,9 @@ pub fn steering(
             }
         };
         let sae = Sae::open(hub, &first.sae, &first.sae_id).map_err(culprit)?;
+        for file in &sae.files {
+            inputs.add(file);
+        }
         let decoder = sae.decoder_rows(&latents).map_err(culprit)?;
         let needs_encoder = rows.iter().any(|&i| plan.rows[i].action != SteerAction::Add);
         let encoder = if needs_encoder {
@@ -189,6 +197,7 @@ pub fn steering(
                 }
             };
             let w_dec = place(&decoder.rows[k]);
+            check_change_fits(plan, i, &w_dec)?;
             let acc = hooks.entry(hook).or_insert_with(|| Acc {
                 constant: None,
                 terms: Vec::new(),
@@ -232,6 +241,18 @@ pub fn steering(
             term.write.push(col.write);
         }
     }
+    for (hook, acc) in &hooks {
+        if let Some(sum) = &acc.constant
+            && sum.iter().any(|x| x.abs() > f64::from(f32::MAX))
+        {
+            let lines: Vec<usize> = acc.rows.iter().map(|&i| plan.rows[i].line).collect();
+            bail!(
+                "{}: the add rows on {hook} (lines {lines:?}) sum to a vector beyond float32's range; \
+                 lower their coefficients",
+                plan.source_path.display()
+            );
+        }
+    }
     let hooks = hooks
         .into_iter()
         .map(|(hook, acc)| HookSteering {
@@ -246,6 +267,23 @@ pub fn steering(
         })
         .collect();
     Ok((hooks, provenance))
+}
+
+/// Refuses a row whose change at its own coefficient, `coefficient · W_dec[latent]`, is beyond
+/// float32 (the type steering is computed in): it would add an infinite vector.
+fn check_change_fits(plan: &SteeringPlan, i: usize, w_dec: &[f32]) -> Result<()> {
+    let row = &plan.rows[i];
+    let largest = w_dec.iter().fold(0.0f64, |m, &w| m.max(f64::from(w).abs()));
+    if largest * row.coefficient.abs() > f64::from(f32::MAX) {
+        bail!(
+            "{}: steering_coefficient {} × W_dec[{}] (largest |value| {largest}) is beyond float32's range, in \
+             which steering is computed; lower the coefficient",
+            plan.location(row, PlanField::Coefficient),
+            row.coefficient,
+            row.latent
+        );
+    }
+    Ok(())
 }
 
 /// One row's share of a [`Term`].
@@ -369,14 +407,33 @@ pub fn splice(
         removed,
         coefficient_inputs: Vec::new(),
     };
+    let layers: Option<usize> = model.metadata(meta::NUM_LAYERS).and_then(|v| v.parse().ok());
     for hs in hooks {
-        let site = locate(model, hs.hook)?;
+        let at = rows_at(plan, hs);
+        if let (Some(layer), Some(n)) = (hs.hook.layer, layers)
+            && layer >= n
+        {
+            bail!(
+                "{at}: the row steers {}, but the model has {n} layers (blocks 0 to {}); is the SAE or \
+                 hookpoint meant for this model?",
+                hs.hook,
+                n.saturating_sub(1)
+            );
+        }
+        let site = locate(model, hs.hook).with_context(|| format!("{at}: steering {}", hs.hook))?;
         let width = fit_width(model, plan, hs)?;
         if !hs.terms.is_empty() {
             check_opset(model, hs.hook)?;
         }
         let graph = model.graph_mut();
         let source = chain_end(graph, &site);
+        if site.only_reader.is_none() && graph.consumers(&source).is_empty() {
+            bail!(
+                "{at}: {} is the tensor '{source}', which no node of the graph reads, so steering it would change \
+                 nothing; the graph does not compute on from this hook",
+                hs.hook
+            );
+        }
         let name = hs.hook.to_string();
         let node_name = graph.unique_name(&format!("{NODE_PREFIX}{name}"));
         let mut b = Builder {
@@ -493,6 +550,25 @@ pub fn splice(
     }
     record(model, plan, hooks, provenance, options.replace, &input_of)?;
     Ok(report)
+}
+
+/// `file:line:col` of the rows steering a hook (at the field that chose the hook: the hookpoint,
+/// else the SAE), for errors about the hook.
+fn rows_at(plan: &SteeringPlan, hs: &HookSteering) -> String {
+    let at: Vec<String> = hs
+        .rows
+        .iter()
+        .map(|&i| {
+            let row = &plan.rows[i];
+            let field = if row.hook.is_some() {
+                PlanField::Hook
+            } else {
+                PlanField::Sae
+            };
+            plan.location(row, field)
+        })
+        .collect();
+    at.join(", ")
 }
 
 /// Where a new patch reads the hook: after the steering already spliced there, so stacked
