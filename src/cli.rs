@@ -529,7 +529,7 @@ impl Cli {
         use crate::eval::evaluator::{self, EvalOptions};
         use crate::eval::task::TaskIndex;
         if args.list_tasks {
-            let mut dirs = vec![evaluator::bundled_tasks_dir()];
+            let mut dirs = vec![evaluator::bundled_tasks_dir()?];
             dirs.extend(args.include_path.iter().cloned());
             let index = TaskIndex::scan(&dirs.into_iter().filter(|d| d.is_dir()).collect::<Vec<_>>())?;
             for (name, entry) in &index.entries {

@@ -95,10 +95,7 @@ pub fn check_output(path: &Path, inputs: &Inputs, force: bool) -> Result<()> {
         );
     }
     if !force {
-        bail!(
-            "'{}' already exists; pass --force to replace it",
-            path.display()
-        );
+        bail!("'{}' already exists; pass --force to replace it", path.display());
     }
     Ok(())
 }
@@ -117,6 +114,18 @@ pub fn temp_file(dir: &Path, name: &str) -> Result<tempfile::NamedTempFile> {
         .permissions(fs::Permissions::from_mode(0o666))
         .tempfile_in(dir)
         .with_context(|| format!("cannot create a temporary file in '{}'", folder_name(dir)))
+}
+
+/// A temporary folder in `dir` for the output folder `name`, to be renamed into place when
+/// complete; named and cleaned up as [`temp_file`]'s files are.
+pub fn temp_dir(dir: &Path, name: &str) -> Result<tempfile::TempDir> {
+    let owner = format!("{}@{}", std::process::id(), host_name());
+    remove_stale_temps(dir, name);
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}.{owner}."))
+        .suffix(".tmp")
+        .tempdir_in(dir)
+        .with_context(|| format!("cannot create a temporary folder in '{}'", folder_name(dir)))
 }
 
 /// A temporary file beside `path`, for writing `path`.
@@ -175,7 +184,13 @@ fn host_name() -> String {
     let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end])
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -204,7 +219,11 @@ fn remove_stale_temps(dir: &Path, name: &str) {
         };
         let Ok(pid) = pid.parse::<i32>() else { continue };
         if owner_host == host && !process_alive(pid) {
-            let _ = fs::remove_file(entry.path());
+            let path = entry.path();
+            let _ = match entry.file_type() {
+                Ok(t) if t.is_dir() => fs::remove_dir_all(&path),
+                _ => fs::remove_file(&path),
+            };
         }
     }
 }
@@ -220,13 +239,11 @@ fn process_alive(pid: i32) -> bool {
 
 /// Reads a UTF-8 text input of at most `max_bytes`, naming `what` and the file in every error.
 pub fn read_text(path: &Path, what: &str, max_bytes: u64) -> Result<String> {
-    let meta =
-        fs::metadata(path).with_context(|| format!("cannot read {what} '{}'", path.display()))?;
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {what} '{}'", path.display()))?;
     if meta.is_dir() {
         bail!("{what} '{}' is a folder, not a file", path.display());
     }
-    let file =
-        fs::File::open(path).with_context(|| format!("cannot read {what} '{}'", path.display()))?;
+    let file = fs::File::open(path).with_context(|| format!("cannot read {what} '{}'", path.display()))?;
     let mut bytes = Vec::new();
     file.take(max_bytes + 1)
         .read_to_end(&mut bytes)
@@ -305,7 +322,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let host = host_name();
         let dead = dir.path().join(format!(".m.onnx.999999999@{host}.abc.tmp"));
-        let live = dir.path().join(format!(".m.onnx.{}@{host}.abc.tmp", std::process::id()));
+        let live = dir
+            .path()
+            .join(format!(".m.onnx.{}@{host}.abc.tmp", std::process::id()));
         let foreign = dir.path().join(".m.onnx.1@elsewhere.abc.tmp");
         for p in [&dead, &live, &foreign] {
             fs::write(p, "").unwrap();
@@ -320,7 +339,10 @@ mod tests {
         let err = read_text(Path::new("/dev/zero"), "steer.csv", 1 << 20)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("/dev/zero") && err.contains("larger than 1 MiB"), "{err}");
+        assert!(
+            err.contains("/dev/zero") && err.contains("larger than 1 MiB"),
+            "{err}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("p.txt");
         fs::write(&bad, b"ok\n\xff").unwrap();

@@ -78,11 +78,22 @@ pub enum BatchSize {
 /// `--batch-size auto` tries this first, then halves.
 pub const AUTO_BATCH_CAP: usize = 64;
 
-/// The bundled task folder (lm-eval YAMLs shipped with sae-onnx).
-pub fn bundled_tasks_dir() -> PathBuf {
-    std::env::var_os("SAE_ONNX_TASKS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tasks")))
+/// The bundled task folder: `SAE_ONNX_TASKS` when set, else the lm-eval YAMLs built into the
+/// binary, written once under the cache root (an installed binary has no checkout to read).
+pub fn bundled_tasks_dir() -> Result<PathBuf> {
+    match std::env::var_os("SAE_ONNX_TASKS").filter(|v| !v.is_empty()) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if !dir.is_dir() {
+                bail!(
+                    "SAE_ONNX_TASKS is '{}', which is not a folder; point it at a folder of task YAMLs, or unset it for the bundled tasks",
+                    dir.display()
+                );
+            }
+            Ok(dir)
+        }
+        None => super::bundled::extract(&crate::paths::cache_root()),
+    }
 }
 
 /// A resolved name: a task, or a group of children with its aggregation.
@@ -262,7 +273,7 @@ fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
         .or(tokenizer.eos_id)
         .context("the tokenizer has neither BOS nor EOS")?;
 
-    let mut dirs = vec![bundled_tasks_dir()];
+    let mut dirs = vec![bundled_tasks_dir()?];
     dirs.extend(options.include_paths.iter().cloned());
     let mut index = TaskIndex::scan(&dirs.iter().filter(|d| d.is_dir()).cloned().collect::<Vec<_>>())?;
     let mut roots = Vec::new();

@@ -1,6 +1,7 @@
 //! `sae-onnx eval`: lm-evaluation-harness semantics on ONNX Runtime.
 
 pub mod builtins;
+pub mod bundled;
 pub mod data;
 pub mod evaluator;
 pub mod generative;
