@@ -310,7 +310,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub num_fewshot: Option<usize>,
     /// Evaluate only the first N documents of each task (or a fraction if below 1).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_limit, allow_hyphen_values = true)]
     pub limit: Option<f64>,
     /// Sequences per forward pass, or `auto`: the largest (up to 64) whose forward at the longest
     /// request's length runs, halving from 64 on failure (e.g. out of GPU memory).
@@ -326,6 +326,9 @@ pub struct EvalArgs {
     /// Folder (or .json file) for results_<date>.json and samples, as lm-eval writes them.
     #[arg(long)]
     pub output_path: Option<PathBuf>,
+    /// Replace an existing --output-path .json file.
+    #[arg(long)]
+    pub force: bool,
     /// Also write samples_<task>_<date>.jsonl with every document's prompts and scores.
     #[arg(long)]
     pub log_samples: bool,
@@ -342,7 +345,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub include_path: Vec<PathBuf>,
     /// Context length in tokens (default: the model's max_position_embeddings).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_max_length)]
     pub max_length: Option<usize>,
     /// List the tasks, groups and tags available and exit.
     #[arg(long)]
@@ -352,6 +355,25 @@ pub struct EvalArgs {
     /// results go to <output-path>/sweep_<input>_<value>/; a table of all values is printed last.
     #[arg(long, value_name = "[INPUT=]VALUES", allow_hyphen_values = true)]
     pub sweep: Option<crate::eval::sweep::SweepSpec>,
+}
+
+fn parse_limit(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!(
+            "'{s}' is not a limit: give a number of documents (e.g. 100) or a fraction above 0 and below 1 (e.g. 0.1)"
+        )),
+    }
+}
+
+fn parse_max_length(s: &str) -> Result<usize, String> {
+    use crate::eval::evaluator::MAX_CONTEXT;
+    match s.parse::<usize>() {
+        Ok(n) if (1..=MAX_CONTEXT).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "'{s}' is not a context length: give a number of tokens from 1 to {MAX_CONTEXT}"
+        )),
+    }
 }
 
 fn parse_batch_size(s: &str) -> Result<BatchSize, String> {
@@ -564,6 +586,7 @@ impl Cli {
             include_paths: args.include_path.clone(),
             max_length: args.max_length,
             progress: self.show_progress(),
+            force: args.force,
         };
         if let Some(spec) = &args.sweep {
             let loaded = crate::onnx::Model::load(model)?;

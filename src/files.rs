@@ -34,6 +34,18 @@ impl Inputs {
     /// Records `dir` itself and every file below it (symlinks followed), for inputs that are a
     /// whole folder, such as a checkpoint.
     pub fn add_tree(&mut self, dir: &Path) {
+        self.add_tree_once(dir, &mut std::collections::HashSet::new());
+    }
+
+    /// `add_tree`, entering each folder once: a symlink to a folder above it would otherwise
+    /// recurse until the stack overflows.
+    fn add_tree_once(&mut self, dir: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) {
+        let Ok(meta) = fs::metadata(dir) else {
+            return;
+        };
+        if !seen.insert((meta.dev(), meta.ino())) {
+            return;
+        }
         self.add(dir);
         let Ok(entries) = fs::read_dir(dir) else {
             return;
@@ -41,7 +53,7 @@ impl Inputs {
         for entry in entries.flatten() {
             let path = entry.path();
             match fs::metadata(&path) {
-                Ok(meta) if meta.is_dir() => self.add_tree(&path),
+                Ok(meta) if meta.is_dir() => self.add_tree_once(&path, seen),
                 Ok(_) => self.add(&path),
                 Err(_) => {}
             }

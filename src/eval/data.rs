@@ -18,31 +18,20 @@ pub struct Split {
 /// All splits of a dataset by name.
 pub type Dataset = BTreeMap<String, Split>;
 
+/// Dataset files are read whole: past this, a file is more likely a mistake (`/dev/zero`, a
+/// disk image) than a task, and reading it would exhaust memory before any error.
+const MAX_DATA_FILE_BYTES: u64 = 4 << 30;
+
 /// Loads `data_files` (a path, a list, or a map split -> path|list) with the builder `kind`
 /// (`json`, `csv` or `parquet`). Relative paths resolve against the working directory, as `datasets` does,
 /// then against `yaml_dir` (where the task file is).
 pub fn load_local(kind: &str, data_files: &Value, yaml_dir: &Path) -> Result<Dataset> {
-    let by_split: Vec<(String, Vec<String>)> = match data_files {
-        Value::String(s) => vec![("train".into(), vec![s.clone()])],
-        Value::Array(list) => vec![("train".into(), strings(list)?)],
-        Value::Object(map) => map
-            .iter()
-            .map(|(split, files)| {
-                let files = match files {
-                    Value::String(s) => vec![s.clone()],
-                    Value::Array(list) => strings(list)?,
-                    other => bail!("data_files.{split} must be a path or a list of paths, not {other}"),
-                };
-                Ok((split.clone(), files))
-            })
-            .collect::<Result<_>>()?,
-        other => bail!("data_files must be a path, a list or a map of split to paths, not {other}"),
-    };
     let mut dataset = Dataset::new();
-    for (split, files) in by_split {
+    for (split, files) in split_files(data_files)? {
         let mut loaded = Split::default();
         for file in files {
             let path = resolve(&file, yaml_dir)?;
+            check_data_file(&path)?;
             let part = match kind {
                 "json" => read_json(&path)?,
                 "csv" => read_csv(&path)?,
@@ -61,6 +50,58 @@ pub fn load_local(kind: &str, data_files: &Value, yaml_dir: &Path) -> Result<Dat
         dataset.insert(split, loaded);
     }
     Ok(dataset)
+}
+
+/// The files `data_files` names, resolved as [`load_local`] resolves them.
+pub fn local_files(data_files: &Value, yaml_dir: &Path) -> Result<Vec<PathBuf>> {
+    split_files(data_files)?
+        .into_iter()
+        .flat_map(|(_, files)| files)
+        .map(|file| resolve(&file, yaml_dir))
+        .collect()
+}
+
+/// A data file must be a regular file of a readable size.
+pub fn check_data_file(path: &Path) -> Result<()> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read data file '{}'", path.display()))?;
+    if meta.is_dir() {
+        bail!("data file '{}' is a folder, not a file", path.display());
+    }
+    if !meta.is_file() {
+        bail!(
+            "data file '{}' is not a regular file (a device, pipe or socket)",
+            path.display()
+        );
+    }
+    if meta.len() > MAX_DATA_FILE_BYTES {
+        bail!(
+            "data file '{}' is larger than {} GiB; is it the right file?",
+            path.display(),
+            MAX_DATA_FILE_BYTES >> 30
+        );
+    }
+    Ok(())
+}
+
+/// `data_files` by split: a path or list is the `train` split, a map gives each split's.
+fn split_files(data_files: &Value) -> Result<Vec<(String, Vec<String>)>> {
+    Ok(match data_files {
+        Value::String(s) => vec![("train".into(), vec![s.clone()])],
+        Value::Array(list) => vec![("train".into(), strings(list)?)],
+        Value::Object(map) => map
+            .iter()
+            .map(|(split, files)| {
+                let files = match files {
+                    Value::String(s) => vec![s.clone()],
+                    Value::Array(list) => strings(list)?,
+                    other => bail!("data_files.{split} must be a path or a list of paths, not {other}"),
+                };
+                Ok((split.clone(), files))
+            })
+            .collect::<Result<_>>()?,
+        other => bail!("data_files must be a path, a list or a map of split to paths, not {other}"),
+    })
 }
 
 fn strings(list: &[Value]) -> Result<Vec<String>> {
@@ -83,14 +124,15 @@ fn resolve(file: &str, yaml_dir: &Path) -> Result<PathBuf> {
         return Ok(beside);
     }
     bail!(
-        "data file '{file}' not found (looked relative to the working directory and to '{}')",
+        "data file '{}' not found (looked relative to the working directory and to '{}')",
+        crate::files::printable(file, 200),
         yaml_dir.display()
     )
 }
 
 /// JSON Lines, or one JSON array of objects.
 fn read_json(path: &Path) -> Result<Split> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let text = crate::files::read_text(path, "data file", MAX_DATA_FILE_BYTES)?;
     let docs: Vec<Value> = if text.trim_start().starts_with('[') {
         serde_json::from_str(&text)
             .with_context(|| format!("'{}' is not a JSON array of objects", path.display()))?
@@ -138,7 +180,12 @@ fn read_csv(path: &Path) -> Result<Split> {
     let mut reader = csv::ReaderBuilder::new()
         .from_path(path)
         .with_context(|| format!("cannot read '{}'", path.display()))?;
-    let columns: Vec<String> = reader.headers()?.iter().map(str::to_owned).collect();
+    let columns: Vec<String> = reader
+        .headers()
+        .with_context(|| format!("{}:1: malformed CSV header", path.display()))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
     let rows: Vec<Vec<String>> = reader
         .records()
         .enumerate()

@@ -3,13 +3,13 @@
 //! (resuming from `--cache`); compute, aggregate and write lm-eval's results and samples.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
+use super::cache::{CacheKey, ResultCache};
 use super::lm::{Loglikelihood, ScoringModel, TokenRequest};
 
 /// Per task or group: metric -> (mean, stderr), and the number of documents.
@@ -19,6 +19,7 @@ use super::output::{self, doc_json_indented, hash_string, py_str, sanitize_model
 use super::pylit::repr_float;
 use super::task::{DocText, Entry, FEWSHOT_SEED, OutputType, Target, Task, TaskIndex};
 use crate::export::meta;
+use crate::files::Inputs;
 use crate::onnx::Model;
 use crate::progress;
 use crate::runtime::{ScalarFeed, SessionOptions};
@@ -45,6 +46,8 @@ pub struct EvalOptions {
     /// Overrides the model's context length.
     pub max_length: Option<usize>,
     pub progress: bool,
+    /// Replace an existing `--output-path x.json`.
+    pub force: bool,
 }
 
 impl Default for EvalOptions {
@@ -63,6 +66,7 @@ impl Default for EvalOptions {
             include_paths: Vec::new(),
             max_length: None,
             progress: false,
+            force: false,
         }
     }
 }
@@ -77,6 +81,13 @@ pub enum BatchSize {
 
 /// `--batch-size auto` tries this first, then halves.
 pub const AUTO_BATCH_CAP: usize = 64;
+
+/// The longest context accepted (`--max-length` or the model's metadata): far beyond any model's,
+/// and small enough that token arithmetic cannot overflow.
+pub const MAX_CONTEXT: usize = 1 << 24;
+
+/// Without `max_position_embeddings` in the metadata (a foreign graph): lm-eval's HFLM default.
+const DEFAULT_MAX_LENGTH: usize = 2048;
 
 /// The bundled task folder: `SAE_ONNX_TASKS` when set, else the lm-eval YAMLs built into the
 /// binary, written once under the cache root (an installed binary has no checkout to read).
@@ -166,6 +177,10 @@ struct Prepared {
     prefix_token: u32,
     roots: Vec<Node>,
     tasks: Vec<(Task, Vec<DocWork>)>,
+    /// Every file the evaluation reads: no output may replace one.
+    inputs: Inputs,
+    /// With `--cache`: what every pass's answers depend on besides its feeds.
+    identity: Option<serde_json::Map<String, Value>>,
 }
 
 /// Sessions opened on a pass's first use and kept for the passes after it.
@@ -176,30 +191,83 @@ struct Engines {
 }
 
 /// One evaluation of the prepared requests: the graph inputs to feed (a sweep's coefficient),
-/// where answers are cached and results written, and the sweep point it records.
+/// its answers cache, where results are written, and the sweep point it records.
 struct Pass {
     feeds: Vec<ScalarFeed>,
-    cache: Option<PathBuf>,
+    cache: ResultCache,
     output_path: Option<PathBuf>,
     sweep: Option<(String, f64)>,
+}
+
+impl Pass {
+    /// Checks the output path and opens the cache before anything is scored: a bad path must
+    /// not cost the hours of scoring before it.
+    fn open(
+        model_path: &Path,
+        options: &EvalOptions,
+        prepared: &Prepared,
+        feeds: Vec<ScalarFeed>,
+        cache: Option<&Path>,
+        output_path: Option<PathBuf>,
+    ) -> Result<Self> {
+        if let Some(out) = &output_path {
+            output::check(
+                out,
+                &model_path.display().to_string(),
+                &prepared.inputs,
+                options.force,
+            )?;
+            // The cache may not exist yet, so identity cannot tell; the names can.
+            if let Some(cache) = cache
+                && std::path::absolute(cache).ok() == std::path::absolute(out).ok()
+            {
+                bail!(
+                    "--cache and --output-path are the same file '{}'; give each its own",
+                    out.display()
+                );
+            }
+        }
+        let cache = match (cache, &prepared.identity) {
+            (Some(path), Some(identity)) => {
+                let mut key = identity.clone();
+                key.insert(
+                    "inputs".into(),
+                    feeds
+                        .iter()
+                        .map(|f| json!({"name": f.name, "value": f.value, "dtype": format!("{:?}", f.dtype)}))
+                        .collect(),
+                );
+                ResultCache::open(path, &CacheKey(key), &prepared.inputs)?
+            }
+            _ => ResultCache::none(),
+        };
+        Ok(Self {
+            feeds,
+            cache,
+            output_path,
+            sweep: None,
+        })
+    }
 }
 
 /// Evaluates `model_path` on `options.tasks` as lm-eval would.
 pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome> {
     let start = Instant::now();
     let prepared = prepare(model_path, options)?;
-    let pass = Pass {
-        feeds: Vec::new(),
-        cache: options.cache.clone(),
-        output_path: options.output_path.clone(),
-        sweep: None,
-    };
+    let mut pass = Pass::open(
+        model_path,
+        options,
+        &prepared,
+        Vec::new(),
+        options.cache.as_deref(),
+        options.output_path.clone(),
+    )?;
     run_pass(
         model_path,
         options,
         &prepared,
         &mut Engines::default(),
-        &pass,
+        &mut pass,
         start,
     )
 }
@@ -221,26 +289,38 @@ pub fn evaluate_sweep(
     values: &[f64],
 ) -> Result<Vec<SweepPoint>> {
     let prepared = prepare(model_path, options)?;
+    // Every point's output path and cache are checked before the first is scored.
+    let mut passes = Vec::with_capacity(values.len());
+    for &value in values {
+        let label = format!("{}={value}", input.input);
+        let feeds = vec![ScalarFeed {
+            name: input.input.clone(),
+            value,
+            dtype: input.dtype,
+        }];
+        let cache = options.cache.as_deref().map(|c| suffixed(c, &label));
+        let output_path = options
+            .output_path
+            .as_ref()
+            .map(|o| o.join(format!("sweep_{}_{value}", input.input)));
+        let mut pass = Pass::open(
+            model_path,
+            options,
+            &prepared,
+            feeds,
+            cache.as_deref(),
+            output_path,
+        )
+        .with_context(|| format!("sweep point {label}"))?;
+        pass.sweep = Some((input.input.clone(), value));
+        passes.push((value, label, pass));
+    }
     let mut engines = Engines::default();
     let mut points = Vec::with_capacity(values.len());
-    for &value in values {
+    for (value, label, mut pass) in passes {
         let start = Instant::now();
-        let label = format!("{}={value}", input.input);
         eprintln!("sweep: {label}");
-        let pass = Pass {
-            feeds: vec![ScalarFeed {
-                name: input.input.clone(),
-                value,
-                dtype: input.dtype,
-            }],
-            cache: options.cache.as_deref().map(|c| suffixed(c, &label)),
-            output_path: options
-                .output_path
-                .as_ref()
-                .map(|o| o.join(format!("sweep_{}_{value}", input.input))),
-            sweep: Some((input.input.clone(), value)),
-        };
-        let outcome = run_pass(model_path, options, &prepared, &mut engines, &pass, start)
+        let outcome = run_pass(model_path, options, &prepared, &mut engines, &mut pass, start)
             .with_context(|| format!("sweep point {label}"))?;
         points.push(SweepPoint { value, outcome });
     }
@@ -261,10 +341,22 @@ fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
     let model = Model::load(model_path)?;
     let tokenizer = Tokenizer::for_model(&model, options.tokenizer.as_deref())?;
     check_vocab(&model, &tokenizer)?;
-    let max_length = options
-        .max_length
-        .or_else(|| model.metadata(meta::MAX_POSITIONS).and_then(|v| v.parse().ok()))
-        .unwrap_or(2048);
+    let max_length = match (options.max_length, model.metadata(meta::MAX_POSITIONS)) {
+        (Some(n), _) => n,
+        (None, None) => DEFAULT_MAX_LENGTH,
+        (None, Some(text)) => match text.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_CONTEXT).contains(&n) => n,
+            _ => bail!(
+                "'{}' gives max_position_embeddings {:?} in its metadata, not a context length \
+                 (1 to {MAX_CONTEXT}); pass --max-length N",
+                model_path.display(),
+                crate::files::printable(text, 40)
+            ),
+        },
+    };
+    if !(1..=MAX_CONTEXT).contains(&max_length) {
+        bail!("--max-length {max_length} is not a context length: give 1 to {MAX_CONTEXT} tokens");
+    }
     // lm-eval 0.4.13's HFLM encodes with the tokenizer's default special tokens: Gemma's
     // template puts BOS first; tokenizers without one add nothing.
     let add_bos = true;
@@ -300,6 +392,12 @@ fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
             options.fewshot_seed,
         )?;
         let total = task.eval_docs.len();
+        if total == 0 {
+            bail!(
+                "task '{name}' ({}) has no documents to evaluate: its evaluation split is empty",
+                path.display()
+            );
+        }
         let n = match options.limit {
             None => total,
             Some(l) if l < 1.0 => (total as f64 * l).ceil() as usize,
@@ -322,6 +420,13 @@ fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
         }
         tasks.push((task, work));
     }
+    let inputs = inputs_of(model_path, &model, &tokenizer, &index, &tasks)?;
+    let identity = match &options.cache {
+        Some(_) => Some(cache_identity(
+            model_path, &model, &tokenizer, options, max_length,
+        )?),
+        None => None,
+    };
     Ok(Prepared {
         model,
         tokenizer,
@@ -329,7 +434,105 @@ fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
         prefix_token,
         roots,
         tasks,
+        inputs,
+        identity,
     })
+}
+
+/// Every file the evaluation reads: the model and its data files, the tokenizer, the task and
+/// group YAMLs, the local dataset files.
+fn inputs_of(
+    model_path: &Path,
+    model: &Model,
+    tokenizer: &Tokenizer,
+    index: &TaskIndex,
+    tasks: &[(Task, Vec<DocWork>)],
+) -> Result<Inputs> {
+    let mut inputs = Inputs::new();
+    inputs.add(model_path);
+    let model_dir = crate::files::parent_dir(model_path);
+    for location in model.external_locations()? {
+        inputs.add(&model_dir.join(location));
+    }
+    inputs.add(&tokenizer.path);
+    for entry in index.entries.values() {
+        let (Entry::Task { path, .. } | Entry::Group { path, .. }) = entry;
+        inputs.add(path);
+    }
+    for (task, _) in tasks {
+        inputs.add(&task.path);
+        let local = task
+            .config
+            .get("dataset_path")
+            .and_then(Value::as_str)
+            .is_some_and(|p| matches!(p, "json" | "csv" | "parquet"));
+        let files = task
+            .config
+            .get("dataset_kwargs")
+            .and_then(|k| k.get("data_files"));
+        if let (true, Some(files)) = (local, files) {
+            let yaml_dir = crate::files::parent_dir(&task.path);
+            for file in super::data::local_files(files, yaml_dir)? {
+                inputs.add(&file);
+            }
+        }
+    }
+    Ok(inputs)
+}
+
+/// What a cached answer depends on besides its request and the pass's feeds (see
+/// [`super::cache`]): the graph's bytes (steering and coefficients are in them, and so are the
+/// content hashes of the data files sae-onnx wrote), each external data file, the tokenizer, the
+/// device and TF32, the context length, this version.
+fn cache_identity(
+    model_path: &Path,
+    model: &Model,
+    tokenizer: &Tokenizer,
+    options: &EvalOptions,
+    max_length: usize,
+) -> Result<serde_json::Map<String, Value>> {
+    use super::cache::sha256_file;
+    // Data files whose hash the graph records are covered by the graph's hash; others are
+    // known by size and modification time, which every rewrite changes.
+    let records: serde_json::Map<String, Value> = model
+        .metadata(crate::onnx::datafile::RECORDS_KEY)
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
+    let model_dir = crate::files::parent_dir(model_path);
+    let mut data = serde_json::Map::new();
+    for location in model.external_locations()? {
+        let path = model_dir.join(&location);
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("cannot read data file '{}'", path.display()))?;
+        let identity = match records
+            .get(&location)
+            .and_then(|r| r.get("xxh3_128"))
+            .and_then(Value::as_str)
+        {
+            Some(hash) => json!({"bytes": meta.len(), "xxh3_128": hash}),
+            None => {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos() as u64);
+                json!({"bytes": meta.len(), "modified_ns": modified})
+            }
+        };
+        data.insert(location, identity);
+    }
+    let mut key = serde_json::Map::new();
+    key.insert("model".into(), json!(sha256_file(model_path, "model")?));
+    key.insert("data".into(), Value::Object(data));
+    key.insert(
+        "tokenizer".into(),
+        json!(sha256_file(&tokenizer.path, "tokenizer")?),
+    );
+    key.insert("device".into(), json!(options.session.device.to_string()));
+    key.insert("tf32".into(), json!(options.session.tf32));
+    key.insert("max_length".into(), json!(max_length));
+    key.insert("sae_onnx".into(), json!(env!("CARGO_PKG_VERSION")));
+    Ok(key)
 }
 
 fn run_pass(
@@ -337,7 +540,7 @@ fn run_pass(
     options: &EvalOptions,
     prepared: &Prepared,
     engines: &mut Engines,
-    pass: &Pass,
+    pass: &mut Pass,
     start: Instant,
 ) -> Result<EvalOutcome> {
     let Prepared {
@@ -347,6 +550,8 @@ fn run_pass(
         prefix_token,
         roots,
         tasks,
+        inputs,
+        ..
     } = prepared;
     let (max_length, prefix_token) = (*max_length, *prefix_token);
 
@@ -355,7 +560,7 @@ fn run_pass(
         .iter()
         .flat_map(|(_, w)| w.iter().flat_map(|d| d.requests.iter().flat_map(|r| &r.windows)))
         .collect();
-    let mut cache = ResultCache::open(pass.cache.as_deref())?;
+    let cache = &mut pass.cache;
     let missing: Vec<TokenRequest> = {
         let mut seen = std::collections::HashSet::new();
         all.iter()
@@ -667,7 +872,14 @@ fn run_pass(
 
     let table = super::table::render(&out);
     let results_path = match &pass.output_path {
-        Some(path) => Some(output::write(path, &model_name, &out, &samples_out)?),
+        Some(path) => Some(output::write(
+            path,
+            &model_name,
+            &out,
+            &samples_out,
+            inputs,
+            options.force,
+        )?),
         None => None,
     };
     Ok(EvalOutcome {
@@ -767,7 +979,7 @@ fn build_doc(
         })
     };
     let mut gold = target.clone();
-    let (choices, requests) = match task.output_type {
+    let (choices, requests): (Vec<String>, Vec<DocRequest>) = match task.output_type {
         // lm-eval's multiple-input mode (winogrande): one context per choice, all with the same
         // continuation; the gold choice is `doc_to_text`.
         OutputType::MultipleChoice if task.multiple_input => {
@@ -810,6 +1022,12 @@ fn build_doc(
             )
         }
         OutputType::GenerateUntil => {
+            if let Target::Index(i) = target
+                && task.config.get("doc_to_choice").is_some_and(|v| !v.is_null())
+            {
+                let choices = task.doc_to_choice(&doc)?;
+                gold_index(&Target::Index(i), &choices)?;
+            }
             let context = task.fewshot_context(&doc)?;
             let kwargs = task
                 .config
@@ -825,6 +1043,37 @@ fn build_doc(
             )
         }
     };
+    if task.output_type == OutputType::MultipleChoice {
+        if choices.is_empty() {
+            bail!(
+                "doc_to_choice gives no choices: a multiple-choice document needs at least one \
+                 (fix the document's choices or the task's doc_to_choice)"
+            );
+        }
+        if requests.len() != choices.len() {
+            bail!(
+                "{} contexts for {} choices: a multiple-input task needs one context per choice",
+                requests.len(),
+                choices.len()
+            );
+        }
+        // lm-eval 0.4.13 logs a warning for such a label and scores the document as wrong: a
+        // score computed against no gold at all. We refuse it, naming the document.
+        match &gold {
+            Target::List(list) => {
+                for label in list {
+                    let label = match label {
+                        Value::Number(n) => Target::Index(n.as_i64().unwrap_or(-1)),
+                        other => Target::Text(super::task::value_text(other)),
+                    };
+                    gold_index(&label, &choices)?;
+                }
+            }
+            single => {
+                gold_index(single, &choices)?;
+            }
+        }
+    }
     Ok(DocWork {
         doc_id,
         doc,
@@ -833,6 +1082,41 @@ fn build_doc(
         choices,
         requests,
     })
+}
+
+/// The choice a gold label names: an index in range, or the text of one of the choices.
+fn gold_index(gold: &Target, choices: &[String]) -> Result<usize> {
+    let shown = || {
+        let list: Vec<String> = choices
+            .iter()
+            .take(10)
+            .map(|c| format!("{:?}", crate::files::printable(c, 60)))
+            .collect();
+        let more = if choices.len() > 10 { ", …" } else { "" };
+        format!("[{}{more}]", list.join(", "))
+    };
+    match gold {
+        Target::Index(i) => usize::try_from(*i)
+            .ok()
+            .filter(|&i| i < choices.len())
+            .with_context(|| {
+                format!(
+                    "the gold label {i} is out of range: the document has {} choices (0 to {}) {}; \
+                     fix the label or the task's doc_to_target",
+                    choices.len(),
+                    choices.len().saturating_sub(1),
+                    shown()
+                )
+            }),
+        Target::Text(text) => choices.iter().position(|c| c == text).with_context(|| {
+            format!(
+                "the gold answer {:?} is not one of the choices {}; fix the label or the task's doc_to_target",
+                crate::files::printable(text, 60),
+                shown()
+            )
+        }),
+        Target::List(_) => bail!("a list of gold labels inside a list is not a label"),
+    }
 }
 
 /// HFLM's `tok_encode`: the tokenizer's special tokens, unless the text already starts with BOS.
@@ -851,6 +1135,8 @@ pub fn rolling_windows(tokens: &[u32], prefix: u32, max_length: usize) -> Vec<To
     if tokens.is_empty() {
         return windows;
     }
+    // Evaluation refuses a context of 0; 1 keeps this total for any caller.
+    let max_length = max_length.max(1);
     let first = max_length.min(tokens.len());
     let mut input: Vec<u32> = std::iter::once(prefix)
         .chain(tokens[..first - 1].iter().copied())
@@ -970,12 +1256,10 @@ fn score_generations(
             let has_choices = task.config.get("doc_to_choice").is_some_and(|v| !v.is_null());
             let golds: Vec<String> = match &doc.target {
                 Target::Index(i) if has_choices => {
-                    vec![
-                        task.doc_to_choice(&doc.doc)?
-                            .get(*i as usize)
-                            .cloned()
-                            .unwrap_or_default(),
-                    ]
+                    let choices = task.doc_to_choice(&doc.doc)?;
+                    let gold = gold_index(&doc.target, &choices)
+                        .with_context(|| format!("task '{}', document {}", task.name, doc.doc_id))?;
+                    vec![choices[gold].clone()]
                 }
                 Target::Index(i) => vec![i.to_string()],
                 Target::Text(t) => vec![t.clone()],
@@ -1273,7 +1557,8 @@ fn resolve(index: &mut TaskIndex, name: &str, depth: usize) -> Result<Node> {
                     format!(" Did you mean: {}?", hints.join(", "))
                 };
                 bail!(
-                    "unknown task, group or tag '{name}'.{hint} (`sae-onnx eval --list-tasks` lists them; a path to a .yaml file works too)"
+                    "unknown task, group or tag '{}'.{hint} (`sae-onnx eval --list-tasks` lists them; a path to a .yaml file works too)",
+                    crate::files::printable(&name, 100)
                 )
             }
         },
@@ -1363,26 +1648,32 @@ fn aggregate(
     let mut total = 0usize;
     let mut sample_count = Map::new();
     for (metric, weighted) in weight_by_size {
-        let parts: Vec<(f64, f64, usize)> = child_names
+        let parts: Vec<(f64, Option<f64>, usize)> = child_names
             .iter()
             .filter_map(|c| {
                 let (s, n) = scores.get(c)?;
                 let (mean, se) = s.get(metric)?;
-                Some((*mean, se.unwrap_or(0.0), *n))
+                Some((*mean, *se, *n))
             })
             .collect();
         if parts.is_empty() {
             continue;
         }
         let means: Vec<f64> = parts.iter().map(|p| p.0).collect();
-        let ses: Vec<f64> = parts.iter().map(|p| p.1).collect();
+        let ses: Vec<f64> = parts.iter().map(|p| p.1.unwrap_or(0.0)).collect();
         let sizes: Vec<usize> = parts.iter().map(|p| p.2).collect();
         let (mean, se) = metrics::aggregate_group(&means, &ses, &sizes, *weighted);
+        // A subtask without a stderr (one document) leaves the group's "N/A", as in lm-eval:
+        // pooling it as 0 would report a precision nobody measured.
+        let se = parts.iter().all(|p| p.1.is_some()).then_some(se);
         total = sizes.iter().sum();
         entry.insert(format!("{metric},none"), json!(mean));
-        entry.insert(format!("{metric}_stderr,none"), json!(se));
+        entry.insert(
+            format!("{metric}_stderr,none"),
+            se.map_or(json!("N/A"), |se| json!(se)),
+        );
         sample_count.insert(format!("{metric},none"), json!(total));
-        group_scores.insert(metric.clone(), (mean, Some(se)));
+        group_scores.insert(metric.clone(), (mean, se));
     }
     let mut ordered = Map::new();
     ordered.insert("alias".into(), entry["alias"].clone());
@@ -1399,94 +1690,6 @@ fn aggregate(
     scores.insert(name.clone(), (group_scores, total));
     results.insert(name.clone(), Value::Object(ordered.clone()));
     groups.insert(name.clone(), Value::Object(ordered));
-}
-
-/// Answered requests in a JSON-lines file, appended as batches finish, so an interrupted run
-/// resumes where it stopped and gives identical results.
-struct ResultCache {
-    answers: HashMap<TokenRequest, Loglikelihood>,
-    file: Option<std::fs::File>,
-}
-
-impl ResultCache {
-    fn open(path: Option<&Path>) -> Result<Self> {
-        let mut answers = HashMap::new();
-        let Some(path) = path else {
-            return Ok(Self { answers, file: None });
-        };
-        if path.exists() {
-            let reader = std::io::BufReader::new(std::fs::File::open(path)?);
-            for (i, line) in reader.lines().enumerate() {
-                let line = line?;
-                // A line cut short by a kill is ignored: it is recomputed.
-                let Ok(entry) = serde_json::from_str::<Value>(&line) else {
-                    tracing::warn!("{}:{}: incomplete cache entry ignored", path.display(), i + 1);
-                    continue;
-                };
-                let ids = |k: &str| -> Option<Vec<u32>> {
-                    entry
-                        .get(k)?
-                        .as_array()?
-                        .iter()
-                        .map(|v| v.as_u64().map(|x| x as u32))
-                        .collect()
-                };
-                let (Some(context), Some(continuation), Some(logprob), Some(is_greedy)) = (
-                    ids("context"),
-                    ids("continuation"),
-                    entry.get("logprob").and_then(Value::as_f64),
-                    entry.get("is_greedy").and_then(Value::as_bool),
-                ) else {
-                    bail!("{}:{}: not a sae-onnx cache entry", path.display(), i + 1);
-                };
-                answers.insert(
-                    TokenRequest {
-                        context,
-                        continuation,
-                    },
-                    Loglikelihood { logprob, is_greedy },
-                );
-            }
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open cache '{}'", path.display()))?;
-        // A run killed mid-line left no newline: start ours on a fresh line.
-        let len = file.metadata()?.len();
-        if len > 0 {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut last = [0u8];
-            let mut reader = std::fs::File::open(path)?;
-            reader.seek(SeekFrom::Start(len - 1))?;
-            reader.read_exact(&mut last)?;
-            if last[0] != b'\n' {
-                file.write_all(b"\n")?;
-            }
-        }
-        Ok(Self {
-            answers,
-            file: Some(file),
-        })
-    }
-
-    fn append(&mut self, batch: &[(&TokenRequest, Loglikelihood)]) -> Result<()> {
-        let Some(file) = &mut self.file else { return Ok(()) };
-        let mut text = String::new();
-        for (request, answer) in batch {
-            text.push_str(&serde_json::to_string(&json!({
-                "context": request.context,
-                "continuation": request.continuation,
-                "logprob": answer.logprob,
-                "is_greedy": answer.is_greedy,
-            }))?);
-            text.push('\n');
-        }
-        file.write_all(text.as_bytes())?;
-        file.flush()?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

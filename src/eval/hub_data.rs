@@ -97,7 +97,9 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         return Ok(());
     };
     for entry in entries {
-        let path = entry?.path();
+        let path = entry
+            .with_context(|| format!("cannot list '{}'", dir.display()))?
+            .path();
         if path.is_dir() {
             walk(root, &path, out)?;
         } else if let Ok(rel) = path.strip_prefix(root) {

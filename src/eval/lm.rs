@@ -86,6 +86,9 @@ pub struct ScoringModel {
 impl ScoringModel {
     /// Opens `path`, rewrites its LM head into the scoring form in memory, and starts a session.
     pub fn open(path: &Path, options: &SessionOptions, max_length: usize, batch_size: usize) -> Result<Self> {
+        if max_length == 0 {
+            bail!("a context length of 0 tokens scores nothing; give at least 1");
+        }
         let mut model = Model::load(path)?;
         let cache = CacheLayout::of(&model)?;
         if let Some(layout) = &cache {
@@ -264,6 +267,9 @@ impl ScoringModel {
     /// The next-token log-probabilities after each sequence (all `vocab` of them), in one
     /// right-padded batch: the scoring head asked for every token at each sequence's last position.
     pub fn next_token_logprobs(&mut self, sequences: &[&[u32]], vocab: usize) -> Result<Vec<Vec<f32>>> {
+        if sequences.iter().any(|s| s.is_empty()) {
+            bail!("an empty sequence has no next token to score");
+        }
         let all: Vec<u32> = (0..vocab as u32).collect();
         let units: Vec<Unit> = sequences
             .iter()
@@ -364,6 +370,13 @@ impl ScoringModel {
         let outputs = self.session.run(inputs).context("running the model")?;
         let (_, logprobs) = outputs[TARGET_LOGPROBS].try_extract_tensor::<f32>()?;
         let (_, greedy) = outputs[GREEDY_TOKENS].try_extract_tensor::<i64>()?;
+        if logprobs.len() != batch * k * c || greedy.len() != batch * k {
+            bail!(
+                "the scoring graph returned {} log-probabilities and {} greedy tokens for a [{batch}, {k}, {c}] request",
+                logprobs.len(),
+                greedy.len()
+            );
+        }
         let mut results = Vec::with_capacity(batch);
         for (b, unit) in units.iter().enumerate() {
             let mut scored = HashMap::new();

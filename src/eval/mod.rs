@@ -2,6 +2,7 @@
 
 pub mod builtins;
 pub mod bundled;
+pub mod cache;
 pub mod data;
 pub mod evaluator;
 pub mod generative;

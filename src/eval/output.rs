@@ -1,14 +1,14 @@
 //! lm-eval's output files: `results_<date>.json` and, with `--log-samples`,
 //! `samples_<task>_<date>.jsonl`, under `<output-path>/<model name sanitized>/`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::template;
+use crate::files::{self, Inputs};
 
 /// `hashlib.sha256(s.encode()).hexdigest()`.
 pub fn hash_string(s: &str) -> String {
@@ -38,19 +38,68 @@ pub fn sanitize_model_name(name: &str) -> String {
     name.replace(['/', '\\'], "__").replace(':', "__")
 }
 
-/// Writes `results_<date>.json` (and the samples files) atomically; returns the results path.
+/// The folder results and samples go to, and the results file when `output_path` names one
+/// (`x.json`, as lm-eval's `--output_path`); otherwise `results_<date>.json` in the folder.
+fn layout(output_path: &Path, model_name: &str) -> (PathBuf, Option<PathBuf>) {
+    if output_path.extension().is_some_and(|e| e == "json") {
+        (
+            files::parent_dir(output_path).to_path_buf(),
+            Some(output_path.to_path_buf()),
+        )
+    } else {
+        (output_path.join(sanitize_model_name(model_name)), None)
+    }
+}
+
+/// Checks, before any scoring, that [`write`] will be able to write under `output_path`: a
+/// results file that may be replaced (not an input, `--force` if it exists, a regular file), and
+/// a folder that exists or can be created, and takes a new file.
+pub fn check(output_path: &Path, model_name: &str, inputs: &Inputs, force: bool) -> Result<()> {
+    let (dir, file) = layout(output_path, model_name);
+    if let Some(file) = &file {
+        files::check_output(file, inputs, force).context("--output-path")?;
+    }
+    // The folder, or the nearest of its ancestors that exists: what `write` creates starts there.
+    let mut existing = dir.as_path();
+    loop {
+        match std::fs::metadata(existing) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => bail!(
+                "--output-path '{}': '{}' is a file, not a folder, so '{}' cannot be created there",
+                output_path.display(),
+                existing.display(),
+                dir.display()
+            ),
+            Err(_) => {
+                let parent = files::parent_dir(existing);
+                if parent == existing {
+                    bail!(
+                        "--output-path '{}': no folder of it exists",
+                        output_path.display()
+                    );
+                }
+                existing = parent;
+            }
+        }
+    }
+    // Removed when dropped: the probe leaves nothing behind.
+    files::temp_file(existing, "sae-onnx-write-check")
+        .with_context(|| format!("--output-path '{}' is not writable", output_path.display()))?;
+    Ok(())
+}
+
+/// Writes `results_<date>.json` (and the samples files) atomically, never over one of `inputs`
+/// nor, without `force`, over an existing file; returns the results path.
 pub fn write(
     output_path: &Path,
     model_name: &str,
     results: &Map<String, Value>,
     samples: &[(String, Vec<Value>)],
+    inputs: &Inputs,
+    force: bool,
 ) -> Result<PathBuf> {
     let date = chrono_like_now();
-    let dir = if output_path.extension().is_some_and(|e| e == "json") {
-        output_path.parent().map(Path::to_path_buf).unwrap_or_default()
-    } else {
-        output_path.join(sanitize_model_name(model_name))
-    };
+    let (dir, file) = layout(output_path, model_name);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
     for (task, lines) in samples {
         let path = dir.join(format!("samples_{task}_{date}.jsonl"));
@@ -59,31 +108,15 @@ pub fn write(
             text.push_str(&serde_json::to_string(line)?);
             text.push('\n');
         }
-        write_atomic(&path, text.as_bytes())?;
+        files::check_output(&path, inputs, force)?;
+        files::write_atomic(&path, text.as_bytes())?;
     }
-    let path = if output_path.extension().is_some_and(|e| e == "json") {
-        output_path.to_path_buf()
-    } else {
-        dir.join(format!("results_{date}.json"))
-    };
+    let path = file.unwrap_or_else(|| dir.join(format!("results_{date}.json")));
     let mut text = serde_json::to_string_pretty(&Value::Object(results.clone()))?;
     text.push('\n');
-    write_atomic(&path, text.as_bytes())?;
+    files::check_output(&path, inputs, force)?;
+    files::write_atomic(&path, text.as_bytes())?;
     Ok(path)
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut temp = crate::files::temp_file(dir, &name)?;
-    temp.write_all(bytes)?;
-    temp.as_file().sync_all()?;
-    temp.persist(path)
-        .with_context(|| format!("cannot write '{}'", path.display()))?;
-    Ok(())
 }
 
 /// `datetime.now().isoformat().replace(":", "-")` in UTC, e.g. `2026-11-26T15-10-30.123456`.

@@ -30,7 +30,7 @@ impl FromStr for SweepSpec {
                 Ok(x) if x.is_finite() => Ok(x),
                 _ => bail!(
                     "'{}' is not a coefficient: --sweep takes numbers, e.g. 0,60,120,240",
-                    v.trim()
+                    crate::files::printable(v.trim(), 40)
                 ),
             })
             .collect::<Result<Vec<_>>>()?;

@@ -134,22 +134,20 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         bail!("export dtype must be f32, f16 or bf16");
     }
     let ops = options.ops.unwrap_or_else(|| Ops::default_for(options.dtype));
-    // The output is checked before the download as well as after it, so a refused path does not
-    // cost a download first.
+    // The output is checked before a download (a refused path should not cost one) and again,
+    // against the checkpoint's files, once the folder is known to be a checkpoint (so a wrong
+    // MODEL such as `/` is not walked file by file).
     let data_out = data_path_for(out)?;
     let mut inputs = crate::files::Inputs::new();
-    if Path::new(model).is_dir() {
-        inputs.add_tree(Path::new(model));
-    }
     crate::files::check_output(out, &inputs, options.force)?;
     crate::files::check_output(&data_out, &inputs, options.force)?;
     let source = resolve_source(model, &options.revision)?;
-    inputs.add_tree(&source.dir);
-    crate::files::check_output(out, &inputs, options.force)?;
-    crate::files::check_output(&data_out, &inputs, options.force)?;
     let config_path = source.dir.join("config.json");
     let (config, arch) = Config::load(&config_path)?;
     let ckpt = Checkpoint::open(&source.dir)?;
+    inputs.add_tree(&source.dir);
+    crate::files::check_output(out, &inputs, options.force)?;
+    crate::files::check_output(&data_out, &inputs, options.force)?;
     config.check_weights(arch, &ckpt, &config_path)?;
 
     let out_dir = match out.parent() {
