@@ -28,7 +28,7 @@ $bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.onnx" -o
 rm -rf "$out/sweep"
 $bin eval "$out/tiny-gemma2.sweepable.onnx" --task models/tiny-gemma2/demo_mc.yaml --sweep 0,12,24,48 \
     --output-path "$out/sweep" --log-samples
-$bin compare "$out"/sweep/sweep_* --plot "$out/sweep.png"
+$bin compare "$out"/sweep/sweep_* --plot "$out/sweep.png" --force
 
 echo "== generate: base and steered, side by side (decoding graphs with a KV cache)"
 $bin export models/tiny-gemma2 -o "$out/tiny-gemma2.kv.onnx" --kv-cache --force

@@ -99,9 +99,12 @@ pub struct CompareArgs {
     /// pixels wide, 440 per metric), with ±stderr error bars.
     #[arg(long, value_name = "OUT.png")]
     pub plot: Option<PathBuf>,
+    /// Replace an existing --plot file (never one of the results or samples files compared).
+    #[arg(long)]
+    pub force: bool,
     /// The steering coefficient of each RESULTS, in order (e.g. 0,60,120), where the results do
     /// not record it.
-    #[arg(long, value_delimiter = ',', value_name = "X,X,...")]
+    #[arg(long, value_delimiter = ',', value_name = "X,X,...", value_parser = parse_x_value)]
     pub x_values: Option<Vec<f64>>,
     /// Only these tasks or groups (with a group's subtasks); comma-separated or repeated.
     #[arg(long = "task", value_delimiter = ',')]
@@ -118,6 +121,33 @@ pub struct CompareArgs {
     /// Bootstrap seed (Python's random.Random(seed) draws the same resamples).
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
+}
+
+fn parse_temperature(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(t) if t.is_finite() && t >= 0.0 => Ok(t),
+        _ => Err(format!(
+            "'{s}' is not a temperature: give a finite number ≥ 0 (0 is greedy), e.g. 0.7"
+        )),
+    }
+}
+
+fn parse_top_p(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(p) if p > 0.0 && p <= 1.0 => Ok(p),
+        _ => Err(format!(
+            "'{s}' is not a top-p: give a probability above 0 and at most 1, e.g. 0.9"
+        )),
+    }
+}
+
+fn parse_x_value(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err(format!(
+            "'{s}' is not a steering coefficient: give a finite number per run, e.g. 0,60,120"
+        )),
+    }
 }
 
 fn parse_alpha(s: &str) -> Result<f64, String> {
@@ -245,13 +275,13 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// Sampling temperature; 0 (default) is greedy.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = parse_temperature)]
     pub temperature: f32,
     /// Sample only among the k most likely tokens.
-    #[arg(long)]
-    pub top_k: Option<usize>,
-    /// Sample only within the smallest set of tokens whose probability reaches p.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_k: Option<u64>,
+    /// Sample only within the smallest set of tokens whose probability reaches p (0 < p ≤ 1).
+    #[arg(long, value_parser = parse_top_p)]
     pub top_p: Option<f32>,
     /// Seed of the sampler (the same seed gives the same text).
     #[arg(long, default_value_t = 0)]
@@ -651,6 +681,17 @@ impl Cli {
             .iter()
             .map(|p| Run::load(p))
             .collect::<Result<Vec<_>>>()?;
+        // Checked before any work, so a bad --plot path costs nothing and destroys nothing.
+        if let Some(plot) = &args.plot {
+            let mut inputs = crate::files::Inputs::new();
+            for run in &runs {
+                inputs.add(&run.path);
+                for samples in run.samples.values() {
+                    inputs.add(&samples.path);
+                }
+            }
+            crate::files::check_output(plot, &inputs, args.force).context("--plot")?;
+        }
         let sweep = compare::sweep_values(&runs, args.x_values.as_deref())?;
         let report = compare::compare(&runs, &sweep.x, &options)?;
         // The figure is made before anything is printed, so a plot error leaves no half output.
@@ -676,14 +717,13 @@ impl Cli {
         use crate::generate::{GenerateOptions, Generator};
         let mut prompts = args.prompt.clone();
         if let Some(file) = &args.prompts {
-            let text = std::fs::read_to_string(file)
-                .with_context(|| format!("cannot read prompts file '{}'", file.display()))?;
+            let text = crate::files::read_text(file, "prompts file", PROMPTS_MAX_BYTES)?;
             prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned));
         }
         let options = GenerateOptions {
             max_new_tokens: args.max_new_tokens,
             temperature: args.temperature,
-            top_k: args.top_k,
+            top_k: args.top_k.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
             top_p: args.top_p,
             seed: args.seed,
             stop: args.stop.clone(),
@@ -711,6 +751,7 @@ impl Cli {
             let generations = steered.generate_batch(&ids, &options)?;
             for (prompt, g) in prompts.iter().zip(&generations) {
                 writeln!(out, "{prompt}{}\n", g.text)?;
+                note_context_stop(g, steered.context);
                 if self.verbose > 0 {
                     eprintln!("[{} new tokens; stopped: {}]", g.tokens.len(), g.finish);
                 }
@@ -744,11 +785,13 @@ impl Cli {
                     let _ = write!(out, "{t}");
                     let _ = out.flush();
                 })?;
+                note_context_stop(&b, base.context);
                 write!(out, "\n--- {}:\n{prompt}", args.model.display())?;
                 let s = steered.generate(&ids, &options, |t| {
                     let _ = write!(out, "{t}");
                     let _ = out.flush();
                 })?;
+                note_context_stop(&s, steered.context);
                 let same = b.tokens.iter().zip(&s.tokens).take_while(|(x, y)| x == y).count();
                 writeln!(
                     out,
@@ -763,6 +806,7 @@ impl Cli {
                     let _ = out.flush();
                 })?;
                 writeln!(out)?;
+                note_context_stop(&g, steered.context);
                 if self.verbose > 0 {
                     eprintln!(
                         "[{} new tokens in {:.3}s: {:.1} tokens/s after a {}-token prompt; stopped: {}]",
@@ -779,6 +823,21 @@ impl Cli {
             }
         }
         Ok(())
+    }
+}
+
+/// A prompts file is text a person wrote; the bound makes `--prompts /dev/zero` an error, not an
+/// out-of-memory kill.
+const PROMPTS_MAX_BYTES: u64 = 64 << 20;
+
+/// Says when a generation ended at the model's context rather than at --max-new-tokens, which
+/// would otherwise look like a complete answer.
+fn note_context_stop(g: &crate::generate::Generation, context: usize) {
+    if g.finish == "context" {
+        eprintln!(
+            "[stopped after {} new tokens: the model's context of {context} tokens (max_position_embeddings) is full]",
+            g.tokens.len()
+        );
     }
 }
 

@@ -51,7 +51,8 @@ pub struct Generation {
     pub prompt_tokens: Vec<u32>,
     pub tokens: Vec<u32>,
     pub text: String,
-    /// Why it stopped: `eos`, `stop`, or `length`.
+    /// Why it stopped: `eos`, `stop`, `length` (`max_new_tokens`), or `context` (the model's
+    /// context length was reached first).
     pub finish: &'static str,
     /// Wall time of the generation (prompt included).
     pub seconds: f64,
@@ -81,6 +82,32 @@ pub struct Generator {
     pub tokenizer: Tokenizer,
     vocab: usize,
     eos: Vec<u32>,
+    /// The most tokens (prompt and generated) the model is made for: `max_position_embeddings`.
+    /// Past it positions are ones the model never saw, and memory grows with the square of the
+    /// length, so a prompt longer than this is refused and generation stops at it.
+    pub context: usize,
+}
+
+/// The context assumed for a graph that does not record one (other exporters): Gemma 1 and 2's.
+const DEFAULT_CONTEXT: usize = 8192;
+
+/// The model's context length from its metadata; 0 or junk is an error naming the model.
+fn context_of(model: &Model, path: &Path) -> Result<usize> {
+    let Some(text) = model.metadata(meta::MAX_POSITIONS) else {
+        tracing::warn!(
+            "'{}' does not record its context length (max_position_embeddings); generating at most {DEFAULT_CONTEXT} tokens",
+            path.display()
+        );
+        return Ok(DEFAULT_CONTEXT);
+    };
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=crate::eval::evaluator::MAX_CONTEXT).contains(&n) => Ok(n),
+        _ => bail!(
+            "'{}' gives max_position_embeddings {:?} in its metadata, not a context length; re-export the model",
+            path.display(),
+            crate::files::printable(text, 40)
+        ),
+    }
 }
 
 impl Generator {
@@ -91,6 +118,7 @@ impl Generator {
             .metadata(meta::VOCAB_SIZE)
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| tokenizer.vocab_size());
+        let context = context_of(&model, path)?;
         let backend = if let Some(layout) = crate::kv_cache::CacheLayout::of(&model)? {
             Backend::Cache(KvCache {
                 session: crate::runtime::session(path, &options.session)?,
@@ -99,11 +127,7 @@ impl Generator {
                 layout,
             })
         } else {
-            let max_length = model
-                .metadata(meta::MAX_POSITIONS)
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(8192);
-            Backend::Recompute(ScoringModel::open(path, &options.session, max_length, 1)?)
+            Backend::Recompute(ScoringModel::open(path, &options.session, context, 1)?)
         };
         // Gemma stops at <eos>, and chat turns end with <end_of_turn>.
         let eos = [tokenizer.eos_id, tokenizer.token_id("<end_of_turn>")]
@@ -115,7 +139,25 @@ impl Generator {
             tokenizer,
             vocab,
             eos,
+            context,
         })
+    }
+
+    /// Refuses a prompt that leaves no room for a new token in the model's context.
+    fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
+        if prompt.is_empty() {
+            bail!("the prompt encodes to no tokens");
+        }
+        if prompt.len() >= self.context {
+            bail!(
+                "the prompt is {} tokens, and the model's context is {} (max_position_embeddings): \
+                 nothing can follow it. Shorten the prompt to under {} tokens",
+                prompt.len(),
+                self.context,
+                self.context
+            );
+        }
+        Ok(())
     }
 
     /// Graph inputs fed on every step from now on, besides the tokens (a sweepable steered
@@ -144,6 +186,10 @@ impl Generator {
         prompts: &[Vec<u32>],
         options: &GenerateOptions,
     ) -> Result<Vec<Generation>> {
+        for (i, prompt) in prompts.iter().enumerate() {
+            self.check_prompt(prompt)
+                .with_context(|| format!("prompt {}", i + 1))?;
+        }
         if !matches!(self.backend, Backend::Cache(_)) || prompts.len() < 2 {
             return prompts
                 .iter()
@@ -154,6 +200,7 @@ impl Generator {
             backend: Backend::Cache(kv),
             tokenizer,
             eos,
+            context,
             ..
         } = self
         else {
@@ -162,9 +209,6 @@ impl Generator {
         let start = std::time::Instant::now();
         let mut rng = PyRandom::new(options.seed);
         let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        if prompts.iter().any(Vec::is_empty) {
-            bail!("a prompt encodes to no tokens");
-        }
         let padded: Vec<Vec<u32>> = prompts
             .iter()
             .map(|p| {
@@ -188,6 +232,9 @@ impl Generator {
         for _ in 0..options.max_new_tokens {
             let mut next = Vec::with_capacity(prompts.len());
             for (b, row_logits) in logits.iter().enumerate() {
+                if finish[b].is_none() && prompts[b].len() + generated[b].len() >= *context {
+                    finish[b] = Some("context");
+                }
                 if finish[b].is_some() {
                     next.push(0);
                     continue;
@@ -247,9 +294,7 @@ impl Generator {
         options: &GenerateOptions,
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation> {
-        if prompt.is_empty() {
-            bail!("the prompt encodes to no tokens");
-        }
+        self.check_prompt(prompt)?;
         let start = std::time::Instant::now();
         let mut rng = PyRandom::new(options.seed);
         let mut sequence = prompt.to_vec();
@@ -258,6 +303,10 @@ impl Generator {
         let mut finish = "length";
         let mut cache: Option<Vec<ort::value::DynValue>> = None;
         while tokens.len() < options.max_new_tokens {
+            if sequence.len() >= self.context {
+                finish = "context";
+                break;
+            }
             let logprobs = match &mut self.backend {
                 Backend::Recompute(scorer) => scorer.next_token_logprobs(&[&sequence], self.vocab)?.remove(0),
                 Backend::Cache(kv) => {

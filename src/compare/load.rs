@@ -38,6 +38,12 @@ pub struct SampleLine {
     pub metrics: Vec<(String, Value)>,
 }
 
+/// A results JSON is kilobytes to a few megabytes (mmlu's configs); the bound turns a wrong path
+/// (`/dev/zero`, a checkpoint) into an error instead of an out-of-memory kill.
+const RESULTS_MAX_BYTES: u64 = 256 << 20;
+/// Samples files hold every document and response: gigabytes for large suites.
+const SAMPLES_MAX_BYTES: u64 = 16 << 30;
+
 /// Fields of a samples line that are never metrics (for files without a `metrics` list).
 const NOT_METRICS: &[&str] = &[
     "doc_id",
@@ -58,8 +64,7 @@ impl Run {
     /// `--output-path DIR` puts it under the model's name), and the samples files beside it.
     pub fn load(path: &Path) -> Result<Self> {
         let file = find_results(path)?;
-        let text =
-            std::fs::read_to_string(&file).with_context(|| format!("cannot read '{}'", file.display()))?;
+        let text = crate::files::read_text(&file, "results file", RESULTS_MAX_BYTES)?;
         let json: Map<String, Value> = serde_json::from_str(&text).with_context(|| {
             format!(
                 "'{}' is not a results JSON (lm-eval's results_<date>.json)",
@@ -200,6 +205,12 @@ fn find_results(path: &Path) -> Result<PathBuf> {
     if path.is_file() {
         return Ok(path.to_path_buf());
     }
+    if path.exists() && !path.is_dir() {
+        bail!(
+            "'{}' is not a regular file or a folder: pass a results_<date>.json or the folder `eval --output-path` wrote it to",
+            path.display()
+        );
+    }
     if !path.is_dir() {
         bail!(
             "'{}' does not exist: pass a results_<date>.json or the folder `eval --output-path` wrote it to",
@@ -257,7 +268,7 @@ fn find_results(path: &Path) -> Result<PathBuf> {
 }
 
 fn read_samples(path: &Path) -> Result<Vec<SampleLine>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let text = crate::files::read_text(path, "samples file", SAMPLES_MAX_BYTES)?;
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         if raw.trim().is_empty() {

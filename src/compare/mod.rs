@@ -131,6 +131,7 @@ pub fn compare(runs: &[Run], x: &[Option<f64>], options: &CompareOptions) -> Res
     if runs.len() < 2 {
         bail!("compare needs at least two runs: the baseline first, then the runs to compare with it");
     }
+    check_selection(runs, options)?;
     let base = &runs[0];
     let mut comparisons = Vec::new();
     for (run, x) in runs.iter().zip(x).skip(1) {
@@ -146,6 +147,53 @@ pub fn compare(runs: &[Run], x: &[Option<f64>], options: &CompareOptions) -> Res
         seed: options.seed,
         comparisons,
     })
+}
+
+/// Refuses a `--task` the baseline does not have and a `--metric` that no run has for the
+/// chosen tasks: a misspelt name would otherwise give an empty table and exit 0.
+fn check_selection(runs: &[Run], options: &CompareOptions) -> Result<()> {
+    let base = &runs[0];
+    let known: Vec<String> = base.task_tree().into_iter().map(|(t, _)| t).collect();
+    let unknown: Vec<&str> = options
+        .tasks
+        .iter()
+        .filter(|t| !known.contains(t))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        bail!(
+            "--task {}: no such task or group in '{}'; it has: {}",
+            crate::files::printable(&unknown.join(", "), 200),
+            base.path.display(),
+            known.join(", ")
+        );
+    }
+    if options.metrics.is_empty() {
+        return Ok(());
+    }
+    let mut metrics = BTreeSet::new();
+    for run in runs {
+        for (task, _) in selected_tasks(run, options) {
+            if let Some(entry) = run.entry(&task) {
+                metrics.extend(score_keys(entry).into_iter().map(|(m, _, _)| m));
+            }
+        }
+    }
+    let unknown: Vec<&str> = options
+        .metrics
+        .iter()
+        .filter(|m| !metrics.contains(*m))
+        .map(String::as_str)
+        .collect();
+    if !unknown.is_empty() {
+        let has: Vec<&str> = metrics.iter().map(String::as_str).collect();
+        bail!(
+            "--metric {}: no run has it for the chosen tasks; they have: {}",
+            crate::files::printable(&unknown.join(", "), 200),
+            has.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Tasks of `run` to report, with depth: those named in `options.tasks` and everything under
@@ -193,15 +241,6 @@ fn stderr_of(entry: &serde_json::Map<String, Value>, metric: &str, filter: &str)
 fn compare_pair(a: &Run, b: &Run, x: Option<f64>, options: &CompareOptions) -> Result<Comparison> {
     let mut rows = Vec::new();
     let tasks = selected_tasks(a, options);
-    if !options.tasks.is_empty() && tasks.is_empty() {
-        let known: Vec<String> = a.task_tree().into_iter().map(|(t, _)| t).collect();
-        bail!(
-            "no task named {} in '{}'; it has: {}",
-            options.tasks.join(", "),
-            a.path.display(),
-            known.join(", ")
-        );
-    }
     for (task, depth) in &tasks {
         let (Some(ea), Some(eb)) = (a.entry(task), b.entry(task)) else {
             continue;

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 
 use super::font::{self, Face};
 
@@ -83,13 +83,28 @@ impl Canvas {
         }
     }
 
+    /// The pixel range `[lo, hi]` of a shape, cut to the canvas along an axis of `n` pixels:
+    /// `None` for a shape off the canvas or at a non-finite place, so a wild coordinate costs
+    /// nothing instead of a loop over 2^63 pixels.
+    fn span(lo: f64, hi: f64, n: usize) -> Option<(i64, i64)> {
+        if !lo.is_finite() || !hi.is_finite() {
+            return None;
+        }
+        let (lo, hi) = (lo.floor().max(0.0), hi.ceil().min(n as f64 - 1.0));
+        (lo <= hi).then_some((lo as i64, hi as i64))
+    }
+
     /// A segment of the given width, antialiased by each pixel's distance to it.
     fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), width: f64, color: Rgb) {
         let r = width / 2.0 + 1.0;
         let (dx, dy) = (x1 - x0, y1 - y0);
         let len2 = dx * dx + dy * dy;
-        let (xa, xb) = ((x0.min(x1) - r).floor() as i64, (x0.max(x1) + r).ceil() as i64);
-        let (ya, yb) = ((y0.min(y1) - r).floor() as i64, (y0.max(y1) + r).ceil() as i64);
+        let Some((xa, xb)) = Self::span(x0.min(x1) - r, x0.max(x1) + r, self.w) else {
+            return;
+        };
+        let Some((ya, yb)) = Self::span(y0.min(y1) - r, y0.max(y1) + r, self.h) else {
+            return;
+        };
         for y in ya..=yb {
             for x in xa..=xb {
                 let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
@@ -105,8 +120,15 @@ impl Canvas {
     }
 
     fn disc(&mut self, (cx, cy): (f64, f64), radius: f64, color: Rgb) {
-        for y in (cy - radius - 1.0).floor() as i64..=(cy + radius + 1.0).ceil() as i64 {
-            for x in (cx - radius - 1.0).floor() as i64..=(cx + radius + 1.0).ceil() as i64 {
+        let reach = radius + 1.0;
+        let Some((xa, xb)) = Self::span(cx - reach, cx + reach, self.w) else {
+            return;
+        };
+        let Some((ya, yb)) = Self::span(cy - reach, cy + reach, self.h) else {
+            return;
+        };
+        for y in ya..=yb {
+            for x in xa..=xb {
                 let d = ((x as f64 + 0.5 - cx).powi(2) + (y as f64 + 0.5 - cy).powi(2)).sqrt();
                 self.blend(x, y, color, (radius + 0.5 - d).clamp(0.0, 1.0) as f32);
             }
@@ -142,9 +164,13 @@ impl Canvas {
     }
 }
 
-/// Tick positions at 1, 2 or 5 × 10^k covering `[lo, hi]` with about `target` intervals.
+/// Tick positions at 1, 2 or 5 × 10^k covering `[lo, hi]` with about `target` intervals; just
+/// the two ends where the range is too wide for f64 steps (±1e308).
 fn nice_ticks(lo: f64, hi: f64, target: usize) -> (f64, f64, Vec<f64>) {
     let span = (hi - lo).max(f64::MIN_POSITIVE);
+    if !span.is_finite() {
+        return (lo, hi, vec![lo, hi]);
+    }
     let raw = span / target as f64;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 5.0, 10.0]
@@ -154,7 +180,11 @@ fn nice_ticks(lo: f64, hi: f64, target: usize) -> (f64, f64, Vec<f64>) {
         .unwrap_or(10.0 * mag);
     let start = (lo / step).floor() * step;
     let end = (hi / step).ceil() * step;
-    let count = ((end - start) / step).round() as usize;
+    let count = ((end - start) / step).round();
+    if !(0.0..=(4 * target) as f64).contains(&count) {
+        return (lo, hi, vec![lo, hi]);
+    }
+    let count = count as usize;
     let ticks = (0..=count).map(|i| start + i as f64 * step).collect();
     (start, end, ticks)
 }
@@ -342,6 +372,9 @@ fn padded_range(values: &[f64], pad: f64) -> (f64, f64) {
         return (lo - half, hi + half);
     }
     let p = (hi - lo) * pad;
+    if !p.is_finite() {
+        return (lo, hi);
+    }
     (lo - p, hi + p)
 }
 
@@ -394,28 +427,23 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-/// Renders `fig` and writes it to `path` as a PNG, atomically (a temporary file beside it, renamed).
+/// Renders `fig` and writes it to `path` as a PNG, atomically (a temporary file beside it,
+/// renamed); the caller has checked the path with `files::check_output`.
 pub fn write_png(path: &Path, fig: &Figure) -> Result<(u32, u32)> {
     let (w, h, rgb) = render(fig);
     let bytes = encode_png(w, h, &rgb);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .with_context(|| format!("--plot '{}' is not a file name", path.display()))?;
-    let mut temp = crate::files::temp_file(dir, &name).with_context(|| {
-        format!(
-            "cannot write the plot '{}': does its folder exist?",
-            path.display()
-        )
-    })?;
-    temp.write_all(&bytes)
-        .and_then(|()| temp.as_file().sync_all())
-        .with_context(|| format!("cannot write the plot '{}'", path.display()))?;
-    temp.persist(path)
+    if path.file_name().is_none() {
+        bail!("--plot '{}' is not a file name", path.display());
+    }
+    let dir = crate::files::parent_dir(path);
+    if !dir.is_dir() {
+        bail!(
+            "cannot write the plot '{}': the folder '{}' does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    crate::files::write_atomic(path, &bytes)
         .with_context(|| format!("cannot write the plot '{}'", path.display()))?;
     Ok((w, h))
 }
@@ -439,5 +467,36 @@ mod tests {
         assert_eq!(tick_label(0.3, 0.02, 0.4), "0.30");
         assert_eq!(tick_label(-0.0, 0.02, 0.4), "0.00");
         assert_eq!(tick_label(-20.0, 10.0, 40.0), "−20");
+    }
+
+    #[test]
+    fn any_x_and_y_values_render_in_bounded_time() {
+        let wild = [
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+            1e308,
+            -1e308,
+            1e-308,
+            0.0,
+            1.0,
+        ];
+        for &a in &wild {
+            for &b in &wild {
+                let fig = Figure {
+                    x_label: "x".into(),
+                    panels: vec![Panel {
+                        title: "t".into(),
+                        y_label: "y".into(),
+                        series: vec![Series {
+                            label: "s".into(),
+                            points: vec![(a, b, Some(b)), (b, a, None), (1.0, 0.5, Some(0.1))],
+                        }],
+                    }],
+                };
+                let (w, h, rgb) = render(&fig);
+                assert_eq!(rgb.len(), (w * h * 3) as usize);
+            }
+        }
     }
 }
