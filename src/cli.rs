@@ -372,7 +372,7 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     pub cache: Option<PathBuf>,
     /// More folders of task YAMLs.
-    #[arg(long)]
+    #[arg(long, value_parser = task_folder)]
     pub include_path: Vec<PathBuf>,
     /// Context length in tokens (default: the model's max_position_embeddings).
     #[arg(long, value_parser = parse_max_length)]
@@ -403,6 +403,22 @@ fn parse_max_length(s: &str) -> Result<usize, String> {
         _ => Err(format!(
             "'{s}' is not a context length: give a number of tokens from 1 to {MAX_CONTEXT}"
         )),
+    }
+}
+
+/// `--include-path` is checked when parsed, before any model is opened.
+fn task_folder(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    let shown = crate::files::printable(s, 500);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => Ok(path),
+        Ok(_) => Err(format!(
+            "'{shown}' is a file, not a folder of task YAMLs (pass a task file with --task)"
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(format!("task folder '{shown}' does not exist"))
+        }
+        Err(e) => Err(format!("cannot read task folder '{shown}': {e}")),
     }
 }
 
@@ -583,7 +599,7 @@ impl Cli {
         if args.list_tasks {
             let mut dirs = vec![evaluator::bundled_tasks_dir()?];
             dirs.extend(args.include_path.iter().cloned());
-            let index = TaskIndex::scan(&dirs.into_iter().filter(|d| d.is_dir()).collect::<Vec<_>>())?;
+            let index = TaskIndex::scan(&dirs)?;
             for (name, entry) in &index.entries {
                 let kind = match entry {
                     crate::eval::task::Entry::Task { .. } => "task",
@@ -593,6 +609,13 @@ impl Cli {
             }
             for (tag, tasks) in &index.tags {
                 println!("tag    {tag} ({} tasks)", tasks.len());
+            }
+            for broken in &index.broken {
+                eprintln!(
+                    "warning: skipped '{}': {}",
+                    crate::files::printable(&broken.path.display().to_string(), 500),
+                    broken.error
+                );
             }
             return Ok(());
         }

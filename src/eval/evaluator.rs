@@ -367,7 +367,7 @@ fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
 
     let mut dirs = vec![bundled_tasks_dir()?];
     dirs.extend(options.include_paths.iter().cloned());
-    let mut index = TaskIndex::scan(&dirs.iter().filter(|d| d.is_dir()).cloned().collect::<Vec<_>>())?;
+    let mut index = TaskIndex::scan(&dirs)?;
     let mut roots = Vec::new();
     for name in &options.tasks {
         roots.push(resolve(&mut index, name, 0)?);
@@ -1493,6 +1493,7 @@ fn resolve(index: &mut TaskIndex, name: &str, depth: usize) -> Result<Node> {
     } else {
         name.to_owned()
     };
+    index.usable(&name)?;
     match index.entries.get(&name).cloned() {
         Some(Entry::Task { .. }) => Ok(Node::Task { name }),
         Some(Entry::Group { config, .. }) => {
@@ -1503,6 +1504,7 @@ fn resolve(index: &mut TaskIndex, name: &str, depth: usize) -> Result<Node> {
                     Value::String(child)
                         if !index.entries.contains_key(child) && index.tags.contains_key(child) =>
                     {
+                        index.usable(child)?;
                         let tasks = index.tags[child].clone();
                         children.extend(tasks.into_iter().map(|name| Node::Task { name }));
                     }
