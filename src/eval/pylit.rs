@@ -289,7 +289,11 @@ pub fn literal_eval(text: &str) -> Result<PyLiteral> {
     // CPython reads source with universal newlines, and literal_eval strips leading " \t".
     let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
     let src: Vec<char> = normalized.trim_start_matches([' ', '\t']).chars().collect();
-    let mut p = Parser { src: &src, pos: 0 };
+    let mut p = Parser {
+        src: &src,
+        pos: 0,
+        level: 0,
+    };
     match p.parse_top() {
         Ok(v) => Ok(v),
         Err(msg) => {
@@ -307,7 +311,13 @@ type PResult<T> = std::result::Result<T, String>;
 struct Parser<'a> {
     src: &'a [char],
     pos: usize,
+    /// Expressions being parsed inside one another, bounded so that a rendered template of
+    /// 100,000 `[` is an error and not a stack overflow.
+    level: usize,
 }
+
+/// CPython's tokenizer refuses more nested brackets than this ("too many nested parentheses").
+const MAX_NESTING: usize = 200;
 
 /// Whether a parsed expression is a bare number token (possibly parenthesized): the only
 /// operand `ast.literal_eval` accepts under a unary sign.
@@ -427,6 +437,17 @@ impl Parser<'_> {
     }
 
     fn expr(&mut self, depth: usize) -> PResult<(PyLiteral, Kind)> {
+        // Unary signs nest without brackets: counted here, not in `depth`.
+        if self.level >= MAX_NESTING {
+            return Err("too many nested parentheses".into());
+        }
+        self.level += 1;
+        let parsed = self.expr_unbounded(depth);
+        self.level -= 1;
+        parsed
+    }
+
+    fn expr_unbounded(&mut self, depth: usize) -> PResult<(PyLiteral, Kind)> {
         self.skip_ws(depth)?;
         let Some(c) = self.peek() else {
             return Err("unexpected end of input".into());
@@ -1004,6 +1025,21 @@ mod tests {
         );
         serde_json::from_str(&std::fs::read_to_string(path).expect("read literals.json"))
             .expect("parse literals.json")
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        for text in [
+            "[".repeat(100_000),
+            "(".repeat(100_000),
+            "{1: ".repeat(100_000),
+            "-".repeat(100_000) + "1",
+        ] {
+            let err = literal_eval(&text).unwrap_err().to_string();
+            assert!(err.contains("too many nested parentheses"), "{err}");
+        }
+        let ok = format!("{}1{}", "[".repeat(150), "]".repeat(150));
+        assert!(literal_eval(&ok).is_ok());
     }
 
     #[test]
