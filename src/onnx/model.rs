@@ -163,6 +163,14 @@ impl Model {
 
     /// The bytes of a tensor, wherever they live; external data is sliced from a memory map.
     pub fn tensor_bytes(&self, tensor: &TensorProto) -> Result<Bytes> {
+        self.read_tensor_bytes(tensor)
+            .with_context(|| match &self.source {
+                Some(path) => format!("in '{}'", path.display()),
+                None => "in the model being built".to_owned(),
+            })
+    }
+
+    fn read_tensor_bytes(&self, tensor: &TensorProto) -> Result<Bytes> {
         match ExternalData::of(tensor)? {
             None => match &tensor.raw_data {
                 Some(raw) => Ok(raw.clone()),
@@ -186,7 +194,9 @@ impl Model {
         let records = self
             .data_records()
             .with_context(|| format!("in '{}'", path.display()))?;
-        let used = self.external_locations()?;
+        let used = self
+            .external_locations()
+            .with_context(|| format!("in '{}'", path.display()))?;
         for (location, record) in &records {
             // A record of a file no tensor reads any more (a graph edited by another tool)
             // says nothing about this graph's weights.

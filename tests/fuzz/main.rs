@@ -1,0 +1,719 @@
+//! Fuzz harness: every parser of user files, fed seeded mutations of real seed files, must not
+//! panic, hang, allocate without bound, modify its input, or refuse without naming the input.
+//! Bounded for CI (`SAE_ONNX_FUZZ_CASES`, `SAE_ONNX_FUZZ_SECONDS`, `SAE_ONNX_FUZZ_SEED`; see
+//! RELIABILITY.md); failing cases are kept under `target/fuzz-failures/`.
+//!
+//! Library parsers run in this process (the counting allocator sees them); whole commands run as
+//! the real binary under a memory limit, where a panic is exit code 101 and an abort a signal.
+
+mod harness;
+mod mutate;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use harness::{Budget, Target};
+use prost::Message;
+use sae_onnx::onnx::pb::ModelProto;
+
+#[global_allocator]
+static ALLOC: harness::Counting = harness::Counting;
+
+const BIN: &str = env!("CARGO_BIN_EXE_sae-onnx");
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn read(path: &str) -> Vec<u8> {
+    std::fs::read(repo(path)).unwrap_or_else(|e| panic!("seed {path}: {e}"))
+}
+
+fn err_text(e: anyhow::Error) -> String {
+    format!("{e:#}")
+}
+
+fn no_hot(_: &[u8]) -> usize {
+    0
+}
+
+/// A safetensors file's header region: the 8-byte length and the JSON it announces.
+fn safetensors_hot(seed: &[u8]) -> usize {
+    seed.get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize + 8)
+        .unwrap_or(0)
+        .min(seed.len())
+}
+
+/// The demo model exported once (graph + data file), shared by the ONNX targets.
+fn demo_export() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let status = Command::new(BIN)
+            .args(["-q", "export"])
+            .arg(repo("models/tiny-gemma2"))
+            .arg("-o")
+            .arg(dir.path().join("base.onnx"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "exporting the demo model failed");
+        dir
+    })
+    .path()
+}
+
+/// Runs the binary on a case with a memory limit and a time limit. A panic or a signal is
+/// raised here as a panic, so the harness records it; an ordinary failure returns stderr.
+fn run_binary(args: &[&std::ffi::OsStr], cwd: &Path) -> Result<(), String> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let mut command = Command::new(BIN);
+    command.args(args).current_dir(cwd).env("HF_HUB_OFFLINE", "1");
+    command.env("SAE_ONNX_HOME", cwd.join("home"));
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 4 << 30,
+                rlim_max: 4 << 30,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &limit);
+            Ok(())
+        });
+    }
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start sae-onnx");
+    let deadline = std::time::Instant::now() + Duration::from_secs_f64(harness::HANG_SECONDS);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for sae-onnx") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sae-onnx ran past {} s", harness::HANG_SECONDS);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    if let Some(signal) = status.signal() {
+        panic!("sae-onnx was killed by signal {signal}: {stderr}");
+    }
+    match status.code() {
+        Some(0) => Ok(()),
+        Some(101) => panic!("sae-onnx panicked: {stderr}"),
+        _ => Err(stderr),
+    }
+}
+
+fn os(s: &str) -> &std::ffi::OsStr {
+    std::ffi::OsStr::new(s)
+}
+
+#[test]
+fn steer_csv() {
+    // The plans name SAE folders relative to themselves: give each name the demo SAE.
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["sae", "sae_res", "sae_relu", "sae_jumprelu"] {
+        copy_demo_sae(&dir.path().join(name));
+    }
+    let mut seeds = vec![read("models/tiny-gemma2/steer.csv")];
+    for name in ["case_a", "case_b", "case_c", "case_d"] {
+        seeds.push(read(&format!("tests/fixtures/steer/{name}.csv")));
+        seeds.push(read(&format!("tests/fixtures/steer/{name}_lmeval.csv")));
+    }
+    for name in ["mixed", "add_if_active_threshold", "lmeval_clamp"] {
+        let text = String::from_utf8(read(&format!("tests/fixtures/steer_actions/{name}.csv"))).unwrap();
+        seeds.push(
+            text.replace("../../../models/tiny-gemma2/sae", "sae")
+                .into_bytes(),
+        );
+    }
+    harness::run(
+        &Target {
+            name: "steer_csv",
+            seeds,
+            text: true,
+            hot: no_hot,
+            case_path: dir.path().join("fuzz-case.csv"),
+            mutator: None,
+            run: Box::new(|path| {
+                sae_onnx::steer::plan::SteeringPlan::from_csv_file(path)
+                    .map(drop)
+                    .map_err(err_text)
+            }),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
+fn copy_demo_sae(to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    for file in ["cfg.json", "sae_weights.safetensors"] {
+        std::fs::copy(repo("models/tiny-gemma2/sae").join(file), to.join(file)).unwrap();
+    }
+}
+
+/// A whole `patch` of the demo model with a mutated plan against the demo SAE.
+#[test]
+fn patch_plan() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_demo_sae(&dir.path().join("sae"));
+    let base = demo_export().join("base.onnx");
+    let out = dir.path().join("out.onnx");
+    let seeds = vec![
+        read("models/tiny-gemma2/steer.csv"),
+        b"latent_idx,steering_coefficient,sae_release,sae_id,description,action,threshold\n5,24.0,sae,,a,add,\n3,43.0,sae,,c,clamp,\n1,2.0,sae,,t,add_if_active,0.5\n5,-5.0,sae,,p,clamp_projection,\n".to_vec(),
+        b"loader,action,sparse_model,hookpoint,feature_index,steering_coefficient,head_index,sae_id,description\nsae_lens,add,sae,blocks.1.hook_resid_post,7,24.0,,,demo\n".to_vec(),
+    ];
+    harness::run(
+        &Target {
+            name: "patch_plan",
+            seeds,
+            text: true,
+            hot: no_hot,
+            case_path: dir.path().join("fuzz-case.csv"),
+            mutator: None,
+            run: Box::new(|path| {
+                run_binary(
+                    &[
+                        os("-q"),
+                        os("patch"),
+                        os("--csv"),
+                        path.as_os_str(),
+                        os("--model"),
+                        base.as_os_str(),
+                        os("-o"),
+                        out.as_os_str(),
+                        os("--force"),
+                    ],
+                    dir.path(),
+                )
+            }),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
+fn onnx_seeds(case_dir: &Path) -> Vec<Vec<u8>> {
+    let export = demo_export();
+    std::fs::copy(export.join("base.onnx.data"), case_dir.join("base.onnx.data")).unwrap();
+    std::fs::copy(
+        repo("tests/fixtures/foreign/genai/model.onnx.data"),
+        case_dir.join("model.onnx.data"),
+    )
+    .unwrap();
+    vec![
+        std::fs::read(export.join("base.onnx")).unwrap(),
+        read("tests/fixtures/foreign/genai/model.onnx"),
+        read("tests/fixtures/foreign/torchscript/model.onnx"),
+    ]
+}
+
+fn load_and_inspect(path: &Path) -> Result<(), String> {
+    let model = sae_onnx::onnx::Model::load(path).map_err(err_text)?;
+    for tensor in &model.graph().initializer {
+        model.tensor_bytes(tensor).map_err(err_text)?;
+    }
+    sae_onnx::inspect::inspect(path).map(drop).map_err(err_text)
+}
+
+#[test]
+fn onnx_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = onnx_seeds(dir.path());
+    harness::run(
+        &Target {
+            name: "onnx_model",
+            seeds,
+            text: false,
+            hot: no_hot,
+            case_path: dir.path().join("fuzz-case.onnx"),
+            mutator: None,
+            run: Box::new(load_and_inspect),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
+/// Structured mutations of the external-data tables (`location`, `offset`, `length`, unknown
+/// keys) of a model's initializers, which byte mutations rarely reach intact.
+fn mutate_external_data(seed: &[u8], rng: &mut mutate::Rng) -> Vec<u8> {
+    use sae_onnx::onnx::pb::StringStringEntryProto;
+    const VALUES: &[&str] = &[
+        "../base.onnx.data",
+        "/etc/passwd",
+        "base.onnx.data/..",
+        "",
+        "missing.data",
+        "base.onnx",
+        ".",
+        "0",
+        "1",
+        "-1",
+        "4095",
+        "4096",
+        "18446744073709551615",
+        "18446744073709551616",
+        "99999999999",
+        "1e3",
+        " 4096",
+        "0x10",
+        "NaN",
+    ];
+    const KEYS: &[&str] = &["location", "offset", "length", "checksum", "basepath", ""];
+    let mut model = ModelProto::decode(seed).expect("seed decodes");
+    let graph = model.graph.as_mut().expect("seed has a graph");
+    let n = graph.initializer.len();
+    for _ in 0..1 + rng.below(3) {
+        let tensor = &mut graph.initializer[rng.below(n)];
+        match rng.below(4) {
+            0 if !tensor.external_data.is_empty() => {
+                let i = rng.below(tensor.external_data.len());
+                tensor.external_data[i].value = Some(rng.pick(VALUES).to_string());
+            }
+            1 if !tensor.external_data.is_empty() => {
+                let i = rng.below(tensor.external_data.len());
+                tensor.external_data.remove(i);
+            }
+            2 => tensor.external_data.push(StringStringEntryProto {
+                key: Some(rng.pick(KEYS).to_string()),
+                value: Some(rng.pick(VALUES).to_string()),
+            }),
+            _ => tensor.data_location = Some(rng.below(3) as i32),
+        }
+    }
+    model.encode_to_vec()
+}
+
+#[test]
+fn external_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = onnx_seeds(dir.path()).into_iter().take(2).collect();
+    harness::run(
+        &Target {
+            name: "external_data",
+            seeds,
+            text: false,
+            hot: no_hot,
+            case_path: dir.path().join("fuzz-case.onnx"),
+            mutator: Some(mutate_external_data),
+            run: Box::new(load_and_inspect),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
+/// Reads an SAE array the way steering does: a few elements, never the whole (a 1m-wide SAE's
+/// W_dec is 9 GB): the first and last element, and the first row of a matrix.
+fn read_ends(array: &sae_onnx::sae::npz::StoredArray) -> Result<(), String> {
+    if array.is_empty() {
+        return Ok(());
+    }
+    array.gather(&[0, array.len() - 1]).map_err(err_text)?;
+    if array.shape.len() == 2 {
+        array.rows(&[0]).map_err(err_text)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn sae_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = vec![
+        read("models/tiny-gemma2/sae/sae_weights.safetensors"),
+        read("tests/fixtures/sae/local/saelens_v6/sae_weights.safetensors"),
+        read(
+            "tests/fixtures/sae/local/gemma_scope_2/resid_post/layer_9_width_16k_l0_small/params.safetensors",
+        ),
+    ];
+    harness::run(
+        &Target {
+            name: "sae_safetensors",
+            seeds,
+            text: false,
+            hot: safetensors_hot,
+            case_path: dir.path().join("fuzz-case.safetensors"),
+            mutator: None,
+            run: Box::new(|path| {
+                let file = sae_onnx::sae::npz::Safetensors::open(path).map_err(err_text)?;
+                for key in file.keys() {
+                    read_ends(&file.array(&key).map_err(err_text)?)?;
+                }
+                Ok(())
+            }),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
+#[test]
+fn sae_npz() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = "tests/fixtures/sae/hub/models--google--gemma-scope-2b-pt-res/snapshots/5ae0000000000000000000000000000000c0ffee";
+    let seeds = vec![
+        read(&format!("{hub}/layer_20/width_16k/average_l0_71/params.npz")),
+        read(&format!("{hub}/embedding/width_4k/average_l0_6/params.npz")),
+        read("tests/fixtures/sae/local/deflated_npz/params.npz"),
+    ];
+    harness::run(
+        &Target {
+            name: "sae_npz",
+            seeds,
+            text: false,
+            hot: no_hot,
+            case_path: dir.path().join("fuzz-case.npz"),
+            mutator: None,
+            run: Box::new(|path| {
+                let file = sae_onnx::sae::npz::Npz::open(path).map_err(err_text)?;
+                for key in file.keys() {
+                    read_ends(&file.array(&key).map_err(err_text)?)?;
+                }
+                Ok(())
+            }),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
+/// A checkpoint folder (config, weights, tokenizer) where one file is the case; the whole
+/// `export` runs on it.
+fn export_target(
+    name: &'static str,
+    case_file: &'static str,
+    seeds: Vec<Vec<u8>>,
+    hot: fn(&[u8]) -> usize,
+    text: bool,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("ckpt");
+    std::fs::create_dir(&checkpoint).unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        if file != case_file {
+            std::fs::copy(repo("models/tiny-gemma2").join(file), checkpoint.join(file)).unwrap();
+        }
+    }
+    let out = dir.path().join("out.onnx");
+    harness::run(
+        &Target {
+            name,
+            seeds,
+            text,
+            hot,
+            case_path: checkpoint.join(case_file),
+            mutator: None,
+            run: Box::new(|_| {
+                run_binary(
+                    &[
+                        os("-q"),
+                        os("export"),
+                        checkpoint.as_os_str(),
+                        os("-o"),
+                        out.as_os_str(),
+                        os("--force"),
+                    ],
+                    dir.path(),
+                )
+            }),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
+#[test]
+fn export_config_json() {
+    export_target(
+        "export_config_json",
+        "config.json",
+        vec![read("models/tiny-gemma2/config.json")],
+        no_hot,
+        true,
+    );
+}
+
+#[test]
+fn export_safetensors() {
+    export_target(
+        "export_safetensors",
+        "model.safetensors",
+        vec![read("models/tiny-gemma2/model.safetensors")],
+        safetensors_hot,
+        false,
+    );
+}
+
+/// A task folder holding the case as a task YAML beside local data files; every task the scan
+/// finds is loaded and every document rendered (prompt, choices, target, few-shot context).
+#[test]
+fn task_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "tests/fixtures/lm_eval/tasks/tiny_mc_test.jsonl",
+        "tests/fixtures/lm_eval/tasks/tiny_mc_validation.jsonl",
+        "tests/fixtures/lm_eval/tasks/tiny_mmlu_format_animals_dev.jsonl",
+        "tests/fixtures/lm_eval/tasks/tiny_mmlu_format_animals_test.jsonl",
+        "tests/fixtures/lm_eval_gen/tasks/tiny_gsm_test.jsonl",
+        "tests/fixtures/lm_eval_gen/tasks/tiny_gsm_train.jsonl",
+    ] {
+        let name = Path::new(file).file_name().unwrap();
+        std::fs::copy(repo(file), dir.path().join(name)).unwrap();
+    }
+    std::fs::copy(
+        repo("tests/fixtures/lm_eval/tasks/_tiny_mmlu_format_template_yaml"),
+        dir.path().join("_tiny_mmlu_format_template_yaml"),
+    )
+    .unwrap();
+    // Data paths relative to the task folder, where the loader looks after the working directory.
+    let local = |path: &str| {
+        String::from_utf8(read(path))
+            .unwrap()
+            .replace("tests/fixtures/lm_eval/tasks/", "")
+            .replace("tests/fixtures/lm_eval_gen/tasks/", "")
+            .into_bytes()
+    };
+    let seeds = vec![
+        local("tests/fixtures/lm_eval/tasks/tiny_mc.yaml"),
+        local("tests/fixtures/lm_eval/tasks/tiny_mmlu_format_animals.yaml"),
+        local("tests/fixtures/lm_eval_gen/tasks/tiny_gsm.yaml"),
+        local("tests/fixtures/lm_eval_gen/tasks/tiny_gsm_stops.yaml"),
+        local("tests/fixtures/lm_eval_winogrande/tasks/tiny_winogrande.yaml"),
+    ];
+    let folder = dir.path().to_path_buf();
+    harness::run(
+        &Target {
+            name: "task_yaml",
+            seeds,
+            text: true,
+            hot: no_hot,
+            case_path: dir.path().join("fuzz_case.yaml"),
+            mutator: None,
+            run: Box::new(move |path| {
+                use sae_onnx::eval::task::{Entry, Task, TaskIndex};
+                let mut index = TaskIndex::default();
+                let Some(name) = index.add_file(path).map_err(err_text)? else {
+                    return Ok(());
+                };
+                let Some(Entry::Task { path, config }) = index.entries.get(&name).cloned() else {
+                    return Ok(());
+                };
+                let _ = &folder;
+                let mut task = Task::load(&name, &path, config, None, 1234).map_err(err_text)?;
+                let docs = task.eval_docs.clone();
+                for doc in docs.iter().take(4) {
+                    let rendered = task
+                        .doc_to_text_value(doc)
+                        .and_then(|_| task.doc_to_target(doc))
+                        .and_then(|_| task.fewshot_context(doc));
+                    rendered.map_err(|e| format!("{} ({}): {e:#}", name, path.display()))?;
+                    if task.config.contains_key("doc_to_choice") {
+                        task.doc_to_choice(doc)
+                            .map_err(|e| format!("{} ({}): {e:#}", name, path.display()))?;
+                    }
+                }
+                Ok(())
+            }),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
+#[test]
+fn dataset_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds = vec![
+        read("models/tiny-gemma2/demo_mc_test.jsonl"),
+        read("tests/fixtures/lm_eval_gen/tasks/tiny_gsm_train.jsonl"),
+    ];
+    let csv_dir = tempfile::tempdir().unwrap();
+    let csv_seeds = vec![b"question,label,score\n\"a, b\",1,0.5\nc,2,1\n\"multi\nline\",3,\n".to_vec()];
+    for (name, kind, seeds, file, dir) in [
+        ("dataset_jsonl", "json", seeds, "fuzz-case.jsonl", &dir),
+        ("dataset_csv", "csv", csv_seeds, "fuzz-case.csv", &csv_dir),
+    ] {
+        let folder = dir.path().to_path_buf();
+        harness::run(
+            &Target {
+                name,
+                seeds,
+                text: true,
+                hot: no_hot,
+                case_path: dir.path().join(file),
+                mutator: None,
+                run: Box::new(move |path| {
+                    let files = serde_json::Value::String(path.to_string_lossy().into_owned());
+                    sae_onnx::eval::data::load_local(kind, &files, &folder)
+                        .map(drop)
+                        .map_err(err_text)
+                }),
+            },
+            &Budget::from_env(),
+        )
+        .assert_clean();
+    }
+}
+
+#[test]
+fn jinja_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds: Vec<Vec<u8>> = [
+        "{{question}}",
+        "{{question.strip()}}\nA. {{choices[0]}}\nB. {{choices[1]}}\nAnswer:",
+        "{% for c in choices %}{{ loop.index }}. {{ c | upper }}\n{% endfor %}",
+        "{{ choices.index(choices[label]) }} {{ question.split(' ') | join('_') }} {{ '%.2f' | format(1.5) }}",
+        "{{ question.replace('dog', 'cat') if label > 0 else question[::-1] }}",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    let doc = serde_json::json!({"question": "The dog sees the", "choices": ["cat", "big brown horse", "tree"], "label": 1});
+    harness::run(
+        &Target {
+            name: "jinja_template",
+            seeds,
+            text: true,
+            hot: no_hot,
+            case_path: dir.path().join("fuzz-case.jinja"),
+            mutator: None,
+            run: Box::new(|path| {
+                let template = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+                // A template is a YAML value, not a file: its errors are named by the task that
+                // holds it (task_yaml checks that), so here only the promises of safety apply.
+                match sae_onnx::eval::template::render(&template, &doc) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(format!("fuzz-case.jinja: {e:#}")),
+                }
+            }),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
+/// compare on a run whose results JSON (or one samples file) is the case, against the intact
+/// base run: loading, pairing documents, the tests and the plot's figure.
+#[test]
+fn compare_results() {
+    let fixtures = repo("tests/fixtures/compare/lm_eval");
+    let run_dir = |name: &str| fixtures.join(name).join("tests__fixtures__gemma__gemma2");
+    let files = |name: &str| -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(run_dir(name))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        files
+    };
+    let base_dir = run_dir("base");
+    for (name, pick) in [
+        ("compare_results", "results_"),
+        ("compare_samples", "samples_tiny_mc_"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut case_name = String::new();
+        for file in files("coef8") {
+            let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
+            if file_name.starts_with(pick) {
+                case_name = file_name;
+            } else {
+                std::fs::copy(&file, dir.path().join(&file_name)).unwrap();
+            }
+        }
+        let seeds = ["coef8", "coef32", "base"]
+            .iter()
+            .filter_map(|run| {
+                files(run)
+                    .into_iter()
+                    .find(|f| f.file_name().unwrap().to_string_lossy().starts_with(pick))
+            })
+            .map(|f| std::fs::read(f).unwrap())
+            .collect();
+        let folder = dir.path().to_path_buf();
+        let base_dir = &base_dir;
+        harness::run(
+            &Target {
+                name,
+                seeds,
+                text: true,
+                hot: no_hot,
+                case_path: dir.path().join(&case_name),
+                mutator: None,
+                run: Box::new(move |_| {
+                    use sae_onnx::compare::{self, CompareOptions, Run};
+                    let run = Run::load(&folder).map_err(err_text)?;
+                    let base = Run::load(base_dir).map_err(|e| format!("the intact base run: {e:#}"))?;
+                    let runs = vec![base, run];
+                    let options = CompareOptions {
+                        resamples: 50,
+                        seed: 1234,
+                        alpha: 0.05,
+                        tasks: Vec::new(),
+                        metrics: Vec::new(),
+                    };
+                    let sweep = compare::sweep_values(&runs, Some(&[0.0, 8.0])).map_err(err_text)?;
+                    compare::compare(&runs, &sweep.x, &options).map_err(err_text)?;
+                    compare::sweep_figure(&runs, &sweep, &options).map_err(err_text)?;
+                    Ok(())
+                }),
+            },
+            &Budget::from_env(),
+        )
+        .assert_clean();
+    }
+}
+
+/// A resume cache (header, then one answer per line) read for the key it was written with.
+#[test]
+fn eval_cache() {
+    use sae_onnx::eval::cache::{self, CacheKey};
+    let dir = tempfile::tempdir().unwrap();
+    let key = CacheKey(
+        serde_json::json!({"model": "3f2a", "tokenizer": "9c1e", "device": "cpu", "tf32": false})
+            .as_object()
+            .unwrap()
+            .clone(),
+    );
+    let mut seed = cache::header_line(&key);
+    seed.push('\n');
+    for (context, continuation, logprob, greedy) in [
+        ("[2,651,5929]", "[573]", -1.25, true),
+        ("[2,651,5929,573]", "[1362,4]", -7.5e-3, false),
+        ("[2]", "[17,18,19]", -30.0, false),
+    ] {
+        seed.push_str(&format!(
+            "{{\"context\":{context},\"continuation\":{continuation},\"logprob\":{logprob},\"is_greedy\":{greedy}}}\n"
+        ));
+    }
+    harness::run(
+        &Target {
+            name: "eval_cache",
+            seeds: vec![seed.into_bytes()],
+            text: true,
+            hot: no_hot,
+            case_path: dir.path().join("fuzz-case.cache.jsonl"),
+            mutator: None,
+            run: Box::new(|path| cache::read(path, &key).map(drop).map_err(err_text)),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
