@@ -272,3 +272,51 @@ fn nonsense_is_an_error_naming_what_to_fix_never_a_panic_or_a_score() {
         &["latin1.jsonl", "not UTF-8", "line 2"],
     );
 }
+
+#[test]
+fn each_sweep_point_has_its_own_cache_and_a_swapped_one_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, _) = demo_models(tmp.path());
+    let sweepable = tmp.path().join("sweepable.onnx");
+    assert_ok(&sae_onnx(&[
+        "patch",
+        "--csv",
+        "models/tiny-gemma2/steer.csv",
+        "--model",
+        s(&base),
+        "-o",
+        s(&sweepable),
+        "--sweepable",
+    ]));
+    let cache = tmp.path().join("c.jsonl");
+    let sweep = |values: &str| eval(&sweepable, &["--sweep", values, "--cache", s(&cache)]);
+    assert_ok(&sweep("0,24"));
+    let at = |v: &str| tmp.path().join(format!("c.steer.coeff.0={v}.jsonl"));
+    std::fs::copy(at("24"), at("0")).unwrap();
+    assert_error(
+        &sweep("0"),
+        &["c.steer.coeff.0=0.jsonl", "the inputs fed to the graph"],
+    );
+}
+
+#[test]
+fn a_group_of_one_document_subtasks_has_no_stderr_as_in_lm_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, _) = demo_models(tmp.path());
+    let out = tmp.path().join("r.json");
+    assert_ok(&sae_onnx(&[
+        "eval",
+        s(&base),
+        "--task",
+        "tiny_mmlu_format",
+        "--include-path",
+        "tests/fixtures/lm_eval/tasks",
+        "--limit",
+        "1",
+        "--output-path",
+        s(&out),
+    ]));
+    // Pooling the subtasks' missing stderrs as 0 gave 0/0: null in the JSON.
+    let group = &results(&out)["tiny_mmlu_format"];
+    assert_eq!(group["acc_stderr,none"], "N/A", "{group}");
+}

@@ -212,21 +212,30 @@ pub fn add_scoring_head(model: &mut Model, logits: &str) -> Result<()> {
 fn find_lm_head(graph: &GraphProto, logits: &str) -> Result<LmHead> {
     let mut tail = Vec::new();
     let mut tensor = logits.to_owned();
-    loop {
+    // A foreign graph can be malformed: a node without inputs, or a cycle, which a walk of more
+    // steps than there are nodes would be going round.
+    let first_input = |node: &NodeProto| -> Result<String> {
+        node.input.first().cloned().with_context(|| {
+            format!(
+                "cannot find the LM head: '{}' ({}) has no inputs",
+                node.name(),
+                node.op_type()
+            )
+        })
+    };
+    for _ in 0..=graph.node.len() {
         let Some(i) = graph.producer(&tensor) else {
             bail!("cannot find the LM head: '{tensor}' has no producer");
         };
         let node = &graph.node[i];
         match node.op_type() {
             "MatMul" | "Gemm" => {
-                let mut hidden = node.input[0].clone();
+                let mut hidden = first_input(node)?;
                 // Gemm works on [B*S, H]: score from the 3-D tensor that was flattened into it.
                 if node.op_type() == "Gemm" {
                     let flatten = graph.producer(&hidden).map(|p| &graph.node[p]);
                     match flatten {
-                        Some(f) if matches!(f.op_type(), "Reshape" | "Flatten") => {
-                            hidden = f.input[0].clone()
-                        }
+                        Some(f) if matches!(f.op_type(), "Reshape" | "Flatten") => hidden = first_input(f)?,
                         _ => bail!(
                             "cannot find the LM head: Gemm '{}' does not read a flattened hidden state",
                             node.name()
@@ -246,10 +255,10 @@ fn find_lm_head(graph: &GraphProto, logits: &str) -> Result<LmHead> {
                     tail,
                 });
             }
-            "Reshape" => tensor = node.input[0].clone(),
+            "Reshape" => tensor = first_input(node)?,
             "Cast" | "Tanh" | "Identity" => {
                 tail.push((node.clone(), 0));
-                tensor = node.input[0].clone();
+                tensor = first_input(node)?;
             }
             op if PASS_THROUGH.contains(&op) => {
                 // Binary ops: one computed input (the running value), the other a constant.
@@ -271,6 +280,7 @@ fn find_lm_head(graph: &GraphProto, logits: &str) -> Result<LmHead> {
             ),
         }
     }
+    bail!("cannot find the LM head: the nodes before '{logits}' form a cycle")
 }
 
 /// Initializers and outputs of `Constant` nodes.
@@ -279,4 +289,31 @@ fn is_constant(graph: &GraphProto, name: &str) -> bool {
         || graph
             .producer(name)
             .is_some_and(|i| graph.node[i].op_type() == "Constant")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::make::{make_graph, make_model};
+
+    fn model_with(nodes: Vec<NodeProto>) -> Model {
+        let logits = make_tensor_value_info("logits", DataType::Float, &[]);
+        Model::new(make_model(
+            make_graph(nodes, "g", vec![], vec![logits], vec![]),
+            vec![],
+        ))
+    }
+
+    #[test]
+    fn malformed_foreign_heads_are_errors_not_hangs_or_panics() {
+        let mut cycle = model_with(vec![
+            make_node("Identity", &["a"], &["logits"], "i1"),
+            make_node("Identity", &["logits"], &["a"], "i2"),
+        ]);
+        let err = add_scoring_head(&mut cycle, "logits").unwrap_err().to_string();
+        assert!(err.contains("cycle"), "{err}");
+        let mut no_input = model_with(vec![make_node("Cast", &[], &["logits"], "c")]);
+        let err = add_scoring_head(&mut no_input, "logits").unwrap_err().to_string();
+        assert!(err.contains("'c' (Cast) has no inputs"), "{err}");
+    }
 }
