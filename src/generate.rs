@@ -401,7 +401,13 @@ impl KvCache {
             .run_binding(&binding)
             .context("running a decoding step")?;
         let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
-        let vocab = *shape.last().context("logits have no vocabulary axis")? as usize;
+        let vocab = usize::try_from(*shape.last().context("logits have no vocabulary axis")?).unwrap_or(0);
+        if vocab == 0 || logits.len() != batch * width * vocab {
+            bail!(
+                "the decoding graph's logits have shape {shape:?}, not [{batch}, {width}, vocabulary]: \
+                 is it an sae-onnx export with --kv-cache?"
+            );
+        }
         let last = (0..batch)
             .map(|b| {
                 let end = (b * width + width) * vocab;

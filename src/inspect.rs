@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::export::meta;
@@ -126,7 +126,9 @@ pub fn inspect(path: &Path) -> Result<Report> {
     })?;
     Ok(Report {
         path: path.display().to_string(),
-        file_bytes: std::fs::metadata(path)?.len(),
+        file_bytes: std::fs::metadata(path)
+            .with_context(|| format!("cannot read '{}'", path.display()))?
+            .len(),
         ir_version: model.proto.ir_version(),
         producer: format!(
             "{} {}",

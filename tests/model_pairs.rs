@@ -267,3 +267,84 @@ fn temporary_files_of_a_killed_export_are_gone_after_the_next_run() {
     names.sort();
     assert_eq!(names, ["a.onnx", "a.onnx.data"], "nothing else is left");
 }
+
+/// ONNX Runtime reads each tensor by offset and length, so the trailer after the last tensor
+/// changes nothing: the same graph computes bit-identical logits with the trailer cut off. (Python
+/// onnxruntime 1.31.1 and onnx 1.23.2 were checked the same way by hand: identical logits.)
+#[test]
+fn onnx_runtime_ignores_the_trailer() {
+    use ort::value::Tensor;
+    use sae_onnx::runtime::{SessionOptions, session};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("a.onnx");
+    export(Path::new(DEMO), &model, false);
+    let cut_dir = dir.path().join("cut");
+    fs::create_dir(&cut_dir).unwrap();
+    fs::copy(&model, cut_dir.join("a.onnx")).unwrap();
+    let data = fs::read(dir.path().join("a.onnx.data")).unwrap();
+    fs::write(
+        cut_dir.join("a.onnx.data"),
+        &data[..data.len() - TRAILER_LEN as usize],
+    )
+    .unwrap();
+    let logits = |path: &Path| -> Vec<f32> {
+        let mut s = session(path, &SessionOptions::default()).unwrap();
+        let ids = Tensor::from_array(([1usize, 5], vec![2i64, 65, 59, 177, 73])).unwrap();
+        let mask = Tensor::from_array(([1usize, 5], vec![1i64; 5])).unwrap();
+        let out = s
+            .run(ort::inputs!["input_ids" => ids, "attention_mask" => mask])
+            .unwrap();
+        out["logits"].try_extract_tensor::<f32>().unwrap().1.to_vec()
+    };
+    let with = logits(&model);
+    assert!(with.iter().all(|v| v.is_finite()));
+    assert_eq!(with, logits(&cut_dir.join("a.onnx")));
+}
+
+/// Two exports of different weights racing to one path: whatever interleaving wins, the graph
+/// left there either loads with the data it was written with or is refused — never a graph that
+/// loads with the other export's weights.
+#[test]
+fn concurrent_exports_to_one_path_never_leave_a_mismatched_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let altered = altered_checkpoint(dir.path());
+    let hash_of = |checkpoint: &Path, name: &str| {
+        let out = dir.path().join(name);
+        export(checkpoint, &out, false);
+        Model::load(&out).unwrap().data_records().unwrap()[&format!("{name}.data")]
+            .xxh3_128
+            .clone()
+            .unwrap()
+    };
+    let hashes = [hash_of(Path::new(DEMO), "x.onnx"), hash_of(&altered, "y.onnx")];
+    assert_ne!(hashes[0], hashes[1]);
+    let out = dir.path().join("a.onnx");
+    for _ in 0..6 {
+        let children: Vec<_> = [Path::new(DEMO), altered.as_path()]
+            .iter()
+            .map(|ckpt| {
+                Command::new(env!("CARGO_BIN_EXE_sae-onnx"))
+                    .args(["export", ckpt.to_str().unwrap(), "-o", out.to_str().unwrap()])
+                    .args(["--force", "-q"])
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+        match Model::load(&out) {
+            Ok(model) => {
+                let record = &model.data_records().unwrap()["a.onnx.data"];
+                assert!(hashes.contains(record.xxh3_128.as_ref().unwrap()));
+            }
+            Err(err) => {
+                let err = format!("{err:#}");
+                assert!(err.contains("Re-export") || err.contains("missing"), "{err}");
+            }
+        }
+    }
+}

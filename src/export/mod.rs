@@ -277,7 +277,7 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     // against it, so a concurrent export that replaced the file in between is an error here,
     // and a later one an error when the model is loaded.
     let data_len = data_record.bytes;
-    let records = std::collections::BTreeMap::from([(data_name.clone(), data_record)]);
+    let records = std::collections::BTreeMap::from([(data_name.clone(), data_record.clone())]);
     model.set_metadata(
         crate::onnx::datafile::RECORDS_KEY,
         &serde_json::to_string(&records)?,
@@ -298,7 +298,11 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     let mut save = match saved {
         Ok(save) => save,
         Err(err) => {
-            let _ = std::fs::remove_file(&data_path);
+            // Only our own data file goes: another export to the same path may have replaced
+            // it meanwhile, and that one's graph needs it.
+            if crate::onnx::datafile::DataRecord::of_file(&data_path).is_ok_and(|r| r == data_record) {
+                let _ = std::fs::remove_file(&data_path);
+            }
             return Err(err);
         }
     };

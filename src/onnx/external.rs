@@ -122,7 +122,11 @@ pub fn resolve(dir: &Path, location: &str) -> Result<PathBuf> {
 /// A whole data file, memory-mapped and shared cheaply between the tensors that slice it.
 pub fn map_file(path: &Path) -> Result<Bytes> {
     let file = File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
-    if file.metadata()?.len() == 0 {
+    let len = file
+        .metadata()
+        .with_context(|| format!("cannot read '{}'", path.display()))?
+        .len();
+    if len == 0 {
         return Ok(Bytes::new());
     }
     // SAFETY: the map is read-only; we never write to files we map, and we write new files under
