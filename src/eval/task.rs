@@ -1048,6 +1048,9 @@ fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<
                 .get("metric")
                 .and_then(Value::as_str)
                 .context("a metric_list entry has no `metric`")?;
+            // lm-eval 0.4.13's get_metric logs "not found in the evaluate library" and returns
+            // None, and process_results leaves the metric out: the run succeeds without the
+            // score asked for. We refuse it instead, so a misspelt metric is seen at once.
             if !supported.contains(&name) {
                 bail!(
                     "metric '{name}' is not supported for {} tasks (supported: {})",
