@@ -362,3 +362,59 @@ fn sae_ids_do_not_leave_the_sae_folder_or_the_snapshot() {
     );
     assert!(!s.dir.join("y.onnx").exists());
 }
+
+/// The base path a patch reports (`steered BASE -> OUT`).
+fn reported_base(run: &Output) -> String {
+    succeeded(run);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("steered "))
+        .unwrap_or_else(|| panic!("no summary line in: {stderr}"));
+    line.split(" -> ").next().unwrap().to_owned()
+}
+
+#[test]
+fn a_changed_checkpoint_folder_is_exported_again_not_served_stale() {
+    let s = setup();
+    let ckpt = s.dir.join("ckpt");
+    std::fs::create_dir(&ckpt).unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(Path::new(DEMO).join(file), ckpt.join(file)).unwrap();
+    }
+    let run = |out: &str| {
+        sae_onnx(
+            &[
+                "patch".into(),
+                "--csv".into(),
+                s.csv.display().to_string(),
+                "--model".into(),
+                ckpt.display().to_string(),
+                "-o".into(),
+                s.dir.join(out).display().to_string(),
+            ],
+            &s.dir,
+        )
+    };
+    let first = reported_base(&run("a.onnx"));
+    assert_eq!(
+        reported_base(&run("b.onnx")),
+        first,
+        "an unchanged folder reuses its export"
+    );
+    poke(
+        &ckpt.join("model.safetensors"),
+        "model.embed_tokens.weight",
+        3,
+        0.5,
+    );
+    // Another folder: this one holds a link to the first export's data file under its name.
+    std::fs::create_dir(s.dir.join("new")).unwrap();
+    let second = reported_base(&run("new/c.onnx"));
+    assert_ne!(second, first, "the edited checkpoint got the stale export");
+}

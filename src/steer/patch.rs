@@ -11,7 +11,7 @@ use super::plan::SteeringPlan;
 use super::splice::{self, SpliceOptions, SpliceReport};
 use crate::export::{self, ExportOptions};
 use crate::files::{self, Inputs};
-use crate::hub::Hub;
+use crate::hub::{Hub, RepoKind, looks_like_repo_id};
 use crate::onnx::{Model, SaveOptions, SaveReport};
 use crate::sae::{SaeSource, registry};
 
@@ -119,6 +119,33 @@ fn base_model(plan: &SteeringPlan, options: &PatchOptions) -> Result<PathBuf> {
     exported_copy(&source, options.progress)
 }
 
+/// The folder's path and, for each file in it, name, size, modification time and inode: what
+/// changes when a checkpoint is rewritten, without reading gigabytes to hash them.
+fn folder_identity(dir: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let mut entries: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let meta = std::fs::metadata(e.path()).ok()?;
+                    meta.is_file().then(|| {
+                        format!(
+                            "{}\0{}\0{}.{}\0{}",
+                            e.file_name().to_string_lossy(),
+                            meta.len(),
+                            meta.mtime(),
+                            meta.mtime_nsec(),
+                            meta.ino()
+                        )
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort();
+    format!("{}\n{}", dir.display(), entries.join("\n"))
+}
+
 /// The base model every row's SAE release names (all must agree).
 fn release_base_model(plan: &SteeringPlan) -> Result<String> {
     let mut base: Option<String> = None;
@@ -141,16 +168,31 @@ fn release_base_model(plan: &SteeringPlan) -> Result<String> {
     base.context("the plan has no rows")
 }
 
-/// Exports `source` (hub id or folder) once into the cache and returns the .onnx path.
+/// Exports `source` (hub id or folder) once into the cache and returns the .onnx path. The cache
+/// key is the checkpoint's identity, not only its name: a folder whose files changed since, or a
+/// hub id whose branch moved to another commit, gets a fresh export, never the stale one.
 fn exported_copy(source: &str, progress: bool) -> Result<PathBuf> {
     let key: String = if Path::new(source).is_dir() {
-        let abs = Path::new(source).canonicalize()?;
+        let abs = Path::new(source)
+            .canonicalize()
+            .with_context(|| format!("cannot read the checkpoint folder '{source}'"))?;
         format!(
             "dir-{}",
-            &crate::eval::output::hash_string(&abs.display().to_string())[..16]
+            &crate::eval::output::hash_string(&folder_identity(&abs))[..16]
         )
+    } else if looks_like_repo_id(source) {
+        let config = Hub::from_env().file(source, RepoKind::Model, "main", "config.json")?;
+        let commit = config
+            .parent()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!("{}--{commit}", source.replace('/', "--"))
     } else {
-        source.replace('/', "--")
+        bail!(
+            "--model '{}' is neither an .onnx file, a checkpoint folder nor a Hugging Face model id (org/name)",
+            files::printable(source, 200)
+        );
     };
     let dir = crate::paths::cache_root().join("models").join(key);
     let path = dir.join("model.onnx");
