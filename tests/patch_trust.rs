@@ -418,3 +418,27 @@ fn a_changed_checkpoint_folder_is_exported_again_not_served_stale() {
     let second = reported_base(&run("new/c.onnx"));
     assert_ne!(second, first, "the edited checkpoint got the stale export");
 }
+
+#[test]
+fn sae_configs_are_read_with_a_bound() {
+    let s = setup();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let root = s.dir.join("hub").join("models--org--zero");
+    std::fs::create_dir_all(root.join("refs")).unwrap();
+    std::fs::write(root.join("refs/main"), commit).unwrap();
+    let folder = root.join("snapshots").join(commit).join("layer_2");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", folder.join("cfg.json")).unwrap();
+    std::fs::copy(
+        s.sae.join("sae_weights.safetensors"),
+        folder.join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    let csv = s.plan("z.csv", &format!("{SEED_HEADER}\n7,1,org/zero,layer_2,x\n"));
+    let out = s.dir.join("x.onnx");
+    failed(
+        &s.patch(&csv, &out, &[]),
+        &["z.csv:2:", "cfg.json", "larger than"],
+    );
+    assert!(!out.exists());
+}

@@ -770,8 +770,11 @@ fn infer_gemma_scope_2_hook(text: &str) -> Result<HookPoint> {
     }
 }
 
+/// SAE configs are a few kilobytes; the bound makes a wrong file (`/dev/zero`) an error.
+const CONFIG_MAX_BYTES: u64 = 16 << 20;
+
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let text = crate::files::read_text(path, "SAE config", CONFIG_MAX_BYTES)?;
     serde_json::from_str(&text).with_context(|| format!("'{}' is not valid JSON", path.display()))
 }
 
