@@ -104,6 +104,17 @@ fn plot_never_replaces_an_input_or_an_existing_file_without_force() {
         }
     }
 
+    let err = fails(&[
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--x-values",
+        "0,8",
+        "--plot",
+        "/dev/null",
+        "--force",
+    ]);
+    assert!(err.contains("not a regular file"), "{err}");
+
     let png = tmp.path().join("sweep.png");
     fs::write(&png, b"an older plot").unwrap();
     let args = [
