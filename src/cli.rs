@@ -368,7 +368,9 @@ pub struct EvalArgs {
     /// Few-shot sampling seed (lm-eval's fewshot_random_seed).
     #[arg(long, default_value_t = crate::eval::task::FEWSHOT_SEED)]
     pub seed: u64,
-    /// Answered requests go here as they finish; rerunning with the same file resumes.
+    /// Answered requests go here as they finish; rerunning with the same file resumes. A file
+    /// written for another model, tokenizer, coefficient, device or context length is refused,
+    /// and so is a file that is not a sae-onnx cache.
     #[arg(long, value_name = "FILE")]
     pub cache: Option<PathBuf>,
     /// More folders of task YAMLs.
