@@ -442,3 +442,38 @@ fn sae_configs_are_read_with_a_bound() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn head_indices_and_widths_past_any_model_are_errors_not_allocations() {
+    let s = setup();
+    let out = s.dir.join("x.onnx");
+    let row = |head: &str| {
+        format!(
+            "sparse_model,hookpoint,feature_index,steering_coefficient,head_index\n{},blocks.2.attn.hook_z,7,1,{head}\n",
+            s.sae.display()
+        )
+    };
+    failed(
+        &s.patch(&s.plan("h.csv", &row("99999999999")), &out, &[]),
+        &["h.csv:2:", "head 99999999999", "beyond any model"],
+    );
+    // A model whose metadata claims an absurd attention width.
+    let mut model = Model::load(&s.base).unwrap();
+    model.set_metadata("sae_onnx.d_attn_z", "99999999999");
+    let wide = s.dir.join("wide.onnx");
+    model.save(&wide, &SaveOptions::default()).unwrap();
+    let run = sae_onnx(
+        &[
+            "patch".into(),
+            "--csv".into(),
+            s.plan("z.csv", &row("0")).display().to_string(),
+            "--model".into(),
+            wide.display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+        ],
+        &s.dir,
+    );
+    failed(&run, &["width of 99999999999", "metadata"]);
+    assert!(!out.exists());
+}

@@ -48,6 +48,11 @@ pub const NODE_PREFIX: &str = "/sae_onnx/steer/";
 /// Cast takes an integer `to`: what the computed (non-constant) steering needs.
 const MIN_OPSET: i64 = 7;
 
+/// The widest hook vector we build (16M values, 4000 times Gemma 2 27B's attention width): a
+/// head index or a metadata width past it is a mistake, and honouring it would allocate without
+/// bound.
+const MAX_WIDTH: usize = 1 << 24;
+
 /// Choices for a splice.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SpliceOptions {
@@ -186,6 +191,24 @@ pub fn steering(
                 .head_index
                 .or(row.head_index)
                 .filter(|_| hook.site == Site::AttnZ);
+            if let Some(h) = head
+                && h.checked_add(1)
+                    .and_then(|n| n.checked_mul(decoder.d_in))
+                    .is_none_or(|end| end > MAX_WIDTH)
+            {
+                let field = if row.head_index.is_some() {
+                    PlanField::HeadIndex
+                } else {
+                    PlanField::Sae
+                };
+                bail!(
+                    "{}: head {h} of {} is beyond any model's attention heads (its {}-wide vector would end past \
+                     {MAX_WIDTH} values); heads count from 0",
+                    plan.location(row, field),
+                    hook,
+                    decoder.d_in
+                );
+            }
             let place = |v: &[f32]| -> Vec<f32> {
                 match head {
                     Some(h) => {
@@ -612,6 +635,11 @@ fn fit_width(model: &Model, plan: &SteeringPlan, hs: &HookSteering) -> Result<us
     );
     let len = lens.max().unwrap_or(0);
     match hook_width(model, hs.hook) {
+        Some(width) if width > MAX_WIDTH => bail!(
+            "the model's metadata gives {} a width of {width}, more than any model has ({MAX_WIDTH} at most); \
+             the model's sae_onnx metadata is damaged",
+            hs.hook
+        ),
         // single-head hook_z vectors end before the last heads
         Some(width) if hs.hook.site == Site::AttnZ && len < width => Ok(width),
         Some(width) if width != len => {
