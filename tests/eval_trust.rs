@@ -203,6 +203,20 @@ fn nonsense_is_an_error_naming_what_to_fix_never_a_panic_or_a_score() {
         assert_error(&eval(&base, &["--limit", limit]), &["is not a limit"]);
     }
     assert_error(&eval(&base, &["--max-length", "0"]), &["is not a context length"]);
+    // The library refuses them too.
+    for (limit, max_length) in [(Some(f64::NAN), None), (None, Some(0))] {
+        let options = sae_onnx::eval::evaluator::EvalOptions {
+            tasks: vec![TASK.to_owned()],
+            limit,
+            max_length,
+            ..Default::default()
+        };
+        let err = sae_onnx::eval::evaluator::evaluate(&base, &options)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains("is not a"), "{err}");
+    }
 
     let mut model = sae_onnx::onnx::Model::load(&base).unwrap();
     model.set_metadata(sae_onnx::export::meta::MAX_POSITIONS, "0");

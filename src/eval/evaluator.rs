@@ -338,6 +338,11 @@ fn suffixed(path: &Path, label: &str) -> PathBuf {
 }
 
 fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
+    if let Some(limit) = options.limit
+        && !(limit.is_finite() && limit > 0.0)
+    {
+        bail!("limit {limit} is not a number of documents nor a fraction above 0");
+    }
     let model = Model::load(model_path)?;
     let tokenizer = Tokenizer::for_model(&model, options.tokenizer.as_deref())?;
     check_vocab(&model, &tokenizer)?;
