@@ -199,6 +199,15 @@ fn bad_configs() -> Vec<(&'static str, Edit, Vec<&'static str>)> {
             vec!["layers.4.", "5 layers"],
         ),
         (
+            // Checked tensor by tensor: no list of 26 billion expected tensors.
+            "layers 2e9",
+            Box::new(|c: &mut Value| {
+                c["num_hidden_layers"] = json!(2_000_000_000u64);
+                c.as_object_mut().unwrap().remove("layer_types");
+            }),
+            vec!["layers.4.", "2000000000 layers"],
+        ),
+        (
             "escapes",
             set("architectures", json!(["\u{1b}[2JEvil\u{0}"])),
             vec!["\\u{1b}[2JEvil\\u{0}"],

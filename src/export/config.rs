@@ -280,61 +280,9 @@ impl Config {
         let (q_rows, kv_rows) = (heads * head_dim, kv * head_dim);
         let q_fields = "[num_attention_heads × head_dim, hidden_size]";
         let kv_fields = "[num_key_value_heads × head_dim, hidden_size]";
-        let mut expected: Vec<(String, Vec<usize>, &str)> = vec![
-            (
-                "embed_tokens.weight".into(),
-                vec![vocab, hidden],
-                "[vocab_size, hidden_size]",
-            ),
-            ("norm.weight".into(), vec![hidden], "[hidden_size]"),
-        ];
-        let norms: &[&str] = if Self::has_post_norms(arch) {
-            &[
-                "input_layernorm",
-                "post_attention_layernorm",
-                "pre_feedforward_layernorm",
-                "post_feedforward_layernorm",
-            ]
-        } else {
-            &["input_layernorm", "post_attention_layernorm"]
-        };
-        for layer in 0..self.num_hidden_layers {
-            let p = |name: &str| format!("layers.{layer}.{name}.weight");
-            for norm in norms {
-                expected.push((p(norm), vec![hidden], "[hidden_size]"));
-            }
-            expected.push((p("self_attn.q_proj"), vec![q_rows, hidden], q_fields));
-            expected.push((p("self_attn.k_proj"), vec![kv_rows, hidden], kv_fields));
-            expected.push((p("self_attn.v_proj"), vec![kv_rows, hidden], kv_fields));
-            expected.push((
-                p("self_attn.o_proj"),
-                vec![hidden, q_rows],
-                "[hidden_size, num_attention_heads × head_dim]",
-            ));
-            if arch == Arch::Gemma3 {
-                expected.push((p("self_attn.q_norm"), vec![head_dim], "[head_dim]"));
-                expected.push((p("self_attn.k_norm"), vec![head_dim], "[head_dim]"));
-            }
-            let up = "[intermediate_size, hidden_size]";
-            expected.push((p("mlp.gate_proj"), vec![inter, hidden], up));
-            expected.push((p("mlp.up_proj"), vec![inter, hidden], up));
-            expected.push((
-                p("mlp.down_proj"),
-                vec![hidden, inter],
-                "[hidden_size, intermediate_size]",
-            ));
-        }
-        let mut prefixes: Vec<&[&str]> = vec![&PREFIXES; expected.len()];
-        if !self.tie_word_embeddings && ckpt.contains("lm_head.weight") {
-            expected.push((
-                "lm_head.weight".into(),
-                vec![vocab, hidden],
-                "[vocab_size, hidden_size]",
-            ));
-            prefixes.push(&[""]);
-        }
-        for ((name, want, fields), prefixes) in expected.into_iter().zip(prefixes) {
-            let Some((full, shape, file)) = ckpt.shape(prefixes, &name) else {
+        // Checked one by one as they are named: num_hidden_layers may be huge, so no list of all.
+        let check = |prefixes: &[&str], name: &str, want: &[usize], fields: &str| -> Result<()> {
+            let Some((full, shape, file)) = ckpt.shape(prefixes, name) else {
                 bail!(
                     "the checkpoint has no tensor '{name}' (looked for it under {prefixes:?}), which a {} \
                      with {} layers has; is '{}' the config of this checkpoint?",
@@ -360,6 +308,60 @@ impl Config {
                     file.display()
                 );
             }
+            Ok(())
+        };
+        check(
+            &PREFIXES,
+            "embed_tokens.weight",
+            &[vocab, hidden],
+            "[vocab_size, hidden_size]",
+        )?;
+        check(&PREFIXES, "norm.weight", &[hidden], "[hidden_size]")?;
+        if !self.tie_word_embeddings && ckpt.contains("lm_head.weight") {
+            check(
+                &[""],
+                "lm_head.weight",
+                &[vocab, hidden],
+                "[vocab_size, hidden_size]",
+            )?;
+        }
+        let norms: &[&str] = if Self::has_post_norms(arch) {
+            &[
+                "input_layernorm",
+                "post_attention_layernorm",
+                "pre_feedforward_layernorm",
+                "post_feedforward_layernorm",
+            ]
+        } else {
+            &["input_layernorm", "post_attention_layernorm"]
+        };
+        let up = "[intermediate_size, hidden_size]";
+        for layer in 0..self.num_hidden_layers {
+            let at = |name: &str, want: &[usize], fields: &str| {
+                check(&PREFIXES, &format!("layers.{layer}.{name}.weight"), want, fields)
+            };
+            for norm in norms {
+                at(norm, &[hidden], "[hidden_size]")?;
+            }
+            at("self_attn.q_proj", &[q_rows, hidden], q_fields)?;
+            at("self_attn.k_proj", &[kv_rows, hidden], kv_fields)?;
+            at("self_attn.v_proj", &[kv_rows, hidden], kv_fields)?;
+            at(
+                "self_attn.o_proj",
+                &[hidden, q_rows],
+                "[hidden_size, num_attention_heads × head_dim]",
+            )?;
+            if arch == Arch::Gemma3 {
+                at("self_attn.q_norm", &[head_dim], "[head_dim]")?;
+                at("self_attn.k_norm", &[head_dim], "[head_dim]")?;
+            }
+            at("mlp.gate_proj", &[inter, hidden], up)?;
+            at("mlp.up_proj", &[inter, hidden], up)?;
+            at(
+                "mlp.down_proj",
+                &[hidden, inter],
+                "[hidden_size, intermediate_size]",
+            )?;
         }
         Ok(())
     }
