@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use anyhow::{Result, bail};
 
+use crate::files::printable;
+
 /// Where in a decoder layer (DESIGN.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Site {
@@ -111,7 +113,9 @@ impl HookPoint {
                     return Ok(Self::new(layer, site));
                 }
                 bail!(
-                    "unknown hook point '{s}': '{suffix}' is not a known site of block {layer}; {ACCEPTED}"
+                    "unknown hook point '{}': '{}' is not a known site of block {layer}; {ACCEPTED}",
+                    printable(s, 100),
+                    printable(suffix, 100)
                 );
             }
         } else if let Some(path) = s
@@ -131,11 +135,14 @@ impl HookPoint {
                     return Ok(Self::new(layer, site));
                 }
                 bail!(
-                    "unknown hook point '{s}': the output of module '{module}' is not a hook site sae-onnx steers                      (layers.L, layers.L.post_attention_layernorm, layers.L.post_feedforward_layernorm are); {ACCEPTED}"
+                    "unknown hook point '{}': the output of module '{}' is not a hook site sae-onnx steers \
+                     (layers.L, layers.L.post_attention_layernorm, layers.L.post_feedforward_layernorm are); {ACCEPTED}",
+                    printable(s, 100),
+                    printable(module, 100)
                 );
             }
         }
-        bail!("unknown hook point '{s}'; {ACCEPTED}")
+        bail!("unknown hook point '{}'; {ACCEPTED}", printable(s, 100))
     }
 
     /// The TransformerLens name (same as `to_string()`).

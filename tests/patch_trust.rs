@@ -308,6 +308,15 @@ fn messages_name_the_row_and_the_model_and_escape_control_characters() {
         !run.stderr.contains(&0x1b) && !run.stderr.contains(&0),
         "raw control bytes echoed: {stderr:?}"
     );
+    // The SAE's own files are user files too.
+    let cfg_path = s.sae.join("cfg.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["metadata"]["hook_name"] = "blocks.2.\u{1b}[31mhook".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let run = s.patch(&s.csv, &out, &[]);
+    let stderr = failed(&run, &["steer.csv:2:", "cfg.json", "\\u{1b}[31mhook"]);
+    assert!(!run.stderr.contains(&0x1b), "raw escape echoed: {stderr:?}");
     assert!(!out.exists());
 }
 

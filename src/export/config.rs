@@ -284,8 +284,9 @@ impl Config {
         let check = |prefixes: &[&str], name: &str, want: &[usize], fields: &str| -> Result<()> {
             let Some((full, shape, file)) = ckpt.shape(prefixes, name) else {
                 bail!(
-                    "the checkpoint has no tensor '{name}' (looked for it under {prefixes:?}), which a {} \
+                    "the checkpoint ({}) has no tensor '{name}' (looked for it under {prefixes:?}), which a {} \
                      with {} layers has; is '{}' the config of this checkpoint?",
+                    ckpt.file_names(),
                     arch.hf_name(),
                     self.num_hidden_layers,
                     path.display()
@@ -377,7 +378,10 @@ impl Config {
         match name {
             "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
             "gelu" => Ok(Activation::GeluExact),
-            other => bail!("activation '{other}' is not supported (Gemma uses gelu_pytorch_tanh)"),
+            other => bail!(
+                "activation '{}' is not supported (Gemma uses gelu_pytorch_tanh)",
+                crate::files::printable(other, 100)
+            ),
         }
     }
 

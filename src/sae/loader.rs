@@ -636,8 +636,9 @@ fn params_description_inferred(
             && !matches!(arch, "jump_relu" | "jumprelu")
         {
             bail!(
-                "'{}': architecture '{arch}' is not the JumpReLU SAE this format holds",
-                config.display()
+                "'{}': architecture '{}' is not the JumpReLU SAE this format holds",
+                config.display(),
+                crate::files::printable(arch, 100)
             );
         }
         if let Some(hf) = v.get("hf_hook_point_in").and_then(Value::as_str) {
@@ -841,7 +842,11 @@ fn saelens_description(cfg_path: &Path, norm_factor: Option<f64>, label: &str) -
         None => "standard".into(),
     };
     if architecture.contains("transcoder") {
-        bail!("{} is a {architecture}; steering needs an SAE", at());
+        bail!(
+            "{} is a {}; steering needs an SAE",
+            at(),
+            crate::files::printable(&architecture, 100)
+        );
     }
     let apply_b_dec_to_input = v
         .get("apply_b_dec_to_input")
