@@ -341,3 +341,50 @@ fn shards_outside_the_checkpoint_are_refused_and_cache_snapshots_export() {
     );
     assert!(!tmp.path().join("esc.onnx").exists());
 }
+
+/// Sets the first element of checkpoint tensor `name` (bf16) to `bits`.
+fn poke_bf16(model: &Path, name: &str, bits: u16) {
+    let mut bytes = std::fs::read(model).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header[name]["dtype"], "BF16");
+    let start = 8 + header_len + header[name]["data_offsets"][0].as_u64().unwrap() as usize;
+    bytes[start..start + 2].copy_from_slice(&bits.to_le_bytes());
+    std::fs::write(model, bytes).unwrap();
+}
+
+#[test]
+fn weights_and_constants_that_are_not_finite_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let tensor = "model.layers.2.mlp.down_proj.weight";
+
+    let nan = checkpoint(&tmp.path().join("nan"));
+    poke_bf16(&nan.join("model.safetensors"), tensor, 0x7fc0);
+    let out = tmp.path().join("nan.onnx");
+    let message = failed(
+        &export(&nan, &out, &[], home),
+        &[tensor, "NaN or infinity", "model.safetensors"],
+    );
+    assert!(!out.exists(), "{message}");
+
+    // 1e5 is a bf16 value but past float16's range: refused for --dtype f16 only.
+    let big = checkpoint(&tmp.path().join("big"));
+    poke_bf16(&big.join("model.safetensors"), tensor, 0x47c3);
+    failed(
+        &export(&big, &tmp.path().join("big16.onnx"), &["--dtype", "f16"], home),
+        &[tensor, "after conversion to float16"],
+    );
+    succeeded(&export(&big, &tmp.path().join("big32.onnx"), &[], home));
+
+    // A RoPE base so small that the rotary frequencies overflow.
+    let rope = checkpoint(&tmp.path().join("rope"));
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(rope.join("config.json")).unwrap()).unwrap();
+    config["rope_theta"] = json!(1e-50);
+    std::fs::write(rope.join("config.json"), config.to_string()).unwrap();
+    failed(
+        &export(&rope, &tmp.path().join("rope.onnx"), &[], home),
+        &["inv_freq", "computed from config.json", "NaN or infinity"],
+    );
+}

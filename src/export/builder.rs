@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use indicatif::ProgressBar;
 
 use super::weights::{WeightView, convert};
@@ -51,16 +51,19 @@ impl WeightSink {
     ) -> Result<TensorProto> {
         let padded = self.writer.align(ALIGNMENT)?;
         let mut length = 0u64;
+        let width = if dtype == DataType::Float { 4 } else { 2 };
         if weight.dtype == dtype {
             for piece in weight.data.chunks(CONVERT_CHUNK) {
+                check_finite(piece, dtype, weight, length as usize / width)?;
                 self.writer.write_all(piece)?;
                 release_pages(piece);
+                length += piece.len() as u64;
             }
-            length = weight.data.len() as u64;
         } else {
             let from_width = if weight.dtype == DataType::Float { 4 } else { 2 };
             for piece in weight.data.chunks(CONVERT_CHUNK / 4 * from_width) {
                 convert(piece, weight.dtype, dtype, &mut self.scratch)?;
+                check_finite(&self.scratch, dtype, weight, length as usize / width)?;
                 self.writer.write_all(&self.scratch)?;
                 release_pages(piece);
                 length += self.scratch.len() as u64;
@@ -245,6 +248,7 @@ impl<'s> GraphBuilder<'s> {
         } else {
             let mut raw = Vec::new();
             convert(&weight.data, weight.dtype, dtype, &mut raw)?;
+            check_finite(&raw, dtype, weight, 0)?;
             self.sink.progress.inc(weight.data.len() as u64);
             make_tensor(name, dtype, &dims, raw)
         };
@@ -263,6 +267,7 @@ impl<'s> GraphBuilder<'s> {
         let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = WeightView {
             name: name.to_owned(),
+            source: "computed from config.json".to_owned(),
             dtype: DataType::Float,
             shape: dims.to_vec(),
             data: raw.into(),
@@ -321,6 +326,27 @@ impl<'s> GraphBuilder<'s> {
         self.constants.borrow_mut().insert(key, name.clone());
         name
     }
+}
+
+/// Refuses a weight holding NaN or infinity as it will be stored (`bytes` of `dtype`, starting at
+/// element `first`): a corrupt checkpoint, or a value past the range of the export's dtype, would
+/// otherwise export fine and score NaN.
+fn check_finite(bytes: &[u8], dtype: DataType, weight: &WeightView, first: usize) -> Result<()> {
+    if let Some(i) = super::weights::first_non_finite(bytes, dtype) {
+        let how = if weight.dtype == dtype {
+            String::new()
+        } else {
+            format!(" after conversion to {}", crate::onnx::tensor::dtype_name(dtype))
+        };
+        bail!(
+            "tensor '{}' ({}) holds NaN or infinity at element {}{how}: the checkpoint is corrupt, \
+             a config.json value is out of range, or the values do not fit this --dtype",
+            weight.name,
+            weight.source,
+            first + i
+        );
+    }
+    Ok(())
 }
 
 /// Creates the data file's temporary in `dir`.

@@ -15,6 +15,8 @@ use crate::onnx::external::map_file;
 #[derive(Debug, Clone)]
 pub struct WeightView {
     pub name: String,
+    /// Where it comes from, for messages: its safetensors file, or what it is computed from.
+    pub source: String,
     pub dtype: DataType,
     pub shape: Vec<usize>,
     pub data: Bytes,
@@ -79,6 +81,16 @@ impl Checkpoint {
         })
     }
 
+    /// The checkpoint's safetensors files, for messages.
+    pub fn file_names(&self) -> String {
+        let names: Vec<String> = self
+            .files
+            .iter()
+            .map(|(p, _)| format!("'{}'", p.display()))
+            .collect();
+        names.join(", ")
+    }
+
     /// Whether the checkpoint has a tensor called `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.index.contains_key(name)
@@ -94,7 +106,8 @@ impl Checkpoint {
             }
         }
         bail!(
-            "the checkpoint has no tensor '{name}' (looked for it under {:?}); is this the right architecture?",
+            "the checkpoint ({}) has no tensor '{name}' (looked for it under {:?}); is this the right architecture?",
+            self.file_names(),
             prefixes
         )
     }
@@ -117,6 +130,7 @@ impl Checkpoint {
         let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
         Ok(WeightView {
             name: name.to_owned(),
+            source: format!("'{}'", path.display()),
             dtype,
             shape: view.shape().to_vec(),
             data: bytes.slice(start..start + view.data().len()),
@@ -174,6 +188,23 @@ fn shard_path(dir: &Path, root: &Path, name: &str, index_path: &Path) -> Result<
         );
     }
     Ok(path)
+}
+
+/// The index of the first NaN or infinity among little-endian float elements of `dtype` (an
+/// all-ones exponent), if any. Other types have none.
+pub fn first_non_finite(bytes: &[u8], dtype: DataType) -> Option<usize> {
+    match dtype {
+        DataType::Float => bytes
+            .chunks_exact(4)
+            .position(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000),
+        DataType::Float16 => bytes
+            .chunks_exact(2)
+            .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00),
+        DataType::Bfloat16 => bytes
+            .chunks_exact(2)
+            .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80),
+        _ => None,
+    }
 }
 
 /// Converts little-endian elements between float types, chunk by chunk into `out`.

@@ -71,7 +71,6 @@ fn run_binary(args: &[&std::ffi::OsStr], cwd: &Path) -> Result<(), String> {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let mut command = Command::new(BIN);
     command.args(args).current_dir(cwd).env("HF_HUB_OFFLINE", "1");
-    command.env("SAE_ONNX_HOME", cwd.join("home"));
     // SAFETY: setrlimit only, between fork and exec.
     unsafe {
         command.pre_exec(|| {
@@ -389,6 +388,47 @@ fn sae_npz() {
     .assert_clean();
 }
 
+/// A whole `patch` with the demo SAE's cfg.json as the case (hook, architecture, dimensions,
+/// normalisation, b_dec handling).
+#[test]
+fn sae_cfg_json() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_demo_sae(&dir.path().join("sae"));
+    std::fs::copy(repo("models/tiny-gemma2/steer.csv"), dir.path().join("steer.csv")).unwrap();
+    let plan = dir.path().join("steer.csv");
+    let base = demo_export().join("base.onnx");
+    let out = dir.path().join("out.onnx");
+    let seeds = vec![
+        read("models/tiny-gemma2/sae/cfg.json"),
+        read("tests/fixtures/sae/local/saelens_old/cfg.json"),
+        read("tests/fixtures/sae/local/saelens_norm/cfg.json"),
+    ];
+    let args = [
+        os("-q"),
+        os("patch"),
+        os("--csv"),
+        plan.as_os_str(),
+        os("--model"),
+        base.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("--force"),
+    ];
+    harness::run(
+        &Target {
+            name: "sae_cfg_json",
+            seeds,
+            text: true,
+            hot: no_hot,
+            case_path: dir.path().join("sae/cfg.json"),
+            mutator: None,
+            run: Box::new(|_| run_binary(&args, dir.path())),
+        },
+        &Budget::from_env(),
+    )
+    .assert_clean();
+}
+
 /// A checkpoint folder (config, weights, tokenizer) where one file is the case; the whole
 /// `export` runs on it.
 fn export_target(
@@ -431,7 +471,26 @@ fn export_target(
                         os("--force"),
                     ],
                     dir.path(),
-                )
+                )?;
+                // What export accepts must run: a config that contradicts the weights has to be
+                // refused by export, not by ONNX Runtime later.
+                let generate = [
+                    os("-q"),
+                    os("generate"),
+                    out.as_os_str(),
+                    os("--prompt"),
+                    os("The dog"),
+                    os("--max-new-tokens"),
+                    os("2"),
+                ];
+                // Finite weights can still overflow to NaN activations, as they would in
+                // transformers: that is the checkpoint's numbers, not a contradiction.
+                if let Err(message) = run_binary(&generate, dir.path())
+                    && !message.contains("non-finite log-probability")
+                {
+                    panic!("export accepted the case, but the model it wrote does not run: {message}");
+                }
+                Ok(())
             }),
         },
         &Budget::from_env(),
