@@ -486,3 +486,40 @@ fn head_indices_and_widths_past_any_model_are_errors_not_allocations() {
     failed(&run, &["width of 99999999999", "metadata"]);
     assert!(!out.exists());
 }
+
+#[test]
+fn a_hub_model_is_exported_again_when_its_branch_moves() {
+    let s = setup();
+    let repo = s.dir.join("hub").join("models--org--tiny");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    for commit in ["a".repeat(40), "b".repeat(40)] {
+        let snapshot = repo.join("snapshots").join(&commit);
+        std::fs::create_dir_all(&snapshot).unwrap();
+        for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(Path::new(DEMO).join(file), snapshot.join(file)).unwrap();
+        }
+    }
+    let run = |commit: String, out: &str| {
+        std::fs::write(repo.join("refs/main"), commit).unwrap();
+        std::fs::create_dir_all(s.dir.join(out)).unwrap();
+        reported_base(&sae_onnx(
+            &[
+                "patch".into(),
+                "--csv".into(),
+                s.csv.display().to_string(),
+                "--model".into(),
+                "org/tiny".into(),
+                "-o".into(),
+                s.dir.join(out).join("x.onnx").display().to_string(),
+            ],
+            &s.dir,
+        ))
+    };
+    let first = run("a".repeat(40), "one");
+    let second = run("b".repeat(40), "two");
+    assert!(first.contains(&"a".repeat(40)), "{first}");
+    assert!(
+        second.contains(&"b".repeat(40)),
+        "main moved, the stale export was used: {second}"
+    );
+}
