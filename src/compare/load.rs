@@ -41,8 +41,9 @@ pub struct SampleLine {
 /// A results JSON is kilobytes to a few megabytes (mmlu's configs); the bound turns a wrong path
 /// (`/dev/zero`, a checkpoint) into an error instead of an out-of-memory kill.
 const RESULTS_MAX_BYTES: u64 = 256 << 20;
-/// Samples files hold every document and response: gigabytes for large suites.
-const SAMPLES_MAX_BYTES: u64 = 16 << 30;
+/// Samples files hold every document and response (hundreds of megabytes for 5-shot MMLU); the
+/// bound keeps a wrong file within this machine's memory, as the text is held whole.
+const SAMPLES_MAX_BYTES: u64 = 4 << 30;
 
 /// Fields of a samples line that are never metrics (for files without a `metrics` list).
 const NOT_METRICS: &[&str] = &[
