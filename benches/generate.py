@@ -1,10 +1,13 @@
 """Decode speed: `sae-onnx generate` on a decoding graph (export --kv-cache) against transformers'
 `generate(do_sample=False)` with its KV cache, same checkpoint, prompt, token budget, threads.
 
-    /work/refenv/bin/python benches/generate.py [CHECKPOINT_DIR] [--new 64] [--runs 3] [--threads 2]
+    $BENCH_PYTHON benches/generate.py [CHECKPOINT_DIR] [--new 64] [--runs 3] [--threads 2]
 
-Default checkpoint: the ~100M random Gemma 2 that benches/make_checkpoint.py writes
-($BENCH_TMP/ckpt/gemma2-100m). Both tools run float32 on the CPU with eager attention semantics
+BENCH_PYTHON: any interpreter with torch and transformers (the reference environment of
+tests/fixtures/requirements.txt; see benches/run.sh), e.g. python3. Default checkpoint: the ~100M
+random Gemma 2 that benches/make_checkpoint.py writes ($BENCH_TMP/ckpt/gemma2-100m; BENCH_TMP
+defaults to ${TMPDIR:-/tmp}/sae-onnx-bench, as in benches/run.sh). Default binary: $SAE_ONNX, else
+target/release/sae-onnx in this repository. Both tools run float32 on the CPU with eager attention semantics
 (transformers: attn_implementation="eager", which keeps Gemma 2's softcapping). Reported: median
 new tokens per second over the whole generate call (prompt prefill included), and the ratio.
 (Token equality with transformers is tested in tests/generate_greedy.rs.)
@@ -24,14 +27,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 parser = argparse.ArgumentParser()
-parser.add_argument("checkpoint", nargs="?", default=os.path.join(os.environ.get("BENCH_TMP", "/work/bench-tmp"), "ckpt/gemma2-100m"))
+BENCH_TMP = os.environ.get("BENCH_TMP") or os.path.join(os.environ.get("TMPDIR") or "/tmp", "sae-onnx-bench")
+parser.add_argument("checkpoint", nargs="?", default=os.path.join(BENCH_TMP, "ckpt/gemma2-100m"))
 parser.add_argument("--new", type=int, default=64)
 parser.add_argument("--runs", type=int, default=3)
 parser.add_argument("--threads", type=int, default=2)
 parser.add_argument("--device", default="cpu", help="cpu or cuda:N (both tools)")
 parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 parser.add_argument("--onnx", default=None, help="an existing decoding-graph export (else exported here, float32)")
-parser.add_argument("--binary", default=str(Path(__file__).resolve().parent.parent / "target/release/sae-onnx"))
+parser.add_argument("--binary", default=os.environ.get("SAE_ONNX")
+                    or str(Path(__file__).resolve().parent.parent / "target/release/sae-onnx"))
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 prompt = "The following are questions about animals. Which animal has a long neck and eats leaves from tall trees?"

@@ -6,7 +6,7 @@
 #
 # The stages exist because a lent GPU machine here has no network and receives files in parts
 # (benches/gpu_bundle.sh makes them under .gpu/); each stage is idempotent and keeps its state in
-# $BENCH_TMP (default /tmp/sae-onnx-bench), so the stages can run in successive calls while the
+# $BENCH_TMP (default ${TMPDIR:-/tmp}/sae-onnx-bench), so the stages can run in successive calls while the
 # machine stays up. On a machine with everything installed, `all` runs them in order.
 #
 #  setup      Python packages from .gpu/p0/whl (lm-eval 0.4.13 and transformers 4.57.6, the reference
@@ -31,7 +31,7 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
-T=${BENCH_TMP:-/tmp/sae-onnx-bench}
+T=${BENCH_TMP:-${TMPDIR:-/tmp}/sae-onnx-bench}
 RUNS=${RUNS:-3}
 LMEVAL_RUNS=${LMEVAL_RUNS:-2}
 EVAL_BS=${EVAL_BS:-32}

@@ -1,7 +1,10 @@
 """Baseline for `sae-onnx export`: optimum's ONNX exporter (optimum-onnx 0.1.0, optimum 2.1.0).
 
-    /work/bench-venv/bin/python benches/optimum_export.py MODEL_DIR OUT_DIR [--dtype fp32|bf16] [--validate]
-                                                          [--no-post-process]
+    $BENCH_PYTHON benches/optimum_export.py MODEL_DIR OUT_DIR [--dtype fp32|bf16] [--validate]
+                                           [--no-post-process]
+
+BENCH_PYTHON: the baseline interpreter of benches/run.sh (default .venv/bench/bin/python, made by
+benches/setup_baselines.sh, else python3).
 
 The same call as `optimum-cli export onnx --model MODEL_DIR --task text-generation [--dtype D] OUT_DIR`
 (optimum.exporters.onnx.main_export), except that the CLI always runs its validation afterwards (a

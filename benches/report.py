@@ -198,10 +198,11 @@ def params_from(c):
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# benches/run.sh's and gpu.sh's scratch folder (their default), where the checkpoints are
+BENCH_TMP = os.environ.get("BENCH_TMP") or os.path.join(os.environ.get("TMPDIR") or "/tmp", "sae-onnx-bench")
 PARAMS = {
     "tiny": params_of(os.path.join(REPO, "models", "tiny-gemma2", "config.json")),
-    "100m": params_of(os.path.join(os.environ.get("BENCH_TMP", "/work/bench-tmp"), "ckpt", "gemma2-100m",
-                                   "config.json")),
+    "100m": params_of(os.path.join(BENCH_TMP, "ckpt", "gemma2-100m", "config.json")),
 }
 
 
@@ -262,7 +263,7 @@ def gpu_table(recs, res_dir):
     mm = os.path.join(res_dir, "gpu.matmul.json")
     if os.path.exists(mm):
         rate = json.load(open(mm))
-    ck = os.environ.get("BENCH_TMP", "/tmp/sae-onnx-bench")
+    ck = BENCH_TMP
     params = {"100m": params_of(os.path.join(ck, "ckpt", "gemma2-100m", "config.json")),
               "2b": params_of(os.path.join(ck, "ckpt", "gemma2-2b-tok", "config.json"))}
     # Without the checkpoints (reading committed results): the presets they were made from.

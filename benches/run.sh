@@ -15,28 +15,45 @@
 # every run in benches/results/<section>.logs/; prints the tables (benches/report.py) at the end.
 # Big files (checkpoints, exported models) live in $BENCH_TMP, never in the repository.
 #
-# Knobs (environment): BENCH_TMP (/work/bench-tmp), BENCH_VENV (/work/bench-venv), RUNS (3),
-# EVAL_BS (16: batch size of both tools), OPT_2B_PRESET (2b-L6: the largest gemma-2-2b-shaped
-# checkpoint optimum's export fits in 24 GB here; "2b" tries the full 26 layers).
+# Knobs (environment; relative paths are taken from the repository root):
+#   BENCH_TMP     big scratch files (default ${TMPDIR:-/tmp}/sae-onnx-bench)
+#   BENCH_PYTHON  the baseline interpreter: torch, transformers, lm_eval[hf], optimum-onnx (default
+#                 $BENCH_VENV/bin/python if benches/setup_baselines.sh made it, else python3)
+#   BENCH_VENV    where setup_baselines.sh puts that venv (default .venv/bench, git-ignored)
+#   SAE_ONNX      the sae-onnx binary (default target/release/sae-onnx, rebuilt when src/ is newer;
+#                 a binary named here is used as it is)
+#   RUNS (3), EVAL_BS (16: batch size of both tools), OPT_2B_PRESET (2b-L6: the largest
+#   gemma-2-2b-shaped checkpoint optimum's export fits in 24 GB here; "2b" tries the full 26 layers).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
-T=${BENCH_TMP:-/work/bench-tmp}
-VENV=${BENCH_VENV:-/work/bench-venv}
-PY=$VENV/bin/python
+T=${BENCH_TMP:-${TMPDIR:-/tmp}/sae-onnx-bench}
+VENV=${BENCH_VENV:-.venv/bench}
+if [ -n "${BENCH_PYTHON:-}" ]; then PY=$BENCH_PYTHON
+elif [ -x "$VENV/bin/python" ]; then PY=$VENV/bin/python
+else PY=python3
+fi
 RUNS=${RUNS:-3}
 EVAL_BS=${EVAL_BS:-16}
 OPT_2B_PRESET=${OPT_2B_PRESET:-2b-L6}
-BIN=$REPO/target/release/sae-onnx
+BIN=${SAE_ONNX:-target/release/sae-onnx}
 RES=$REPO/benches/results
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
+export BENCH_TMP=$T  # for benches/report.py, which reads the checkpoints' configs there
 mkdir -p "$T" "$RES"
 
 prepare() {
-    [ -x "$PY" ] || { echo "no baseline venv at $VENV: run bash benches/setup_baselines.sh" >&2; exit 1; }
+    "$PY" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in
+        ("torch", "transformers", "lm_eval", "optimum", "onnx")))' 2>/dev/null || {
+        echo "$PY lacks the baselines (torch, transformers, lm_eval, optimum-onnx): run" \
+            "bash benches/setup_baselines.sh, or set BENCH_PYTHON" >&2; exit 1; }
     [ -x /usr/bin/time ] || { echo "/usr/bin/time is missing: apt-get install -y time" >&2; exit 1; }
-    if [ ! -x "$BIN" ] || [ -n "$(find src Cargo.toml -newer "$BIN" -print -quit)" ]; then
-        cargo build --release
+    if [ -z "${SAE_ONNX:-}" ]; then
+        if [ ! -x "$BIN" ] || [ -n "$(find src Cargo.toml -newer "$BIN" -print -quit)" ]; then
+            cargo build --release
+        fi
+    elif [ ! -x "$BIN" ]; then
+        echo "SAE_ONNX=$BIN is not an executable" >&2; exit 1
     fi
 }
 
@@ -142,7 +159,7 @@ eval_section() {
     mkdir -p "$T/eval"
     local name dir
     for name in tiny 100m; do
-        if [ "$name" = tiny ]; then dir=$REPO/models/tiny-gemma2; else dir=$ck100; fi
+        if [ "$name" = tiny ]; then dir=models/tiny-gemma2; else dir=$ck100; fi
         [ -f "$T/eval/$name.onnx" ] || "$BIN" -q export "$dir" -o "$T/eval/$name.onnx" --force
         local o=$T/eval/out
         # ours: whole command; then with every answer cached (no session, no forward), so that
