@@ -4,7 +4,8 @@ tests/fixtures/tasks_golden.json, which tests/eval_tasks.rs replays against sae-
 
 Usage (from anywhere; needs the lm-eval 0.4.13 venv described in tests/fixtures/requirements.txt):
 
-    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 /work/refenv/bin/python tasks/verify_with_lm_eval.py
+    HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $PYTHON tasks/verify_with_lm_eval.py
+    ($PYTHON: the reference interpreter, with tests/fixtures/requirements.txt installed; default python3)
 
 Nothing is downloaded. The Hugging Face datasets of the tasks are replaced by small made-up ones
 with the real datasets' columns and types (and awkward strings: Python-only whitespace, quotes,

@@ -12,7 +12,8 @@ N(0, (4/sqrt(fan_in))^2), norm weights N(0, 0.3^2), so the softcaps matter.
 
 Pinned versions: transformers==4.57.6, torch==2.15.0, safetensors==0.8.0 (tests/fixtures/requirements.txt).
 Regenerate (deterministic):
-  /work/refenv/bin/python models/tiny-gemma2/make_demo.py
+  $PYTHON models/tiny-gemma2/make_demo.py
+  ($PYTHON: the reference interpreter, with tests/fixtures/requirements.txt installed; default python3)
 """
 
 import os

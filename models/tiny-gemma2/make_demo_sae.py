@@ -4,7 +4,8 @@ pipeline, not a real feature.
 
 Writes sae/cfg.json, sae/sae_weights.safetensors (W_enc [128, 32], W_dec [32, 128] with unit rows,
 b_enc, b_dec, threshold) and steer.csv. Deterministic (seed 0).
-Regenerate: /work/refenv/bin/python models/tiny-gemma2/make_demo_sae.py  (numpy, safetensors)
+Regenerate: $PYTHON models/tiny-gemma2/make_demo_sae.py  (numpy, safetensors)
+($PYTHON: the reference interpreter, with tests/fixtures/requirements.txt installed; default python3)
 """
 import json
 from pathlib import Path
