@@ -320,9 +320,10 @@ impl Npz {
             self.file.display(),
             m.name
         );
+        let member = || format!("'{}': member '{}'", self.file.display(), m.name);
         let (header, data) = match m.method {
             0 => {
-                let header = NpyHeader::parse(&self.map[start..start + len])?;
+                let header = NpyHeader::parse(&self.map[start..start + len]).with_context(member)?;
                 let data = Data::Mapped {
                     map: self.map.clone(),
                     offset: start + header.len,
@@ -334,8 +335,9 @@ impl Npz {
                 let mut head = Vec::new();
                 DeflateDecoder::new(&self.map[start..start + len])
                     .take(1 << 16)
-                    .read_to_end(&mut head)?;
-                let header = NpyHeader::parse(&head)?;
+                    .read_to_end(&mut head)
+                    .with_context(member)?;
+                let header = NpyHeader::parse(&head).with_context(member)?;
                 let data = Data::Deflated {
                     map: self.map.clone(),
                     offset: start,
