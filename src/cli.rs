@@ -399,7 +399,7 @@ fn parse_limit(s: &str) -> Result<f64, String> {
 }
 
 fn parse_max_length(s: &str) -> Result<usize, String> {
-    use crate::eval::evaluator::MAX_CONTEXT;
+    use crate::contract::MAX_CONTEXT;
     match s.parse::<usize>() {
         Ok(n) if (1..=MAX_CONTEXT).contains(&n) => Ok(n),
         _ => Err(format!(

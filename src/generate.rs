@@ -6,11 +6,11 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::eval::lm::ScoringModel;
-use crate::eval::pyrandom::PyRandom;
-use crate::export::gemma::{past_name, present_name};
-use crate::export::meta;
+use crate::contract::meta;
+use crate::contract::{past_name, present_name};
+use crate::infer::lm::ScoringModel;
 use crate::onnx::Model;
+use crate::pycompat::random::PyRandom;
 use crate::runtime::{Device, ScalarFeed, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
@@ -101,7 +101,7 @@ fn context_of(model: &Model, path: &Path) -> Result<usize> {
         return Ok(DEFAULT_CONTEXT);
     };
     match text.trim().parse::<usize>() {
-        Ok(n) if (1..=crate::eval::evaluator::MAX_CONTEXT).contains(&n) => Ok(n),
+        Ok(n) if (1..=crate::contract::MAX_CONTEXT).contains(&n) => Ok(n),
         _ => bail!(
             "'{}' gives max_position_embeddings {:?} in its metadata, not a context length; re-export the model",
             path.display(),

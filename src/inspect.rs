@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::export::meta;
+use crate::contract::meta;
 use crate::hook::{HookPoint, Site};
 use crate::onnx::datafile::{DataRecord, RECORDS_KEY};
 use crate::onnx::external::{self, ExternalData};

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, bail};
 use ort::value::{DynValue, Tensor};
 
-use crate::export::gemma::past_name;
+use crate::contract::past_name;
 use crate::onnx::make::{make_node, make_tensor_i64};
 use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto};
 use crate::onnx::{DataType, Model};

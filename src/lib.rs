@@ -5,17 +5,21 @@
 
 pub mod cli;
 pub mod compare;
+pub mod contract;
+pub mod digest;
 pub mod eval;
 pub mod export;
 pub mod files;
 pub mod generate;
 pub mod hook;
 pub mod hub;
+pub mod infer;
 pub mod inspect;
 pub mod kv_cache;
 pub mod onnx;
 pub mod paths;
 pub mod progress;
+pub mod pycompat;
 pub mod runtime;
 pub mod sae;
 pub mod steer;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use crate::export::meta;
+use crate::contract::meta;
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
 use crate::onnx::Model;
 

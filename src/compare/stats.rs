@@ -5,7 +5,7 @@
 //! numbers with scipy and Python's `random`; the bootstrap draws its resamples with
 //! [`PyRandom`] so that it takes the very same documents as the script and matches it exactly.
 
-use crate::eval::pyrandom::PyRandom;
+use crate::pycompat::random::PyRandom;
 
 /// How a metric's per-document values become the task's number (lm-eval's aggregation functions).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,8 +18,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use super::lm::{Loglikelihood, TokenRequest};
 use crate::files::{self, Inputs};
+use crate::infer::lm::{Loglikelihood, TokenRequest};
 
 /// The header's format version.
 pub const FORMAT: u64 = 1;

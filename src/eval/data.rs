@@ -1,11 +1,13 @@
-//! Task documents: local json/jsonl/csv files (lm-eval's `dataset_path: json|csv` with
+//! Task documents: local json/jsonl/csv/parquet files (lm-eval's `dataset_path: json|csv` with
 //! `data_files`), loaded as the `datasets` library would present them to lm-eval: one JSON object
 //! per document, columns in file order.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde_json::{Map, Value};
 
 /// A split's documents and its column names (lm-eval's `features`).
@@ -35,7 +37,7 @@ pub fn load_local(kind: &str, data_files: &Value, yaml_dir: &Path) -> Result<Dat
             let part = match kind {
                 "json" => read_json(&path)?,
                 "csv" => read_csv(&path)?,
-                "parquet" => super::hub_data::read_parquet(&path)?,
+                "parquet" => read_parquet(&path)?,
                 other => {
                     bail!("local datasets of type '{other}' are not supported (json, csv and parquet are)")
                 }
@@ -217,6 +219,30 @@ fn read_csv(path: &Path) -> Result<Split> {
             Value::Object(map)
         })
         .collect();
+    Ok(Split { docs, columns })
+}
+
+pub fn read_parquet(path: &Path) -> Result<Split> {
+    let file = File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("'{}' is not a parquet file", path.display()))?;
+    let columns: Vec<String> = reader
+        .metadata()
+        .file_metadata()
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_owned())
+        .collect();
+    let mut docs = Vec::new();
+    for row in reader
+        .get_row_iter(None)
+        .with_context(|| format!("reading '{}'", path.display()))?
+    {
+        let row = row.with_context(|| format!("reading a row of '{}'", path.display()))?;
+        docs.push(row.to_json_value());
+    }
     Ok(Split { docs, columns })
 }
 

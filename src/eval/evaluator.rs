@@ -10,18 +10,19 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
 use super::cache::{CacheKey, ResultCache};
-use super::lm::{Loglikelihood, ScoringModel, TokenRequest};
 
 /// Per task or group: metric -> (mean, stderr), and the number of documents.
 type Scores = HashMap<String, (BTreeMap<String, (f64, Option<f64>)>, usize)>;
 use super::metrics;
-use super::output::{self, doc_json_indented, hash_string, py_str, sanitize_model_name};
-use super::pylit::repr_float;
+use super::output::{self, doc_json_indented, py_str, sanitize_model_name};
 use super::task::{DocText, Entry, FEWSHOT_SEED, OutputType, Target, Task, TaskIndex};
-use crate::export::meta;
+use crate::contract::{MAX_CONTEXT, meta};
+use crate::digest::hash_string;
 use crate::files::Inputs;
+use crate::infer::lm::{Loglikelihood, ScoringModel, TokenRequest};
 use crate::onnx::Model;
 use crate::progress;
+use crate::pycompat::literal::repr_float;
 use crate::runtime::{ScalarFeed, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
@@ -81,10 +82,6 @@ pub enum BatchSize {
 
 /// `--batch-size auto` tries this first, then halves.
 pub const AUTO_BATCH_CAP: usize = 64;
-
-/// The longest context accepted (`--max-length` or the model's metadata): far beyond any model's,
-/// and small enough that token arithmetic cannot overflow.
-pub const MAX_CONTEXT: usize = 1 << 24;
 
 /// Without `max_position_embeddings` in the metadata (a foreign graph): lm-eval's HFLM default.
 const DEFAULT_MAX_LENGTH: usize = 2048;
@@ -160,7 +157,7 @@ pub struct EvalOutcome {
     pub results: Map<String, Value>,
     pub results_path: Option<PathBuf>,
     pub table: String,
-    pub stats: super::lm::ScoringStats,
+    pub stats: crate::infer::lm::ScoringStats,
     pub seconds: f64,
     /// Opening the inference session (weights to the device included), and answering the
     /// loglikelihood requests: the two costs a benchmark wants apart.
@@ -573,7 +570,7 @@ fn run_pass(
             .map(|r| (*r).clone())
             .collect()
     };
-    let mut stats = super::lm::ScoringStats::default();
+    let mut stats = crate::infer::lm::ScoringStats::default();
     let (mut session_seconds, mut scoring_seconds) = (0.0, 0.0);
     let mut batch_sizes: Vec<usize> = Vec::new();
     if !missing.is_empty() {

@@ -2,14 +2,12 @@
 //! conversion branch (`refs/convert/parquet`), read from the standard cache and downloaded when
 //! missing (unless offline). Rows become JSON documents, columns in file order.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use parquet::file::reader::{FileReader, SerializedFileReader};
 use serde_json::{Map, Value};
 
-use super::data::{Dataset, Split};
+use super::data::{Dataset, read_parquet};
 use crate::hub::{Hub, RepoKind};
 
 const CONVERTED: &str = "refs/convert/parquet";
@@ -121,30 +119,6 @@ fn read_splits(hub: &Hub, repo: &str, revision: &str, files: &[(String, String)]
         entry.docs.extend(part.docs);
     }
     Ok(dataset)
-}
-
-pub fn read_parquet(path: &Path) -> Result<Split> {
-    let file = File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
-    let reader = SerializedFileReader::new(file)
-        .with_context(|| format!("'{}' is not a parquet file", path.display()))?;
-    let columns: Vec<String> = reader
-        .metadata()
-        .file_metadata()
-        .schema_descr()
-        .root_schema()
-        .get_fields()
-        .iter()
-        .map(|f| f.name().to_owned())
-        .collect();
-    let mut docs = Vec::new();
-    for row in reader
-        .get_row_iter(None)
-        .with_context(|| format!("reading '{}'", path.display()))?
-    {
-        let row = row.with_context(|| format!("reading a row of '{}'", path.display()))?;
-        docs.push(row.to_json_value());
-    }
-    Ok(Split { docs, columns })
 }
 
 #[cfg(test)]

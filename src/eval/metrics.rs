@@ -3,8 +3,8 @@
 //! `acc_bytes` (in UTF-8 bytes), `exact_match` (the gold choice is the greedy continuation); means
 //! with the sample standard error, and groups weighted by size with a pooled standard error.
 
-use super::lm::Loglikelihood;
 use super::task::Target;
+use crate::infer::lm::Loglikelihood;
 
 /// `np.argmax`: the first index of the maximum (NaN never wins here: scores are finite).
 fn argmax(values: &[f64]) -> usize {

@@ -5,19 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use super::template;
 use crate::files::{self, Inputs};
-
-/// `hashlib.sha256(s.encode()).hexdigest()`.
-pub fn hash_string(s: &str) -> String {
-    sha256_hex(s.as_bytes())
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Python's `str()` of a document value (lists show their items' `repr`), for `target` in samples.
 pub fn py_str(value: &Value) -> String {
@@ -154,14 +144,5 @@ mod tests {
         assert_eq!(py_str(&serde_json::json!(0)), "0");
         assert_eq!(py_str(&serde_json::json!(["a", "it's"])), "['a', \"it's\"]");
         assert_eq!(py_str(&serde_json::json!("B")), "B");
-    }
-
-    #[test]
-    fn hashes_are_sha256_hex() {
-        // hashlib.sha256(b"0").hexdigest()
-        assert_eq!(
-            hash_string("0"),
-            "5feceb66ffc86f38d952786c6d696c79c2dbc239dd4e91b46729d73a27fb57e9"
-        );
     }
 }

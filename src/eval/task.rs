@@ -11,10 +11,10 @@ use serde_json::{Map, Value};
 
 use super::builtins;
 use super::data::{self, Dataset};
-use super::pylit;
-use super::pyrandom::PyRandom;
 use super::template;
 use crate::files;
+use crate::pycompat::literal;
+use crate::pycompat::random::PyRandom;
 
 /// lm-eval's default few-shot seed (`simple_evaluate(fewshot_random_seed=1234)`).
 pub const FEWSHOT_SEED: u64 = 1234;
@@ -770,7 +770,7 @@ impl Task {
                 }
                 let rendered = self.render("doc_to_text", spec, doc)?;
                 if self.has_choices()
-                    && pylit::isdigit(&rendered)
+                    && literal::isdigit(&rendered)
                     && let Ok(index) = rendered.parse::<i64>()
                 {
                     return Ok(DocText::Index(index));
@@ -814,7 +814,7 @@ impl Task {
                     });
                 }
                 let rendered = self.render("doc_to_target", spec, doc)?;
-                if has_choices && pylit::isdigit(&rendered) {
+                if has_choices && literal::isdigit(&rendered) {
                     let index = rendered
                         .parse::<i64>()
                         .with_context(|| format!("target '{rendered}' is too large"))?;
@@ -823,7 +823,7 @@ impl Task {
                 if rendered.len() >= 2
                     && rendered.starts_with('[')
                     && rendered.ends_with(']')
-                    && let Ok(Value::Array(list)) = pylit::literal_eval(&rendered).and_then(|l| l.to_json())
+                    && let Ok(Value::Array(list)) = literal::literal_eval(&rendered).and_then(|l| l.to_json())
                 {
                     return Ok(Target::List(list));
                 }
@@ -842,7 +842,7 @@ impl Task {
                 Some(other) => bail!("column '{spec}' holds {other}, not a list of choices"),
                 None => {
                     let rendered = self.render("doc_to_choice", spec, doc)?;
-                    match pylit::literal_eval(&rendered).and_then(|l| l.to_json()) {
+                    match literal::literal_eval(&rendered).and_then(|l| l.to_json()) {
                         Ok(Value::Array(list)) => list,
                         _ => bail!("doc_to_choice rendered {rendered:?}, which is not a Python list"),
                     }

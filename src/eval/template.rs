@@ -42,7 +42,7 @@ use minijinja::value::{Kwargs, ValueKind, from_args};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 use regex::Regex;
 
-use super::pylit;
+use crate::pycompat::literal;
 
 /// The work one render may do: about one unit per instruction or per 64 bytes created, so
 /// at most ~640 MB and a few seconds.
@@ -221,12 +221,12 @@ fn py_repr_into(value: &Value, out: &mut String) {
             let _ = write!(out, "{value}");
         }
         ValueKind::Number => match f64::try_from(value.clone()) {
-            Ok(x) => out.push_str(&pylit::repr_float(x)),
+            Ok(x) => out.push_str(&literal::repr_float(x)),
             Err(_) => {
                 let _ = write!(out, "{value}");
             }
         },
-        ValueKind::String => out.push_str(&pylit::repr_str(value.as_str().unwrap_or_default())),
+        ValueKind::String => out.push_str(&literal::repr_str(value.as_str().unwrap_or_default())),
         ValueKind::Seq => {
             let tuple = value.is_tuple();
             out.push(if tuple { '(' } else { '[' });
@@ -426,7 +426,7 @@ fn parse_py_float(s: &str) -> Option<f64> {
 /// Python's `s.strip(chars)` / `lstrip` / `rstrip`.
 fn py_strip<'a>(s: &'a str, chars: Option<&str>, left: bool, right: bool) -> &'a str {
     let strip = |c: char| match chars {
-        None => pylit::is_space(c),
+        None => literal::is_space(c),
         Some(set) => set.contains(c),
     };
     let s = if left { s.trim_start_matches(strip) } else { s };
@@ -450,9 +450,9 @@ fn py_split(s: &str, sep: Option<&str>, maxsplit: i64, rev: bool) -> Result<Vec<
                 break;
             }
             let found = if rev {
-                rest.char_indices().rev().find(|(_, c)| pylit::is_space(*c))
+                rest.char_indices().rev().find(|(_, c)| literal::is_space(*c))
             } else {
-                rest.char_indices().find(|(_, c)| pylit::is_space(*c))
+                rest.char_indices().find(|(_, c)| literal::is_space(*c))
             };
             match found {
                 None => {
@@ -556,11 +556,11 @@ fn py_method(state: &mut State, value: &Value, method: &str, args: &[Value]) -> 
             }
             "isdigit" => {
                 let () = from_args(args)?;
-                return Ok(Value::from(pylit::isdigit(s)));
+                return Ok(Value::from(literal::isdigit(s)));
             }
             "isspace" => {
                 let () = from_args(args)?;
-                return Ok(Value::from(!s.is_empty() && s.chars().all(pylit::is_space)));
+                return Ok(Value::from(!s.is_empty() && s.chars().all(literal::is_space)));
             }
             _ => {}
         }
@@ -957,7 +957,7 @@ mod tests {
     fn rendered_lists_read_back_with_literal_eval() {
         let doc = json!({"choices": ["it's", "say \"hi\"", "back\\slash", "new\nline", "é\u{200b}"]});
         let text = render("{{ choices }}", &doc).unwrap();
-        let back = pylit::literal_eval(&text).unwrap().to_json().unwrap();
+        let back = literal::literal_eval(&text).unwrap().to_json().unwrap();
         assert_eq!(back, doc["choices"]);
     }
 

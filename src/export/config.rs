@@ -6,8 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use super::gemma::PREFIXES;
-use super::weights::Checkpoint;
+use super::weights::{Checkpoint, PREFIXES};
 
 /// config.json is a few kilobytes; a bound keeps a wrong path (`/dev/zero`) from filling memory.
 const CONFIG_MAX_BYTES: u64 = 16 << 20;

@@ -33,17 +33,10 @@ use anyhow::Result;
 use super::Ops;
 use super::builder::GraphBuilder;
 use super::config::{Activation, Arch, Config};
-use super::weights::Checkpoint;
+use super::weights::{Checkpoint, PREFIXES};
+use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::onnx::DataType;
 use crate::onnx::make::AttrValue;
-
-/// Where checkpoints keep the text model's tensors, depending on how it was saved.
-pub(crate) const PREFIXES: [&str; 3] = ["model.", "model.language_model.", "language_model.model."];
-
-/// Graph input and output names.
-pub const INPUT_IDS: &str = "input_ids";
-pub const ATTENTION_MASK: &str = "attention_mask";
-pub const LOGITS: &str = "logits";
 
 /// The hook sites every decoder layer exposes, in TransformerLens naming.
 pub const LAYER_HOOKS: [&str; 6] = [
@@ -98,15 +91,6 @@ pub struct GemmaGraph<'a> {
     /// A decoding graph: `past_key_values.{L}.key/value` in, `present.{L}.key/value` out, the new
     /// tokens at positions after the past ones. Attention is then always in standard operators.
     pub kv_cache: bool,
-}
-
-/// Names of the decoding graph's cache tensors.
-pub fn past_name(layer: usize, kind: &str) -> String {
-    format!("past_key_values.{layer}.{kind}")
-}
-
-pub fn present_name(layer: usize, kind: &str) -> String {
-    format!("present.{layer}.{kind}")
 }
 
 /// GroupQueryAttention's CPU kernel rotates only heads whose size is a multiple of 16 (every

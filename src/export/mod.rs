@@ -13,34 +13,16 @@ use anyhow::{Context, Result, bail};
 
 use self::builder::{GraphBuilder, WeightSink, data_tempfile};
 use self::config::{Arch, Config};
-use self::gemma::{ATTENTION_MASK, GemmaGraph, INPUT_IDS, LAYER_HOOKS, LOGITS, hook_name};
+use self::gemma::{GemmaGraph, LAYER_HOOKS, hook_name};
 use self::weights::Checkpoint;
+use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
 use crate::onnx::make::{Dim, make_graph, make_model, make_opsetid, make_tensor_value_info};
 use crate::onnx::{DataType, ExternalDataPolicy, MS_DOMAIN, Model, OPSET, SaveOptions, SaveReport};
 use crate::progress;
 
-/// Keys of the metadata our exports carry (`inspect`, `patch` and `eval` read them).
-pub mod meta {
-    pub const FORMAT: &str = "sae_onnx.format";
-    pub const SOURCE: &str = "sae_onnx.source";
-    pub const REVISION: &str = "sae_onnx.revision";
-    pub const ARCHITECTURE: &str = "sae_onnx.architecture";
-    pub const NUM_LAYERS: &str = "sae_onnx.num_layers";
-    pub const D_MODEL: &str = "sae_onnx.d_model";
-    pub const D_ATTN_Z: &str = "sae_onnx.d_attn_z";
-    pub const VOCAB_SIZE: &str = "sae_onnx.vocab_size";
-    /// The context length lm-eval would use (`max_position_embeddings`).
-    pub const MAX_POSITIONS: &str = "sae_onnx.max_position_embeddings";
-    pub const DTYPE: &str = "sae_onnx.dtype";
-    pub const TOKENIZER: &str = "sae_onnx.tokenizer";
-    /// JSON array of the hook tensor names the graph exposes.
-    pub const HOOKS: &str = "sae_onnx.hooks";
-    /// The operator profile the graph was built with: `portable` or `ort` (see [`super::Ops`]).
-    pub const OPS: &str = "sae_onnx.ops";
-    /// "1" on decoding graphs (`past_key_values.*` in, `present.*` out).
-    pub const KV_CACHE: &str = "sae_onnx.kv_cache";
-}
+// Transitional: the integration tests still name `export::meta` (see `crate::contract::meta`).
+pub use crate::contract::meta;
 
 /// Which operators an exported graph is built from. Both compute the same model and expose the
 /// same hook tensors under the same names.
@@ -214,12 +196,12 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         for layer in 0..config.num_hidden_layers {
             for kind in ["key", "value"] {
                 inputs.push(make_tensor_value_info(
-                    &gemma::past_name(layer, kind),
+                    &past_name(layer, kind),
                     options.dtype,
                     &cache_dims("past_sequence"),
                 ));
                 outputs.push(make_tensor_value_info(
-                    &gemma::present_name(layer, kind),
+                    &present_name(layer, kind),
                     options.dtype,
                     &cache_dims("total_sequence"),
                 ));

@@ -11,6 +11,9 @@ use safetensors::{Dtype, SafeTensors};
 use crate::onnx::DataType;
 use crate::onnx::external::map_file;
 
+/// Where checkpoints keep the text model's tensors, depending on how it was saved.
+pub(crate) const PREFIXES: [&str; 3] = ["model.", "model.language_model.", "language_model.model."];
+
 /// One tensor of the checkpoint: its type, shape and bytes (a slice of the memory map).
 #[derive(Debug, Clone)]
 pub struct WeightView {

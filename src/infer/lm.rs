@@ -17,7 +17,7 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
-use crate::export::gemma::{past_name, present_name};
+use crate::contract::{past_name, present_name};
 use crate::kv_cache::CacheLayout;
 use crate::onnx::Model;
 use crate::runtime::{self, ScalarFeed, SessionOptions};

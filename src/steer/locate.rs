@@ -94,9 +94,9 @@ pub fn locate(model: &Model, hook: HookPoint) -> Result<HookSite> {
 
 fn candidates_error(model: &Model, hook: HookPoint) -> Result<HookSite> {
     let graph = model.graph();
-    if model.metadata(crate::export::meta::FORMAT).is_some() {
+    if model.metadata(crate::contract::meta::FORMAT).is_some() {
         // Our exports list their hooks; a missing one is not a foreign graph to search.
-        let layers = model.metadata(crate::export::meta::NUM_LAYERS).unwrap_or("?");
+        let layers = model.metadata(crate::contract::meta::NUM_LAYERS).unwrap_or("?");
         bail!(
             "this sae-onnx export ({layers} layers) has no tensor {hook}; `sae-onnx inspect` lists the hooks it has"
         );

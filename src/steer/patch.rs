@@ -178,7 +178,7 @@ fn exported_copy(source: &str, progress: bool) -> Result<PathBuf> {
             .with_context(|| format!("cannot read the checkpoint folder '{source}'"))?;
         format!(
             "dir-{}",
-            &crate::eval::output::hash_string(&folder_identity(&abs))[..16]
+            &crate::digest::hash_string(&folder_identity(&abs))[..16]
         )
     } else if looks_like_repo_id(source) {
         let config = Hub::from_env().file(source, RepoKind::Model, "main", "config.json")?;

@@ -28,7 +28,7 @@ use serde_json::{Value, json};
 use super::locate::{HookSite, locate};
 use super::plan::{PlanField, SteerAction, SteeringPlan};
 use super::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
-use crate::export::meta;
+use crate::contract::meta;
 use crate::files::Inputs;
 use crate::hook::{HookPoint, Site};
 use crate::hub::Hub;
@@ -994,7 +994,7 @@ fn record(
     let patch = json!({
         "tool": format!("sae-onnx {}", env!("CARGO_PKG_VERSION")),
         "csv": plan.source_path.display().to_string(),
-        "csv_sha256": crate::eval::output::sha256_hex(&csv_bytes),
+        "csv_sha256": crate::digest::sha256_hex(&csv_bytes),
         "format": format!("{:?}", plan.format),
         "semantics": "rows on a hook read its value before this patch; their changes are summed",
         "rows": rows,

@@ -1,0 +1,43 @@
+//! What our graphs promise every consumer: the graph's input and output names, the decoding
+//! graph's cache tensor names, the metadata keys, and the context lengths a consumer accepts.
+//! The exporter writes them; kv_cache, scoring, generate, eval, patch and inspect read them.
+
+/// Graph input and output names.
+pub const INPUT_IDS: &str = "input_ids";
+pub const ATTENTION_MASK: &str = "attention_mask";
+pub const LOGITS: &str = "logits";
+
+/// Names of the decoding graph's cache tensors.
+pub fn past_name(layer: usize, kind: &str) -> String {
+    format!("past_key_values.{layer}.{kind}")
+}
+
+pub fn present_name(layer: usize, kind: &str) -> String {
+    format!("present.{layer}.{kind}")
+}
+
+/// The longest context accepted (`--max-length` or the model's metadata): far beyond any model's,
+/// and small enough that token arithmetic cannot overflow.
+pub const MAX_CONTEXT: usize = 1 << 24;
+
+/// Keys of the metadata our exports carry (`inspect`, `patch` and `eval` read them).
+pub mod meta {
+    pub const FORMAT: &str = "sae_onnx.format";
+    pub const SOURCE: &str = "sae_onnx.source";
+    pub const REVISION: &str = "sae_onnx.revision";
+    pub const ARCHITECTURE: &str = "sae_onnx.architecture";
+    pub const NUM_LAYERS: &str = "sae_onnx.num_layers";
+    pub const D_MODEL: &str = "sae_onnx.d_model";
+    pub const D_ATTN_Z: &str = "sae_onnx.d_attn_z";
+    pub const VOCAB_SIZE: &str = "sae_onnx.vocab_size";
+    /// The context length lm-eval would use (`max_position_embeddings`).
+    pub const MAX_POSITIONS: &str = "sae_onnx.max_position_embeddings";
+    pub const DTYPE: &str = "sae_onnx.dtype";
+    pub const TOKENIZER: &str = "sae_onnx.tokenizer";
+    /// JSON array of the hook tensor names the graph exposes.
+    pub const HOOKS: &str = "sae_onnx.hooks";
+    /// The operator profile the graph was built with: `portable` or `ort` (see [`crate::export::Ops`]).
+    pub const OPS: &str = "sae_onnx.ops";
+    /// "1" on decoding graphs (`past_key_values.*` in, `present.*` out).
+    pub const KV_CACHE: &str = "sae_onnx.kv_cache";
+}

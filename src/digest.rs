@@ -1,0 +1,27 @@
+//! SHA-256 as hex, the way Python's `hashlib` prints it: lm-eval's sample hashes, the resume
+//! cache's keys, and the provenance `patch` records.
+
+use sha2::{Digest, Sha256};
+
+/// `hashlib.sha256(s.encode()).hexdigest()`.
+pub fn hash_string(s: &str) -> String {
+    sha256_hex(s.as_bytes())
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_sha256_hex() {
+        // hashlib.sha256(b"0").hexdigest()
+        assert_eq!(
+            hash_string("0"),
+            "5feceb66ffc86f38d952786c6d696c79c2dbc239dd4e91b46729d73a27fb57e9"
+        );
+    }
+}
