@@ -49,13 +49,21 @@ impl WeightSink {
         dtype: DataType,
         dims: &[i64],
     ) -> Result<TensorProto> {
-        let padded = self.writer.align(ALIGNMENT)?;
+        // A full disk or a failing device surfaces here: the message names the file.
+        let failed =
+            |location: &str| format!("cannot write '{location}' (the weights file beside the output)");
+        let padded = self
+            .writer
+            .align(ALIGNMENT)
+            .with_context(|| failed(&self.location))?;
         let mut length = 0u64;
         let width = if dtype == DataType::Float { 4 } else { 2 };
         if weight.dtype == dtype {
             for piece in weight.data.chunks(CONVERT_CHUNK) {
                 check_finite(piece, dtype, weight, length as usize / width)?;
-                self.writer.write_all(piece)?;
+                self.writer
+                    .write_all(piece)
+                    .with_context(|| failed(&self.location))?;
                 release_pages(piece);
                 length += piece.len() as u64;
             }
@@ -64,7 +72,9 @@ impl WeightSink {
             for piece in weight.data.chunks(CONVERT_CHUNK / 4 * from_width) {
                 convert(piece, weight.dtype, dtype, &mut self.scratch)?;
                 check_finite(&self.scratch, dtype, weight, length as usize / width)?;
-                self.writer.write_all(&self.scratch)?;
+                self.writer
+                    .write_all(&self.scratch)
+                    .with_context(|| failed(&self.location))?;
                 release_pages(piece);
                 length += self.scratch.len() as u64;
             }

@@ -148,6 +148,53 @@ pub struct Target<'a> {
     pub run: Parse<'a>,
 }
 
+impl<'a> Target<'a> {
+    /// A target of byte-level mutations, without a header bias.
+    pub fn new(
+        name: &'static str,
+        seeds: Vec<Vec<u8>>,
+        case_path: PathBuf,
+        run: impl Fn(&Path) -> Result<(), String> + 'a,
+    ) -> Self {
+        Self {
+            name,
+            seeds,
+            text: false,
+            hot: |_| 0,
+            mutator: None,
+            case_path,
+            run: Box::new(run),
+        }
+    }
+
+    /// Adds token-level text mutations.
+    pub fn text(self) -> Self {
+        self.text_if(true)
+    }
+
+    pub fn text_if(mut self, text: bool) -> Self {
+        self.text = text;
+        self
+    }
+
+    /// Biases mutations towards the header region `hot` measures.
+    pub fn hot(mut self, hot: fn(&[u8]) -> usize) -> Self {
+        self.hot = hot;
+        self
+    }
+
+    /// Mutates with `mutator` only.
+    pub fn mutator(mut self, mutator: Mutator) -> Self {
+        self.mutator = Some(mutator);
+        self
+    }
+
+    /// Runs the target within the environment's budget and fails the test on any broken promise.
+    pub fn fuzz(self) {
+        run(&self, &Budget::from_env()).assert_clean();
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Summary {
     pub name: &'static str,

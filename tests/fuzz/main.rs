@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use harness::{Budget, Target};
+use harness::Target;
 use prost::Message;
 use sae_onnx::onnx::pb::ModelProto;
 
@@ -33,10 +33,6 @@ fn read(path: &str) -> Vec<u8> {
 
 fn err_text(e: anyhow::Error) -> String {
     format!("{e:#}")
-}
-
-fn no_hot(_: &[u8]) -> usize {
-    0
 }
 
 /// A safetensors file's header region: the 8-byte length and the JSON it announces.
@@ -112,6 +108,22 @@ fn run_binary(args: &[&std::ffi::OsStr], cwd: &Path) -> Result<(), String> {
     }
 }
 
+/// `sae-onnx patch --csv PLAN --model BASE -o OUT --force` in `cwd`.
+fn patch(plan: &Path, base: &Path, out: &Path, cwd: &Path) -> Result<(), String> {
+    let args = [
+        os("-q"),
+        os("patch"),
+        os("--csv"),
+        plan.as_os_str(),
+        os("--model"),
+        base.as_os_str(),
+        os("-o"),
+        out.as_os_str(),
+        os("--force"),
+    ];
+    run_binary(&args, cwd)
+}
+
 fn os(s: &str) -> &std::ffi::OsStr {
     std::ffi::OsStr::new(s)
 }
@@ -135,23 +147,13 @@ fn steer_csv() {
                 .into_bytes(),
         );
     }
-    harness::run(
-        &Target {
-            name: "steer_csv",
-            seeds,
-            text: true,
-            hot: no_hot,
-            case_path: dir.path().join("fuzz-case.csv"),
-            mutator: None,
-            run: Box::new(|path| {
-                sae_onnx::steer::plan::SteeringPlan::from_csv_file(path)
-                    .map(drop)
-                    .map_err(err_text)
-            }),
-        },
-        &Budget::from_env(),
-    )
-    .assert_clean();
+    Target::new("steer_csv", seeds, dir.path().join("fuzz-case.csv"), |path| {
+        sae_onnx::steer::plan::SteeringPlan::from_csv_file(path)
+            .map(drop)
+            .map_err(err_text)
+    })
+    .text()
+    .fuzz();
 }
 
 fn copy_demo_sae(to: &Path) {
@@ -173,34 +175,11 @@ fn patch_plan() {
         b"latent_idx,steering_coefficient,sae_release,sae_id,description,action,threshold\n5,24.0,sae,,a,add,\n3,43.0,sae,,c,clamp,\n1,2.0,sae,,t,add_if_active,0.5\n5,-5.0,sae,,p,clamp_projection,\n".to_vec(),
         b"loader,action,sparse_model,hookpoint,feature_index,steering_coefficient,head_index,sae_id,description\nsae_lens,add,sae,blocks.1.hook_resid_post,7,24.0,,,demo\n".to_vec(),
     ];
-    harness::run(
-        &Target {
-            name: "patch_plan",
-            seeds,
-            text: true,
-            hot: no_hot,
-            case_path: dir.path().join("fuzz-case.csv"),
-            mutator: None,
-            run: Box::new(|path| {
-                run_binary(
-                    &[
-                        os("-q"),
-                        os("patch"),
-                        os("--csv"),
-                        path.as_os_str(),
-                        os("--model"),
-                        base.as_os_str(),
-                        os("-o"),
-                        out.as_os_str(),
-                        os("--force"),
-                    ],
-                    dir.path(),
-                )
-            }),
-        },
-        &Budget::from_env(),
-    )
-    .assert_clean();
+    Target::new("patch_plan", seeds, dir.path().join("fuzz-case.csv"), |path| {
+        patch(path, &base, &out, dir.path())
+    })
+    .text()
+    .fuzz();
 }
 
 fn onnx_seeds(case_dir: &Path) -> Vec<Vec<u8>> {
@@ -230,19 +209,13 @@ fn load_and_inspect(path: &Path) -> Result<(), String> {
 fn onnx_model() {
     let dir = tempfile::tempdir().unwrap();
     let seeds = onnx_seeds(dir.path());
-    harness::run(
-        &Target {
-            name: "onnx_model",
-            seeds,
-            text: false,
-            hot: no_hot,
-            case_path: dir.path().join("fuzz-case.onnx"),
-            mutator: None,
-            run: Box::new(load_and_inspect),
-        },
-        &Budget::from_env(),
+    Target::new(
+        "onnx_model",
+        seeds,
+        dir.path().join("fuzz-case.onnx"),
+        load_and_inspect,
     )
-    .assert_clean();
+    .fuzz();
 }
 
 /// Structured mutations of the external-data tables (`location`, `offset`, `length`, unknown
@@ -299,19 +272,14 @@ fn mutate_external_data(seed: &[u8], rng: &mut mutate::Rng) -> Vec<u8> {
 fn external_data() {
     let dir = tempfile::tempdir().unwrap();
     let seeds = onnx_seeds(dir.path()).into_iter().take(2).collect();
-    harness::run(
-        &Target {
-            name: "external_data",
-            seeds,
-            text: false,
-            hot: no_hot,
-            case_path: dir.path().join("fuzz-case.onnx"),
-            mutator: Some(mutate_external_data),
-            run: Box::new(load_and_inspect),
-        },
-        &Budget::from_env(),
+    Target::new(
+        "external_data",
+        seeds,
+        dir.path().join("fuzz-case.onnx"),
+        load_and_inspect,
     )
-    .assert_clean();
+    .mutator(mutate_external_data)
+    .fuzz();
 }
 
 /// Reads an SAE array the way steering does: a few elements, never the whole (a 1m-wide SAE's
@@ -337,25 +305,20 @@ fn sae_safetensors() {
             "tests/fixtures/sae/local/gemma_scope_2/resid_post/layer_9_width_16k_l0_small/params.safetensors",
         ),
     ];
-    harness::run(
-        &Target {
-            name: "sae_safetensors",
-            seeds,
-            text: false,
-            hot: safetensors_hot,
-            case_path: dir.path().join("fuzz-case.safetensors"),
-            mutator: None,
-            run: Box::new(|path| {
-                let file = sae_onnx::sae::npz::Safetensors::open(path).map_err(err_text)?;
-                for key in file.keys() {
-                    read_ends(&file.array(&key).map_err(err_text)?)?;
-                }
-                Ok(())
-            }),
+    Target::new(
+        "sae_safetensors",
+        seeds,
+        dir.path().join("fuzz-case.safetensors"),
+        |path| {
+            let file = sae_onnx::sae::npz::Safetensors::open(path).map_err(err_text)?;
+            for key in file.keys() {
+                read_ends(&file.array(&key).map_err(err_text)?)?;
+            }
+            Ok(())
         },
-        &Budget::from_env(),
     )
-    .assert_clean();
+    .hot(safetensors_hot)
+    .fuzz();
 }
 
 #[test]
@@ -367,25 +330,14 @@ fn sae_npz() {
         read(&format!("{hub}/embedding/width_4k/average_l0_6/params.npz")),
         read("tests/fixtures/sae/local/deflated_npz/params.npz"),
     ];
-    harness::run(
-        &Target {
-            name: "sae_npz",
-            seeds,
-            text: false,
-            hot: no_hot,
-            case_path: dir.path().join("fuzz-case.npz"),
-            mutator: None,
-            run: Box::new(|path| {
-                let file = sae_onnx::sae::npz::Npz::open(path).map_err(err_text)?;
-                for key in file.keys() {
-                    read_ends(&file.array(&key).map_err(err_text)?)?;
-                }
-                Ok(())
-            }),
-        },
-        &Budget::from_env(),
-    )
-    .assert_clean();
+    Target::new("sae_npz", seeds, dir.path().join("fuzz-case.npz"), |path| {
+        let file = sae_onnx::sae::npz::Npz::open(path).map_err(err_text)?;
+        for key in file.keys() {
+            read_ends(&file.array(&key).map_err(err_text)?)?;
+        }
+        Ok(())
+    })
+    .fuzz();
 }
 
 /// A whole `patch` with the demo SAE's cfg.json as the case (hook, architecture, dimensions,
@@ -403,30 +355,11 @@ fn sae_cfg_json() {
         read("tests/fixtures/sae/local/saelens_old/cfg.json"),
         read("tests/fixtures/sae/local/saelens_norm/cfg.json"),
     ];
-    let args = [
-        os("-q"),
-        os("patch"),
-        os("--csv"),
-        plan.as_os_str(),
-        os("--model"),
-        base.as_os_str(),
-        os("-o"),
-        out.as_os_str(),
-        os("--force"),
-    ];
-    harness::run(
-        &Target {
-            name: "sae_cfg_json",
-            seeds,
-            text: true,
-            hot: no_hot,
-            case_path: dir.path().join("sae/cfg.json"),
-            mutator: None,
-            run: Box::new(|_| run_binary(&args, dir.path())),
-        },
-        &Budget::from_env(),
-    )
-    .assert_clean();
+    Target::new("sae_cfg_json", seeds, dir.path().join("sae/cfg.json"), |_| {
+        patch(&plan, &base, &out, dir.path())
+    })
+    .text()
+    .fuzz();
 }
 
 /// A checkpoint folder (config, weights, tokenizer) where one file is the case; the whole
@@ -452,50 +385,41 @@ fn export_target(
         }
     }
     let out = dir.path().join("out.onnx");
-    harness::run(
-        &Target {
-            name,
-            seeds,
-            text,
-            hot,
-            case_path: checkpoint.join(case_file),
-            mutator: None,
-            run: Box::new(|_| {
-                run_binary(
-                    &[
-                        os("-q"),
-                        os("export"),
-                        checkpoint.as_os_str(),
-                        os("-o"),
-                        out.as_os_str(),
-                        os("--force"),
-                    ],
-                    dir.path(),
-                )?;
-                // What export accepts must run: a config that contradicts the weights has to be
-                // refused by export, not by ONNX Runtime later.
-                let generate = [
-                    os("-q"),
-                    os("generate"),
-                    out.as_os_str(),
-                    os("--prompt"),
-                    os("The dog"),
-                    os("--max-new-tokens"),
-                    os("2"),
-                ];
-                // Finite weights can still overflow to NaN activations, as they would in
-                // transformers: that is the checkpoint's numbers, not a contradiction.
-                if let Err(message) = run_binary(&generate, dir.path())
-                    && !message.contains("non-finite log-probability")
-                {
-                    panic!("export accepted the case, but the model it wrote does not run: {message}");
-                }
-                Ok(())
-            }),
-        },
-        &Budget::from_env(),
-    )
-    .assert_clean();
+    Target::new(name, seeds, checkpoint.join(case_file), |_| {
+        run_binary(
+            &[
+                os("-q"),
+                os("export"),
+                checkpoint.as_os_str(),
+                os("-o"),
+                out.as_os_str(),
+                os("--force"),
+            ],
+            dir.path(),
+        )?;
+        // What export accepts must run: a config that contradicts the weights has to be
+        // refused by export, not by ONNX Runtime later.
+        let generate = [
+            os("-q"),
+            os("generate"),
+            out.as_os_str(),
+            os("--prompt"),
+            os("The dog"),
+            os("--max-new-tokens"),
+            os("2"),
+        ];
+        // Finite weights can still overflow to NaN activations, as they would in
+        // transformers: that is the checkpoint's numbers, not a contradiction.
+        if let Err(message) = run_binary(&generate, dir.path())
+            && !message.contains("non-finite log-probability")
+        {
+            panic!("export accepted the case, but the model it wrote does not run: {message}");
+        }
+        Ok(())
+    })
+    .text_if(text)
+    .hot(hot)
+    .fuzz();
 }
 
 #[test]
@@ -504,7 +428,7 @@ fn export_config_json() {
         "export_config_json",
         "config.json",
         vec![read("models/tiny-gemma2/config.json")],
-        no_hot,
+        |_| 0,
         true,
     );
 }
@@ -557,43 +481,38 @@ fn task_yaml() {
         local("tests/fixtures/lm_eval_winogrande/tasks/tiny_winogrande.yaml"),
     ];
     let folder = dir.path().to_path_buf();
-    harness::run(
-        &Target {
-            name: "task_yaml",
-            seeds,
-            text: true,
-            hot: no_hot,
-            case_path: dir.path().join("fuzz_case.yaml"),
-            mutator: None,
-            run: Box::new(move |path| {
-                use sae_onnx::eval::task::{Entry, Task, TaskIndex};
-                let mut index = TaskIndex::default();
-                let Some(name) = index.add_file(path).map_err(err_text)? else {
-                    return Ok(());
-                };
-                let Some(Entry::Task { path, config }) = index.entries.get(&name).cloned() else {
-                    return Ok(());
-                };
-                let _ = &folder;
-                let mut task = Task::load(&name, &path, config, None, 1234).map_err(err_text)?;
-                let docs = task.eval_docs.clone();
-                for doc in docs.iter().take(4) {
-                    let rendered = task
-                        .doc_to_text_value(doc)
-                        .and_then(|_| task.doc_to_target(doc))
-                        .and_then(|_| task.fewshot_context(doc));
-                    rendered.map_err(|e| format!("{} ({}): {e:#}", name, path.display()))?;
-                    if task.config.contains_key("doc_to_choice") {
-                        task.doc_to_choice(doc)
-                            .map_err(|e| format!("{} ({}): {e:#}", name, path.display()))?;
-                    }
+    Target::new(
+        "task_yaml",
+        seeds,
+        dir.path().join("fuzz_case.yaml"),
+        move |path| {
+            use sae_onnx::eval::task::{Entry, Task, TaskIndex};
+            let mut index = TaskIndex::default();
+            let Some(name) = index.add_file(path).map_err(err_text)? else {
+                return Ok(());
+            };
+            let Some(Entry::Task { path, config }) = index.entries.get(&name).cloned() else {
+                return Ok(());
+            };
+            let _ = &folder;
+            let mut task = Task::load(&name, &path, config, None, 1234).map_err(err_text)?;
+            let docs = task.eval_docs.clone();
+            for doc in docs.iter().take(4) {
+                let rendered = task
+                    .doc_to_text_value(doc)
+                    .and_then(|_| task.doc_to_target(doc))
+                    .and_then(|_| task.fewshot_context(doc));
+                rendered.map_err(|e| format!("{} ({}): {e:#}", name, path.display()))?;
+                if task.config.contains_key("doc_to_choice") {
+                    task.doc_to_choice(doc)
+                        .map_err(|e| format!("{} ({}): {e:#}", name, path.display()))?;
                 }
-                Ok(())
-            }),
+            }
+            Ok(())
         },
-        &Budget::from_env(),
     )
-    .assert_clean();
+    .text()
+    .fuzz();
 }
 
 #[test]
@@ -610,24 +529,14 @@ fn dataset_rows() {
         ("dataset_csv", "csv", csv_seeds, "fuzz-case.csv", &csv_dir),
     ] {
         let folder = dir.path().to_path_buf();
-        harness::run(
-            &Target {
-                name,
-                seeds,
-                text: true,
-                hot: no_hot,
-                case_path: dir.path().join(file),
-                mutator: None,
-                run: Box::new(move |path| {
-                    let files = serde_json::Value::String(path.to_string_lossy().into_owned());
-                    sae_onnx::eval::data::load_local(kind, &files, &folder)
-                        .map(drop)
-                        .map_err(err_text)
-                }),
-            },
-            &Budget::from_env(),
-        )
-        .assert_clean();
+        Target::new(name, seeds, dir.path().join(file), move |path| {
+            let files = serde_json::Value::String(path.to_string_lossy().into_owned());
+            sae_onnx::eval::data::load_local(kind, &files, &folder)
+                .map(drop)
+                .map_err(err_text)
+        })
+        .text()
+        .fuzz();
     }
 }
 
@@ -645,27 +554,22 @@ fn jinja_template() {
     .map(|s| s.as_bytes().to_vec())
     .collect();
     let doc = serde_json::json!({"question": "The dog sees the", "choices": ["cat", "big brown horse", "tree"], "label": 1});
-    harness::run(
-        &Target {
-            name: "jinja_template",
-            seeds,
-            text: true,
-            hot: no_hot,
-            case_path: dir.path().join("fuzz-case.jinja"),
-            mutator: None,
-            run: Box::new(|path| {
-                let template = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
-                // A template is a YAML value, not a file: its errors are named by the task that
-                // holds it (task_yaml checks that), so here only the promises of safety apply.
-                match sae_onnx::eval::template::render(&template, &doc) {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(format!("fuzz-case.jinja: {e:#}")),
-                }
-            }),
+    Target::new(
+        "jinja_template",
+        seeds,
+        dir.path().join("fuzz-case.jinja"),
+        |path| {
+            let template = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+            // A template is a YAML value, not a file: its errors are named by the task that
+            // holds it (task_yaml checks that), so here only the promises of safety apply.
+            match sae_onnx::eval::template::render(&template, &doc) {
+                Ok(_) => Ok(()),
+                Err(e) => Err(format!("fuzz-case.jinja: {e:#}")),
+            }
         },
-        &Budget::from_env(),
     )
-    .assert_clean();
+    .text()
+    .fuzz();
 }
 
 /// compare on a run whose results JSON (or one samples file) is the case, against the intact
@@ -708,35 +612,25 @@ fn compare_results() {
             .collect();
         let folder = dir.path().to_path_buf();
         let base_dir = &base_dir;
-        harness::run(
-            &Target {
-                name,
-                seeds,
-                text: true,
-                hot: no_hot,
-                case_path: dir.path().join(&case_name),
-                mutator: None,
-                run: Box::new(move |_| {
-                    use sae_onnx::compare::{self, CompareOptions, Run};
-                    let run = Run::load(&folder).map_err(err_text)?;
-                    let base = Run::load(base_dir).map_err(|e| format!("the intact base run: {e:#}"))?;
-                    let runs = vec![base, run];
-                    let options = CompareOptions {
-                        resamples: 50,
-                        seed: 1234,
-                        alpha: 0.05,
-                        tasks: Vec::new(),
-                        metrics: Vec::new(),
-                    };
-                    let sweep = compare::sweep_values(&runs, Some(&[0.0, 8.0])).map_err(err_text)?;
-                    compare::compare(&runs, &sweep.x, &options).map_err(err_text)?;
-                    compare::sweep_figure(&runs, &sweep, &options).map_err(err_text)?;
-                    Ok(())
-                }),
-            },
-            &Budget::from_env(),
-        )
-        .assert_clean();
+        Target::new(name, seeds, dir.path().join(&case_name), move |_| {
+            use sae_onnx::compare::{self, CompareOptions, Run};
+            let run = Run::load(&folder).map_err(err_text)?;
+            let base = Run::load(base_dir).map_err(|e| format!("the intact base run: {e:#}"))?;
+            let runs = vec![base, run];
+            let options = CompareOptions {
+                resamples: 50,
+                seed: 1234,
+                alpha: 0.05,
+                tasks: Vec::new(),
+                metrics: Vec::new(),
+            };
+            let sweep = compare::sweep_values(&runs, Some(&[0.0, 8.0])).map_err(err_text)?;
+            compare::compare(&runs, &sweep.x, &options).map_err(err_text)?;
+            compare::sweep_figure(&runs, &sweep, &options).map_err(err_text)?;
+            Ok(())
+        })
+        .text()
+        .fuzz();
     }
 }
 
@@ -762,17 +656,12 @@ fn eval_cache() {
             "{{\"context\":{context},\"continuation\":{continuation},\"logprob\":{logprob},\"is_greedy\":{greedy}}}\n"
         ));
     }
-    harness::run(
-        &Target {
-            name: "eval_cache",
-            seeds: vec![seed.into_bytes()],
-            text: true,
-            hot: no_hot,
-            case_path: dir.path().join("fuzz-case.cache.jsonl"),
-            mutator: None,
-            run: Box::new(|path| cache::read(path, &key).map(drop).map_err(err_text)),
-        },
-        &Budget::from_env(),
+    Target::new(
+        "eval_cache",
+        vec![seed.into_bytes()],
+        dir.path().join("fuzz-case.cache.jsonl"),
+        |path| cache::read(path, &key).map(drop).map_err(err_text),
     )
-    .assert_clean();
+    .text()
+    .fuzz();
 }
