@@ -483,6 +483,9 @@ impl Cli {
     }
 
     pub fn run(&self) -> Result<()> {
+        // One Hub per command: every download it makes (model, tokenizer, SAE, dataset) draws
+        // its bar, or none, the same way.
+        let hub = || crate::hub::Hub::from_env().with_progress(self.show_progress());
         match &self.command {
             Command::Export(args) => {
                 let options = ExportOptions {
@@ -492,6 +495,7 @@ impl Cli {
                     kv_cache: args.kv_cache,
                     force: args.force,
                     progress: self.show_progress(),
+                    hub: hub(),
                 };
                 let report = export::export(&args.model, &args.output, &options)?;
                 let data = report.save.data_file.as_ref().map_or(0, |(_, n)| *n);
@@ -507,10 +511,11 @@ impl Cli {
                 );
                 Ok(())
             }
-            Command::Eval(args) => self.eval(args),
-            Command::Generate(args) => self.generate(args),
+            Command::Eval(args) => self.eval(args, hub()),
+            Command::Generate(args) => self.generate(args, hub()),
             Command::Patch(args) => {
-                let report = crate::steer::patch::patch_with(
+                let report = crate::steer::patch::patch_in(
+                    &hub(),
                     &crate::steer::patch::PatchOptions {
                         csv: args.csv.clone(),
                         output: args.output.clone(),
@@ -595,7 +600,7 @@ impl Cli {
         }
     }
 
-    fn eval(&self, args: &EvalArgs) -> Result<()> {
+    fn eval(&self, args: &EvalArgs, hub: crate::hub::Hub) -> Result<()> {
         use crate::eval::evaluator::{self, EvalOptions};
         use crate::eval::task::TaskIndex;
         if args.list_tasks {
@@ -642,6 +647,7 @@ impl Cli {
             max_length: args.max_length,
             progress: self.show_progress(),
             force: args.force,
+            hub,
         };
         if let Some(spec) = &args.sweep {
             let loaded = crate::onnx::Model::load(model)?;
@@ -736,7 +742,7 @@ impl Cli {
         Ok(())
     }
 
-    fn generate(&self, args: &GenerateArgs) -> Result<()> {
+    fn generate(&self, args: &GenerateArgs, hub: crate::hub::Hub) -> Result<()> {
         use std::io::Write;
 
         use crate::generate::{GenerateOptions, Generator};
@@ -760,6 +766,7 @@ impl Cli {
                 tf32: args.tf32,
             },
             tokenizer: args.tokenizer.clone(),
+            hub,
         };
         let mut steered = Generator::open(&args.model, &options)?;
         let mut base = match &args.compare {

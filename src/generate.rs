@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::contract::meta;
 use crate::contract::{past_name, present_name};
+use crate::hub::Hub;
 use crate::infer::lm::ScoringModel;
 use crate::onnx::Model;
 use crate::pycompat::random::PyRandom;
@@ -27,6 +28,8 @@ pub struct GenerateOptions {
     pub chat: bool,
     pub session: SessionOptions,
     pub tokenizer: Option<String>,
+    /// Where a hub tokenizer comes from (the command's one [`Hub`]).
+    pub hub: Hub,
 }
 
 impl Default for GenerateOptions {
@@ -41,6 +44,7 @@ impl Default for GenerateOptions {
             chat: false,
             session: SessionOptions::default(),
             tokenizer: None,
+            hub: Hub::from_env(),
         }
     }
 }
@@ -113,7 +117,7 @@ fn context_of(model: &Model, path: &Path) -> Result<usize> {
 impl Generator {
     pub fn open(path: &Path, options: &GenerateOptions) -> Result<Self> {
         let model = Model::load(path)?;
-        let tokenizer = Tokenizer::for_model(&model, options.tokenizer.as_deref())?;
+        let tokenizer = Tokenizer::for_model(&options.hub, &model, options.tokenizer.as_deref())?;
         let vocab = model
             .metadata(meta::VOCAB_SIZE)
             .and_then(|v| v.parse().ok())

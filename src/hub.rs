@@ -6,8 +6,12 @@
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use hf_hub::api::Progress;
 use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Cache, Repo, RepoType};
+use indicatif::ProgressBar;
+
+use crate::progress;
 
 /// Which kind of repository an id names (they live in different cache folders).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,13 +20,27 @@ pub enum RepoKind {
     Dataset,
 }
 
-/// Access to the Hub as the environment configures it.
-#[derive(Debug, Clone)]
+/// Access to the Hub as the environment configures it. A command builds one (`cli.rs`) and
+/// passes it down, so every download it makes draws the same way.
+#[derive(Clone)]
 pub struct Hub {
     pub cache_dir: PathBuf,
     pub offline: bool,
     pub token: Option<String>,
+    /// Draw a byte bar (size, throughput, ETA) on stderr for each download.
     pub progress: bool,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("cache_dir", &self.cache_dir)
+            .field("offline", &self.offline)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("progress", &self.progress)
+            .finish()
+    }
 }
 
 impl Hub {
@@ -47,6 +65,11 @@ impl Hub {
         }
     }
 
+    /// The same Hub, drawing download bars or not (`--quiet`, stderr not a terminal).
+    pub fn with_progress(self, progress: bool) -> Self {
+        Self { progress, ..self }
+    }
+
     /// The local path of `filename` in `repo` at `revision` (a branch, tag or commit hash),
     /// downloading it into the cache if needed and allowed.
     pub fn file(&self, repo_id: &str, kind: RepoKind, revision: &str, filename: &str) -> Result<PathBuf> {
@@ -68,11 +91,22 @@ impl Hub {
         }
         let api = ApiBuilder::from_cache(Cache::new(self.cache_dir.clone()))
             .with_token(self.token.clone())
-            .with_progress(self.progress)
+            .with_progress(false)
             .build()
             .context("cannot set up the Hugging Face Hub client")?;
         let repo = Repo::with_revision(repo_id.to_owned(), kind.repo_type(), revision.to_owned());
-        api.repo(repo).get(filename).map_err(|err| {
+        // As hf-hub's `get` (its cache, then the download), with our bar in place of its own.
+        let cached = Cache::new(self.cache_dir.clone())
+            .repo(repo.clone())
+            .get(filename);
+        let fetched = match cached {
+            Some(path) => Ok(path),
+            None => {
+                let bar = progress::bytes_bar(0, &bar_label(filename), self.progress);
+                api.repo(repo).download_with_progress(filename, DownloadBar(bar))
+            }
+        };
+        fetched.map_err(|err| {
             let text = err.to_string();
             let hint = if text.contains("401") || text.contains("403") {
                 " The repository is gated or private: accept its license on huggingface.co and set HF_TOKEN \
@@ -125,6 +159,35 @@ impl Hub {
     pub fn repo_dir(&self, repo_id: &str, kind: RepoKind) -> PathBuf {
         self.cache_dir
             .join(format!("{}--{}", kind.prefix(), repo_id.replace('/', "--")))
+    }
+}
+
+/// A download's bar, fed by hf-hub: `init` at the start of each attempt (a resumed one then
+/// reports the bytes already there through `update`), `update` per chunk, `finish` at the end.
+struct DownloadBar(ProgressBar);
+
+impl Progress for DownloadBar {
+    fn init(&mut self, size: usize, _filename: &str) {
+        self.0.set_length(size as u64);
+        self.0.set_position(0);
+    }
+
+    fn update(&mut self, size: usize) {
+        self.0.inc(size as u64);
+    }
+
+    fn finish(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// The bar's label: the file name, its last 30 characters when longer.
+fn bar_label(filename: &str) -> String {
+    let count = filename.chars().count();
+    if count > 30 {
+        format!("..{}", filename.chars().skip(count - 30).collect::<String>())
+    } else {
+        filename.to_owned()
     }
 }
 
@@ -245,6 +308,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("revision"), "{err}");
+    }
+
+    #[test]
+    fn download_bars_count_bytes_across_resumed_attempts() {
+        let mut bar = DownloadBar(progress::bytes_bar(0, "model.safetensors", false));
+        bar.init(1000, "model.safetensors");
+        bar.update(300);
+        // A retry resumes: init again, then the bytes already on disk.
+        bar.init(1000, "model.safetensors");
+        bar.update(300);
+        bar.update(700);
+        bar.finish();
+        assert_eq!(bar.0.length(), Some(1000));
+        assert_eq!(bar.0.position(), 1000);
+        assert_eq!(bar_label("config.json"), "config.json");
+        let long = format!("{}é.safetensors", "x".repeat(40));
+        let label = bar_label(&long);
+        assert!(
+            label.starts_with("..") && label.ends_with("é.safetensors"),
+            "{label}"
+        );
+        assert_eq!(label.chars().count(), 32);
     }
 
     #[test]

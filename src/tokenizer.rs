@@ -33,7 +33,7 @@ impl Tokenizer {
 
     /// `--tokenizer` (a tokenizer.json, a folder holding one, or a hub id) if given, else where
     /// the model's metadata says it came from.
-    pub fn for_model(model: &Model, explicit: Option<&str>) -> Result<Self> {
+    pub fn for_model(hub: &Hub, model: &Model, explicit: Option<&str>) -> Result<Self> {
         let source = match explicit {
             Some(s) => s.to_owned(),
             None => model.metadata(meta::TOKENIZER).map(str::to_owned).with_context(|| {
@@ -51,7 +51,7 @@ impl Tokenizer {
                 .metadata(meta::REVISION)
                 .filter(|_| explicit.is_none())
                 .unwrap_or("main");
-            Hub::from_env().file(&source, RepoKind::Model, revision, "tokenizer.json")?
+            hub.file(&source, RepoKind::Model, revision, "tokenizer.json")?
         } else {
             bail!("tokenizer '{source}' is neither a file, a folder nor a Hugging Face id");
         };

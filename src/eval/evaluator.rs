@@ -19,6 +19,7 @@ use super::task::{DocText, Entry, FEWSHOT_SEED, OutputType, Target, Task, TaskIn
 use crate::contract::{MAX_CONTEXT, meta};
 use crate::digest::hash_string;
 use crate::files::Inputs;
+use crate::hub::Hub;
 use crate::infer::lm::{Loglikelihood, ScoringModel, TokenRequest};
 use crate::onnx::Model;
 use crate::progress;
@@ -49,6 +50,8 @@ pub struct EvalOptions {
     pub progress: bool,
     /// Replace an existing `--output-path x.json`.
     pub force: bool,
+    /// Where hub tokenizers and datasets come from (the command's one [`Hub`]).
+    pub hub: Hub,
 }
 
 impl Default for EvalOptions {
@@ -68,6 +71,7 @@ impl Default for EvalOptions {
             max_length: None,
             progress: false,
             force: false,
+            hub: Hub::from_env(),
         }
     }
 }
@@ -341,7 +345,7 @@ fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
         bail!("limit {limit} is not a number of documents nor a fraction above 0");
     }
     let model = Model::load(model_path)?;
-    let tokenizer = Tokenizer::for_model(&model, options.tokenizer.as_deref())?;
+    let tokenizer = Tokenizer::for_model(&options.hub, &model, options.tokenizer.as_deref())?;
     check_vocab(&model, &tokenizer)?;
     let max_length = match (options.max_length, model.metadata(meta::MAX_POSITIONS)) {
         (Some(n), _) => n,
@@ -386,7 +390,8 @@ fn prepare(model_path: &Path, options: &EvalOptions) -> Result<Prepared> {
         let Some(Entry::Task { path, config }) = index.entries.get(name) else {
             bail!("'{name}' is not a task");
         };
-        let mut task = Task::load(
+        let mut task = Task::load_from(
+            &options.hub,
             name,
             path,
             config.clone(),
@@ -638,6 +643,7 @@ fn run_pass(
             let base = crate::generate::GenerateOptions {
                 session: options.session.clone(),
                 tokenizer: options.tokenizer.clone(),
+                hub: options.hub.clone(),
                 ..Default::default()
             };
             engines.generator = Some(crate::generate::Generator::open(model_path, &base)?);

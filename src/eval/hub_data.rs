@@ -14,6 +14,7 @@ const CONVERTED: &str = "refs/convert/parquet";
 
 /// Loads every split of `config` (lm-eval's `dataset_name`; `default` when absent) of `repo`.
 pub fn load_hub_dataset(
+    hub: &Hub,
     repo: &str,
     config: Option<&str>,
     kwargs: Option<&Map<String, Value>>,
@@ -22,11 +23,10 @@ pub fn load_hub_dataset(
         bail!("dataset_kwargs other than data_files are not supported for hub dataset '{repo}'");
     }
     let config = config.unwrap_or("default");
-    let hub = Hub::from_env();
     let mut last_error = None;
     for revision in ["main", CONVERTED] {
-        match parquet_files(&hub, repo, revision, config) {
-            Ok(files) if !files.is_empty() => return read_splits(&hub, repo, revision, &files),
+        match parquet_files(hub, repo, revision, config) {
+            Ok(files) if !files.is_empty() => return read_splits(hub, repo, revision, &files),
             Ok(_) => {}
             Err(err) => last_error = Some(err),
         }

@@ -13,6 +13,7 @@ use super::builtins;
 use super::data::{self, Dataset};
 use super::template;
 use crate::files;
+use crate::hub::Hub;
 use crate::pycompat::literal;
 use crate::pycompat::random::PyRandom;
 
@@ -564,8 +565,21 @@ enum Sampler {
 }
 
 impl Task {
-    /// Loads the task's data. `num_fewshot` overrides the YAML's; `seed` is the few-shot seed.
+    /// [`Task::load_from`] with the Hub the environment configures.
     pub fn load(
+        name: &str,
+        path: &Path,
+        config: Map<String, Value>,
+        num_fewshot: Option<usize>,
+        seed: u64,
+    ) -> Result<Self> {
+        Self::load_from(&Hub::from_env(), name, path, config, num_fewshot, seed)
+    }
+
+    /// Loads the task's data (a hub dataset through `hub`). `num_fewshot` overrides the YAML's;
+    /// `seed` is the few-shot seed.
+    pub fn load_from(
+        hub: &Hub,
         name: &str,
         path: &Path,
         config: Map<String, Value>,
@@ -606,7 +620,7 @@ impl Task {
                 ctx()
             ),
         };
-        let dataset = load_dataset(&config, path).with_context(ctx)?;
+        let dataset = load_dataset(hub, &config, path).with_context(ctx)?;
         let split = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_owned);
         let eval_split = split("test_split")
             .or_else(|| split("validation_split"))
@@ -996,7 +1010,7 @@ pub fn value_text(value: &Value) -> String {
     }
 }
 
-fn load_dataset(config: &Map<String, Value>, yaml_path: &Path) -> Result<Dataset> {
+fn load_dataset(hub: &Hub, config: &Map<String, Value>, yaml_path: &Path) -> Result<Dataset> {
     let path = config
         .get("dataset_path")
         .and_then(Value::as_str)
@@ -1007,6 +1021,7 @@ fn load_dataset(config: &Map<String, Value>, yaml_path: &Path) -> Result<Dataset
         ("json" | "csv" | "parquet", Some(files)) => data::load_local(path, files, yaml_dir),
         ("json" | "csv" | "parquet", None) => bail!("dataset_path '{path}' needs dataset_kwargs.data_files"),
         (repo, _) => super::hub_data::load_hub_dataset(
+            hub,
             repo,
             config.get("dataset_name").and_then(Value::as_str),
             kwargs,

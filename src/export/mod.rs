@@ -74,6 +74,8 @@ pub struct ExportOptions {
     /// Replace an existing output file.
     pub force: bool,
     pub progress: bool,
+    /// Where a hub id's files come from (the command's one [`Hub`]).
+    pub hub: Hub,
 }
 
 impl Default for ExportOptions {
@@ -85,6 +87,7 @@ impl Default for ExportOptions {
             kv_cache: false,
             force: false,
             progress: false,
+            hub: Hub::from_env(),
         }
     }
 }
@@ -123,7 +126,7 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     let mut inputs = crate::files::Inputs::new();
     crate::files::check_output(out, &inputs, options.force)?;
     crate::files::check_output(&data_out, &inputs, options.force)?;
-    let source = resolve_source(model, &options.revision)?;
+    let source = resolve_source(&options.hub, model, &options.revision)?;
     let config_path = source.dir.join("config.json");
     let (config, arch) = Config::load(&config_path)?;
     let ckpt = Checkpoint::open(&source.dir)?;
@@ -313,7 +316,7 @@ pub fn data_path_for(out: &Path) -> Result<PathBuf> {
 }
 
 /// A local folder as it is; a hub id through the Hugging Face cache (downloading what is missing).
-fn resolve_source(model: &str, revision: &str) -> Result<Source> {
+fn resolve_source(hub: &Hub, model: &str, revision: &str) -> Result<Source> {
     let path = Path::new(model);
     if path.is_dir() {
         let dir = path.canonicalize()?;
@@ -326,7 +329,6 @@ fn resolve_source(model: &str, revision: &str) -> Result<Source> {
     if !looks_like_repo_id(model) {
         bail!("'{model}' is neither a folder nor a Hugging Face model id (org/name)");
     }
-    let hub = Hub::from_env();
     let config = hub.file(model, RepoKind::Model, revision, "config.json")?;
     let dir = config.parent().context("cache path has a parent")?.to_path_buf();
     for optional in [

@@ -49,7 +49,13 @@ pub struct PatchExtras {
     pub force: bool,
 }
 
+/// [`patch_in`] with the Hub the environment configures (download bars as `options.progress`).
 pub fn patch_with(options: &PatchOptions, extras: &PatchExtras) -> Result<PatchReport> {
+    patch_in(&Hub::from_env().with_progress(options.progress), options, extras)
+}
+
+/// Patches, fetching hub SAEs and base models through `hub` (the command's one [`Hub`]).
+pub fn patch_in(hub: &Hub, options: &PatchOptions, extras: &PatchExtras) -> Result<PatchReport> {
     let start = Instant::now();
     let out = &options.output;
     let data_out = export::data_path_for(out)?;
@@ -75,14 +81,13 @@ pub fn patch_with(options: &PatchOptions, extras: &PatchExtras) -> Result<PatchR
         }
     }
     check(&inputs)?;
-    let base = base_model(&plan, options)?;
+    let base = base_model(hub, &plan, options)?;
     let mut model = Model::load(&base)?;
     inputs.add(&base);
     for location in model.external_locations()? {
         inputs.add(&crate::onnx::external::resolve(&model.dir, &location)?);
     }
-    let hub = Hub::from_env();
-    let (hooks, provenance) = splice::steering(&plan, &hub, extras.sweepable, &mut inputs)?;
+    let (hooks, provenance) = splice::steering(&plan, hub, extras.sweepable, &mut inputs)?;
     check(&inputs)?;
     let report = splice::splice(
         &mut model,
@@ -110,13 +115,13 @@ pub fn patch_with(options: &PatchOptions, extras: &PatchExtras) -> Result<PatchR
 }
 
 /// The .onnx file to patch.
-fn base_model(plan: &SteeringPlan, options: &PatchOptions) -> Result<PathBuf> {
+fn base_model(hub: &Hub, plan: &SteeringPlan, options: &PatchOptions) -> Result<PathBuf> {
     let source = match &options.model {
         Some(m) if m.ends_with(".onnx") => return Ok(PathBuf::from(m)),
         Some(m) => m.clone(),
         None => release_base_model(plan)?,
     };
-    exported_copy(&source, options.progress)
+    exported_copy(hub, &source, options.progress)
 }
 
 /// The folder's path and, for each file in it, name, size, modification time and inode: what
@@ -171,7 +176,7 @@ fn release_base_model(plan: &SteeringPlan) -> Result<String> {
 /// Exports `source` (hub id or folder) once into the cache and returns the .onnx path. The cache
 /// key is the checkpoint's identity, not only its name: a folder whose files changed since, or a
 /// hub id whose branch moved to another commit, gets a fresh export, never the stale one.
-fn exported_copy(source: &str, progress: bool) -> Result<PathBuf> {
+fn exported_copy(hub: &Hub, source: &str, progress: bool) -> Result<PathBuf> {
     let key: String = if Path::new(source).is_dir() {
         let abs = Path::new(source)
             .canonicalize()
@@ -181,7 +186,7 @@ fn exported_copy(source: &str, progress: bool) -> Result<PathBuf> {
             &crate::digest::hash_string(&folder_identity(&abs))[..16]
         )
     } else if looks_like_repo_id(source) {
-        let config = Hub::from_env().file(source, RepoKind::Model, "main", "config.json")?;
+        let config = hub.file(source, RepoKind::Model, "main", "config.json")?;
         let commit = config
             .parent()
             .and_then(Path::file_name)
@@ -207,6 +212,7 @@ fn exported_copy(source: &str, progress: bool) -> Result<PathBuf> {
         &path,
         &ExportOptions {
             progress,
+            hub: hub.clone(),
             ..Default::default()
         },
     )?;
