@@ -40,4 +40,6 @@ pub mod meta {
     pub const OPS: &str = "sae_onnx.ops";
     /// "1" on decoding graphs (`past_key_values.*` in, `present.*` out).
     pub const KV_CACHE: &str = "sae_onnx.kv_cache";
+    /// JSON list of the steering patches applied, oldest first (`patch` writes it).
+    pub const STEERING: &str = "sae_onnx.steering";
 }

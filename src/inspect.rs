@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::contract::meta;
+use crate::contract::meta::STEERING;
 use crate::hook::{HookPoint, Site};
 use crate::onnx::datafile::{DataRecord, RECORDS_KEY};
 use crate::onnx::external::{self, ExternalData};
@@ -15,7 +16,6 @@ use crate::onnx::pb::{GraphProto, ValueInfoProto, tensor_shape_proto::dimension,
 use crate::onnx::tensor::{dtype_name, for_each_tensor};
 use crate::onnx::{DataType, Model};
 use crate::steer::locate::locate;
-use crate::steer::splice::STEERING;
 
 #[derive(Debug, Serialize)]
 pub struct Report {

@@ -29,6 +29,7 @@ use super::locate::{HookSite, locate};
 use super::plan::{PlanField, SteerAction, SteeringPlan};
 use super::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
 use crate::contract::meta;
+use crate::contract::meta::STEERING;
 use crate::files::Inputs;
 use crate::hook::{HookPoint, Site};
 use crate::hub::Hub;
@@ -37,8 +38,6 @@ use crate::onnx::pb::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::onnx::{DataType, Model};
 use crate::sae::{LatentOutOfRange, NonFiniteLatent, Sae, SaeProvenance};
 
-/// Metadata key holding the JSON list of steering patches applied, oldest first.
-pub const STEERING: &str = "sae_onnx.steering";
 /// Node-name prefix of the nodes we splice (how `replace` and `inspect` find them). The node that
 /// adds the change to the hook is named `{NODE_PREFIX}{hook}` (maybe with a `_N` suffix); the nodes
 /// computing the change are named below it, `{NODE_PREFIX}{hook}/...`.
