@@ -30,9 +30,9 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::Ops;
 use super::builder::GraphBuilder;
 use super::config::{Activation, Arch, Config};
+use super::ops::Ops;
 use super::weights::{Checkpoint, PREFIXES};
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::onnx::DataType;
