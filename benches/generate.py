@@ -10,7 +10,7 @@ defaults to ${TMPDIR:-/tmp}/sae-onnx-bench, as in benches/run.sh). Default binar
 target/release/sae-onnx in this repository. Both tools run float32 on the CPU with eager attention semantics
 (transformers: attn_implementation="eager", which keeps Gemma 2's softcapping). Reported: median
 new tokens per second over the whole generate call (prompt prefill included), and the ratio.
-(Token equality with transformers is tested in tests/generate_greedy.rs.)
+(Token equality with transformers is tested in tests/it/generate_greedy.rs.)
 """
 import argparse
 import json

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, as CI runs it: fetch ONNX Runtime 1.31.1 if it is not there yet (the tests run
 # models in it), then `cargo test --release`, reporting every failing test binary rather than
-# stopping at the first. Extra arguments go to cargo test: `scripts/test.sh --test graph_edit`.
+# stopping at the first. Extra arguments go to cargo test: `scripts/test.sh --test it graph_edit`.
 #
 # Why --release: it tests the profile users run, and from a clean checkout on a 2-core machine it
 # builds and runs the suite in less time than the debug profile (whose dependencies and proc

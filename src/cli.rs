@@ -745,7 +745,7 @@ impl Cli {
     fn generate(&self, args: &GenerateArgs, hub: crate::hub::Hub) -> Result<()> {
         use std::io::Write;
 
-        use crate::generate::{GenerateOptions, Generator};
+        use crate::infer::generate::{GenerateOptions, Generator};
         let mut prompts = args.prompt.clone();
         if let Some(file) = &args.prompts {
             let text = crate::files::read_text(file, "prompts file", PROMPTS_MAX_BYTES)?;
@@ -864,7 +864,7 @@ const PROMPTS_MAX_BYTES: u64 = 64 << 20;
 
 /// Says when a generation ended at the model's context rather than at --max-new-tokens, which
 /// would otherwise look like a complete answer.
-fn note_context_stop(g: &crate::generate::Generation, context: usize) {
+fn note_context_stop(g: &crate::infer::generate::Generation, context: usize) {
     if g.finish == "context" {
         eprintln!(
             "[stopped after {} new tokens: the model's context of {context} tokens (max_position_embeddings) is full]",

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Checks the task YAMLs of this folder against lm-evaluation-harness 0.4.13 itself, and writes
-tests/fixtures/tasks_golden.json, which tests/eval_tasks.rs replays against sae-onnx.
+tests/fixtures/tasks_golden.json, which tests/it/eval_tasks.rs replays against sae-onnx.
 
 Usage (from anywhere; needs the lm-eval 0.4.13 venv described in tests/fixtures/requirements.txt):
 

@@ -188,7 +188,7 @@ struct Prepared {
 #[derive(Default)]
 struct Engines {
     scorer: Option<ScoringModel>,
-    generator: Option<crate::generate::Generator>,
+    generator: Option<crate::infer::generate::Generator>,
 }
 
 /// One evaluation of the prepared requests: the graph inputs to feed (a sweep's coefficient),
@@ -640,13 +640,13 @@ fn run_pass(
         .any(|(t, _)| t.output_type == OutputType::GenerateUntil)
     {
         if engines.generator.is_none() {
-            let base = crate::generate::GenerateOptions {
+            let base = crate::infer::generate::GenerateOptions {
                 session: options.session.clone(),
                 tokenizer: options.tokenizer.clone(),
                 hub: options.hub.clone(),
                 ..Default::default()
             };
-            engines.generator = Some(crate::generate::Generator::open(model_path, &base)?);
+            engines.generator = Some(crate::infer::generate::Generator::open(model_path, &base)?);
         }
         let generator = engines.generator.as_mut().expect("opened above");
         generator.set_feeds(pass.feeds.clone());
@@ -1178,7 +1178,7 @@ fn disjoint(input: &[u32], predicted: &[u32]) -> TokenRequest {
 /// string, the decoded text cut before the first `until` string.
 #[allow(clippy::too_many_arguments)]
 fn generate_all(
-    generator: &mut crate::generate::Generator,
+    generator: &mut crate::infer::generate::Generator,
     options: &EvalOptions,
     tasks: &[(Task, Vec<DocWork>)],
     tokenizer: &Tokenizer,
@@ -1186,7 +1186,7 @@ fn generate_all(
     max_length: usize,
     out: &mut HashMap<(String, usize), String>,
 ) -> Result<()> {
-    use crate::generate::GenerateOptions;
+    use crate::infer::generate::GenerateOptions;
     let base = GenerateOptions {
         session: options.session.clone(),
         tokenizer: options.tokenizer.clone(),

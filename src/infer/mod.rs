@@ -1,6 +1,8 @@
-//! Inference on ONNX Runtime below the commands: the scoring-graph rewrite ([`scoring`]) and
-//! loglikelihoods with lm-eval's semantics ([`lm`]), used by `eval` and by `generate` on graphs
+//! Inference on ONNX Runtime below the commands: the scoring-graph rewrite ([`scoring`]),
+//! loglikelihoods with lm-eval's semantics ([`lm`]), and the text generator ([`generate`]: the
+//! `generate` command, and `eval`'s generate_until tasks), which scores with [`lm`] on graphs
 //! without a KV cache.
 
+pub mod generate;
 pub mod lm;
 pub mod scoring;

@@ -4,7 +4,7 @@
 //! patches take their coefficients as overridable inputs; bad actions and thresholds are reported
 //! with file:line:column.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

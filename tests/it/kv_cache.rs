@@ -2,7 +2,7 @@
 //! call reproduces transformers' full-sequence logits at every step, past the sliding window; and
 //! `generate` gives the same tokens from the decoding graph and from the full graph.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The scoring rewrite (LM head at scored positions, in-graph log-softmax and gather) against
 //! log-probabilities computed from transformers' golden logits.
 
-mod common;
+use crate::common;
 
 use sae_onnx::eval::lm::{ScoringModel, TokenRequest};
 use sae_onnx::export::{self, ExportOptions};

@@ -2,7 +2,7 @@
 //! by the Python `onnx` package (also run in ONNX Runtime against onnxruntime's own output), and bad
 //! input giving an `error:` line instead of a panic.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

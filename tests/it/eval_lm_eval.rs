@@ -2,7 +2,7 @@
 //! every request's tokens and loglikelihood, the metrics, the results JSON keys and the samples
 //! (tests/fixtures/lm_eval/make_goldens.py made the goldens on the same tiny models).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

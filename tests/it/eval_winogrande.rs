@@ -3,7 +3,7 @@
 //! 0.4.13 itself: tests/fixtures/lm_eval_winogrande/make_golden.py ran lm-eval's winogrande YAML and
 //! its own preprocess_winogrande.py on local documents, 0-shot and 2-shot, on the tiny Gemma 2.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -124,17 +124,13 @@ fn bundled_winogrande_is_lm_evals_yaml() {
     assert_eq!(bundled, fixture);
 }
 
-/// Lays the fixture's parquet files out as a Hugging Face cache of allenai/winogrande
-/// (`winogrande_xl/<split>-00000-of-00001.parquet` on `main`) and points this process at it,
-/// offline. Only the test below reads the hub.
+/// Lays the fixture's parquet files out in this process's Hugging Face cache as allenai/winogrande
+/// (`winogrande_xl/<split>-00000-of-00001.parquet` on `main`; `common::fake_hub_cache`, offline).
+/// Only the test below reads the hub.
 fn fake_hub() {
-    static HUB: OnceLock<PathBuf> = OnceLock::new();
+    static HUB: OnceLock<()> = OnceLock::new();
     HUB.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix("sae-onnx-winogrande-hub")
-            .tempdir()
-            .unwrap()
-            .keep();
+        let root = common::fake_hub_cache();
         let repo = root.join("datasets--allenai--winogrande");
         let commit = "1111111111111111111111111111111111111111";
         std::fs::create_dir_all(repo.join("refs")).unwrap();
@@ -149,12 +145,6 @@ fn fake_hub() {
             )
             .unwrap();
         }
-        // SAFETY: set once, before this binary's only hub reader runs.
-        unsafe {
-            std::env::set_var("HF_HUB_CACHE", &root);
-            std::env::set_var("HF_HUB_OFFLINE", "1");
-        }
-        root
     });
 }
 

@@ -3,7 +3,7 @@
 //! `steered` model gave at those coefficients (tests/fixtures/compare/make_golden.py ran it:
 //! lm_eval/{base,coef8,coef32}): every choice's loglikelihood, every rolling perplexity, the metrics.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

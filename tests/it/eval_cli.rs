@@ -2,7 +2,7 @@
 //! cache (offline), resuming from `--cache`, and the errors a user meets (bad task file, missing
 //! column, tokenizer that does not fit the model, NaN logits).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,7 +1,7 @@
 //! Exporting a Hugging Face id through the real hf-hub cache code: a cache folder laid out as
 //! huggingface_hub writes it (`models--org--name/refs/main`, `snapshots/<commit>/`), offline.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -8,6 +8,8 @@
 //! are laid out as a Hugging Face cache, every task is loaded from `tasks/` through
 //! `Task::load` (the hub loader, offline), and sae-onnx must build the same requests.
 
+use crate::common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -54,18 +56,13 @@ fn decode_base64(text: &str) -> Vec<u8> {
     out
 }
 
-/// Lays the golden datasets out as a Hugging Face cache (`datasets--org--name/refs/<revision>`,
-/// `snapshots/<commit>/<file>`) once per process, and points this process at it, offline.
-/// Environment variables are process-wide: every test of this file goes through here first, and
-/// no test here reads them otherwise.
+/// Lays the golden datasets out in this process's Hugging Face cache (`datasets--org--name/refs/<revision>`,
+/// `snapshots/<commit>/<file>`; `common::fake_hub_cache`, offline) once per process. Every test
+/// of this file goes through here first, and no test here reads the environment otherwise.
 fn fake_hub() -> &'static Path {
-    static HUB: OnceLock<PathBuf> = OnceLock::new();
+    static HUB: OnceLock<&'static Path> = OnceLock::new();
     HUB.get_or_init(|| {
-        let root = tempfile::Builder::new()
-            .prefix("sae-onnx-tasks-hub")
-            .tempdir()
-            .unwrap()
-            .keep();
+        let root = common::fake_hub_cache();
         for dataset in golden()["datasets"].as_array().unwrap() {
             let repo = dataset["path"].as_str().unwrap();
             let repo_dir = root.join(format!("datasets--{}", repo.replace('/', "--")));
@@ -86,11 +83,6 @@ fn fake_hub() -> &'static Path {
                 std::fs::create_dir_all(file.parent().unwrap()).unwrap();
                 std::fs::write(&file, decode_base64(split["parquet_base64"].as_str().unwrap())).unwrap();
             }
-        }
-        // SAFETY: set once, before any test of this binary reads the environment through Hub.
-        unsafe {
-            std::env::set_var("HF_HUB_CACHE", &root);
-            std::env::set_var("HF_HUB_OFFLINE", "1");
         }
         root
     })

@@ -1,7 +1,7 @@
 //! Saving and loading models: inline and external data round trips, ONNX Runtime executing what we
 //! wrote, sharing/linking data files, atomic writes, and bad files giving errors instead of panics.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

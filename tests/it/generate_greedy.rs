@@ -3,7 +3,7 @@
 //! the sliding window and past it; and steered (a vector added at blocks.1.hook_resid_post by a
 //! forward hook there, by `patch` here) on the decoding graph.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

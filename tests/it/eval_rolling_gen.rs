@@ -2,7 +2,7 @@
 //! (tests/fixtures/lm_eval_gen/make_goldens_gen.py): rolling windows token for token, per-document
 //! loglikelihoods, perplexities and samples; generations, filters and exact_match.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,10 +1,10 @@
 //! Helpers shared by the integration tests: a small hand-built model and running models in ONNX Runtime.
-#![allow(dead_code)] // each test binary uses a different subset
 
 pub mod golden;
 pub mod lm_eval;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use ort::value::Tensor;
 use sae_onnx::onnx::DataType;
@@ -134,4 +134,25 @@ pub fn write_vector_sae(dir: &Path, vector: &[f32]) -> std::path::PathBuf {
     ];
     safetensors::serialize_to_file(tensors, None, &sae.join("sae_weights.safetensors")).unwrap();
     sae
+}
+
+/// The Hugging Face cache this process reads, offline: an empty folder made once, that
+/// `HF_HUB_CACHE` and `HF_HUB_OFFLINE=1` point at. The tests that read datasets from the hub lay
+/// their repositories out in it (each under its own `datasets--org--name`, so they do not meet);
+/// environment variables are process-wide, so there is one such folder for the whole binary.
+pub fn fake_hub_cache() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let root = tempfile::Builder::new()
+            .prefix("sae-onnx-fake-hub")
+            .tempdir()
+            .unwrap()
+            .keep();
+        // SAFETY: set once per process, before any test that reads the environment through Hub.
+        unsafe {
+            std::env::set_var("HF_HUB_CACHE", &root);
+            std::env::set_var("HF_HUB_OFFLINE", "1");
+        }
+        root
+    })
 }

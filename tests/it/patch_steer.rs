@@ -3,7 +3,7 @@
 //! resid_post row, two summed rows, an mlp_out row and an attn.hook_z row, in both CSV formats;
 //! on our export and on foreign exports (torch.onnx, onnxruntime-genai) of the same model.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

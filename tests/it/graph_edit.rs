@@ -2,7 +2,7 @@
 //! rewiring uses, splicing nodes after a tensor and running the result in ONNX Runtime, topological
 //! sorting, removing dead nodes, and fresh names.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -2,7 +2,7 @@
 //! character: every `table.txt` that lm-eval 0.4.13 printed for the goldens under tests/fixtures
 //! (its first line, the model arguments, aside) against our rendering of the same results JSON.
 
-mod common;
+use crate::common;
 
 use serde_json::Value;
 

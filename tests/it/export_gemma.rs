@@ -3,7 +3,7 @@
 //! ONNX Runtime, in both operator profiles (`--ops portable` and `--ops ort`) at the same
 //! tolerances. Also shows the comparison catches a wrong model (no softcapping).
 
-mod common;
+use crate::common;
 
 use common::golden::{Golden, compare};
 

@@ -1,0 +1,37 @@
+//! The integration tests, one binary with a module per area (as ripgrep does): one link of the
+//! library and its dependencies instead of one per file. Run one area with
+//! `cargo test --release --test it patch_trust`; `tests/fuzz/` is a binary of its own (it
+//! installs a global allocator). Tests run from the package root, so fixture paths are relative
+//! to it. Environment variables are process-wide: the tests that read the hub share one fake
+//! cache (`common::fake_hub_cache`).
+
+mod common;
+
+mod compare;
+mod compare_trust;
+mod eval_cli;
+mod eval_lm_eval;
+mod eval_rolling_gen;
+mod eval_sweep;
+mod eval_table;
+mod eval_tasks;
+mod eval_trust;
+mod eval_winogrande;
+mod export_gemma;
+mod export_hub;
+mod export_trust;
+mod generate_greedy;
+mod generate_trust;
+mod graph_edit;
+mod inspect_cli;
+mod kv_cache;
+mod model_io;
+mod model_pairs;
+mod patch_steer;
+mod patch_trust;
+mod sae_loaders;
+mod scoring;
+mod steer_actions;
+mod steer_plan;
+mod task_index_trust;
+mod tasks_installed;
