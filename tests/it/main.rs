@@ -4,6 +4,10 @@
 //! installs a global allocator). Tests run from the package root, so fixture paths are relative
 //! to it. Environment variables are process-wide: the tests that read the hub share one fake
 //! cache (`common::fake_hub_cache`).
+//!
+//! Why one binary: on a 2-core machine, once the library is built, the 28 binaries this replaced
+//! took 52-106 s to build and 57 s to run one after another; this one builds in 22-33 s and runs
+//! in 25-30 s.
 
 mod common;
 
