@@ -14,9 +14,6 @@ pub mod export;
 pub mod inspect;
 pub mod steer;
 
-// Transitional: the integration tests still name `generate` (see `crate::infer::generate`).
-pub use infer::generate;
-
 // Inference and model I/O.
 pub mod infer;
 pub mod kv_cache;

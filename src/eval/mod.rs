@@ -13,6 +13,3 @@ pub mod sweep;
 pub mod table;
 pub mod task;
 pub mod template;
-
-// Transitional: the integration tests still name `eval::lm` (see `crate::infer::lm`).
-pub use crate::infer::lm;

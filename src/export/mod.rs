@@ -16,16 +16,13 @@ use self::builder::{GraphBuilder, WeightSink, data_tempfile};
 use self::config::{Arch, Config};
 use self::gemma::{GemmaGraph, LAYER_HOOKS, hook_name};
 use self::weights::Checkpoint;
-use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
+use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, meta, past_name, present_name};
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
 use crate::onnx::make::{Dim, make_graph, make_model, make_opsetid, make_tensor_value_info};
 use crate::onnx::{DataType, ExternalDataPolicy, MS_DOMAIN, Model, OPSET, SaveOptions, SaveReport};
 use crate::progress;
 
 pub use self::ops::Ops;
-
-// Transitional: the integration tests still name `export::meta` (see `crate::contract::meta`).
-pub use crate::contract::meta;
 
 #[derive(Debug, Clone)]
 pub struct ExportOptions {

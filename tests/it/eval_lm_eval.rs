@@ -39,7 +39,7 @@ fn check_model_run(
     num_fewshot: usize,
     seed: u64,
     samples_tasks: &[&str],
-) -> sae_onnx::eval::lm::ScoringStats {
+) -> sae_onnx::infer::lm::ScoringStats {
     let model = model.to_path_buf();
     let output = tmp.join("out");
     let options = EvalOptions {

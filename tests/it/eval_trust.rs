@@ -219,7 +219,7 @@ fn nonsense_is_an_error_naming_what_to_fix_never_a_panic_or_a_score() {
     }
 
     let mut model = sae_onnx::onnx::Model::load(&base).unwrap();
-    model.set_metadata(sae_onnx::export::meta::MAX_POSITIONS, "0");
+    model.set_metadata(sae_onnx::contract::meta::MAX_POSITIONS, "0");
     let zero = tmp.path().join("zero_context.onnx");
     model
         .save(&zero, &sae_onnx::onnx::SaveOptions::default())

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use common::golden::Golden;
 use sae_onnx::export::{self, ExportOptions};
-use sae_onnx::generate::{GenerateOptions, Generator};
+use sae_onnx::infer::generate::{GenerateOptions, Generator};
 use sae_onnx::steer::patch::{PatchOptions, patch};
 
 const EOS: i64 = 1;

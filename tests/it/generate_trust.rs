@@ -8,8 +8,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sae_onnx::export::{self, ExportOptions, meta};
-use sae_onnx::generate::{GenerateOptions, Generator};
+use sae_onnx::contract::meta;
+use sae_onnx::export::{self, ExportOptions};
+use sae_onnx::infer::generate::{GenerateOptions, Generator};
 use sae_onnx::onnx::{Model, SaveOptions};
 
 const DEMO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-gemma2");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::golden::Golden;
 use ort::value::{DynValue, Tensor};
 use sae_onnx::export::{self, ExportOptions};
-use sae_onnx::generate::{GenerateOptions, Generator};
+use sae_onnx::infer::generate::{GenerateOptions, Generator};
 use sae_onnx::runtime::{self, SessionOptions};
 
 fn export(arch: &str, dir: &Path, kv_cache: bool) -> PathBuf {

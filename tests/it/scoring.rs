@@ -3,8 +3,8 @@
 
 use crate::common;
 
-use sae_onnx::eval::lm::{ScoringModel, TokenRequest};
 use sae_onnx::export::{self, ExportOptions};
+use sae_onnx::infer::lm::{ScoringModel, TokenRequest};
 use sae_onnx::runtime::SessionOptions;
 use safetensors::SafeTensors;
 
