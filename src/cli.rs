@@ -651,7 +651,7 @@ impl Cli {
         };
         if let Some(spec) = &args.sweep {
             let loaded = crate::onnx::Model::load(model)?;
-            let inputs = crate::steer::coefficient_inputs(&loaded.proto)?;
+            let inputs = crate::contract::sweep::coefficient_inputs(&loaded.proto)?;
             let input = spec.resolve(&inputs)?.clone();
             drop(loaded);
             let points = evaluator::evaluate_sweep(model, &options, &input, &spec.values)?;

@@ -286,7 +286,7 @@ pub struct SweepPoint {
 pub fn evaluate_sweep(
     model_path: &Path,
     options: &EvalOptions,
-    input: &crate::steer::CoefficientInput,
+    input: &crate::contract::sweep::CoefficientInput,
     values: &[f64],
 ) -> Result<Vec<SweepPoint>> {
     let prepared = prepare(model_path, options)?;

@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use super::evaluator::SweepPoint;
-use crate::steer::CoefficientInput;
+use crate::contract::sweep::CoefficientInput;
 
 /// `0,60,120` (the model's only coefficient input) or `steer.coeff.1=0,60,120`.
 #[derive(Debug, Clone, PartialEq)]

@@ -42,7 +42,7 @@ pub fn patch(options: &PatchOptions) -> Result<PatchReport> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PatchExtras {
     /// Each row's coefficient becomes an overridable graph input `steer.coeff.<k>` (see
-    /// [`super::sweep`]).
+    /// [`crate::contract::sweep`]).
     pub sweepable: bool,
     /// Replace an existing output file (never an input of the patch, nor anything that is not a
     /// regular file).

@@ -17,7 +17,7 @@
 //!
 //! A sweepable patch turns each row's coefficient into a scalar graph input `steer.coeff.<k>` that
 //! is also an initializer holding the plan's value, so ONNX Runtime uses the plan's value unless the
-//! caller feeds another (see [`super::sweep`]).
+//! caller feeds another (see [`crate::contract::sweep`]).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -27,9 +27,9 @@ use serde_json::{Value, json};
 
 use super::locate::{HookSite, locate};
 use super::plan::{PlanField, SteerAction, SteeringPlan};
-use super::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
 use crate::contract::meta;
 use crate::contract::meta::STEERING;
+use crate::contract::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
 use crate::files::Inputs;
 use crate::hook::{HookPoint, Site};
 use crate::hub::Hub;

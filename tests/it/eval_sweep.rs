@@ -114,7 +114,7 @@ fn a_sweep_equals_lm_eval_steered_at_each_coefficient() {
     let tmp = tempfile::tempdir().unwrap();
     let model = sweepable_steered_model(tmp.path());
     let loaded = sae_onnx::onnx::Model::load(&model).unwrap();
-    let inputs = sae_onnx::steer::coefficient_inputs(&loaded.proto).unwrap();
+    let inputs = sae_onnx::contract::sweep::coefficient_inputs(&loaded.proto).unwrap();
     let spec: SweepSpec = "0,8,32".parse().unwrap();
     let input = spec.resolve(&inputs).unwrap().clone();
     assert_eq!(input.input, "steer.coeff.0");
@@ -176,7 +176,7 @@ fn sweeping_needs_a_sweepable_model_and_names_the_input_when_there_are_several()
     let tmp = tempfile::tempdir().unwrap();
     let model = sweepable_steered_model(tmp.path());
     let loaded = sae_onnx::onnx::Model::load(&model).unwrap();
-    let mut inputs = sae_onnx::steer::coefficient_inputs(&loaded.proto).unwrap();
+    let mut inputs = sae_onnx::contract::sweep::coefficient_inputs(&loaded.proto).unwrap();
     let mut second = inputs[0].clone();
     second.input = "steer.coeff.1".into();
     inputs.push(second);

@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use common::golden::Golden;
 use ort::session::SessionInputValue;
 use ort::value::Tensor;
+use sae_onnx::contract::sweep::coefficient_inputs;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::onnx::{DataType, Model};
 use sae_onnx::runtime::{self, SessionOptions};
 use sae_onnx::steer::patch::{PatchExtras, PatchOptions, patch_with};
-use sae_onnx::steer::{SteerAction, SteeringPlan, coefficient_inputs};
+use sae_onnx::steer::{SteerAction, SteeringPlan};
 
 const TOLERANCE: f32 = 1e-4;
 /// The goldens keep every STRIDE-th vocabulary entry of the logits.

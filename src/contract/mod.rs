@@ -1,6 +1,10 @@
 //! What our graphs promise every consumer: the graph's input and output names, the decoding
 //! graph's cache tensor names, the metadata keys, and the context lengths a consumer accepts.
 //! The exporter writes them; kv_cache, scoring, generate, eval, patch and inspect read them.
+//! [`sweep`]: the coefficient inputs of a `--sweepable` patch (`patch` writes them, `eval
+//! --sweep` feeds them).
+
+pub mod sweep;
 
 /// Graph input and output names.
 pub const INPUT_IDS: &str = "input_ids";
