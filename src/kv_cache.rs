@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, bail};
 use ort::value::{DynValue, Tensor};
 
-use crate::contract::past_name;
+use crate::contract::{INPUT_IDS, past_name};
 use crate::onnx::make::{make_node, make_tensor_i64};
 use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto};
 use crate::onnx::{DataType, Model};
@@ -92,7 +92,7 @@ pub fn broadcast_cache_inputs(model: &mut Model, layout: &CacheLayout) -> Result
     let ids_shape = name("ids_shape");
     let batch = name("batch");
     let nodes = vec![
-        make_node("Shape", &["input_ids"], &[&ids_shape], name("Shape")),
+        make_node("Shape", &[INPUT_IDS], &[&ids_shape], name("Shape")),
         make_node(
             "Slice",
             &[&ids_shape, &name("zero"), &name("one")],

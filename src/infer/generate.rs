@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use crate::contract::meta;
-use crate::contract::{past_name, present_name};
+use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::hub::Hub;
 use crate::infer::lm::ScoringModel;
 use crate::onnx::Model;
@@ -386,8 +386,8 @@ impl KvCache {
         let total = mask[0].len();
         let mask: Vec<i64> = mask.iter().flatten().copied().collect();
         let mut binding = self.session.create_binding()?;
-        binding.bind_input("input_ids", &Tensor::from_array(([batch, width], ids))?)?;
-        binding.bind_input("attention_mask", &Tensor::from_array(([batch, total], mask))?)?;
+        binding.bind_input(INPUT_IDS, &Tensor::from_array(([batch, width], ids))?)?;
+        binding.bind_input(ATTENTION_MASK, &Tensor::from_array(([batch, total], mask))?)?;
         let mut past = past.into_iter();
         for layer in 0..self.layout.layers {
             for kind in ["key", "value"] {
@@ -399,12 +399,12 @@ impl KvCache {
         for feed in &self.feeds {
             binding.bind_input(feed.name.as_str(), &feed.tensor()?)?;
         }
-        binding.bind_output_to_device("logits", &crate::runtime::memory_info(Device::Cpu)?)?;
+        binding.bind_output_to_device(LOGITS, &crate::runtime::memory_info(Device::Cpu)?)?;
         let mut outputs = self
             .session
             .run_binding(&binding)
             .context("running a decoding step")?;
-        let (shape, logits) = outputs["logits"].try_extract_tensor::<f32>()?;
+        let (shape, logits) = outputs[LOGITS].try_extract_tensor::<f32>()?;
         let vocab = usize::try_from(*shape.last().context("logits have no vocabulary axis")?).unwrap_or(0);
         if vocab == 0 || logits.len() != batch * width * vocab {
             bail!(

@@ -17,7 +17,7 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
-use crate::contract::{past_name, present_name};
+use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::kv_cache::CacheLayout;
 use crate::onnx::Model;
 use crate::runtime::{self, ScalarFeed, SessionOptions};
@@ -95,7 +95,7 @@ impl ScoringModel {
             crate::kv_cache::broadcast_cache_inputs(&mut model, layout)
                 .with_context(|| format!("preparing '{}' for shared prefixes", path.display()))?;
         }
-        scoring::add_scoring_head(&mut model, "logits")
+        scoring::add_scoring_head(&mut model, LOGITS)
             .with_context(|| format!("preparing '{}' for scoring", path.display()))?;
         let session = runtime::session_from_model(&model, options)?;
         Ok(Self {
@@ -235,8 +235,8 @@ impl ScoringModel {
         let n = prefix.len();
         let ids: Vec<i64> = prefix.iter().map(|&t| i64::from(t)).collect();
         let mut binding = self.session.create_binding()?;
-        binding.bind_input("input_ids", &Tensor::from_array(([1, n], ids))?)?;
-        binding.bind_input("attention_mask", &Tensor::from_array(([1, n], vec![1i64; n]))?)?;
+        binding.bind_input(INPUT_IDS, &Tensor::from_array(([1, n], ids))?)?;
+        binding.bind_input(ATTENTION_MASK, &Tensor::from_array(([1, n], vec![1i64; n]))?)?;
         binding.bind_input(POSITIONS, &Tensor::from_array(([1, 1], vec![0i64]))?)?;
         binding.bind_input(TARGETS, &Tensor::from_array(([1, 1, 1], vec![0i64]))?)?;
         for (k, value) in layout.empty(1)?.iter().enumerate() {
@@ -345,8 +345,8 @@ impl ScoringModel {
             .flat_map(|row| std::iter::repeat_n(1, skip).chain(row.iter().copied()))
             .collect();
         let mut inputs = ort::inputs![
-            "input_ids" => Tensor::from_array(([batch, seq], ids))?,
-            "attention_mask" => Tensor::from_array(([batch, skip + seq], mask))?,
+            INPUT_IDS => Tensor::from_array(([batch, seq], ids))?,
+            ATTENTION_MASK => Tensor::from_array(([batch, skip + seq], mask))?,
             POSITIONS => Tensor::from_array(([batch, k], positions))?,
             TARGETS => Tensor::from_array(([batch, k, c], targets))?,
         ];
