@@ -186,7 +186,9 @@ fn folder_name(dir: &Path) -> String {
     }
 }
 
-fn host_name() -> String {
+/// This host's name as temporary file names carry it (characters other than ASCII letters,
+/// digits and `-` become `_`).
+pub fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most buf.len() bytes into buf.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };

@@ -2,6 +2,7 @@
 //! (scipy's binomtest, a bootstrap on Python's `random`) on real lm-eval output; the refusal of
 //! runs that scored different documents; the sweep's x values; and the PNG `--plot` writes.
 
+use crate::common::file_starting;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -61,14 +62,6 @@ fn copy_run(name: &str, to: &Path) -> PathBuf {
         fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
     }
     dst
-}
-
-fn file_starting(dir: &Path, prefix: &str) -> PathBuf {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
-        .unwrap_or_else(|| panic!("no {prefix}* in {}", dir.display()))
 }
 
 fn edit_results(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, Value>)) {

@@ -3,6 +3,7 @@
 //! non-finite `--x-values`; x values whose range overflows f64; a `--metric` or `--task` that no
 //! run has.
 
+use crate::common::file_starting;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,14 +29,6 @@ fn copy_run(name: &str, to: &Path) -> PathBuf {
         fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
     }
     dst
-}
-
-fn file_starting(dir: &Path, prefix: &str) -> PathBuf {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
-        .unwrap()
 }
 
 /// Runs `compare` with a time limit (a hang fails the test instead of stalling it); returns

@@ -5,6 +5,7 @@
 //! index cannot make it read files outside the checkpoint, while Hugging Face cache snapshots
 //! (symlinks into `../../blobs`) still export. Every case runs the real binary on the demo model.
 
+use crate::common::{failed, succeeded};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -52,21 +53,6 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
         .iter()
         .map(|f| (dir.join(f), std::fs::read(dir.join(f)).unwrap()))
         .collect()
-}
-
-/// The run failed cleanly: non-zero exit, no panic, and `wanted` in the message.
-fn failed(run: &Output, wanted: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-    assert!(!run.status.success(), "expected a failure, got success: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for w in wanted {
-        assert!(stderr.contains(w), "'{w}' missing from: {stderr}");
-    }
-    stderr
-}
-
-fn succeeded(run: &Output) {
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
 #[test]

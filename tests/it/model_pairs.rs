@@ -221,25 +221,6 @@ fn a_data_file_without_our_trailer_is_recorded_by_size() {
     );
 }
 
-/// The sanitized host name that `files::temp_file` puts in temporary names.
-fn host() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: gethostname writes at most buf.len() bytes into buf.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    assert_eq!(rc, 0);
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end])
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn temporary_files_of_a_killed_export_are_gone_after_the_next_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -248,7 +229,7 @@ fn temporary_files_of_a_killed_export_are_gone_after_the_next_run() {
     let pid = child.id();
     child.kill().unwrap();
     child.wait().unwrap();
-    let host = host();
+    let host = sae_onnx::files::host_name();
     let leftovers = [
         dir.path().join(format!(".a.onnx.data.{pid}@{host}.Xy12ab.tmp")),
         dir.path().join(format!(".a.onnx.{pid}@{host}.Qz34cd.tmp")),

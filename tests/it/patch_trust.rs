@@ -5,6 +5,7 @@
 //! not leave the SAE folder or the Hugging Face snapshot, and names the plan's line in errors
 //! without echoing control characters. Every case runs the real binary on the demo model.
 
+use crate::common::{failed, succeeded};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -96,21 +97,6 @@ fn snapshot(paths: &[PathBuf]) -> BTreeMap<PathBuf, Vec<u8>> {
         .iter()
         .map(|p| (p.clone(), std::fs::read(p).unwrap()))
         .collect()
-}
-
-/// The run failed cleanly: non-zero exit, no panic, and `wanted` in the message.
-fn failed(run: &Output, wanted: &[&str]) -> String {
-    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-    assert!(!run.status.success(), "expected a failure, got success: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    for w in wanted {
-        assert!(stderr.contains(w), "'{w}' missing from: {stderr}");
-    }
-    stderr
-}
-
-fn succeeded(run: &Output) {
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
 }
 
 #[test]

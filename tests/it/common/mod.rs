@@ -156,3 +156,27 @@ pub fn fake_hub_cache() -> &'static Path {
         root
     })
 }
+
+/// The run failed cleanly: non-zero exit, no panic, and `wanted` in the message; its stderr.
+pub fn failed(run: &std::process::Output, wanted: &[&str]) -> String {
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(!run.status.success(), "expected a failure, got success: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for w in wanted {
+        assert!(stderr.contains(w), "'{w}' missing from: {stderr}");
+    }
+    stderr
+}
+
+pub fn succeeded(run: &std::process::Output) {
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
+/// The file in `dir` whose name starts with `prefix` (results_..., samples_...).
+pub fn file_starting(dir: &Path, prefix: &str) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix}* in {}", dir.display()))
+}
