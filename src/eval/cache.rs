@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::files::{self, Inputs};
 use crate::infer::lm::{Loglikelihood, TokenRequest};
@@ -83,23 +82,6 @@ fn short(value: &Value) -> String {
         other => other.to_string(),
     };
     files::printable(&text, 200)
-}
-
-/// The sha256 of a file's bytes (hex), read in blocks.
-pub fn sha256_file(path: &Path, what: &str) -> Result<String> {
-    let mut file = File::open(path).with_context(|| format!("cannot read {what} '{}'", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut buf)
-            .with_context(|| format!("cannot read {what} '{}'", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The header line that starts every cache file.

@@ -498,7 +498,7 @@ fn cache_identity(
     options: &EvalOptions,
     max_length: usize,
 ) -> Result<serde_json::Map<String, Value>> {
-    use super::cache::sha256_file;
+    use crate::digest::sha256_file;
     // Data files whose hash the graph records are covered by the graph's hash; others are
     // known by size and modification time, which every rewrite changes.
     let records: serde_json::Map<String, Value> = model

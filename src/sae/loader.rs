@@ -1,13 +1,10 @@
 //! Opening an SAE (registry release, Hub repository or local folder), checking what it is, and
 //! reading the decoder rows / encoder parts of a few latents the way SAELens would load them.
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use super::npz::{Npz, Safetensors, StoredArray};
 use super::registry::{SaeEntry, registry};
@@ -921,7 +918,7 @@ fn provenance(
     let meta = std::fs::metadata(file).with_context(|| format!("cannot stat '{}'", file.display()))?;
     let size = meta.len();
     let (sha256, mtime_unix) = if size < HASH_LIMIT {
-        (Some(sha256_file(file)?), None)
+        (Some(crate::digest::sha256_file(file, "SAE file")?), None)
     } else {
         let mtime = meta
             .modified()
@@ -943,22 +940,6 @@ fn provenance(
         sha256,
         mtime_unix,
     }))
-}
-
-fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).with_context(|| format!("cannot open '{}'", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("cannot read '{}'", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
