@@ -40,16 +40,23 @@ fn demo_models(dir: &Path) -> (PathBuf, PathBuf) {
     let base = dir.join("base.onnx");
     let steered = dir.join("steered.onnx");
     assert_ok(&sae_onnx(&["export", "models/tiny-gemma2", "-o", s(&base)]));
-    assert_ok(&sae_onnx(&[
+    patch_demo(&base, &steered, &[]);
+    (base, steered)
+}
+
+/// `base` patched with the demo's steer.csv into `out`, with `extra` arguments.
+fn patch_demo(base: &Path, out: &Path, extra: &[&str]) {
+    let mut args = vec![
         "patch",
         "--csv",
         "models/tiny-gemma2/steer.csv",
         "--model",
-        s(&base),
+        s(base),
         "-o",
-        s(&steered),
-    ]));
-    (base, steered)
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    assert_ok(&sae_onnx(&args));
 }
 
 fn s(p: &Path) -> &str {
@@ -292,16 +299,7 @@ fn each_sweep_point_has_its_own_cache_and_a_swapped_one_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let (base, _) = demo_models(tmp.path());
     let sweepable = tmp.path().join("sweepable.onnx");
-    assert_ok(&sae_onnx(&[
-        "patch",
-        "--csv",
-        "models/tiny-gemma2/steer.csv",
-        "--model",
-        s(&base),
-        "-o",
-        s(&sweepable),
-        "--sweepable",
-    ]));
+    patch_demo(&base, &sweepable, &["--sweepable"]);
     let cache = tmp.path().join("c.jsonl");
     let sweep = |values: &str| eval(&sweepable, &["--sweep", values, "--cache", s(&cache)]);
     assert_ok(&sweep("0,24"));

@@ -5,7 +5,7 @@
 //! index cannot make it read files outside the checkpoint, while Hugging Face cache snapshots
 //! (symlinks into `../../blobs`) still export. Every case runs the real binary on the demo model.
 
-use crate::common::{failed, succeeded};
+use crate::common::{failed, run_isolated as sae_onnx, succeeded};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -21,17 +21,6 @@ const CHECKPOINT_FILES: [&str; 5] = [
     "tokenizer_config.json",
     "special_tokens_map.json",
 ];
-
-fn sae_onnx(args: &[&str], home: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sae-onnx"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", home.join("hub"))
-        .env("SAE_ONNX_HOME", home.join("home"))
-        .env_remove("HF_HOME")
-        .output()
-        .unwrap()
-}
 
 fn export(model: &Path, out: &Path, extra: &[&str], home: &Path) -> Output {
     let mut args = vec!["export", model.to_str().unwrap(), "-o", out.to_str().unwrap()];

@@ -5,7 +5,7 @@
 //! not leave the SAE folder or the Hugging Face snapshot, and names the plan's line in errors
 //! without echoing control characters. Every case runs the real binary on the demo model.
 
-use crate::common::{failed, succeeded};
+use crate::common::{failed, run_isolated as sae_onnx, succeeded};
 use std::collections::BTreeMap;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -79,17 +79,6 @@ impl Setup {
         std::fs::write(&path, text).unwrap();
         path
     }
-}
-
-fn sae_onnx(args: &[String], home: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sae-onnx"))
-        .args(args)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_HUB_CACHE", home.join("hub"))
-        .env("SAE_ONNX_HOME", home.join("home"))
-        .env_remove("HF_HOME")
-        .output()
-        .unwrap()
 }
 
 fn snapshot(paths: &[PathBuf]) -> BTreeMap<PathBuf, Vec<u8>> {

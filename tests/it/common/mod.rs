@@ -180,3 +180,16 @@ pub fn file_starting(dir: &Path, prefix: &str) -> PathBuf {
         .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with(prefix))
         .unwrap_or_else(|| panic!("no {prefix}* in {}", dir.display()))
 }
+
+/// The binary run with `args` offline, with its own Hugging Face cache (`home/hub`) and
+/// `SAE_ONNX_HOME` (`home/home`), so what it caches stays in the test's folder.
+pub fn run_isolated<S: AsRef<std::ffi::OsStr>>(args: &[S], home: &Path) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sae-onnx"))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HUB_CACHE", home.join("hub"))
+        .env("SAE_ONNX_HOME", home.join("home"))
+        .env_remove("HF_HOME")
+        .output()
+        .unwrap()
+}
