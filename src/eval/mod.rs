@@ -1,15 +1,23 @@
 //! `sae-onnx eval`: lm-evaluation-harness semantics on ONNX Runtime.
 
+pub mod answers;
 pub mod builtins;
 pub mod bundled;
 pub mod cache;
 pub mod data;
+pub mod dump_config;
 pub mod evaluator;
 pub mod generative;
+pub mod groups;
 pub mod hub_data;
 pub mod metrics;
 pub mod output;
+pub mod prepare;
+pub mod requests;
+pub mod results;
+pub mod samples;
 pub mod sweep;
 pub mod table;
 pub mod task;
+pub mod task_output;
 pub mod template;

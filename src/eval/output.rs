@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::results::ResultsFile;
 use super::template;
 use crate::files::{self, Inputs};
 
@@ -83,7 +84,7 @@ pub fn check(output_path: &Path, model_name: &str, inputs: &Inputs, force: bool)
 pub fn write(
     output_path: &Path,
     model_name: &str,
-    results: &Map<String, Value>,
+    results: &ResultsFile,
     samples: &[(String, Vec<Value>)],
     inputs: &Inputs,
     force: bool,
@@ -102,7 +103,7 @@ pub fn write(
         files::write_atomic(&path, text.as_bytes())?;
     }
     let path = file.unwrap_or_else(|| dir.join(format!("results_{date}.json")));
-    let mut text = serde_json::to_string_pretty(&Value::Object(results.clone()))?;
+    let mut text = serde_json::to_string_pretty(results)?;
     text.push('\n');
     files::check_output(&path, inputs, force)?;
     files::write_atomic(&path, text.as_bytes())?;

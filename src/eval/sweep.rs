@@ -4,7 +4,6 @@
 use std::str::FromStr;
 
 use anyhow::{Result, bail};
-use serde_json::Value;
 
 use super::evaluator::SweepPoint;
 use crate::contract::sweep::CoefficientInput;
@@ -83,17 +82,16 @@ pub fn table(input: &str, points: &[SweepPoint]) -> String {
     let Some(first) = points.first() else {
         return String::new();
     };
-    let names: Vec<String> = match first.outcome.results.get("groups").and_then(Value::as_object) {
-        Some(groups) if !groups.is_empty() => groups.keys().cloned().collect(),
-        _ => first.outcome.results["results"]
-            .as_object()
-            .map(|r| r.keys().cloned().collect())
-            .unwrap_or_default(),
+    let first = &first.outcome.results;
+    let names: Vec<&String> = if first.groups.is_empty() {
+        first.results.keys().collect()
+    } else {
+        first.groups.keys().collect()
     };
     let mut columns: Vec<(String, String)> = Vec::new();
-    for name in &names {
-        if let Some(entry) = first.outcome.results["results"][name].as_object() {
-            for key in entry.keys() {
+    for name in names {
+        if let Some(entry) = first.results.get(name) {
+            for key in entry.metrics.keys() {
                 if key.contains(',') && !key.contains("_stderr") {
                     columns.push((name.clone(), key.clone()));
                 }
@@ -108,9 +106,12 @@ pub fn table(input: &str, points: &[SweepPoint]) -> String {
     for point in points {
         out.push_str(&format!("| {} |", point.value));
         for (name, key) in &columns {
-            let entry = &point.outcome.results["results"][name];
+            let entry = point.outcome.results.results.get(name);
             let stderr_key = key.replacen(',', "_stderr,", 1);
-            let cell = match (entry[key].as_f64(), entry[&stderr_key].as_f64()) {
+            let cell = match (
+                entry.and_then(|e| e.value(key)),
+                entry.and_then(|e| e.value(&stderr_key)),
+            ) {
                 (Some(v), Some(se)) => format!("{v:.4} ± {se:.4}"),
                 (Some(v), None) => format!("{v:.4}"),
                 _ => "-".to_owned(),

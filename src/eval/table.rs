@@ -3,67 +3,54 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde_json::{Map, Value};
+use indexmap::IndexMap;
+use serde_json::Value;
 
+use super::results::{ResultsFile, Scores};
 use super::task::value_text;
 
 /// The "Tasks" table, then the "Groups" table when there are groups, as `lm-eval run` prints them.
-pub fn render(results: &Map<String, Value>) -> String {
-    let mut out = make_table(results, "results");
-    if results
-        .get("groups")
-        .and_then(Value::as_object)
-        .is_some_and(|g| !g.is_empty())
-    {
+pub fn render(results: &ResultsFile) -> String {
+    let mut out = make_table(results, &results.results, "Tasks");
+    if !results.groups.is_empty() {
         out.push('\n');
-        out.push_str(&make_table(results, "groups"));
+        out.push_str(&make_table(results, &results.groups, "Groups"));
     }
     out
 }
 
 /// `make_table(result_dict, column)`: one row per metric and filter of each task (or group), in
 /// the order of the group tree, with subtasks indented.
-fn make_table(results: &Map<String, Value>, column: &str) -> String {
-    let empty = Map::new();
-    let entries = results.get(column).and_then(Value::as_object).unwrap_or(&empty);
-    let section = |key: &str| results.get(key).and_then(Value::as_object).unwrap_or(&empty);
-    let (group_subtasks, n_shot, versions, higher) = (
-        section("group_subtasks"),
-        section("n-shot"),
-        section("versions"),
-        section("higher_is_better"),
-    );
-    let (depths, keys) = hierarchy(group_subtasks, entries.keys().cloned().collect());
+fn make_table(results: &ResultsFile, entries: &IndexMap<String, Scores>, first: &str) -> String {
+    let (depths, keys) = hierarchy(&results.group_subtasks, entries.keys().cloned().collect());
     let mut rows: Vec<[String; 9]> = Vec::new();
     for key in keys {
-        let Some(entry) = entries.get(&key).and_then(Value::as_object) else {
+        let Some(entry) = entries.get(&key) else {
             continue;
         };
-        let mut name = entry.get("alias").map(value_text).unwrap_or_else(|| key.clone());
+        let mut name = entry.alias.clone().unwrap_or_else(|| key.clone());
         let depth = depths.get(&key).copied().unwrap_or(0);
         if depth > 0 {
             name = format!("{}- {name}", " ".repeat(depth));
         }
-        let mut version = versions
+        let mut version = results
+            .versions
             .get(&key)
             .map(value_text)
             .unwrap_or_else(|| "    N/A".to_owned());
-        let shots = n_shot.get(&key).map(value_text).unwrap_or_else(|| " ".to_owned());
+        let shots = results
+            .n_shot
+            .get(&key)
+            .map(value_text)
+            .unwrap_or_else(|| " ".to_owned());
         // Python sorts the (key, value) items: by "metric,filter".
-        let metrics: BTreeMap<&String, &Value> = entry
-            .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "alias" | "name" | "sample_len" | "sample_count"))
-            .collect();
+        let metrics: BTreeMap<&String, &Value> = entry.metrics.iter().collect();
         for (metric_filter, value) in &metrics {
             let (metric, filter) = metric_filter.split_once(',').unwrap_or((metric_filter, ""));
             if metric.ends_with("_stderr") {
                 continue;
             }
-            let arrow = match higher
-                .get(&key)
-                .and_then(|h| h.get(metric))
-                .and_then(Value::as_bool)
-            {
+            let arrow = match results.higher_is_better(&key, metric) {
                 Some(true) => "↑",
                 Some(false) => "↓",
                 None => "",
@@ -72,7 +59,7 @@ fn make_table(results: &Map<String, Value>, column: &str) -> String {
                 Value::Number(n) if n.is_f64() => format!("{:.4}", n.as_f64().unwrap_or(f64::NAN)),
                 other => value_text(other),
             };
-            let (plus_minus, stderr) = match entry.get(&format!("{metric}_stderr,{filter}")) {
+            let (plus_minus, stderr) = match entry.stderr(metric, filter) {
                 Some(Value::String(s)) if s == "N/A" => ("±", "   N/A".to_owned()),
                 Some(se) => ("±", format!("{:.4}", se.as_f64().unwrap_or(f64::NAN))),
                 None => ("", String::new()),
@@ -92,7 +79,6 @@ fn make_table(results: &Map<String, Value>, column: &str) -> String {
             version.clear();
         }
     }
-    let first = if column == "groups" { "Groups" } else { "Tasks" };
     let headers = [
         first, "Version", "Filter", "n-shot", "Metric", "", "Value", "", "Stderr",
     ];
@@ -102,15 +88,11 @@ fn make_table(results: &Map<String, Value>, column: &str) -> String {
 /// lm-eval's `_build_hierarchy_info`: depth of each name in the group tree, and the display order
 /// (roots sorted, children sorted under their parent, then the names in no tree, sorted).
 fn hierarchy(
-    group_subtasks: &Map<String, Value>,
+    group_subtasks: &IndexMap<String, Vec<String>>,
     available: BTreeSet<String>,
 ) -> (BTreeMap<String, usize>, Vec<String>) {
     let children = |name: &str| -> Vec<String> {
-        let mut c: Vec<String> = group_subtasks
-            .get(name)
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default();
+        let mut c: Vec<String> = group_subtasks.get(name).cloned().unwrap_or_default();
         c.sort();
         c
     };

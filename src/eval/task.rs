@@ -727,7 +727,7 @@ impl Task {
         })
     }
 
-    fn has_choices(&self) -> bool {
+    pub fn has_choices(&self) -> bool {
         self.config.get("doc_to_choice").is_some_and(|v| !v.is_null())
     }
 

@@ -6,7 +6,8 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use sae_onnx::eval::evaluator::{self, EvalOptions, encode_pair};
+use sae_onnx::eval::evaluator::{self, EvalOptions};
+use sae_onnx::eval::requests::encode_pair;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -57,7 +58,7 @@ fn check_model_run(
         serde_json::from_str(&std::fs::read_to_string(golden_dir(run).join("results.json")).unwrap())
             .unwrap();
 
-    common::lm_eval::assert_results_match(&outcome.results, &golden, run);
+    common::lm_eval::assert_results_match(&outcome.results.to_json(), &golden, run);
 
     // Samples: same prompts, hashes and loglikelihoods.
     for task in samples_tasks {

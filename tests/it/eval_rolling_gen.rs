@@ -6,7 +6,8 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use sae_onnx::eval::evaluator::{self, EvalOptions, rolling_windows};
+use sae_onnx::eval::evaluator::{self, EvalOptions};
+use sae_onnx::eval::requests::rolling_windows;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -39,7 +40,10 @@ fn run_eval(arch: &str, yaml: &str, tmp: &Path) -> (Value, Vec<Value>) {
         .map(|e| e.unwrap().path())
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("samples_"))
         .unwrap();
-    (Value::Object(outcome.results), common::read_jsonl(&samples_path))
+    (
+        Value::Object(outcome.results.to_json()),
+        common::read_jsonl(&samples_path),
+    )
 }
 
 #[test]
@@ -144,7 +148,8 @@ fn check_generation_run(run: &str, num_fewshot: usize) {
         serde_json::from_str(&std::fs::read_to_string(golden(run, "results.json")).unwrap()).unwrap();
     for task in ["tiny_gsm", "tiny_gsm_stops"] {
         assert_eq!(
-            outcome.results["results"][task], expected["results"][task],
+            outcome.results.to_json()["results"][task],
+            expected["results"][task],
             "{run} {task}"
         );
         let dir = out.join(sae_onnx::eval::output::sanitize_model_name(

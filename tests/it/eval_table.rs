@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use serde_json::Value;
+use sae_onnx::eval::results::ResultsFile;
 
 #[test]
 fn tables_match_what_lm_eval_printed() {
@@ -19,8 +19,9 @@ fn tables_match_what_lm_eval_printed() {
             }
             let printed = std::fs::read_to_string(&table).unwrap();
             let expected: Vec<&str> = printed.lines().skip(1).collect();
-            let json: Value = serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
-            let ours = sae_onnx::eval::table::render(json.as_object().unwrap());
+            let file: ResultsFile =
+                serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+            let ours = sae_onnx::eval::table::render(&file);
             let ours: Vec<&str> = ours.lines().collect();
             let trim = |lines: Vec<&str>| -> Vec<String> {
                 let mut v: Vec<String> = lines.iter().map(|l| l.trim_end().to_owned()).collect();

@@ -470,7 +470,7 @@ fn eval_runs_the_bundled_groups_end_to_end() {
         ..Default::default()
     };
     let outcome = evaluator::evaluate(&model, &options).unwrap();
-    let results = &outcome.results;
+    let results = &outcome.results.to_json();
     let golden = golden();
 
     for (group, expected) in golden["groups"].as_object().unwrap() {

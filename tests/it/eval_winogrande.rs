@@ -56,7 +56,7 @@ fn run_eval(task: &str, num_fewshot: usize) -> (serde_json::Map<String, Value>, 
     };
     let outcome = evaluator::evaluate(model(), &options).unwrap();
     let samples = common::read_jsonl(&common::lm_eval::samples_file(tmp.path(), task));
-    (outcome.results, samples)
+    (outcome.results.to_json(), samples)
 }
 
 fn check_run(run: &str, num_fewshot: usize) {

@@ -1,0 +1,193 @@
+//! Answering the requests of one pass: loglikelihoods of the token windows the cache does not
+//! hold yet, in batches, appended to the cache as they come; and greedy generations of the
+//! generate_until documents (lm-eval's `HFLM.loglikelihood` and `HFLM.generate_until`).
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+
+use super::cache::ResultCache;
+use super::evaluator::{AUTO_BATCH_CAP, BatchSize, EvalOptions};
+use super::prepare::PreparedEval;
+use super::requests::{Document, RequestEncoder};
+use super::task::{OutputType, Task};
+use super::task_output::Generations;
+use crate::infer::generate::{GenerateOptions, Generator};
+use crate::infer::lm::{ScoringModel, ScoringStats, TokenRequest};
+use crate::progress;
+use crate::runtime::ScalarFeed;
+
+/// Sessions opened on a pass's first use and kept for the passes after it.
+#[derive(Default)]
+pub struct Sessions {
+    scorer: Option<ScoringModel>,
+    generator: Option<Generator>,
+}
+
+/// What answering the loglikelihood requests cost.
+#[derive(Default)]
+pub struct ScoringReport {
+    pub stats: ScoringStats,
+    /// Opening the session (weights to the device included), when this pass opened it.
+    pub session_seconds: f64,
+    pub scoring_seconds: f64,
+    /// With `--batch-size auto`: the batch size chosen.
+    pub batch_sizes: Vec<usize>,
+}
+
+/// Scores every token window of `prepared` that `cache` has no answer for, and adds the answers
+/// to it.
+pub fn score_missing(
+    model_path: &Path,
+    options: &EvalOptions,
+    prepared: &PreparedEval,
+    sessions: &mut Sessions,
+    feeds: &[ScalarFeed],
+    cache: &mut ResultCache,
+) -> Result<ScoringReport> {
+    let missing = missing_windows(prepared, cache);
+    let mut report = ScoringReport::default();
+    if missing.is_empty() {
+        return Ok(report);
+    }
+    let max_length = prepared.max_length;
+    let fresh = sessions.scorer.is_none();
+    if fresh {
+        let opening = Instant::now();
+        let fixed = match options.batch_size {
+            BatchSize::Fixed(n) => n,
+            BatchSize::Auto => AUTO_BATCH_CAP,
+        };
+        sessions.scorer = Some(ScoringModel::open(
+            model_path,
+            &options.session,
+            max_length,
+            fixed,
+        )?);
+        report.session_seconds = opening.elapsed().as_secs_f64();
+    }
+    let scorer = sessions.scorer.as_mut().expect("opened above");
+    scorer.feeds = feeds.to_vec();
+    if fresh && options.batch_size == BatchSize::Auto {
+        let longest = missing
+            .iter()
+            .map(|r| (r.context.len() + r.continuation.len()).min(max_length + 1) - 1)
+            .max()
+            .unwrap_or(1);
+        scorer.batch_size = scorer.largest_batch_that_runs(longest, AUTO_BATCH_CAP)?;
+        eprintln!(
+            "batch size auto: {} (sequences of up to {longest} tokens)",
+            scorer.batch_size
+        );
+    }
+    if options.batch_size == BatchSize::Auto {
+        report.batch_sizes.push(scorer.batch_size);
+    }
+    let bar = progress::items_bar(missing.len() as u64, "loglikelihood", options.progress);
+    let tokens_total: usize = missing
+        .iter()
+        .map(|r| r.context.len() + r.continuation.len())
+        .sum();
+    let bar_start = Instant::now();
+    let (answers, stats) = scorer.loglikelihood(&missing, |done, batch_answers| {
+        bar.inc(done as u64);
+        let elapsed = bar_start.elapsed().as_secs_f64().max(1e-9);
+        let fraction = bar.position() as f64 / missing.len().max(1) as f64;
+        bar.set_message(format!("{:.0} tok/s", tokens_total as f64 * fraction / elapsed));
+        cache.append(batch_answers)
+    })?;
+    bar.finish_and_clear();
+    report.scoring_seconds = bar_start.elapsed().as_secs_f64();
+    report.stats = stats;
+    for (request, answer) in missing.into_iter().zip(answers) {
+        cache.answers.insert(request, answer);
+    }
+    Ok(report)
+}
+
+/// The token windows of every document's requests without an answer in `cache`, each once.
+fn missing_windows(prepared: &PreparedEval, cache: &ResultCache) -> Vec<TokenRequest> {
+    let mut seen = HashSet::new();
+    prepared
+        .tasks
+        .iter()
+        .flat_map(|(_, documents)| documents)
+        .flat_map(|d| d.requests.iter().flat_map(|r| &r.windows))
+        .filter(|r| !cache.answers.contains_key(*r) && seen.insert(*r))
+        .cloned()
+        .collect()
+}
+
+/// Generates greedily for every document of the generate_until tasks, as HFLM.generate_until:
+/// the prompt left-truncated to `max_length - max_gen_toks` tokens, stopped at EOS or an `until`
+/// string, the decoded text cut before the first `until` string.
+pub fn generate_all(
+    model_path: &Path,
+    options: &EvalOptions,
+    prepared: &PreparedEval,
+    sessions: &mut Sessions,
+    feeds: &[ScalarFeed],
+) -> Result<Generations> {
+    let mut generations = Generations::new();
+    let generating: Vec<&(Task, Vec<Document>)> = prepared
+        .tasks
+        .iter()
+        .filter(|(t, _)| t.output_type == OutputType::GenerateUntil)
+        .collect();
+    if generating.is_empty() {
+        return Ok(generations);
+    }
+    let base = GenerateOptions {
+        session: options.session.clone(),
+        tokenizer: options.tokenizer.clone(),
+        hub: options.hub.clone(),
+        ..Default::default()
+    };
+    if sessions.generator.is_none() {
+        sessions.generator = Some(Generator::open(model_path, &base)?);
+    }
+    let generator = sessions.generator.as_mut().expect("opened above");
+    generator.set_feeds(feeds.to_vec());
+    let total: usize = generating.iter().map(|(_, w)| w.len()).sum();
+    let bar = progress::items_bar(total as u64, "generate_until", options.progress);
+    let encoder = RequestEncoder {
+        tokenizer: &prepared.tokenizer,
+        add_bos: true,
+        prefix_token: prepared.prefix_token,
+        max_length: prepared.max_length,
+    };
+    for (task, documents) in generating {
+        let spec = super::generative::GenSpec::from_config(&task.config, &task.fewshot_delimiter())?;
+        let mut until = spec.until.clone();
+        let tokenizer = &prepared.tokenizer;
+        if let Some(eos) = tokenizer.eos_id.and_then(|e| tokenizer.decode_token(e))
+            && !until.contains(&eos)
+        {
+            until.push(eos);
+        }
+        let gen_options = GenerateOptions {
+            max_new_tokens: spec.max_gen_toks,
+            stop: until.clone(),
+            ..base.clone()
+        };
+        let keep = prepared.max_length.saturating_sub(spec.max_gen_toks).max(1);
+        for doc in documents {
+            let mut ids = encoder.encode(doc.requests[0].context())?;
+            if ids.len() > keep {
+                ids.drain(..ids.len() - keep);
+            }
+            let generation = generator
+                .generate(&ids, &gen_options, |_| {})
+                .with_context(|| format!("task '{}', document {}", task.name, doc.doc_id))?;
+            generations.insert(
+                (task.name.clone(), doc.doc_id),
+                super::generative::cut_at_until(&generation.text, &until),
+            );
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(generations)
+}

@@ -1,0 +1,274 @@
+//! What every pass over one model and task list shares, built once: the model and tokenizer,
+//! the context length, the task tree, every document's requests, the files read, and (with
+//! `--cache`) what the answers depend on.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Map, Value, json};
+
+use super::evaluator::{EvalOptions, bundled_tasks_dir};
+use super::groups::TaskTree;
+use super::requests::{Document, RequestEncoder};
+use super::task::{Entry, Task, TaskIndex};
+use crate::contract::{MAX_CONTEXT, meta};
+use crate::files::Inputs;
+use crate::onnx::Model;
+use crate::tokenizer::Tokenizer;
+
+/// Without `max_position_embeddings` in the metadata (a foreign graph): lm-eval's HFLM default.
+const DEFAULT_MAX_LENGTH: usize = 2048;
+
+/// The documents and requests of a model and task list (a coefficient sweep scores them once
+/// per value).
+pub struct PreparedEval {
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub max_length: usize,
+    /// The token a context that is empty or a rolling window starts from (BOS, else EOS).
+    pub prefix_token: u32,
+    pub roots: Vec<TaskTree>,
+    pub tasks: Vec<(Task, Vec<Document>)>,
+    /// Every file the evaluation reads: no output may replace one.
+    pub inputs: Inputs,
+    /// With `--cache`: what every pass's answers depend on besides its feeds.
+    pub identity: Option<Map<String, Value>>,
+}
+
+impl PreparedEval {
+    pub fn new(model_path: &Path, options: &EvalOptions) -> Result<Self> {
+        if let Some(limit) = options.limit
+            && !(limit.is_finite() && limit > 0.0)
+        {
+            bail!("limit {limit} is not a number of documents nor a fraction above 0");
+        }
+        let model = Model::load(model_path)?;
+        let tokenizer = Tokenizer::for_model(&options.hub, &model, options.tokenizer.as_deref())?;
+        check_vocab(&model, &tokenizer)?;
+        let max_length = context_length(model_path, &model, options.max_length)?;
+        let prefix_token = tokenizer
+            .bos_id
+            .or(tokenizer.eos_id)
+            .context("the tokenizer has neither BOS nor EOS")?;
+        // lm-eval 0.4.13's HFLM encodes with the tokenizer's default special tokens: Gemma's
+        // template puts BOS first; tokenizers without one add nothing.
+        let encoder = RequestEncoder {
+            tokenizer: &tokenizer,
+            add_bos: true,
+            prefix_token,
+            max_length,
+        };
+
+        let mut dirs = vec![bundled_tasks_dir()?];
+        dirs.extend(options.include_paths.iter().cloned());
+        let mut index = TaskIndex::scan(&dirs)?;
+        let roots = options
+            .tasks
+            .iter()
+            .map(|name| TaskTree::resolve(&mut index, name))
+            .collect::<Result<Vec<_>>>()?;
+        let mut task_names = Vec::new();
+        for root in &roots {
+            root.collect_tasks(&mut task_names);
+        }
+        // Few-shot draws happen in document order, as in lm-eval.
+        let tasks = task_names
+            .iter()
+            .map(|name| task_documents(&index, name, options, encoder))
+            .collect::<Result<Vec<_>>>()?;
+        let inputs = inputs_of(model_path, &model, &tokenizer, &index, &tasks)?;
+        let identity = match &options.cache {
+            Some(_) => Some(cache_identity(
+                model_path, &model, &tokenizer, options, max_length,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            model,
+            tokenizer,
+            max_length,
+            prefix_token,
+            roots,
+            tasks,
+            inputs,
+            identity,
+        })
+    }
+}
+
+/// `--max-length`, else the model's `max_position_embeddings`, else lm-eval's default.
+fn context_length(model_path: &Path, model: &Model, requested: Option<usize>) -> Result<usize> {
+    let max_length = match (requested, model.metadata(meta::MAX_POSITIONS)) {
+        (Some(n), _) => n,
+        (None, None) => DEFAULT_MAX_LENGTH,
+        (None, Some(text)) => match text.trim().parse::<usize>() {
+            Ok(n) if (1..=MAX_CONTEXT).contains(&n) => n,
+            _ => bail!(
+                "'{}' gives max_position_embeddings {:?} in its metadata, not a context length \
+                 (1 to {MAX_CONTEXT}); pass --max-length N",
+                model_path.display(),
+                crate::files::printable(text, 40)
+            ),
+        },
+    };
+    if !(1..=MAX_CONTEXT).contains(&max_length) {
+        bail!("--max-length {max_length} is not a context length: give 1 to {MAX_CONTEXT} tokens");
+    }
+    Ok(max_length)
+}
+
+/// Loads task `name` and builds the requests of its evaluated documents (`--limit` of them).
+fn task_documents(
+    index: &TaskIndex,
+    name: &str,
+    options: &EvalOptions,
+    encoder: RequestEncoder,
+) -> Result<(Task, Vec<Document>)> {
+    let Some(Entry::Task { path, config }) = index.entries.get(name) else {
+        bail!("'{name}' is not a task");
+    };
+    let mut task = Task::load_from(
+        &options.hub,
+        name,
+        path,
+        config.clone(),
+        options.num_fewshot,
+        options.fewshot_seed,
+    )?;
+    let total = task.eval_docs.len();
+    if total == 0 {
+        bail!(
+            "task '{name}' ({}) has no documents to evaluate: its evaluation split is empty",
+            path.display()
+        );
+    }
+    let n = match options.limit {
+        None => total,
+        Some(l) if l < 1.0 => (total as f64 * l).ceil() as usize,
+        Some(l) => (l as usize).min(total),
+    };
+    let docs: Vec<Value> = task.eval_docs[..n].to_vec();
+    let mut documents = Vec::with_capacity(n);
+    for (doc_id, doc) in docs.into_iter().enumerate() {
+        let document = encoder
+            .document(&mut task, doc_id, doc)
+            .with_context(|| format!("task '{name}', document {doc_id}"))?;
+        documents.push(document);
+    }
+    Ok((task, documents))
+}
+
+fn check_vocab(model: &Model, tokenizer: &Tokenizer) -> Result<()> {
+    if let Some(vocab) = model
+        .metadata(meta::VOCAB_SIZE)
+        .and_then(|v| v.parse::<usize>().ok())
+        && tokenizer.vocab_size() > vocab
+    {
+        bail!(
+            "tokenizer '{}' has {} tokens but the model's vocabulary has {vocab}: they do not belong together (pass --tokenizer)",
+            tokenizer.path.display(),
+            tokenizer.vocab_size()
+        );
+    }
+    Ok(())
+}
+
+/// Every file the evaluation reads: the model and its data files, the tokenizer, the task and
+/// group YAMLs, the local dataset files.
+fn inputs_of(
+    model_path: &Path,
+    model: &Model,
+    tokenizer: &Tokenizer,
+    index: &TaskIndex,
+    tasks: &[(Task, Vec<Document>)],
+) -> Result<Inputs> {
+    let mut inputs = Inputs::new();
+    inputs.add(model_path);
+    let model_dir = crate::files::parent_dir(model_path);
+    for location in model.external_locations()? {
+        inputs.add(&model_dir.join(location));
+    }
+    inputs.add(&tokenizer.path);
+    for entry in index.entries.values() {
+        let (Entry::Task { path, .. } | Entry::Group { path, .. }) = entry;
+        inputs.add(path);
+    }
+    for (task, _) in tasks {
+        inputs.add(&task.path);
+        let local = task
+            .config
+            .get("dataset_path")
+            .and_then(Value::as_str)
+            .is_some_and(|p| matches!(p, "json" | "csv" | "parquet"));
+        let files = task
+            .config
+            .get("dataset_kwargs")
+            .and_then(|k| k.get("data_files"));
+        if let (true, Some(files)) = (local, files) {
+            let yaml_dir = crate::files::parent_dir(&task.path);
+            for file in super::data::local_files(files, yaml_dir)? {
+                inputs.add(&file);
+            }
+        }
+    }
+    Ok(inputs)
+}
+
+/// What a cached answer depends on besides its request and the pass's feeds (see
+/// [`super::cache`]): the graph's bytes (steering and coefficients are in them, and so are the
+/// content hashes of the data files sae-onnx wrote), each external data file, the tokenizer, the
+/// device and TF32, the context length, this version.
+fn cache_identity(
+    model_path: &Path,
+    model: &Model,
+    tokenizer: &Tokenizer,
+    options: &EvalOptions,
+    max_length: usize,
+) -> Result<Map<String, Value>> {
+    use crate::digest::sha256_file;
+    let mut key = Map::new();
+    key.insert("model".into(), json!(sha256_file(model_path, "model")?));
+    key.insert("data".into(), Value::Object(data_identity(model_path, model)?));
+    key.insert(
+        "tokenizer".into(),
+        json!(sha256_file(&tokenizer.path, "tokenizer")?),
+    );
+    key.insert("device".into(), json!(options.session.device.to_string()));
+    key.insert("tf32".into(), json!(options.session.tf32));
+    key.insert("max_length".into(), json!(max_length));
+    key.insert("sae_onnx".into(), json!(env!("CARGO_PKG_VERSION")));
+    Ok(key)
+}
+
+/// Each external data file's identity. Data files whose hash the graph records are covered by
+/// the graph's hash; others are known by size and modification time, which every rewrite changes.
+fn data_identity(model_path: &Path, model: &Model) -> Result<Map<String, Value>> {
+    let records: Map<String, Value> = model
+        .metadata(crate::onnx::datafile::RECORDS_KEY)
+        .and_then(|r| serde_json::from_str(r).ok())
+        .unwrap_or_default();
+    let model_dir = crate::files::parent_dir(model_path);
+    let mut data = Map::new();
+    for location in model.external_locations()? {
+        let path = model_dir.join(&location);
+        let meta = std::fs::metadata(&path)
+            .with_context(|| format!("cannot read data file '{}'", path.display()))?;
+        let identity = match records
+            .get(&location)
+            .and_then(|r| r.get("xxh3_128"))
+            .and_then(Value::as_str)
+        {
+            Some(hash) => json!({"bytes": meta.len(), "xxh3_128": hash}),
+            None => {
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos() as u64);
+                json!({"bytes": meta.len(), "modified_ns": modified})
+            }
+        };
+        data.insert(location, identity);
+    }
+    Ok(data)
+}
