@@ -89,7 +89,7 @@ pub fn write(
     inputs: &Inputs,
     force: bool,
 ) -> Result<PathBuf> {
-    let date = chrono_like_now();
+    let date = file_stamp();
     let (dir, file) = layout(output_path, model_name);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
     for (task, lines) in samples {
@@ -110,35 +110,32 @@ pub fn write(
     Ok(path)
 }
 
-/// `datetime.now().isoformat().replace(":", "-")` in UTC, e.g. `2026-11-26T15-10-30.123456`.
-fn chrono_like_now() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}-{:02}-{:02}.{:06}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_micros()
-    )
+/// lm-eval's file stamp, `datetime.now().isoformat().replace(":", "-")`: local time, e.g.
+/// `2026-11-26T15-10-30.123456` (Python leaves the fraction out at a whole second).
+fn file_stamp() -> String {
+    stamp(&jiff::ZonedDateTime::now().datetime())
+}
+
+fn stamp(now: &jiff::civil::DateTime) -> String {
+    let whole = now.strftime("%Y-%m-%dT%H-%M-%S").to_string();
+    match now.subsec_nanosecond() / 1000 {
+        0 => whole,
+        micros => format!("{whole}.{micros:06}"),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_stamps_read_as_pythons_isoformat() {
+        // datetime(2026, 11, 26, 15, 10, 30, 1234).isoformat().replace(":", "-")
+        let at = jiff::civil::date(2026, 11, 26).at(15, 10, 30, 1_234_567);
+        assert_eq!(stamp(&at), "2026-11-26T15-10-30.001234");
+        let whole = jiff::civil::date(2026, 1, 2).at(3, 4, 5, 0);
+        assert_eq!(stamp(&whole), "2026-01-02T03-04-05");
+    }
 
     #[test]
     fn python_str_of_targets() {

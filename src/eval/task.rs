@@ -390,7 +390,7 @@ const YAML_PARSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(
 /// from a count of the brackets, and the parse runs on a thread of its own with a deadline, for
 /// nesting the count cannot see (brackets inside strings) and whatever else is slow; a parse
 /// past its deadline is left to finish in the background.
-fn parse_yaml(text: String, path: &Path) -> Result<serde_yaml::Value> {
+fn parse_yaml(text: String, path: &Path) -> Result<serde_yaml_ng::Value> {
     let (mut depth, mut deepest) = (0usize, 0usize);
     for byte in text.bytes() {
         match byte {
@@ -412,7 +412,7 @@ fn parse_yaml(text: String, path: &Path) -> Result<serde_yaml::Value> {
     std::thread::Builder::new()
         .name("yaml".into())
         .spawn(move || {
-            let _ = tx.send(serde_yaml::from_str::<serde_yaml::Value>(&text));
+            let _ = tx.send(serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text));
         })
         .context("cannot start a thread to read YAML")?;
     match rx.recv_timeout(YAML_PARSE_DEADLINE) {
@@ -429,25 +429,25 @@ fn parse_yaml(text: String, path: &Path) -> Result<serde_yaml::Value> {
 }
 
 /// YAML to JSON; tags such as lm-eval's `!function utils.process_docs` become `{"!function": ...}`.
-fn yaml_to_json(value: serde_yaml::Value) -> Value {
+fn yaml_to_json(value: serde_yaml_ng::Value) -> Value {
     match value {
-        serde_yaml::Value::Null => Value::Null,
-        serde_yaml::Value::Bool(b) => Value::Bool(b),
-        serde_yaml::Value::Number(n) => {
+        serde_yaml_ng::Value::Null => Value::Null,
+        serde_yaml_ng::Value::Bool(b) => Value::Bool(b),
+        serde_yaml_ng::Value::Number(n) => {
             if let Some(i) = n.as_i64() {
                 Value::from(i)
             } else {
                 n.as_f64().map_or(Value::Null, Value::from)
             }
         }
-        serde_yaml::Value::String(s) => Value::String(s),
-        serde_yaml::Value::Sequence(seq) => Value::Array(seq.into_iter().map(yaml_to_json).collect()),
-        serde_yaml::Value::Mapping(map) => Value::Object(
+        serde_yaml_ng::Value::String(s) => Value::String(s),
+        serde_yaml_ng::Value::Sequence(seq) => Value::Array(seq.into_iter().map(yaml_to_json).collect()),
+        serde_yaml_ng::Value::Mapping(map) => Value::Object(
             map.into_iter()
                 .map(|(k, v)| {
                     let key = match k {
-                        serde_yaml::Value::String(s) => s,
-                        other => serde_yaml::to_string(&other)
+                        serde_yaml_ng::Value::String(s) => s,
+                        other => serde_yaml_ng::to_string(&other)
                             .unwrap_or_default()
                             .trim()
                             .to_owned(),
@@ -456,7 +456,7 @@ fn yaml_to_json(value: serde_yaml::Value) -> Value {
                 })
                 .collect(),
         ),
-        serde_yaml::Value::Tagged(tagged) => {
+        serde_yaml_ng::Value::Tagged(tagged) => {
             let mut map = Map::new();
             map.insert(tagged.tag.to_string(), yaml_to_json(tagged.value));
             Value::Object(map)
