@@ -11,73 +11,73 @@ use super::task::Task;
 /// lm-eval's task config as the results file shows it: TaskConfig fields in order, None skipped.
 pub fn dump_config(task: &Task, model_path: &Path) -> Value {
     let c = &task.config;
+    let rest = |k: &str| c.rest.get(k).filter(|v| !v.is_null()).cloned();
     let mut out = Map::new();
-    let get = |k: &str| c.get(k).filter(|v| !v.is_null()).cloned();
-    for key in [
-        "task",
-        "task_alias",
-        "dataset_path",
-        "dataset_name",
-        "dataset_kwargs",
-        "training_split",
-        "validation_split",
-        "test_split",
-        "fewshot_split",
-        "doc_to_text",
-        "doc_to_target",
-    ] {
-        if let Some(v) = get(key) {
+    let mut put = |key: &str, value: Option<Value>| {
+        if let Some(v) = value.filter(|v| !v.is_null()) {
             out.insert(key.into(), v);
         }
-    }
-    out.insert("unsafe_code".into(), get("unsafe_code").unwrap_or(json!(false)));
-    if let Some(v) = get("doc_to_choice") {
-        out.insert("doc_to_choice".into(), v);
-    }
-    out.insert("description".into(), get("description").unwrap_or(json!("")));
-    out.insert("target_delimiter".into(), json!(task.target_delimiter()));
-    out.insert("fewshot_delimiter".into(), json!(task.fewshot_delimiter()));
-    let fewshot = c
-        .get("fewshot_config")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    out.insert(
-        "fewshot_config".into(),
-        json!({
-            "sampler": fewshot.get("sampler").cloned().unwrap_or(json!("default")),
-            "split": fewshot.get("split").cloned().or_else(|| get("fewshot_split")),
-            "process_docs": Value::Null,
-            "fewshot_indices": fewshot.get("fewshot_indices").cloned(),
-            "samples": fewshot.get("samples").cloned(),
-            "doc_to_text": fewshot.get("doc_to_text").cloned().or_else(|| get("doc_to_text")),
-            "doc_to_choice": fewshot.get("doc_to_choice").cloned().or_else(|| get("doc_to_choice")),
-            "doc_to_target": fewshot.get("doc_to_target").cloned().or_else(|| get("doc_to_target")),
-            "gen_prefix": Value::Null,
-            "fewshot_delimiter": json!(task.fewshot_delimiter()),
-            "target_delimiter": json!(task.target_delimiter()),
-        }),
+    };
+    put("task", c.task.clone());
+    put("task_alias", c.task_alias.clone().map(Value::from));
+    put("dataset_path", c.dataset_path.clone().map(Value::from));
+    put("dataset_name", c.dataset_name.clone().map(Value::from));
+    put("dataset_kwargs", c.dataset_kwargs.clone().map(Value::Object));
+    put("training_split", c.training_split.clone().map(Value::from));
+    put("validation_split", c.validation_split.clone().map(Value::from));
+    put("test_split", c.test_split.clone().map(Value::from));
+    put("fewshot_split", c.fewshot_split.clone().map(Value::from));
+    put("doc_to_text", c.doc_to_text.clone());
+    put("doc_to_target", c.doc_to_target.clone());
+    put("unsafe_code", Some(rest("unsafe_code").unwrap_or(json!(false))));
+    put("doc_to_choice", c.doc_to_choice.clone());
+    put(
+        "description",
+        Some(
+            c.description
+                .clone()
+                .filter(|v| !v.is_null())
+                .unwrap_or(json!("")),
+        ),
     );
-    out.insert("num_fewshot".into(), json!(task.num_fewshot));
-    if let Some(v) = get("metric_list") {
-        out.insert("metric_list".into(), v);
-    }
-    out.insert("output_type".into(), json!(task.output_type.name()));
-    out.insert("repeats".into(), get("repeats").unwrap_or(json!(1)));
-    out.insert(
-        "should_decontaminate".into(),
-        get("should_decontaminate").unwrap_or(json!(false)),
+    put("target_delimiter", Some(json!(task.target_delimiter())));
+    put("fewshot_delimiter", Some(json!(task.fewshot_delimiter())));
+    put("fewshot_config", Some(fewshot_config(task)));
+    put("num_fewshot", Some(json!(task.num_fewshot)));
+    put("metric_list", c.metric_list.clone().map(Value::from));
+    put("output_type", Some(json!(task.output_type.name())));
+    put("repeats", Some(rest("repeats").unwrap_or(json!(1))));
+    put(
+        "should_decontaminate",
+        Some(rest("should_decontaminate").unwrap_or(json!(false))),
     );
-    if let Some(query) = get("doc_to_decontamination_query") {
-        out.insert("doc_to_decontamination_query".into(), query);
-    }
-    let mut metadata = c
-        .get("metadata")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    put(
+        "doc_to_decontamination_query",
+        rest("doc_to_decontamination_query"),
+    );
+    let mut metadata = c.metadata.clone().unwrap_or_default();
     metadata.insert("model".into(), json!(model_path.display().to_string()));
     metadata.insert("config_source".into(), json!(task.path.display().to_string()));
-    out.insert("metadata".into(), Value::Object(metadata));
+    put("metadata", Some(Value::Object(metadata)));
     Value::Object(out)
+}
+
+/// `fewshot_config` as lm-eval's FewshotConfig reports it: its own fields, else the task's.
+fn fewshot_config(task: &Task) -> Value {
+    let c = &task.config;
+    let fewshot = c.fewshot_config.clone().unwrap_or_default();
+    let own = |k: &str| fewshot.rest.get(k).cloned();
+    json!({
+        "sampler": fewshot.sampler.as_deref().unwrap_or("default"),
+        "split": fewshot.split.as_deref().or(c.fewshot_split.as_deref()),
+        "process_docs": Value::Null,
+        "fewshot_indices": own("fewshot_indices"),
+        "samples": own("samples"),
+        "doc_to_text": own("doc_to_text").or_else(|| c.doc_to_text.clone()),
+        "doc_to_choice": own("doc_to_choice").or_else(|| c.doc_to_choice.clone()),
+        "doc_to_target": own("doc_to_target").or_else(|| c.doc_to_target.clone()),
+        "gen_prefix": Value::Null,
+        "fewshot_delimiter": task.fewshot_delimiter(),
+        "target_delimiter": task.target_delimiter(),
+    })
 }

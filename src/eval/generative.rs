@@ -5,7 +5,9 @@
 
 use anyhow::{Context, Result, bail};
 use regex::Regex;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::task_config::TaskConfig;
 
 /// The generation settings of a task (`generation_kwargs`), normalized as lm-eval does.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,8 +17,8 @@ pub struct GenSpec {
 }
 
 impl GenSpec {
-    pub fn from_config(config: &Map<String, Value>, fewshot_delimiter: &str) -> Result<Self> {
-        let kwargs = config.get("generation_kwargs").and_then(Value::as_object);
+    pub fn from_config(config: &TaskConfig, fewshot_delimiter: &str) -> Result<Self> {
+        let kwargs = config.generation_kwargs.as_ref();
         let until = match kwargs.and_then(|k| k.get("until")) {
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(list)) => list
@@ -74,8 +76,8 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn from_config(config: &Map<String, Value>) -> Result<Vec<Self>> {
-        let Some(list) = config.get("filter_list").and_then(Value::as_array) else {
+    pub fn from_config(config: &TaskConfig) -> Result<Vec<Self>> {
+        let Some(list) = &config.filter_list else {
             return Ok(vec![Self {
                 name: "none".into(),
                 steps: vec![Step::TakeFirst],
@@ -233,7 +235,7 @@ mod tests {
 
     #[test]
     fn gsm8k_filters_and_exact_match_follow_lm_eval() {
-        let config: Map<String, Value> = serde_json::from_value(serde_json::json!({"filter_list": [
+        let config: TaskConfig = serde_json::from_value(serde_json::json!({"filter_list": [
             {"name": "strict-match", "filter": [{"function": "regex", "regex_pattern": "#### (\\-?[0-9\\.\\,]+)"}, {"function": "take_first"}]},
             {"name": "flexible-extract", "filter": [{"function": "regex", "group_select": -1, "regex_pattern": "(-?[$0-9.,]{2,})|(-?[0-9]+)"}, {"function": "take_first"}]}
         ]}))

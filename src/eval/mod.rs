@@ -19,5 +19,6 @@ pub mod samples;
 pub mod sweep;
 pub mod table;
 pub mod task;
+pub mod task_config;
 pub mod task_output;
 pub mod template;

@@ -197,12 +197,13 @@ fn inputs_of(
         inputs.add(&task.path);
         let local = task
             .config
-            .get("dataset_path")
-            .and_then(Value::as_str)
+            .dataset_path
+            .as_deref()
             .is_some_and(|p| matches!(p, "json" | "csv" | "parquet"));
         let files = task
             .config
-            .get("dataset_kwargs")
+            .dataset_kwargs
+            .as_ref()
             .and_then(|k| k.get("data_files"));
         if let (true, Some(files)) = (local, files) {
             let yaml_dir = crate::files::parent_dir(&task.path);

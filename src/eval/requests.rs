@@ -172,11 +172,7 @@ fn generation_request(task: &mut Task, doc: &Value, target: &Target) -> Result<D
         gold_index(&Target::Index(*i), &choices)?;
     }
     let context = task.fewshot_context(doc)?;
-    let kwargs = task
-        .config
-        .get("generation_kwargs")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let kwargs = Value::Object(task.config.generation_kwargs.clone().unwrap_or_default());
     Ok(DocRequest {
         args: vec![json!(context), kwargs],
         windows: Vec::new(),

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::builtins;
 use super::data::{self, Dataset};
+use super::task_config::TaskConfig;
 use super::template;
 use crate::files;
 use crate::hub::Hub;
@@ -502,6 +503,19 @@ pub enum OutputType {
 }
 
 impl OutputType {
+    /// The task's `output_type` (lm-eval's default: generate_until).
+    fn of(config: &TaskConfig) -> Result<Self> {
+        Ok(match config.output_type.as_deref().unwrap_or("generate_until") {
+            "multiple_choice" => Self::MultipleChoice,
+            "loglikelihood" => Self::Loglikelihood,
+            "loglikelihood_rolling" => Self::LoglikelihoodRolling,
+            "generate_until" => Self::GenerateUntil,
+            other => bail!(
+                "output_type '{other}' is not supported yet (multiple_choice, loglikelihood, loglikelihood_rolling are)"
+            ),
+        })
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::MultipleChoice => "multiple_choice",
@@ -541,7 +555,7 @@ pub struct Task {
     pub name: String,
     pub alias: Option<String>,
     pub path: PathBuf,
-    pub config: Map<String, Value>,
+    pub config: TaskConfig,
     pub output_type: OutputType,
     pub eval_docs: Vec<Value>,
     pub fewshot_docs: Vec<Value>,
@@ -562,6 +576,18 @@ pub struct Task {
 enum Sampler {
     Random,
     FirstN,
+}
+
+impl Sampler {
+    /// `fewshot_config.sampler` (lm-eval's `default` draws at random).
+    fn of(config: &TaskConfig) -> Result<Self> {
+        let name = config.fewshot_config.as_ref().and_then(|f| f.sampler.as_deref());
+        Ok(match name.unwrap_or("default") {
+            "default" => Self::Random,
+            "first_n" => Self::FirstN,
+            other => bail!("few-shot sampler '{other}' is not supported (default, first_n are)"),
+        })
+    }
 }
 
 impl Task {
@@ -587,44 +613,14 @@ impl Task {
         seed: u64,
     ) -> Result<Self> {
         let ctx = || format!("task '{}' ({})", files::printable(name, 200), shown(path));
-        for key in [
-            "process_docs",
-            "process_results",
-            "doc_to_text",
-            "doc_to_target",
-            "doc_to_choice",
-            "custom_dataset",
-        ] {
-            if let Some(Value::Object(map)) = config.get(key)
-                && let Some(function) = map.get("!function")
-                && !function.as_str().is_some_and(builtins::is_known)
-            {
-                bail!(
-                    "{}: `{key}: !function ...` calls Python code, which sae-onnx cannot run; \
-                     express it as a Jinja template or preprocess the data into a local json/csv file",
-                    ctx()
-                );
-            }
-        }
-        let output_type = match config
-            .get("output_type")
-            .and_then(Value::as_str)
-            .unwrap_or("generate_until")
-        {
-            "multiple_choice" => OutputType::MultipleChoice,
-            "loglikelihood" => OutputType::Loglikelihood,
-            "loglikelihood_rolling" => OutputType::LoglikelihoodRolling,
-            "generate_until" => OutputType::GenerateUntil,
-            other => bail!(
-                "{}: output_type '{other}' is not supported yet (multiple_choice, loglikelihood, loglikelihood_rolling are)",
-                ctx()
-            ),
-        };
+        refuse_python(&config).with_context(ctx)?;
+        let config = TaskConfig::from_yaml(config).with_context(ctx)?;
+        let output_type = OutputType::of(&config).with_context(ctx)?;
         let dataset = load_dataset(hub, &config, path).with_context(ctx)?;
-        let split = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_owned);
-        let eval_split = split("test_split")
-            .or_else(|| split("validation_split"))
-            .with_context(|| format!("{}: sets neither test_split nor validation_split", ctx()))?;
+        let eval_split = config
+            .eval_split()
+            .with_context(|| format!("{}: sets neither test_split nor validation_split", ctx()))?
+            .to_owned();
         let eval = dataset.get(&eval_split).with_context(|| {
             format!(
                 "{}: the dataset has no split '{eval_split}' (it has {:?})",
@@ -632,43 +628,16 @@ impl Task {
                 dataset.keys()
             )
         })?;
-        let fewshot_config = config
-            .get("fewshot_config")
-            .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
-        let fewshot_split = fewshot_config
-            .get("split")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| split("fewshot_split"))
-            .or_else(|| split("training_split"))
-            .or_else(|| split("validation_split"))
-            .unwrap_or_else(|| eval_split.clone());
+        let fewshot_split = config.fewshot_source().unwrap_or(&eval_split).to_owned();
         let fewshot_docs = dataset
             .get(&fewshot_split)
             .map(|s| s.docs.clone())
             .unwrap_or_default();
-        let sampler = match fewshot_config
-            .get("sampler")
-            .and_then(Value::as_str)
-            .unwrap_or("default")
-        {
-            "default" => Sampler::Random,
-            "first_n" => Sampler::FirstN,
-            other => bail!(
-                "{}: few-shot sampler '{other}' is not supported (default, first_n are)",
-                ctx()
-            ),
-        };
+        let sampler = Sampler::of(&config).with_context(ctx)?;
         // lm-eval's simple_evaluate ignores --num_fewshot for tasks whose YAML says 0 (wmdp).
-        let configured = config
-            .get("num_fewshot")
-            .and_then(Value::as_u64)
-            .map(|n| n as usize);
-        let num_fewshot = match configured {
+        let num_fewshot = match config.num_fewshot() {
             Some(0) => 0,
-            _ => num_fewshot.or(configured).unwrap_or(0),
+            configured => num_fewshot.or(configured).unwrap_or(0),
         };
         if num_fewshot > 0 && fewshot_docs.is_empty() {
             bail!(
@@ -679,10 +648,7 @@ impl Task {
         let metrics = metric_specs(&config, output_type).with_context(ctx)?;
         let mut task = Self {
             name: name.to_owned(),
-            alias: config
-                .get("task_alias")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            alias: config.task_alias.clone(),
             path: path.to_path_buf(),
             output_type,
             eval_docs: eval.docs.clone(),
@@ -692,12 +658,7 @@ impl Task {
             num_fewshot,
             multiple_input: false,
             // lm-eval compares the *configured* few-shot split with test_split.
-            fewshot_is_eval_split: fewshot_config
-                .get("split")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-                .or_else(|| split("fewshot_split"))
-                == split("test_split"),
+            fewshot_is_eval_split: config.configured_fewshot_split() == config.test_split.as_deref(),
             sampler,
             rng: PyRandom::new(seed),
             config,
@@ -728,36 +689,24 @@ impl Task {
     }
 
     pub fn has_choices(&self) -> bool {
-        self.config.get("doc_to_choice").is_some_and(|v| !v.is_null())
+        self.config.has_choices()
     }
 
     /// The `process_results` builtin the task names, if any.
     pub fn process_results_builtin(&self) -> Option<&str> {
-        self.config.get("process_results")?.get("!function")?.as_str()
+        self.config.process_results_builtin()
     }
 
     pub fn version(&self) -> Value {
-        self.config
-            .get("metadata")
-            .and_then(|m| m.get("version"))
-            .cloned()
-            .unwrap_or(Value::Null)
-    }
-
-    fn str_field(&self, key: &str, default: &str) -> String {
-        self.config
-            .get(key)
-            .and_then(Value::as_str)
-            .unwrap_or(default)
-            .to_owned()
+        self.config.version()
     }
 
     pub fn target_delimiter(&self) -> String {
-        self.str_field("target_delimiter", " ")
+        TaskConfig::text_or(&self.config.target_delimiter, " ").to_owned()
     }
 
     pub fn fewshot_delimiter(&self) -> String {
-        self.str_field("fewshot_delimiter", "\n\n")
+        TaskConfig::text_or(&self.config.fewshot_delimiter, "\n\n").to_owned()
     }
 
     /// `doc_to_text` as text: a column's value, the rendered template, or a builtin's string (an
@@ -777,7 +726,7 @@ impl Task {
             Value::Number(n) if n.is_i64() => DocText::Index(n.as_i64().unwrap_or_default()),
             other => DocText::Text(value_text(other)),
         };
-        match self.config.get("doc_to_text") {
+        match &self.config.doc_to_text {
             Some(Value::String(spec)) => {
                 if let Some(v) = self.column(doc, spec) {
                     return Ok(from_value(v));
@@ -805,7 +754,7 @@ impl Task {
     /// choices; a rendered `[...]` becomes a list.
     pub fn doc_to_target(&self, doc: &Value) -> Result<Target> {
         let has_choices = self.has_choices();
-        match self.config.get("doc_to_target") {
+        match &self.config.doc_to_target {
             Some(Value::Object(map)) if map.contains_key("!function") => {
                 let name = map["!function"].as_str().unwrap_or_default();
                 Ok(match builtins::apply(name, doc)? {
@@ -850,7 +799,7 @@ impl Task {
 
     /// `doc_to_choice`: a list column, a template rendering a Python list, a list, or a map's values.
     pub fn doc_to_choice(&self, doc: &Value) -> Result<Vec<String>> {
-        let list: Vec<Value> = match self.config.get("doc_to_choice") {
+        let list: Vec<Value> = match &self.config.doc_to_choice {
             Some(Value::String(spec)) => match self.column(doc, spec) {
                 Some(Value::Array(list)) => list.clone(),
                 Some(other) => bail!("column '{spec}' holds {other}, not a list of choices"),
@@ -909,7 +858,7 @@ impl Task {
     /// The description and the few-shot examples. A multiple-input task's example is its gold
     /// choice (`doc_to_choice[doc_to_text]`), then the target delimiter and `doc_to_target`.
     fn fewshot_prefix(&mut self, doc: &Value) -> Result<String> {
-        let mut context = match self.config.get("description") {
+        let mut context = match &self.config.description {
             Some(Value::String(d)) if !d.is_empty() => match self.column(doc, d) {
                 Some(v) => value_text(v),
                 None => self.render("description", d, doc)?,
@@ -1010,27 +959,45 @@ pub fn value_text(value: &Value) -> String {
     }
 }
 
-fn load_dataset(hub: &Hub, config: &Map<String, Value>, yaml_path: &Path) -> Result<Dataset> {
+fn load_dataset(hub: &Hub, config: &TaskConfig, yaml_path: &Path) -> Result<Dataset> {
     let path = config
-        .get("dataset_path")
-        .and_then(Value::as_str)
+        .dataset_path
+        .as_deref()
         .context("the task sets no dataset_path")?;
-    let kwargs = config.get("dataset_kwargs").and_then(Value::as_object);
+    let kwargs = config.dataset_kwargs.as_ref();
     let yaml_dir = yaml_path.parent().unwrap_or(Path::new("."));
     match (path, kwargs.and_then(|k| k.get("data_files"))) {
         ("json" | "csv" | "parquet", Some(files)) => data::load_local(path, files, yaml_dir),
         ("json" | "csv" | "parquet", None) => bail!("dataset_path '{path}' needs dataset_kwargs.data_files"),
-        (repo, _) => super::hub_data::load_hub_dataset(
-            hub,
-            repo,
-            config.get("dataset_name").and_then(Value::as_str),
-            kwargs,
-        ),
+        (repo, _) => super::hub_data::load_hub_dataset(hub, repo, config.dataset_name.as_deref(), kwargs),
     }
 }
 
+/// Task fields that name Python code: only the builtins sae-onnx reimplements may.
+fn refuse_python(config: &Map<String, Value>) -> Result<()> {
+    for key in [
+        "process_docs",
+        "process_results",
+        "doc_to_text",
+        "doc_to_target",
+        "doc_to_choice",
+        "custom_dataset",
+    ] {
+        if let Some(Value::Object(map)) = config.get(key)
+            && let Some(function) = map.get("!function")
+            && !function.as_str().is_some_and(builtins::is_known)
+        {
+            bail!(
+                "`{key}: !function ...` calls Python code, which sae-onnx cannot run; \
+                 express it as a Jinja template or preprocess the data into a local json/csv file"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `metric_list`, or lm-eval's defaults for the output type.
-fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<Vec<MetricSpec>> {
+fn metric_specs(config: &TaskConfig, output_type: OutputType) -> Result<Vec<MetricSpec>> {
     // lm-eval's `perplexity` metric reports a bootstrapped stderr we do not reproduce: refused.
     let supported: &[&str] = match output_type {
         OutputType::MultipleChoice => &["acc", "acc_norm", "acc_bytes", "exact_match"],
@@ -1048,7 +1015,7 @@ fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<
         ],
         OutputType::GenerateUntil => &[("exact_match", true)],
     };
-    let Some(list) = config.get("metric_list").and_then(Value::as_array) else {
+    let Some(entries) = config.metric_entries() else {
         return Ok(defaults
             .iter()
             .map(|(n, h)| MetricSpec {
@@ -1057,10 +1024,12 @@ fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<
             })
             .collect());
     };
-    list.iter()
+    entries?
+        .iter()
         .map(|m| {
             let name = m
-                .get("metric")
+                .metric
+                .as_ref()
                 .and_then(Value::as_str)
                 .context("a metric_list entry has no `metric`")?;
             // lm-eval 0.4.13's get_metric logs "not found in the evaluate library" and returns
@@ -1078,7 +1047,7 @@ fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<
                 "bits_per_byte" => "bits_per_byte",
                 _ => "mean",
             };
-            if let Some(agg) = m.get("aggregation").and_then(Value::as_str)
+            if let Some(agg) = m.aggregation.as_ref().and_then(Value::as_str)
                 && agg != expected_aggregation
             {
                 bail!("aggregation '{agg}' for metric '{name}' is not supported ({expected_aggregation} is)");
@@ -1087,7 +1056,8 @@ fn metric_specs(config: &Map<String, Value>, output_type: OutputType) -> Result<
             Ok(MetricSpec {
                 name: name.to_owned(),
                 higher_is_better: m
-                    .get("higher_is_better")
+                    .higher_is_better
+                    .as_ref()
                     .and_then(Value::as_bool)
                     .unwrap_or(default_higher),
             })

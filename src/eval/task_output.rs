@@ -171,8 +171,8 @@ fn document_metrics(
 /// The task's exact_match entry of `metric_list` (its options), or the plain metric.
 fn exact_match_entry(task: &Task) -> Value {
     task.config
-        .get("metric_list")
-        .and_then(Value::as_array)
+        .metric_list
+        .as_ref()
         .and_then(|l| {
             l.iter()
                 .find(|m| m.get("metric").and_then(Value::as_str) == Some("exact_match"))

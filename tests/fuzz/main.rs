@@ -503,7 +503,7 @@ fn task_yaml() {
                     .and_then(|_| task.doc_to_target(doc))
                     .and_then(|_| task.fewshot_context(doc));
                 rendered.map_err(|e| format!("{} ({}): {e:#}", name, path.display()))?;
-                if task.config.contains_key("doc_to_choice") {
+                if task.config.doc_to_choice.is_some() {
                     task.doc_to_choice(doc)
                         .map_err(|e| format!("{} ({}): {e:#}", name, path.display()))?;
                 }

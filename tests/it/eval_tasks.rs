@@ -106,12 +106,9 @@ fn load_task(index: &TaskIndex, name: &str, num_fewshot: Option<usize>, seed: u6
 
 /// The golden documents of the split `task` evaluates.
 fn golden_eval_docs(task: &Task) -> &'static Vec<Value> {
-    let path = task.config["dataset_path"].as_str().unwrap();
-    let name = task.config.get("dataset_name").cloned().unwrap_or(Value::Null);
-    let split = ["test_split", "validation_split"]
-        .iter()
-        .find_map(|k| task.config.get(*k).and_then(Value::as_str))
-        .unwrap();
+    let path = task.config.dataset_path.as_deref().unwrap();
+    let name = task.config.dataset_name.clone().map_or(Value::Null, Value::from);
+    let split = task.config.eval_split().unwrap();
     let dataset = golden()["datasets"]
         .as_array()
         .unwrap()
@@ -258,9 +255,9 @@ fn tasks_report_lm_evals_versions_and_metrics() {
         assert_eq!(json!(metrics), info["metrics"], "{name} metrics");
         assert_eq!(task.output_type.name(), info["output_type"], "{name} output_type");
         assert_eq!(task.version(), info["version"], "{name} version");
-        assert_eq!(task.config["dataset_path"], info["dataset_path"], "{name}");
+        assert_eq!(json!(task.config.dataset_path), info["dataset_path"], "{name}");
         assert_eq!(
-            task.config.get("dataset_name").cloned().unwrap_or(Value::Null),
+            json!(task.config.dataset_name),
             info["dataset_name"],
             "{name}"
         );
