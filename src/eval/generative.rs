@@ -8,6 +8,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::task_config::TaskConfig;
+use crate::pycompat::re as pyre;
 
 /// The generation settings of a task (`generation_kwargs`), normalized as lm-eval does.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,7 +96,7 @@ impl Filter {
                         let function = step.get("function").and_then(Value::as_str).unwrap_or("");
                         Ok(match function {
                             "regex" => Step::Regex {
-                                regex: Regex::new(
+                                regex: pyre::compile(
                                     step.get("regex_pattern").and_then(Value::as_str).unwrap_or(r"#### (\-?[0-9\.\,]+)"),
                                 )
                                 .with_context(|| format!("filter '{name}': regex_pattern is not a supported regex"))?,
@@ -185,7 +186,7 @@ impl ExactMatch {
             .flatten()
             .filter_map(Value::as_str)
             .map(|r| {
-                Regex::new(r).with_context(|| format!("regexes_to_ignore: '{r}' is not a supported regex"))
+                pyre::compile(r).with_context(|| format!("regexes_to_ignore: '{r}' is not a supported regex"))
             })
             .collect::<Result<_>>()?;
         let flag = |k: &str| entry.get(k).and_then(Value::as_bool).unwrap_or(false);
