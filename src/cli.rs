@@ -632,7 +632,7 @@ impl Cli {
             num_fewshot: args.num_fewshot,
             limit: args.limit,
             batch_size: args.batch_size,
-            session: crate::runtime::SessionOptions {
+            session: crate::infer::runtime::SessionOptions {
                 device: args.device.parse()?,
                 ort_lib: self.ort_lib.clone(),
                 intra_threads: None,
@@ -759,7 +759,7 @@ impl Cli {
             seed: args.seed,
             stop: args.stop.clone(),
             chat: args.chat,
-            session: crate::runtime::SessionOptions {
+            session: crate::infer::runtime::SessionOptions {
                 device: args.device.parse()?,
                 ort_lib: self.ort_lib.clone(),
                 intra_threads: None,

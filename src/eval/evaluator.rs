@@ -21,10 +21,10 @@ use crate::digest::hash_string;
 use crate::files::Inputs;
 use crate::hub::Hub;
 use crate::infer::lm::{Loglikelihood, ScoringModel, TokenRequest};
+use crate::infer::runtime::{ScalarFeed, SessionOptions};
 use crate::onnx::Model;
 use crate::progress;
 use crate::pycompat::literal::repr_float;
-use crate::runtime::{ScalarFeed, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
 /// The lm-eval version whose semantics (prompts, metrics, files) this reproduces.

@@ -10,9 +10,9 @@ use crate::contract::meta;
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::hub::Hub;
 use crate::infer::lm::ScoringModel;
+use crate::infer::runtime::{Device, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
 use crate::pycompat::random::PyRandom;
-use crate::runtime::{Device, ScalarFeed, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ struct KvCache {
     cache_memory: ort::memory::MemoryInfo<'static>,
     /// Fed on every step besides tokens, mask and cache (a sweep's coefficient).
     feeds: Vec<ScalarFeed>,
-    layout: crate::kv_cache::CacheLayout,
+    layout: crate::infer::kv_cache::CacheLayout,
 }
 
 /// A model opened for generation, with its tokenizer.
@@ -123,10 +123,10 @@ impl Generator {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| tokenizer.vocab_size());
         let context = context_of(&model, path)?;
-        let backend = if let Some(layout) = crate::kv_cache::CacheLayout::of(&model)? {
+        let backend = if let Some(layout) = crate::infer::kv_cache::CacheLayout::of(&model)? {
             Backend::Cache(KvCache {
-                session: crate::runtime::session(path, &options.session)?,
-                cache_memory: crate::runtime::memory_info(options.session.device)?,
+                session: crate::infer::runtime::session(path, &options.session)?,
+                cache_memory: crate::infer::runtime::memory_info(options.session.device)?,
                 feeds: Vec::new(),
                 layout,
             })
@@ -399,7 +399,7 @@ impl KvCache {
         for feed in &self.feeds {
             binding.bind_input(feed.name.as_str(), &feed.tensor()?)?;
         }
-        binding.bind_output_to_device(LOGITS, &crate::runtime::memory_info(Device::Cpu)?)?;
+        binding.bind_output_to_device(LOGITS, &crate::infer::runtime::memory_info(Device::Cpu)?)?;
         let mut outputs = self
             .session
             .run_binding(&binding)

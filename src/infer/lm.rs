@@ -18,9 +18,9 @@ use ort::value::{DynValue, Tensor};
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
-use crate::kv_cache::CacheLayout;
+use crate::infer::kv_cache::CacheLayout;
+use crate::infer::runtime::{self, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
-use crate::runtime::{self, ScalarFeed, SessionOptions};
 
 /// One loglikelihood request, already tokenized.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -92,7 +92,7 @@ impl ScoringModel {
         let mut model = Model::load(path)?;
         let cache = CacheLayout::of(&model)?;
         if let Some(layout) = &cache {
-            crate::kv_cache::broadcast_cache_inputs(&mut model, layout)
+            crate::infer::kv_cache::broadcast_cache_inputs(&mut model, layout)
                 .with_context(|| format!("preparing '{}' for shared prefixes", path.display()))?;
         }
         scoring::add_scoring_head(&mut model, LOGITS)
