@@ -169,6 +169,14 @@ impl Config {
     /// so a bad config.json is an error naming the field and not a panic or a graph that fails
     /// inside ONNX Runtime.
     fn validate(&self, arch: Arch) -> Result<()> {
+        self.validate_sizes()?;
+        self.validate_scalars()?;
+        self.activation(arch)?;
+        self.validate_layers(arch)
+    }
+
+    /// Sizes are at least 1 and at most [`MAX_SIZE`], and the heads split the model evenly.
+    fn validate_sizes(&self) -> Result<()> {
         let sizes = [
             ("vocab_size", Some(self.vocab_size)),
             ("hidden_size", Some(self.hidden_size)),
@@ -210,6 +218,11 @@ impl Config {
                 self.kv_heads()
             );
         }
+        Ok(())
+    }
+
+    /// Rotary bases, scalars and softcaps are positive and finite; the norm epsilon is >= 0.
+    fn validate_scalars(&self) -> Result<()> {
         let positive = [
             ("rope_theta", Some(self.rope_theta)),
             ("rope_local_base_freq", self.rope_local_base_freq),
@@ -231,7 +244,11 @@ impl Config {
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
             bail!("rms_norm_eps is {}; it must be a number >= 0", self.rms_norm_eps);
         }
-        self.activation(arch)?;
+        Ok(())
+    }
+
+    /// The rotary scaling, sliding window and layer types are ones the graph builds.
+    fn validate_layers(&self, arch: Arch) -> Result<()> {
         if let Some(scaling) = &self.rope_scaling {
             let kind = scaling
                 .rope_type
