@@ -298,7 +298,7 @@ impl Config {
         let kv_fields = "[num_key_value_heads × head_dim, hidden_size]";
         // Checked one by one as they are named: num_hidden_layers may be huge, so no list of all.
         let check = |prefixes: &[&str], name: &str, want: &[usize], fields: &str| -> Result<()> {
-            let Some((full, shape, file)) = ckpt.shape(prefixes, name) else {
+            let Some(found) = ckpt.find(prefixes, name) else {
                 bail!(
                     "the checkpoint ({}) has no tensor '{name}' (looked for it under {prefixes:?}), which a {} \
                      with {} layers has; is '{}' the config of this checkpoint?",
@@ -308,7 +308,7 @@ impl Config {
                     path.display()
                 );
             };
-            if shape != want {
+            if found.shape != want {
                 let hint = match (self.num_key_value_heads, self.head_dim) {
                     (None, _) if fields == kv_fields => {
                         " (num_key_value_heads is missing, so it was taken as num_attention_heads; set it)"
@@ -319,10 +319,12 @@ impl Config {
                     _ => "",
                 };
                 bail!(
-                    "'{}' implies {fields} = {want:?} for '{full}', but that tensor in '{}' has shape {shape:?}{hint}; \
+                    "'{}' implies {fields} = {want:?} for '{}', but that tensor in '{}' has shape {:?}{hint}; \
                      the config does not describe this checkpoint",
                     path.display(),
-                    file.display()
+                    found.name,
+                    found.file.display(),
+                    found.shape
                 );
             }
             Ok(())
