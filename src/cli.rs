@@ -1,6 +1,6 @@
 //! Command-line interface: clap commands turned into validated calls into the library.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -487,30 +487,7 @@ impl Cli {
         // its bar, or none, the same way.
         let hub = || crate::hub::Hub::from_env().with_progress(self.show_progress());
         match &self.command {
-            Command::Export(args) => {
-                let options = ExportOptions {
-                    dtype: args.dtype.into(),
-                    ops: args.ops.map(Ops::from),
-                    revision: args.revision.clone(),
-                    kv_cache: args.kv_cache,
-                    force: args.force,
-                    progress: self.show_progress(),
-                    hub: hub(),
-                };
-                let report = export::export(&args.model, &args.output, &options)?;
-                let data = report.save.data_file.as_ref().map_or(0, |(_, n)| *n);
-                eprintln!(
-                    "exported {} ({} layers, {:.1}M parameters, {} nodes) to {} + {:.1} MiB of weights in {:.1}s",
-                    report.architecture.hf_name(),
-                    report.layers,
-                    report.parameters as f64 / 1e6,
-                    report.nodes,
-                    args.output.display(),
-                    data as f64 / (1 << 20) as f64,
-                    report.seconds
-                );
-                Ok(())
-            }
+            Command::Export(args) => self.export(args, hub()),
             Command::Eval(args) => self.eval(args, hub()),
             Command::Generate(args) => self.generate(args, hub()),
             Command::Patch(args) => {
@@ -562,42 +539,35 @@ impl Cli {
                 );
                 Ok(())
             }
-            Command::Saes(args) => {
-                let found = crate::sae::registry().search(&args.filter.join(" "));
-                let shown = if args.limit == 0 {
-                    found.len()
-                } else {
-                    args.limit.min(found.len())
-                };
-                println!(
-                    "{:<44} {:<40} {:<28} {:>7} {:>8}",
-                    "RELEASE", "SAE ID", "HOOK", "D_IN", "D_SAE"
-                );
-                for entry in &found[..shown] {
-                    println!(
-                        "{:<44} {:<40} {:<28} {:>7} {:>8}",
-                        entry.release.release, entry.sae.id, entry.sae.hook, entry.sae.d_in, entry.sae.d_sae
-                    );
-                }
-                if shown < found.len() {
-                    eprintln!(
-                        "... {} more (use --limit 0 for all, or more filter words)",
-                        found.len() - shown
-                    );
-                }
-                Ok(())
-            }
+            Command::Saes(args) => list_saes(args),
             Command::Compare(args) => self.compare(args),
-            Command::Inspect(args) => {
-                let report = inspect::inspect(&args.model)?;
-                if args.json {
-                    print_or_closed(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
-                } else {
-                    print_or_closed(&report.to_string())?;
-                }
-                Ok(())
-            }
+            Command::Inspect(args) => inspect_model(args),
         }
+    }
+
+    fn export(&self, args: &ExportArgs, hub: crate::hub::Hub) -> Result<()> {
+        let options = ExportOptions {
+            dtype: args.dtype.into(),
+            ops: args.ops.map(Ops::from),
+            revision: args.revision.clone(),
+            kv_cache: args.kv_cache,
+            force: args.force,
+            progress: self.show_progress(),
+            hub,
+        };
+        let report = export::export(&args.model, &args.output, &options)?;
+        let data = report.save.data_file.as_ref().map_or(0, |(_, n)| *n);
+        eprintln!(
+            "exported {} ({} layers, {:.1}M parameters, {} nodes) to {} + {:.1} MiB of weights in {:.1}s",
+            report.architecture.hf_name(),
+            report.layers,
+            report.parameters as f64 / 1e6,
+            report.nodes,
+            args.output.display(),
+            data as f64 / (1 << 20) as f64,
+            report.seconds
+        );
+        Ok(())
     }
 
     fn eval(&self, args: &EvalArgs, hub: crate::hub::Hub) -> Result<()> {
@@ -632,7 +602,7 @@ impl Cli {
             num_fewshot: args.num_fewshot,
             limit: args.limit,
             batch_size: args.batch_size,
-            session: crate::runtime::SessionOptions {
+            session: crate::infer::runtime::SessionOptions {
                 device: args.device.parse()?,
                 ort_lib: self.ort_lib.clone(),
                 intra_threads: None,
@@ -743,14 +713,8 @@ impl Cli {
     }
 
     fn generate(&self, args: &GenerateArgs, hub: crate::hub::Hub) -> Result<()> {
-        use std::io::Write;
-
         use crate::infer::generate::{GenerateOptions, Generator};
-        let mut prompts = args.prompt.clone();
-        if let Some(file) = &args.prompts {
-            let text = crate::files::read_text(file, "prompts file", PROMPTS_MAX_BYTES)?;
-            prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned));
-        }
+        let prompts = read_prompts(args)?;
         let options = GenerateOptions {
             max_new_tokens: args.max_new_tokens,
             temperature: args.temperature,
@@ -759,7 +723,7 @@ impl Cli {
             seed: args.seed,
             stop: args.stop.clone(),
             chat: args.chat,
-            session: crate::runtime::SessionOptions {
+            session: crate::infer::runtime::SessionOptions {
                 device: args.device.parse()?,
                 ort_lib: self.ort_lib.clone(),
                 intra_threads: None,
@@ -773,89 +737,171 @@ impl Cli {
             Some(path) => Some(Generator::open(path, &options)?),
             None => None,
         };
-        let mut out = std::io::stdout();
         if base.is_none() && prompts.len() > 1 {
-            // Several prompts: one batch (left-padded on decoding graphs), printed when done.
-            let ids = prompts
-                .iter()
-                .map(|p| steered.encode_prompt(p, args.chat))
-                .collect::<Result<Vec<_>>>()?;
-            let generations = steered.generate_batch(&ids, &options)?;
-            for (prompt, g) in prompts.iter().zip(&generations) {
-                writeln!(out, "{prompt}{}\n", g.text)?;
-                note_context_stop(g, steered.context);
-                if self.verbose > 0 {
-                    eprintln!("[{} new tokens; stopped: {}]", g.tokens.len(), g.finish);
-                }
-            }
-            if self.verbose > 0
-                && let Some(g) = generations.first()
-            {
-                let tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
-                eprintln!(
-                    "[batch of {}: {tokens} new tokens in {:.3}s: {:.1} tokens/s]",
-                    generations.len(),
-                    g.seconds,
-                    tokens as f64 / g.seconds.max(1e-9)
-                );
-            }
-            return Ok(());
+            return self.print_batch(&mut steered, &prompts, &options);
         }
         for prompt in &prompts {
             let ids = steered.encode_prompt(prompt, args.chat)?;
-            if let Some(base) = &mut base {
-                writeln!(out, "=== {prompt}")?;
-                write!(
-                    out,
-                    "--- base ({}):\n{prompt}",
-                    args.compare
-                        .as_ref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                )?;
-                let b = base.generate(&ids, &options, |t| {
-                    let _ = write!(out, "{t}");
-                    let _ = out.flush();
-                })?;
-                note_context_stop(&b, base.context);
-                write!(out, "\n--- {}:\n{prompt}", args.model.display())?;
-                let s = steered.generate(&ids, &options, |t| {
-                    let _ = write!(out, "{t}");
-                    let _ = out.flush();
-                })?;
-                note_context_stop(&s, steered.context);
-                let same = b.tokens.iter().zip(&s.tokens).take_while(|(x, y)| x == y).count();
-                writeln!(
-                    out,
-                    "\n(identical for the first {same} of {} / {} tokens)",
-                    b.tokens.len(),
-                    s.tokens.len()
-                )?;
-            } else {
-                write!(out, "{prompt}")?;
-                let g = steered.generate(&ids, &options, |t| {
-                    let _ = write!(out, "{t}");
-                    let _ = out.flush();
-                })?;
-                writeln!(out)?;
-                note_context_stop(&g, steered.context);
-                if self.verbose > 0 {
-                    eprintln!(
-                        "[{} new tokens in {:.3}s: {:.1} tokens/s after a {}-token prompt; stopped: {}]",
-                        g.tokens.len(),
-                        g.seconds,
-                        g.tokens.len() as f64 / g.seconds.max(1e-9),
-                        g.prompt_tokens.len(),
-                        g.finish
-                    );
-                }
-                if prompts.len() > 1 {
-                    writeln!(out)?;
-                }
+            match &mut base {
+                Some(base) => print_beside_base(args, prompt, &ids, base, &mut steered, &options)?,
+                // Without a base model to compare, several prompts went as one batch above.
+                None => self.print_streamed(prompt, &ids, &mut steered, &options)?,
             }
         }
         Ok(())
     }
+
+    /// Several prompts: one batch (left-padded on decoding graphs), printed when done.
+    fn print_batch(
+        &self,
+        steered: &mut crate::infer::generate::Generator,
+        prompts: &[String],
+        options: &crate::infer::generate::GenerateOptions,
+    ) -> Result<()> {
+        let mut out = std::io::stdout();
+        let ids = prompts
+            .iter()
+            .map(|p| steered.encode_prompt(p, options.chat))
+            .collect::<Result<Vec<_>>>()?;
+        let generations = steered.generate_batch(&ids, options)?;
+        for (prompt, g) in prompts.iter().zip(&generations) {
+            writeln!(out, "{prompt}{}\n", g.text)?;
+            note_context_stop(g, steered.context);
+            if self.verbose > 0 {
+                eprintln!("[{} new tokens; stopped: {}]", g.tokens.len(), g.finish);
+            }
+        }
+        if self.verbose > 0
+            && let Some(g) = generations.first()
+        {
+            let tokens: usize = generations.iter().map(|g| g.tokens.len()).sum();
+            eprintln!(
+                "[batch of {}: {tokens} new tokens in {:.3}s: {:.1} tokens/s]",
+                generations.len(),
+                g.seconds,
+                tokens as f64 / g.seconds.max(1e-9)
+            );
+        }
+        Ok(())
+    }
+
+    /// One prompt and its continuation, streamed as it is produced.
+    fn print_streamed(
+        &self,
+        prompt: &str,
+        ids: &[u32],
+        steered: &mut crate::infer::generate::Generator,
+        options: &crate::infer::generate::GenerateOptions,
+    ) -> Result<()> {
+        let mut out = std::io::stdout();
+        write!(out, "{prompt}")?;
+        let g = steered.generate(ids, options, stream_to(&mut out))?;
+        writeln!(out)?;
+        note_context_stop(&g, steered.context);
+        if self.verbose > 0 {
+            eprintln!(
+                "[{} new tokens in {:.3}s: {:.1} tokens/s after a {}-token prompt; stopped: {}]",
+                g.tokens.len(),
+                g.seconds,
+                g.tokens.len() as f64 / g.seconds.max(1e-9),
+                g.prompt_tokens.len(),
+                g.finish
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A prompt's continuation by the base model (`--compare`), then by the steered one, streamed,
+/// and how many of their first tokens agree.
+fn print_beside_base(
+    args: &GenerateArgs,
+    prompt: &str,
+    ids: &[u32],
+    base: &mut crate::infer::generate::Generator,
+    steered: &mut crate::infer::generate::Generator,
+    options: &crate::infer::generate::GenerateOptions,
+) -> Result<()> {
+    let mut out = std::io::stdout();
+    writeln!(out, "=== {prompt}")?;
+    write!(
+        out,
+        "--- base ({}):\n{prompt}",
+        args.compare
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    )?;
+    let b = base.generate(ids, options, stream_to(&mut out))?;
+    note_context_stop(&b, base.context);
+    write!(out, "\n--- {}:\n{prompt}", args.model.display())?;
+    let s = steered.generate(ids, options, stream_to(&mut out))?;
+    note_context_stop(&s, steered.context);
+    let same = b.tokens.iter().zip(&s.tokens).take_while(|(x, y)| x == y).count();
+    writeln!(
+        out,
+        "\n(identical for the first {same} of {} / {} tokens)",
+        b.tokens.len(),
+        s.tokens.len()
+    )?;
+    Ok(())
+}
+
+/// Writes each piece of generated text to `out` as it comes. A failed write does not stop the
+/// generation: the next `writeln!` reports it.
+fn stream_to(out: &mut std::io::Stdout) -> impl FnMut(&str) + '_ {
+    |t| {
+        let _ = write!(out, "{t}");
+        let _ = out.flush();
+    }
+}
+
+/// The prompts: each `--prompt`, then the non-blank lines of `--prompts FILE`.
+fn read_prompts(args: &GenerateArgs) -> Result<Vec<String>> {
+    let mut prompts = args.prompt.clone();
+    if let Some(file) = &args.prompts {
+        let text = crate::files::read_text(file, "prompts file", PROMPTS_MAX_BYTES)?;
+        prompts.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned));
+    }
+    Ok(prompts)
+}
+
+/// `saes`: the registry's releases matching the filter words, as a table.
+fn list_saes(args: &SaesArgs) -> Result<()> {
+    let found = crate::sae::registry().search(&args.filter.join(" "));
+    let shown = if args.limit == 0 {
+        found.len()
+    } else {
+        args.limit.min(found.len())
+    };
+    println!(
+        "{:<44} {:<40} {:<28} {:>7} {:>8}",
+        "RELEASE", "SAE ID", "HOOK", "D_IN", "D_SAE"
+    );
+    for entry in &found[..shown] {
+        println!(
+            "{:<44} {:<40} {:<28} {:>7} {:>8}",
+            entry.release.release, entry.sae.id, entry.sae.hook, entry.sae.d_in, entry.sae.d_sae
+        );
+    }
+    if shown < found.len() {
+        eprintln!(
+            "... {} more (use --limit 0 for all, or more filter words)",
+            found.len() - shown
+        );
+    }
+    Ok(())
+}
+
+/// `inspect`: the model's report as text, or as JSON with `--json`.
+fn inspect_model(args: &InspectArgs) -> Result<()> {
+    let report = inspect::inspect(&args.model)?;
+    if args.json {
+        print_or_closed(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
+    } else {
+        print_or_closed(&report.to_string())?;
+    }
+    Ok(())
 }
 
 /// A prompts file is text a person wrote; the bound makes `--prompts /dev/zero` an error, not an
@@ -875,7 +921,6 @@ fn note_context_stop(g: &crate::infer::generate::Generation, context: usize) {
 
 /// Writes to stdout; a reader that went away (`inspect m.onnx | head`) is not an error.
 fn print_or_closed(text: &str) -> Result<()> {
-    use std::io::Write;
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => Ok(other?),

@@ -295,6 +295,19 @@ fn human_count(n: u64) -> String {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_header(f)?;
+        self.write_io(f)?;
+        self.write_graph(f)?;
+        self.write_external_data(f)?;
+        self.write_hooks(f)?;
+        self.write_steering(f)?;
+        self.write_metadata(f)
+    }
+}
+
+impl Report {
+    /// The file, its size, IR version, opsets and producer.
+    fn write_header(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{} ({})", self.path, human_bytes(self.file_bytes))?;
         let opsets: Vec<String> = self
             .opsets
@@ -314,6 +327,11 @@ impl fmt::Display for Report {
             opsets.join(" "),
             self.producer
         )?;
+        Ok(())
+    }
+
+    /// The graph's inputs and outputs with their types and shapes.
+    fn write_io(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (title, ios) in [("inputs", &self.inputs), ("outputs", &self.outputs)] {
             writeln!(f, "{title}:")?;
             for io in ios {
@@ -321,6 +339,11 @@ impl fmt::Display for Report {
                 writeln!(f, "  {:<24} {:<9} [{}]", io.name, io.dtype, shape.join(", "))?;
             }
         }
+        Ok(())
+    }
+
+    /// Node counts by operator, parameters and weight bytes.
+    fn write_graph(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut ops: Vec<(&String, &usize)> = self.op_types.iter().collect();
         ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let ops: Vec<String> = ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
@@ -332,6 +355,11 @@ impl fmt::Display for Report {
             self.initializers,
             human_bytes(self.weight_bytes)
         )?;
+        Ok(())
+    }
+
+    /// Each data file and whether it matches the graph's record of it.
+    fn write_external_data(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.external_data.is_empty() {
             writeln!(f, "external data:")?;
             for file in &self.external_data {
@@ -362,6 +390,11 @@ impl fmt::Display for Report {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The decoder layers and the hook points found (their tensors, unless named after them).
+    fn write_hooks(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(layers) = self.layers {
             let resid_post = self
                 .hooks
@@ -383,6 +416,11 @@ impl fmt::Display for Report {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The steering patches applied: their CSV rows and SAE files.
+    fn write_steering(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.steering.is_empty() {
             writeln!(f, "steering: none")?;
         } else {
@@ -422,6 +460,11 @@ impl fmt::Display for Report {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The metadata entries, long values cut at 200 bytes.
+    fn write_metadata(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.metadata.is_empty() {
             writeln!(f, "metadata:")?;
             for (k, v) in &self.metadata {

@@ -16,8 +16,6 @@ pub mod steer;
 
 // Inference and model I/O.
 pub mod infer;
-pub mod kv_cache;
-pub mod runtime;
 pub mod tokenizer;
 
 // Sources: SAEs, the Hugging Face cache (checkpoints are `export::config` / `export::weights`).

@@ -16,8 +16,8 @@ use super::task::{OutputType, Task};
 use super::task_output::Generations;
 use crate::infer::generate::{GenerateOptions, Generator};
 use crate::infer::lm::{ScoringModel, ScoringStats, TokenRequest};
+use crate::infer::runtime::ScalarFeed;
 use crate::progress;
-use crate::runtime::ScalarFeed;
 
 /// Sessions opened on a pass's first use and kept for the passes after it.
 #[derive(Default)]

@@ -19,7 +19,7 @@ use super::task::{FEWSHOT_SEED, Task};
 use super::task_output::{Generations, TaskOutput};
 use crate::contract::meta;
 use crate::hub::Hub;
-use crate::runtime::{ScalarFeed, SessionOptions};
+use crate::infer::runtime::{ScalarFeed, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
 /// The lm-eval version whose semantics (prompts, metrics, files) this reproduces.

@@ -169,6 +169,14 @@ impl Config {
     /// so a bad config.json is an error naming the field and not a panic or a graph that fails
     /// inside ONNX Runtime.
     fn validate(&self, arch: Arch) -> Result<()> {
+        self.validate_sizes()?;
+        self.validate_scalars()?;
+        self.activation(arch)?;
+        self.validate_layers(arch)
+    }
+
+    /// Sizes are at least 1 and at most [`MAX_SIZE`], and the heads split the model evenly.
+    fn validate_sizes(&self) -> Result<()> {
         let sizes = [
             ("vocab_size", Some(self.vocab_size)),
             ("hidden_size", Some(self.hidden_size)),
@@ -210,6 +218,11 @@ impl Config {
                 self.kv_heads()
             );
         }
+        Ok(())
+    }
+
+    /// Rotary bases, scalars and softcaps are positive and finite; the norm epsilon is >= 0.
+    fn validate_scalars(&self) -> Result<()> {
         let positive = [
             ("rope_theta", Some(self.rope_theta)),
             ("rope_local_base_freq", self.rope_local_base_freq),
@@ -231,7 +244,11 @@ impl Config {
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
             bail!("rms_norm_eps is {}; it must be a number >= 0", self.rms_norm_eps);
         }
-        self.activation(arch)?;
+        Ok(())
+    }
+
+    /// The rotary scaling, sliding window and layer types are ones the graph builds.
+    fn validate_layers(&self, arch: Arch) -> Result<()> {
         if let Some(scaling) = &self.rope_scaling {
             let kind = scaling
                 .rope_type
@@ -281,7 +298,7 @@ impl Config {
         let kv_fields = "[num_key_value_heads × head_dim, hidden_size]";
         // Checked one by one as they are named: num_hidden_layers may be huge, so no list of all.
         let check = |prefixes: &[&str], name: &str, want: &[usize], fields: &str| -> Result<()> {
-            let Some((full, shape, file)) = ckpt.shape(prefixes, name) else {
+            let Some(found) = ckpt.find(prefixes, name) else {
                 bail!(
                     "the checkpoint ({}) has no tensor '{name}' (looked for it under {prefixes:?}), which a {} \
                      with {} layers has; is '{}' the config of this checkpoint?",
@@ -291,7 +308,7 @@ impl Config {
                     path.display()
                 );
             };
-            if shape != want {
+            if found.shape != want {
                 let hint = match (self.num_key_value_heads, self.head_dim) {
                     (None, _) if fields == kv_fields => {
                         " (num_key_value_heads is missing, so it was taken as num_attention_heads; set it)"
@@ -302,10 +319,12 @@ impl Config {
                     _ => "",
                 };
                 bail!(
-                    "'{}' implies {fields} = {want:?} for '{full}', but that tensor in '{}' has shape {shape:?}{hint}; \
+                    "'{}' implies {fields} = {want:?} for '{}', but that tensor in '{}' has shape {:?}{hint}; \
                      the config does not describe this checkpoint",
                     path.display(),
-                    file.display()
+                    found.name,
+                    found.file.display(),
+                    found.shape
                 );
             }
             Ok(())

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use tempfile::NamedTempFile;
 
 use self::builder::{GraphBuilder, WeightSink, data_tempfile};
 use self::config::{Arch, Config};
@@ -18,7 +19,9 @@ use self::gemma::{GemmaGraph, LAYER_HOOKS, hook_name};
 use self::weights::Checkpoint;
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, meta, past_name, present_name};
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
+use crate::onnx::datafile::DataRecord;
 use crate::onnx::make::{Dim, make_graph, make_model, make_opsetid, make_tensor_value_info};
+use crate::onnx::pb::{NodeProto, TensorProto, ValueInfoProto};
 use crate::onnx::{DataType, ExternalDataPolicy, MS_DOMAIN, Model, OPSET, SaveOptions, SaveReport};
 use crate::progress;
 
@@ -82,57 +85,155 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         bail!("export dtype must be f32, f16 or bf16");
     }
     let ops = options.ops.unwrap_or_else(|| Ops::default_for(options.dtype));
-    // The output is checked before a download (a refused path should not cost one) and again,
-    // against the checkpoint's files, once the folder is known to be a checkpoint (so a wrong
-    // MODEL such as `/` is not walked file by file).
-    let data_out = data_path_for(out)?;
-    let mut inputs = crate::files::Inputs::new();
-    crate::files::check_output(out, &inputs, options.force)?;
-    crate::files::check_output(&data_out, &inputs, options.force)?;
-    let source = resolve_source(&options.hub, model, &options.revision)?;
-    let config_path = source.dir.join("config.json");
-    let (config, arch) = Config::load(&config_path)?;
-    let ckpt = Checkpoint::open(&source.dir)?;
-    inputs.add_tree(&source.dir);
-    crate::files::check_output(out, &inputs, options.force)?;
-    crate::files::check_output(&data_out, &inputs, options.force)?;
-    config.check_weights(arch, &ckpt, &config_path)?;
-
-    let out_dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&out_dir).with_context(|| format!("cannot create '{}'", out_dir.display()))?;
-    let file_name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("the output path has no file name")?;
-    let data_name = format!("{file_name}.data");
-    let data_temp = data_tempfile(&out_dir, &data_name)?;
-    let bar = progress::bytes_bar(ckpt.total_bytes(), "exporting weights", options.progress);
-    let mut sink = WeightSink::new(data_temp.as_file().try_clone()?, &data_name, bar);
-
-    let mut builder = GraphBuilder::new(&mut sink);
-    GemmaGraph {
-        config: &config,
-        arch,
-        dtype: options.dtype,
-        ops,
-        kv_cache: options.kv_cache,
-    }
-    .build(&mut builder, &ckpt)?;
-    let (nodes, initializers) = builder.finish();
-    let data_path = out_dir.join(&data_name);
-    let data_record = sink
-        .finish()
-        .with_context(|| format!("cannot write '{}'", data_path.display()))?;
-
-    let parameters: u64 = initializers
+    let checkpoint = open_checkpoint(model, out, options)?;
+    let files = OutputFiles::create_for(out)?;
+    let built = build_graph(&checkpoint, ops, options, &files)?;
+    let parameters: u64 = built
+        .initializers
         .iter()
         .filter(|t| !t.name().starts_with("/const/"))
         .map(|t| t.numel())
         .sum();
-    let node_count = nodes.len();
+    let node_count = built.nodes.len();
+    let (inputs, outputs) = graph_interface(&checkpoint.config, options);
+    let graph = make_graph(built.nodes, "main_graph", inputs, outputs, built.initializers);
+    let mut opsets = vec![make_opsetid("", OPSET)];
+    if ops == Ops::Ort {
+        opsets.push(make_opsetid(MS_DOMAIN, 1));
+    }
+    let mut model = Model::in_dir(make_model(graph, opsets), files.dir.clone());
+    record_metadata(&mut model, &checkpoint, ops, options)?;
+    // The record of the data exactly as this export wrote it: saving checks the file in place
+    // against it, so a concurrent export that replaced the file in between is an error here,
+    // and a later one an error when the model is loaded.
+    let records = std::collections::BTreeMap::from([(files.data_name.clone(), built.data_record.clone())]);
+    model.set_metadata(
+        crate::onnx::datafile::RECORDS_KEY,
+        &serde_json::to_string(&records)?,
+    );
+    let save = save_with_data(&model, out, built.data, &files.data_path, &built.data_record)?;
+    Ok(ExportReport {
+        architecture: checkpoint.arch,
+        layers: checkpoint.config.num_hidden_layers,
+        nodes: node_count,
+        parameters,
+        save,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// A checkpoint whose config and weights agree.
+struct CheckedCheckpoint {
+    source: Source,
+    config: Config,
+    arch: Arch,
+    weights: Checkpoint,
+}
+
+/// Finds `model`'s folder (downloading a hub id) and checks its config against its weights.
+fn open_checkpoint(model: &str, out: &Path, options: &ExportOptions) -> Result<CheckedCheckpoint> {
+    // The output is checked before a download (a refused path should not cost one) and again,
+    // against the checkpoint's files, once the folder is known to be a checkpoint (so a wrong
+    // MODEL such as `/` is not walked file by file).
+    let data_out = data_path_for(out)?;
+    let check_outputs = |inputs: &crate::files::Inputs| -> Result<()> {
+        crate::files::check_output(out, inputs, options.force)?;
+        crate::files::check_output(&data_out, inputs, options.force)
+    };
+    let mut inputs = crate::files::Inputs::new();
+    check_outputs(&inputs)?;
+    let source = resolve_source(&options.hub, model, &options.revision)?;
+    let config_path = source.dir.join("config.json");
+    let (config, arch) = Config::load(&config_path)?;
+    let weights = Checkpoint::open(&source.dir)?;
+    inputs.add_tree(&source.dir);
+    check_outputs(&inputs)?;
+    config.check_weights(arch, &weights, &config_path)?;
+    Ok(CheckedCheckpoint {
+        source,
+        config,
+        arch,
+        weights,
+    })
+}
+
+/// Where an export writes: the graph, and its data file beside it.
+struct OutputFiles {
+    dir: PathBuf,
+    /// The data file's name, as the graph's external-data locations give it.
+    data_name: String,
+    data_path: PathBuf,
+}
+
+impl OutputFiles {
+    /// The files for the graph `out`, its folder created.
+    fn create_for(out: &Path) -> Result<Self> {
+        let dir = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+        let file_name = out
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("the output path has no file name")?;
+        let data_name = format!("{file_name}.data");
+        Ok(Self {
+            data_path: dir.join(&data_name),
+            dir,
+            data_name,
+        })
+    }
+}
+
+/// The graph's nodes and initializers, with the weights they refer to written to a temporary
+/// data file.
+struct BuiltGraph {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    /// The data file, complete with its trailer, not yet in place.
+    data: NamedTempFile,
+    data_record: DataRecord,
+}
+
+/// Builds the Gemma graph, streaming each weight from the checkpoint into the data file.
+fn build_graph(
+    checkpoint: &CheckedCheckpoint,
+    ops: Ops,
+    options: &ExportOptions,
+    files: &OutputFiles,
+) -> Result<BuiltGraph> {
+    let data = data_tempfile(&files.dir, &files.data_name)?;
+    let bar = progress::bytes_bar(
+        checkpoint.weights.total_bytes(),
+        "exporting weights",
+        options.progress,
+    );
+    let mut sink = WeightSink::new(data.as_file().try_clone()?, &files.data_name, bar);
+    let mut builder = GraphBuilder::new(&mut sink);
+    GemmaGraph {
+        config: &checkpoint.config,
+        arch: checkpoint.arch,
+        dtype: options.dtype,
+        ops,
+        kv_cache: options.kv_cache,
+    }
+    .build(&mut builder, &checkpoint.weights)?;
+    let (nodes, initializers) = builder.finish();
+    let data_record = sink
+        .finish()
+        .with_context(|| format!("cannot write '{}'", files.data_path.display()))?;
+    Ok(BuiltGraph {
+        nodes,
+        initializers,
+        data,
+        data_record,
+    })
+}
+
+/// The graph's inputs and outputs: token ids, the attention mask and the logits, and for a
+/// decoding graph the KV cache of every layer in and out.
+fn graph_interface(config: &Config, options: &ExportOptions) -> (Vec<ValueInfoProto>, Vec<ValueInfoProto>) {
     let token_dims = ["batch".into(), "sequence".into()];
     let mut inputs = vec![make_tensor_value_info(INPUT_IDS, DataType::Int64, &token_dims)];
     let mut outputs = vec![make_tensor_value_info(
@@ -144,48 +245,54 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
             (config.vocab_size as i64).into(),
         ],
     )];
-    if options.kv_cache {
-        // The mask covers the cached and the new tokens.
-        inputs.push(make_tensor_value_info(
-            ATTENTION_MASK,
-            DataType::Int64,
-            &["batch".into(), "total_sequence".into()],
-        ));
-        let cache_dims = |len: &str| -> Vec<Dim> {
-            vec![
-                "batch".into(),
-                (config.kv_heads() as i64).into(),
-                len.into(),
-                (config.head_dim() as i64).into(),
-            ]
-        };
-        for layer in 0..config.num_hidden_layers {
-            for kind in ["key", "value"] {
-                inputs.push(make_tensor_value_info(
-                    &past_name(layer, kind),
-                    options.dtype,
-                    &cache_dims("past_sequence"),
-                ));
-                outputs.push(make_tensor_value_info(
-                    &present_name(layer, kind),
-                    options.dtype,
-                    &cache_dims("total_sequence"),
-                ));
-            }
-        }
-    } else {
+    if !options.kv_cache {
         inputs.push(make_tensor_value_info(
             ATTENTION_MASK,
             DataType::Int64,
             &token_dims,
         ));
+        return (inputs, outputs);
     }
-    let graph = make_graph(nodes, "main_graph", inputs, outputs, initializers);
-    let mut opsets = vec![make_opsetid("", OPSET)];
-    if ops == Ops::Ort {
-        opsets.push(make_opsetid(MS_DOMAIN, 1));
+    // The mask covers the cached and the new tokens.
+    inputs.push(make_tensor_value_info(
+        ATTENTION_MASK,
+        DataType::Int64,
+        &["batch".into(), "total_sequence".into()],
+    ));
+    let cache_dims = |len: &str| -> Vec<Dim> {
+        vec![
+            "batch".into(),
+            (config.kv_heads() as i64).into(),
+            len.into(),
+            (config.head_dim() as i64).into(),
+        ]
+    };
+    for layer in 0..config.num_hidden_layers {
+        for kind in ["key", "value"] {
+            inputs.push(make_tensor_value_info(
+                &past_name(layer, kind),
+                options.dtype,
+                &cache_dims("past_sequence"),
+            ));
+            outputs.push(make_tensor_value_info(
+                &present_name(layer, kind),
+                options.dtype,
+                &cache_dims("total_sequence"),
+            ));
+        }
     }
-    let mut model = Model::in_dir(make_model(graph, opsets), out_dir.clone());
+    (inputs, outputs)
+}
+
+/// The `sae_onnx.*` metadata: where the model came from, its shape, and its hooks.
+fn record_metadata(
+    model: &mut Model,
+    checkpoint: &CheckedCheckpoint,
+    ops: Ops,
+    options: &ExportOptions,
+) -> Result<()> {
+    let config = &checkpoint.config;
+    let source = &checkpoint.source;
     let hooks: Vec<String> = std::iter::once("hook_embed".to_owned())
         .chain(
             (0..config.num_hidden_layers)
@@ -195,7 +302,7 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     for (key, value) in [
         (meta::FORMAT, "1".to_owned()),
         (meta::SOURCE, source.name.clone()),
-        (meta::ARCHITECTURE, arch.hf_name().to_owned()),
+        (meta::ARCHITECTURE, checkpoint.arch.hf_name().to_owned()),
         (meta::NUM_LAYERS, config.num_hidden_layers.to_string()),
         (meta::D_MODEL, config.hidden_size.to_string()),
         (
@@ -221,20 +328,20 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     if let Some(revision) = &source.revision {
         model.set_metadata(meta::REVISION, revision);
     }
-    // The record of the data exactly as this export wrote it: saving checks the file in place
-    // against it, so a concurrent export that replaced the file in between is an error here,
-    // and a later one an error when the model is loaded.
-    let data_len = data_record.bytes;
-    let records = std::collections::BTreeMap::from([(data_name.clone(), data_record.clone())]);
-    model.set_metadata(
-        crate::onnx::datafile::RECORDS_KEY,
-        &serde_json::to_string(&records)?,
-    );
+    Ok(())
+}
 
+/// Puts the data file in place, then saves the graph that reads it.
+fn save_with_data(
+    model: &Model,
+    out: &Path,
+    data: NamedTempFile,
+    data_path: &Path,
+    data_record: &DataRecord,
+) -> Result<SaveReport> {
     // The data file goes into place first, so the model never appears without its weights; a
     // failure to write the model removes it again.
-    data_temp
-        .persist(&data_path)
+    data.persist(data_path)
         .with_context(|| format!("cannot write '{}'", data_path.display()))?;
     let saved = model.save(
         out,
@@ -248,22 +355,15 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         Err(err) => {
             // Only our own data file goes: another export to the same path may have replaced
             // it meanwhile, and that one's graph needs it.
-            if crate::onnx::datafile::DataRecord::of_file(&data_path).is_ok_and(|r| r == data_record) {
-                let _ = std::fs::remove_file(&data_path);
+            if DataRecord::of_file(data_path).is_ok_and(|r| &r == data_record) {
+                let _ = std::fs::remove_file(data_path);
             }
             return Err(err);
         }
     };
     save.shared.clear();
-    save.data_file = Some((data_path, data_len));
-    Ok(ExportReport {
-        architecture: arch,
-        layers: config.num_hidden_layers,
-        nodes: node_count,
-        parameters,
-        save,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    save.data_file = Some((data_path.to_path_buf(), data_record.bytes));
+    Ok(save)
 }
 
 /// `OUT.data`, the data file written beside `out` (by export, and by a patch too big to stay

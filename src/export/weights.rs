@@ -27,9 +27,28 @@ pub struct WeightView {
 
 /// All safetensors files of a checkpoint, mapped.
 pub struct Checkpoint {
-    files: Vec<(PathBuf, Bytes)>,
-    /// Tensor name -> index into `files` and the tensor's shape.
-    index: HashMap<String, (usize, Vec<usize>)>,
+    files: Vec<MappedFile>,
+    /// Every tensor of every file, by name.
+    index: HashMap<String, IndexEntry>,
+}
+
+/// One safetensors file and its memory map.
+struct MappedFile {
+    path: PathBuf,
+    bytes: Bytes,
+}
+
+/// Where a tensor is: which of the checkpoint's files, and its shape.
+struct IndexEntry {
+    file: usize,
+    shape: Vec<usize>,
+}
+
+/// A tensor found in the checkpoint: its full name (prefix included), shape and file.
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub file: PathBuf,
 }
 
 /// A safetensors index is a few hundred kilobytes; the bound makes `/dev/zero` an error.
@@ -68,19 +87,27 @@ impl Checkpoint {
             let st = SafeTensors::deserialize(&bytes)
                 .map_err(|e| anyhow::anyhow!("'{}' is not a valid safetensors file: {e}", path.display()))?;
             for (tensor_name, view) in st.tensors() {
-                index.insert(tensor_name, (files.len(), view.shape().to_vec()));
+                let entry = IndexEntry {
+                    file: files.len(),
+                    shape: view.shape().to_vec(),
+                };
+                index.insert(tensor_name, entry);
             }
-            files.push((path, bytes));
+            files.push(MappedFile { path, bytes });
         }
         Ok(Self { files, index })
     }
 
-    /// The full name, shape and file of tensor `name` under the first of `prefixes` that has it.
-    pub fn shape(&self, prefixes: &[&str], name: &str) -> Option<(String, Vec<usize>, PathBuf)> {
+    /// Tensor `name` under the first of `prefixes` that has it, without reading it.
+    pub fn find(&self, prefixes: &[&str], name: &str) -> Option<TensorInfo> {
         prefixes.iter().find_map(|prefix| {
             let full = format!("{prefix}{name}");
-            let (file, shape) = self.index.get(&full)?;
-            Some((full, shape.clone(), self.files[*file].0.clone()))
+            let entry = self.index.get(&full)?;
+            Some(TensorInfo {
+                name: full,
+                shape: entry.shape.clone(),
+                file: self.files[entry.file].path.clone(),
+            })
         })
     }
 
@@ -89,7 +116,7 @@ impl Checkpoint {
         let names: Vec<String> = self
             .files
             .iter()
-            .map(|(p, _)| format!("'{}'", p.display()))
+            .map(|f| format!("'{}'", f.path.display()))
             .collect();
         names.join(", ")
     }
@@ -104,8 +131,8 @@ impl Checkpoint {
     pub fn get(&self, prefixes: &[&str], name: &str) -> Result<WeightView> {
         for prefix in prefixes {
             let full = format!("{prefix}{name}");
-            if let Some(&(file, _)) = self.index.get(&full) {
-                return self.read(file, &full);
+            if let Some(entry) = self.index.get(&full) {
+                return self.read(entry.file, &full);
             }
         }
         bail!(
@@ -116,7 +143,7 @@ impl Checkpoint {
     }
 
     fn read(&self, file: usize, name: &str) -> Result<WeightView> {
-        let (path, bytes) = &self.files[file];
+        let MappedFile { path, bytes } = &self.files[file];
         let st = SafeTensors::deserialize(bytes).expect("validated when opened");
         let view = st
             .tensor(name)
@@ -142,7 +169,7 @@ impl Checkpoint {
 
     /// Total bytes of all tensors, for progress bars.
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|(_, b)| b.len() as u64).sum()
+        self.files.iter().map(|f| f.bytes.len() as u64).sum()
     }
 }
 

@@ -10,9 +10,9 @@ use crate::contract::meta;
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::hub::Hub;
 use crate::infer::lm::ScoringModel;
+use crate::infer::runtime::{Device, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
 use crate::pycompat::random::PyRandom;
-use crate::runtime::{Device, ScalarFeed, SessionOptions};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ struct KvCache {
     cache_memory: ort::memory::MemoryInfo<'static>,
     /// Fed on every step besides tokens, mask and cache (a sweep's coefficient).
     feeds: Vec<ScalarFeed>,
-    layout: crate::kv_cache::CacheLayout,
+    layout: crate::infer::kv_cache::CacheLayout,
 }
 
 /// A model opened for generation, with its tokenizer.
@@ -123,10 +123,10 @@ impl Generator {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| tokenizer.vocab_size());
         let context = context_of(&model, path)?;
-        let backend = if let Some(layout) = crate::kv_cache::CacheLayout::of(&model)? {
+        let backend = if let Some(layout) = crate::infer::kv_cache::CacheLayout::of(&model)? {
             Backend::Cache(KvCache {
-                session: crate::runtime::session(path, &options.session)?,
-                cache_memory: crate::runtime::memory_info(options.session.device)?,
+                session: crate::infer::runtime::session(path, &options.session)?,
+                cache_memory: crate::infer::runtime::memory_info(options.session.device)?,
                 feeds: Vec::new(),
                 layout,
             })
@@ -194,100 +194,26 @@ impl Generator {
             self.check_prompt(prompt)
                 .with_context(|| format!("prompt {}", i + 1))?;
         }
-        if !matches!(self.backend, Backend::Cache(_)) || prompts.len() < 2 {
-            return prompts
-                .iter()
-                .map(|p| self.generate(p, options, |_| {}))
-                .collect();
+        if prompts.len() >= 2
+            && let Self {
+                backend: Backend::Cache(kv),
+                tokenizer,
+                eos,
+                context,
+                ..
+            } = self
+        {
+            let mut decoder = BatchDecoder {
+                kv,
+                tokenizer,
+                eos,
+                context: *context,
+            };
+            return decoder.decode(prompts, options);
         }
-        let Self {
-            backend: Backend::Cache(kv),
-            tokenizer,
-            eos,
-            context,
-            ..
-        } = self
-        else {
-            unreachable!("checked above")
-        };
-        let start = std::time::Instant::now();
-        let mut rng = PyRandom::new(options.seed);
-        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let padded: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|p| {
-                std::iter::repeat_n(0, width - p.len())
-                    .chain(p.iter().copied())
-                    .collect()
-            })
-            .collect();
-        let mut masks: Vec<Vec<i64>> = prompts
-            .iter()
-            .map(|p| {
-                std::iter::repeat_n(0, width - p.len())
-                    .chain(std::iter::repeat_n(1, p.len()))
-                    .collect()
-            })
-            .collect();
-        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); prompts.len()];
-        let mut finish: Vec<Option<&'static str>> = vec![None; prompts.len()];
-        let rows: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
-        let (mut logits, mut cache) = kv.step(&rows, &masks, None)?;
-        for _ in 0..options.max_new_tokens {
-            let mut next = Vec::with_capacity(prompts.len());
-            for (b, row_logits) in logits.iter().enumerate() {
-                if finish[b].is_none() && prompts[b].len() + generated[b].len() >= *context {
-                    finish[b] = Some("context");
-                }
-                if finish[b].is_some() {
-                    next.push(0);
-                    continue;
-                }
-                let token =
-                    pick(&log_softmax(row_logits), options, &mut rng).context("no token can be sampled")?;
-                if eos.contains(&token) {
-                    finish[b] = Some("eos");
-                    next.push(0);
-                    continue;
-                }
-                generated[b].push(token);
-                let text = tokenizer.decode(&generated[b])?;
-                if options.stop.iter().any(|s| text.contains(s.as_str())) {
-                    finish[b] = Some("stop");
-                }
-                next.push(token);
-            }
-            if finish.iter().all(Option::is_some) {
-                break;
-            }
-            for mask in &mut masks {
-                mask.push(1);
-            }
-            let rows: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-            let rows: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
-            (logits, cache) = kv.step(&rows, &masks, Some(cache))?;
-        }
-        let seconds = start.elapsed().as_secs_f64();
         prompts
             .iter()
-            .zip(generated)
-            .zip(finish)
-            .map(|((prompt, tokens), finish)| {
-                let text = tokenizer.decode(&tokens)?;
-                let cut = options
-                    .stop
-                    .iter()
-                    .filter_map(|s| text.find(s.as_str()))
-                    .min()
-                    .unwrap_or(text.len());
-                Ok(Generation {
-                    prompt_tokens: prompt.clone(),
-                    tokens,
-                    text: text[..cut].to_owned(),
-                    finish: finish.unwrap_or("length"),
-                    seconds,
-                })
-            })
+            .map(|p| self.generate(p, options, |_| {}))
             .collect()
     }
 
@@ -363,6 +289,146 @@ impl Generator {
     }
 }
 
+/// A decoding graph and what ends a sequence on it, borrowed from a [`Generator`] to run one batch.
+struct BatchDecoder<'g> {
+    kv: &'g mut KvCache,
+    tokenizer: &'g Tokenizer,
+    eos: &'g [u32],
+    context: usize,
+}
+
+impl BatchDecoder<'_> {
+    /// Decodes all `prompts` together, one token per step for every row, until each row has
+    /// finished or the token budget is spent.
+    fn decode(&mut self, prompts: &[Vec<u32>], options: &GenerateOptions) -> Result<Vec<Generation>> {
+        let start = std::time::Instant::now();
+        let mut rng = PyRandom::new(options.seed);
+        let mut rows = BatchRows::new(prompts);
+        let padded = rows.padded_prompts();
+        let fed: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
+        let (mut logits, mut cache) = self.kv.step(&fed, &rows.masks, None)?;
+        for _ in 0..options.max_new_tokens {
+            let next = self.next_tokens(&logits, &mut rows, options, &mut rng)?;
+            if rows.finish.iter().all(Option::is_some) {
+                break;
+            }
+            for mask in &mut rows.masks {
+                mask.push(1);
+            }
+            let fed: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+            let fed: Vec<&[u32]> = fed.iter().map(|r| r.as_slice()).collect();
+            (logits, cache) = self.kv.step(&fed, &rows.masks, Some(cache))?;
+        }
+        rows.into_generations(self.tokenizer, options, start.elapsed().as_secs_f64())
+    }
+
+    /// Each row's next token from its last logits, marking the rows that reach the context, EOS
+    /// or a stop string as finished; a finished row is fed 0 (masked padding).
+    fn next_tokens(
+        &self,
+        logits: &[Vec<f32>],
+        rows: &mut BatchRows,
+        options: &GenerateOptions,
+        rng: &mut PyRandom,
+    ) -> Result<Vec<u32>> {
+        let mut next = Vec::with_capacity(rows.prompts.len());
+        for (b, row_logits) in logits.iter().enumerate() {
+            if rows.finish[b].is_none() && rows.prompts[b].len() + rows.generated[b].len() >= self.context {
+                rows.finish[b] = Some("context");
+            }
+            if rows.finish[b].is_some() {
+                next.push(0);
+                continue;
+            }
+            let token = pick(&log_softmax(row_logits), options, rng).context("no token can be sampled")?;
+            if self.eos.contains(&token) {
+                rows.finish[b] = Some("eos");
+                next.push(0);
+                continue;
+            }
+            rows.generated[b].push(token);
+            let text = self.tokenizer.decode(&rows.generated[b])?;
+            if options.stop.iter().any(|s| text.contains(s.as_str())) {
+                rows.finish[b] = Some("stop");
+            }
+            next.push(token);
+        }
+        Ok(next)
+    }
+}
+
+/// The rows of a batch decoded together: each prompt, its attention mask (the left padding
+/// masked out, then the tokens so far), what it has generated, and why it stopped.
+struct BatchRows<'p> {
+    prompts: &'p [Vec<u32>],
+    masks: Vec<Vec<i64>>,
+    generated: Vec<Vec<u32>>,
+    finish: Vec<Option<&'static str>>,
+}
+
+impl<'p> BatchRows<'p> {
+    fn new(prompts: &'p [Vec<u32>]) -> Self {
+        let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let masks = prompts
+            .iter()
+            .map(|p| {
+                std::iter::repeat_n(0, width - p.len())
+                    .chain(std::iter::repeat_n(1, p.len()))
+                    .collect()
+            })
+            .collect();
+        Self {
+            prompts,
+            masks,
+            generated: vec![Vec::new(); prompts.len()],
+            finish: vec![None; prompts.len()],
+        }
+    }
+
+    /// The prompts left-padded with token 0 to the longest one.
+    fn padded_prompts(&self) -> Vec<Vec<u32>> {
+        let width = self.prompts.iter().map(Vec::len).max().unwrap_or(0);
+        self.prompts
+            .iter()
+            .map(|p| {
+                std::iter::repeat_n(0, width - p.len())
+                    .chain(p.iter().copied())
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Each row's text, cut at the first stop string; a row that never stopped ran out of tokens.
+    fn into_generations(
+        self,
+        tokenizer: &Tokenizer,
+        options: &GenerateOptions,
+        seconds: f64,
+    ) -> Result<Vec<Generation>> {
+        self.prompts
+            .iter()
+            .zip(self.generated)
+            .zip(self.finish)
+            .map(|((prompt, tokens), finish)| {
+                let text = tokenizer.decode(&tokens)?;
+                let cut = options
+                    .stop
+                    .iter()
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                    .unwrap_or(text.len());
+                Ok(Generation {
+                    prompt_tokens: prompt.clone(),
+                    tokens,
+                    text: text[..cut].to_owned(),
+                    finish: finish.unwrap_or("length"),
+                    seconds,
+                })
+            })
+            .collect()
+    }
+}
+
 impl KvCache {
     /// Runs `new` tokens after a cache of `total - new.len()` tokens (empty on the first call);
     /// returns the last position's logits and the updated cache.
@@ -399,7 +465,7 @@ impl KvCache {
         for feed in &self.feeds {
             binding.bind_input(feed.name.as_str(), &feed.tensor()?)?;
         }
-        binding.bind_output_to_device(LOGITS, &crate::runtime::memory_info(Device::Cpu)?)?;
+        binding.bind_output_to_device(LOGITS, &crate::infer::runtime::memory_info(Device::Cpu)?)?;
         let mut outputs = self
             .session
             .run_binding(&binding)

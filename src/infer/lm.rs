@@ -18,9 +18,9 @@ use ort::value::{DynValue, Tensor};
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
-use crate::kv_cache::CacheLayout;
+use crate::infer::kv_cache::CacheLayout;
+use crate::infer::runtime::{self, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
-use crate::runtime::{self, ScalarFeed, SessionOptions};
 
 /// One loglikelihood request, already tokenized.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,8 +36,24 @@ pub struct Loglikelihood {
     pub is_greedy: bool,
 }
 
-/// A unit's answers: (position, token) -> (log-probability, token is the argmax).
-type UnitScores = HashMap<(usize, u32), (f32, bool)>;
+/// A unit's answers by (position, token).
+type UnitScores = HashMap<(usize, u32), TokenScore>;
+
+/// One candidate token's answer at one position.
+#[derive(Debug, Clone, Copy)]
+struct TokenScore {
+    logprob: f32,
+    /// The token is the argmax at its position.
+    is_greedy: bool,
+}
+
+/// A prefix every unit of a batch starts with, and its cache: one sequence's, which the graph
+/// repeats for the batch.
+#[derive(Clone, Copy)]
+struct SharedPrefix<'a> {
+    cache: &'a [DynValue],
+    len: usize,
+}
 
 /// One forward: an input sequence and, for each scored position, its candidate tokens.
 #[derive(Debug, Default)]
@@ -58,6 +74,95 @@ pub struct ScoringStats {
     pub shared_prefix_tokens: usize,
     /// On a full-sequence graph: the tokens a decoding graph would not have recomputed.
     pub shareable_prefix_tokens: usize,
+}
+
+/// Where each request is scored: the forwards, and which of their answers each request sums.
+struct ScoringPlan {
+    units: Vec<Unit>,
+    /// Per request, in request order.
+    targets: Vec<RequestTargets>,
+    /// Per unit: the requests it answers.
+    requests_of_unit: Vec<Vec<usize>>,
+}
+
+/// The unit that scores a request, and the (position, token) pairs its answer sums.
+struct RequestTargets {
+    unit: usize,
+    scored: Vec<(usize, u32)>,
+}
+
+impl ScoringPlan {
+    /// Reads each request as lm-eval does (`(context + continuation)[:-1]`, left-truncated to
+    /// `max_length`) and gives requests that read the same tokens one unit.
+    fn new(requests: &[TokenRequest], max_length: usize) -> Result<Self> {
+        let mut units: Vec<Unit> = Vec::new();
+        let mut unit_of_input: HashMap<Vec<u32>, usize> = HashMap::new();
+        let mut targets = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            if request.continuation.is_empty() {
+                bail!("request {i} has an empty continuation");
+            }
+            if request.context.is_empty() {
+                bail!("request {i} has an empty context; lm-eval puts the prefix token (BOS) there");
+            }
+            let whole: Vec<u32> = request
+                .context
+                .iter()
+                .chain(&request.continuation)
+                .copied()
+                .collect();
+            let keep = whole.len().min(max_length + 1);
+            let input = whole[whole.len() - keep..whole.len() - 1].to_vec();
+            let n = request.continuation.len().min(input.len());
+            let first = input.len() - n;
+            let scored: Vec<(usize, u32)> = (0..n)
+                .map(|j| {
+                    (
+                        first + j,
+                        request.continuation[request.continuation.len() - n + j],
+                    )
+                })
+                .collect();
+            let unit = *unit_of_input.entry(input.clone()).or_insert_with(|| {
+                units.push(Unit {
+                    input,
+                    ..Default::default()
+                });
+                units.len() - 1
+            });
+            for &(position, token) in &scored {
+                let candidates = units[unit].candidates.entry(position).or_default();
+                if !candidates.contains(&token) {
+                    candidates.push(token);
+                }
+            }
+            targets.push(RequestTargets { unit, scored });
+        }
+        let mut requests_of_unit: Vec<Vec<usize>> = vec![Vec::new(); units.len()];
+        for (i, target) in targets.iter().enumerate() {
+            requests_of_unit[target.unit].push(i);
+        }
+        Ok(Self {
+            units,
+            targets,
+            requests_of_unit,
+        })
+    }
+
+    /// Request `request`'s answer from its unit's scores.
+    fn answer(&self, request: usize, scores: &UnitScores) -> Loglikelihood {
+        let mut logprob = 0.0f32;
+        let mut is_greedy = true;
+        for key in &self.targets[request].scored {
+            let score = scores[key];
+            logprob += score.logprob;
+            is_greedy &= score.is_greedy;
+        }
+        Loglikelihood {
+            logprob: f64::from(logprob),
+            is_greedy,
+        }
+    }
 }
 
 /// A shared prefix shorter than this is recomputed with each sequence: repeating its cache for a
@@ -92,7 +197,7 @@ impl ScoringModel {
         let mut model = Model::load(path)?;
         let cache = CacheLayout::of(&model)?;
         if let Some(layout) = &cache {
-            crate::kv_cache::broadcast_cache_inputs(&mut model, layout)
+            crate::infer::kv_cache::broadcast_cache_inputs(&mut model, layout)
                 .with_context(|| format!("preparing '{}' for shared prefixes", path.display()))?;
         }
         scoring::add_scoring_head(&mut model, LOGITS)
@@ -116,82 +221,27 @@ impl ScoringModel {
         requests: &[TokenRequest],
         mut on_batch: impl FnMut(usize, &[(&TokenRequest, Loglikelihood)]) -> Result<()>,
     ) -> Result<(Vec<Loglikelihood>, ScoringStats)> {
-        // Where each request's tokens are scored: (unit index, [(position, target)]).
-        let mut units: Vec<Unit> = Vec::new();
-        let mut unit_of_input: HashMap<Vec<u32>, usize> = HashMap::new();
-        let mut plan: Vec<(usize, Vec<(usize, u32)>)> = Vec::with_capacity(requests.len());
-        for (i, request) in requests.iter().enumerate() {
-            if request.continuation.is_empty() {
-                bail!("request {i} has an empty continuation");
-            }
-            if request.context.is_empty() {
-                bail!("request {i} has an empty context; lm-eval puts the prefix token (BOS) there");
-            }
-            let whole: Vec<u32> = request
-                .context
-                .iter()
-                .chain(&request.continuation)
-                .copied()
-                .collect();
-            let keep = whole.len().min(self.max_length + 1);
-            let input = whole[whole.len() - keep..whole.len() - 1].to_vec();
-            let n = request.continuation.len().min(input.len());
-            let first = input.len() - n;
-            let targets: Vec<(usize, u32)> = (0..n)
-                .map(|j| {
-                    (
-                        first + j,
-                        request.continuation[request.continuation.len() - n + j],
-                    )
-                })
-                .collect();
-            let unit = *unit_of_input.entry(input.clone()).or_insert_with(|| {
-                units.push(Unit {
-                    input,
-                    ..Default::default()
-                });
-                units.len() - 1
-            });
-            for &(position, token) in &targets {
-                let candidates = units[unit].candidates.entry(position).or_default();
-                if !candidates.contains(&token) {
-                    candidates.push(token);
-                }
-            }
-            plan.push((unit, targets));
-        }
-        let mut requests_of_unit: Vec<Vec<usize>> = vec![Vec::new(); units.len()];
-        for (i, (unit, _)) in plan.iter().enumerate() {
-            requests_of_unit[*unit].push(i);
-        }
-
+        let plan = ScoringPlan::new(requests, self.max_length)?;
+        let units = &plan.units;
         let mut stats = ScoringStats {
             requests: requests.len(),
             forwards: units.len(),
             ..Default::default()
         };
-        let groups = if self.cache.is_some() {
-            prefix_groups(&units)
-        } else {
-            stats.shareable_prefix_tokens = prefix_groups(&units)
-                .iter()
-                .map(|g| g.len * g.units.len().saturating_sub(1))
-                .sum();
-            vec![PrefixGroup {
-                len: 0,
-                units: longest_first(&units, (0..units.len()).collect()),
-            }]
-        };
+        let groups = self.prefix_groups_to_run(units, &mut stats);
         let mut answers: Vec<Option<Loglikelihood>> = vec![None; requests.len()];
         for group in &groups {
-            let prefix = match group.len {
+            let cache = match group.len {
                 0 => None,
                 len => Some(self.prefix_cache(&units[group.units[0]].input[..len])?),
             };
             for batch in group.units.chunks(self.batch_size) {
                 let scored = self.run_batch(
                     batch.iter().map(|&u| &units[u]).collect(),
-                    prefix.as_ref().map(|kv| (kv.as_slice(), group.len)),
+                    cache.as_ref().map(|cache| SharedPrefix {
+                        cache,
+                        len: group.len,
+                    }),
                 )?;
                 stats.shared_prefix_tokens += group.len
                     * batch
@@ -201,19 +251,9 @@ impl ScoringModel {
                     stats.tokens += units[u].input.len();
                 }
                 let mut finished = Vec::new();
-                for (&u, unit_results) in batch.iter().zip(scored) {
-                    for &i in &requests_of_unit[u] {
-                        let mut logprob = 0.0f32;
-                        let mut is_greedy = true;
-                        for key in &plan[i].1 {
-                            let (lp, greedy) = unit_results[key];
-                            logprob += lp;
-                            is_greedy &= greedy;
-                        }
-                        let answer = Loglikelihood {
-                            logprob: f64::from(logprob),
-                            is_greedy,
-                        };
+                for (&u, unit_scores) in batch.iter().zip(scored) {
+                    for &i in &plan.requests_of_unit[u] {
+                        let answer = plan.answer(i, &unit_scores);
                         answers[i] = Some(answer);
                         finished.push((&requests[i], answer));
                     }
@@ -226,6 +266,23 @@ impl ScoringModel {
             .map(|a| a.expect("every unit was scored"))
             .collect();
         Ok((answers, stats))
+    }
+
+    /// The groups the units run in: on a decoding graph those sharing a prefix, whose cache is
+    /// computed once; on a full-sequence graph all in one, with the prefix tokens a decoding
+    /// graph would have saved counted in `stats`.
+    fn prefix_groups_to_run(&self, units: &[Unit], stats: &mut ScoringStats) -> Vec<PrefixGroup> {
+        if self.cache.is_some() {
+            return prefix_groups(units);
+        }
+        stats.shareable_prefix_tokens = prefix_groups(units)
+            .iter()
+            .map(|g| g.len * g.units.len().saturating_sub(1))
+            .sum();
+        vec![PrefixGroup {
+            len: 0,
+            units: longest_first(units, (0..units.len()).collect()),
+        }]
     }
 
     /// The cache of one sequence's first tokens, kept on the session's device and fed as is under
@@ -282,7 +339,7 @@ impl ScoringModel {
         Ok(scored
             .into_iter()
             .zip(sequences)
-            .map(|(unit, s)| all.iter().map(|&t| unit[&(s.len() - 1, t)].0).collect())
+            .map(|(unit, s)| all.iter().map(|&t| unit[&(s.len() - 1, t)].logprob).collect())
             .collect())
     }
 
@@ -306,16 +363,11 @@ impl ScoringModel {
         }
     }
 
-    /// One forward over `units`; returns, per unit, (position, token) -> (log-prob, token is argmax).
-    /// With `prefix` (a one-sequence cache and its length), every unit starts with those tokens:
-    /// only the rest is fed, after the cache repeated for the batch.
-    fn run_batch(
-        &mut self,
-        units: Vec<&Unit>,
-        prefix: Option<(&[DynValue], usize)>,
-    ) -> Result<Vec<UnitScores>> {
+    /// One forward over `units`; returns each unit's scores. With `prefix`, every unit starts with
+    /// those tokens: only the rest is fed, after the cache repeated for the batch.
+    fn run_batch(&mut self, units: Vec<&Unit>, prefix: Option<SharedPrefix>) -> Result<Vec<UnitScores>> {
         let batch = units.len();
-        let skip = prefix.map_or(0, |(_, len)| len);
+        let skip = prefix.map_or(0, |p| p.len);
         let seq = units.iter().map(|u| u.input.len() - skip).max().unwrap_or(1);
         let k = units.iter().map(|u| u.candidates.len()).max().unwrap_or(1);
         let c = units
@@ -352,8 +404,8 @@ impl ScoringModel {
         ];
         if let Some(layout) = self.cache {
             match prefix {
-                Some((kv, _)) => {
-                    for (n, value) in kv.iter().enumerate() {
+                Some(prefix) => {
+                    for (n, value) in prefix.cache.iter().enumerate() {
                         inputs.push((past_name(n / 2, KINDS[n % 2]).into(), value.into()));
                     }
                 }
@@ -388,7 +440,11 @@ impl ScoringModel {
                             "the model produced a non-finite log-probability ({lp}) at position {position}: NaN or infinite logits"
                         );
                     }
-                    scored.insert((position, token), (lp, greedy[b * k + j] == i64::from(token)));
+                    let score = TokenScore {
+                        logprob: lp,
+                        is_greedy: greedy[b * k + j] == i64::from(token),
+                    };
+                    scored.insert((position, token), score);
                 }
             }
             results.push(scored);

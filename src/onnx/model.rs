@@ -266,36 +266,16 @@ impl Model {
     /// Saves the model to `path` atomically: data first, then the model under a temporary name
     /// renamed into place. The input model and its data files are never written.
     pub fn save(&self, path: &Path, options: &SaveOptions) -> Result<SaveReport> {
-        let file_name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .with_context(|| format!("'{}' is not a file path", path.display()))?
-            .to_owned();
-        let out_dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        if !out_dir.is_dir() {
-            bail!("output folder '{}' does not exist", out_dir.display());
-        }
-        if let Some(source) = &self.source
-            && same_file(source, path)
-        {
-            bail!(
-                "refusing to overwrite the input model '{}': choose another output path",
-                path.display()
-            );
-        }
-
+        let target = self.check_save_path(path)?;
         let mut proto = self.proto.clone();
         if proto.ir_version.unwrap_or(0) == 0 {
             proto.ir_version = Some(IR_VERSION);
         }
         let graph = proto.graph.get_or_insert_with(Default::default);
         let locations = self.external_locations()?;
-        let data_name = format!("{file_name}.data");
+        let data_name = format!("{}.data", target.file_name);
         for location in &locations {
-            if same_file(&out_dir.join(location), path) {
+            if same_file(&target.dir.join(location), path) {
                 bail!(
                     "refusing to write '{}': the model's own external data file has that name",
                     path.display()
@@ -308,26 +288,10 @@ impl Model {
             ..Default::default()
         };
         let mut records = self.current_records(&locations, &self.dir)?;
-        self.place_external_files(&locations, &out_dir, options, &mut report)?;
-
-        let min_bytes = match options.external {
-            ExternalDataPolicy::Always { min_bytes } => Some(min_bytes),
-            ExternalDataPolicy::Never => None,
-            ExternalDataPolicy::Auto => (graph.encoded_len() > PROTOBUF_LIMIT).then_some(1024),
-        };
-        let data_file = match min_bytes {
-            Some(min_bytes) => {
-                if locations.contains(&data_name) {
-                    bail!(
-                        "cannot write new external data to '{data_name}': the model already reads tensors from a file of that name; choose another output name"
-                    );
-                }
-                write_external_data(graph, &out_dir, &data_name, min_bytes, options.progress)?
-            }
-            None => None,
-        };
-        if let Some((_, record)) = &data_file {
-            records.insert(data_name.clone(), record.clone());
+        self.place_external_files(&locations, &target.dir, options, &mut report)?;
+        let new_data = externalize_tensors(graph, options, &locations, &target.dir, &data_name)?;
+        if let Some(new_data) = &new_data {
+            records.insert(data_name.clone(), new_data.record.clone());
         }
         set_records(&mut proto, &records)?;
 
@@ -337,26 +301,17 @@ impl Model {
                 "the model's protobuf would be {encoded_len} bytes, past protobuf's 2 GiB limit; save it with external data"
             );
         }
-        let mut model_file = crate::files::temp_file(&out_dir, &file_name)?;
-        {
-            let mut writer = BufWriter::new(model_file.as_file_mut());
-            writer
-                .write_all(&proto.encode_to_vec())
-                .and_then(|()| writer.flush())
-                .with_context(|| format!("cannot write '{}'", path.display()))?;
-        }
-        model_file
-            .as_file()
-            .sync_all()
-            .with_context(|| format!("cannot write '{}'", path.display()))?;
+        let model_file = write_temp_model(&proto, &target, path)?;
 
         // The data file goes into place first so a model never points at missing data; if the
         // model then cannot be renamed into place, the data file goes too.
-        if let Some((temp, record)) = data_file {
-            let data_path = out_dir.join(&data_name);
-            temp.persist(&data_path)
+        if let Some(new_data) = new_data {
+            let data_path = target.dir.join(&data_name);
+            new_data
+                .temp
+                .persist(&data_path)
                 .with_context(|| format!("cannot write '{}'", data_path.display()))?;
-            report.data_file = Some((data_path, record.bytes));
+            report.data_file = Some((data_path, new_data.record.bytes));
         }
         if let Err(err) = model_file.persist(path) {
             if let Some((data_path, _)) = &report.data_file {
@@ -366,6 +321,32 @@ impl Model {
         }
         report.model_bytes = encoded_len as u64;
         Ok(report)
+    }
+
+    /// Where `path` goes, refused when its folder is missing or it is the file this model was
+    /// loaded from.
+    fn check_save_path(&self, path: &Path) -> Result<SaveTarget> {
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("'{}' is not a file path", path.display()))?
+            .to_owned();
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            bail!("output folder '{}' does not exist", dir.display());
+        }
+        if let Some(source) = &self.source
+            && same_file(source, path)
+        {
+            bail!(
+                "refusing to overwrite the input model '{}': choose another output path",
+                path.display()
+            );
+        }
+        Ok(SaveTarget { dir, file_name })
     }
 
     /// Makes every data file the model references reachable from `out_dir` under the same
@@ -447,6 +428,58 @@ fn set_records(proto: &mut ModelProto, records: &Records) -> Result<()> {
     Ok(())
 }
 
+/// The folder and file name a model is saved to.
+struct SaveTarget {
+    dir: PathBuf,
+    file_name: String,
+}
+
+/// A data file written for a save, under its temporary name until the model is in place.
+struct NewDataFile {
+    temp: tempfile::NamedTempFile,
+    record: DataRecord,
+}
+
+/// Moves the graph's inline tensors to a new `data_name` in `dir` as `options` asks: always
+/// (those of at least `min_bytes`), never, or when the protobuf would pass its 2 GiB limit.
+fn externalize_tensors(
+    graph: &mut GraphProto,
+    options: &SaveOptions,
+    locations: &BTreeSet<String>,
+    dir: &Path,
+    data_name: &str,
+) -> Result<Option<NewDataFile>> {
+    let min_bytes = match options.external {
+        ExternalDataPolicy::Always { min_bytes } => min_bytes,
+        ExternalDataPolicy::Never => return Ok(None),
+        ExternalDataPolicy::Auto if graph.encoded_len() > PROTOBUF_LIMIT => 1024,
+        ExternalDataPolicy::Auto => return Ok(None),
+    };
+    if locations.contains(data_name) {
+        bail!(
+            "cannot write new external data to '{data_name}': the model already reads tensors from a file of that name; choose another output name"
+        );
+    }
+    write_external_data(graph, dir, data_name, min_bytes, options.progress)
+}
+
+/// The encoded model, synced, under a temporary name in the target folder.
+fn write_temp_model(proto: &ModelProto, target: &SaveTarget, path: &Path) -> Result<tempfile::NamedTempFile> {
+    let mut model_file = crate::files::temp_file(&target.dir, &target.file_name)?;
+    {
+        let mut writer = BufWriter::new(model_file.as_file_mut());
+        writer
+            .write_all(&proto.encode_to_vec())
+            .and_then(|()| writer.flush())
+            .with_context(|| format!("cannot write '{}'", path.display()))?;
+    }
+    model_file
+        .as_file()
+        .sync_all()
+        .with_context(|| format!("cannot write '{}'", path.display()))?;
+    Ok(model_file)
+}
+
 /// Moves inline tensors of at least `min_bytes` into a new data file (temporary name in `dir`),
 /// each at a 4096-byte aligned offset, ended by our trailer. Returns the file and its record, or
 /// `None` if none moved.
@@ -456,7 +489,7 @@ fn write_external_data(
     data_name: &str,
     min_bytes: u64,
     show_progress: bool,
-) -> Result<Option<(tempfile::NamedTempFile, DataRecord)>> {
+) -> Result<Option<NewDataFile>> {
     let mut total = 0u64;
     for_each_tensor(graph, &mut |t| {
         if !t.is_external() && t.byte_len().is_some_and(|n| n >= min_bytes) {
@@ -503,7 +536,7 @@ fn write_external_data(
         .sync_all()
         .with_context(|| format!("cannot write '{}'", data_path.display()))?;
     bar.finish_and_clear();
-    Ok(Some((temp, record)))
+    Ok(Some(NewDataFile { temp, record }))
 }
 
 fn clear_typed_data(t: &mut TensorProto) {

@@ -256,11 +256,7 @@ fn tasks_report_lm_evals_versions_and_metrics() {
         assert_eq!(task.output_type.name(), info["output_type"], "{name} output_type");
         assert_eq!(task.version(), info["version"], "{name} version");
         assert_eq!(json!(task.config.dataset_path), info["dataset_path"], "{name}");
-        assert_eq!(
-            json!(task.config.dataset_name),
-            info["dataset_name"],
-            "{name}"
-        );
+        assert_eq!(json!(task.config.dataset_name), info["dataset_name"], "{name}");
         assert!(!task.eval_docs.is_empty(), "{name}");
     }
 }

@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use ort::value::Tensor;
 use sae_onnx::contract::meta;
 use sae_onnx::export::{self, ExportOptions, Ops};
+use sae_onnx::infer::runtime::{self, SessionOptions};
 use sae_onnx::onnx::make::make_tensor_value_info_unshaped;
 use sae_onnx::onnx::{DataType, MS_DOMAIN, Model, SaveOptions};
-use sae_onnx::runtime::{self, SessionOptions};
 
 const TOLERANCE: f32 = 1e-4;
 

@@ -9,10 +9,10 @@ use std::path::Path;
 
 use common::*;
 use ort::value::Tensor;
+use sae_onnx::infer::runtime::{self, SessionOptions};
 use sae_onnx::onnx::make::*;
 use sae_onnx::onnx::pb::{GraphProto, NodeProto};
 use sae_onnx::onnx::{DataType, Model, SaveOptions};
-use sae_onnx::runtime::{self, SessionOptions};
 
 fn graph(proto: &sae_onnx::onnx::pb::ModelProto) -> GraphProto {
     proto.graph.clone().unwrap()

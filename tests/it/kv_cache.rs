@@ -11,7 +11,7 @@ use common::golden::Golden;
 use ort::value::{DynValue, Tensor};
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::infer::generate::{GenerateOptions, Generator};
-use sae_onnx::runtime::{self, SessionOptions};
+use sae_onnx::infer::runtime::{self, SessionOptions};
 
 fn export(arch: &str, dir: &Path, kv_cache: bool) -> PathBuf {
     let out = dir.join(format!("{arch}{}.onnx", if kv_cache { "_kv" } else { "" }));

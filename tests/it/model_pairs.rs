@@ -255,7 +255,7 @@ fn temporary_files_of_a_killed_export_are_gone_after_the_next_run() {
 #[test]
 fn onnx_runtime_ignores_the_trailer() {
     use ort::value::Tensor;
-    use sae_onnx::runtime::{SessionOptions, session};
+    use sae_onnx::infer::runtime::{SessionOptions, session};
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("a.onnx");
     export(Path::new(DEMO), &model, false);

@@ -5,7 +5,7 @@ use crate::common;
 
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::infer::lm::{ScoringModel, TokenRequest};
-use sae_onnx::runtime::SessionOptions;
+use sae_onnx::infer::runtime::SessionOptions;
 use safetensors::SafeTensors;
 
 struct Case {

@@ -13,8 +13,8 @@ use ort::session::SessionInputValue;
 use ort::value::Tensor;
 use sae_onnx::contract::sweep::coefficient_inputs;
 use sae_onnx::export::{self, ExportOptions};
+use sae_onnx::infer::runtime::{self, SessionOptions};
 use sae_onnx::onnx::{DataType, Model};
-use sae_onnx::runtime::{self, SessionOptions};
 use sae_onnx::steer::patch::{PatchExtras, PatchOptions, patch_with};
 use sae_onnx::steer::{SteerAction, SteeringPlan};
 

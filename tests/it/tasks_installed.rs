@@ -27,7 +27,8 @@ impl Installed {
         let binary = bin.join("sae-onnx");
         std::fs::copy(env!("CARGO_BIN_EXE_sae-onnx"), &binary).unwrap();
         // Found here, before SAE_ONNX_HOME moves the cache the child would look in.
-        let (ort, _) = sae_onnx::runtime::find_library(None).expect("ONNX Runtime (scripts/fetch-ort.sh)");
+        let (ort, _) =
+            sae_onnx::infer::runtime::find_library(None).expect("ONNX Runtime (scripts/fetch-ort.sh)");
         Self {
             _root: root,
             binary,

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use ort::value::Tensor;
-use sae_onnx::runtime::{self, SessionOptions};
+use sae_onnx::infer::runtime::{self, SessionOptions};
 use safetensors::SafeTensors;
 
 pub struct Golden {

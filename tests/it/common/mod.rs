@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::value::Tensor;
+use sae_onnx::infer::runtime::{self, SessionOptions};
 use sae_onnx::onnx::DataType;
 use sae_onnx::onnx::make::*;
 use sae_onnx::onnx::pb::ModelProto;
-use sae_onnx::runtime::{self, SessionOptions};
 
 pub const W: [f32; 12] = [0.5, -1.0, 2.0, 1.5, 0.25, -0.5, -2.0, 1.0, 0.75, 0.1, -0.3, 1.2];
 pub const B: [f32; 3] = [0.1, -0.2, 0.3];

@@ -65,10 +65,10 @@ pub enum LibrarySource {
 /// fetched. An explicit path that does not exist is an error, not a reason to look elsewhere.
 pub fn find_library(flag: Option<&Path>) -> Result<(PathBuf, LibrarySource)> {
     if let Some(path) = flag {
-        return existing(path, "--ort-lib").map(|p| (p, LibrarySource::Flag));
+        return library_at(path, "--ort-lib").map(|p| (p, LibrarySource::Flag));
     }
     if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|v| !v.is_empty()) {
-        return existing(Path::new(&path), "ORT_DYLIB_PATH").map(|p| (p, LibrarySource::EnvVar));
+        return library_at(Path::new(&path), "ORT_DYLIB_PATH").map(|p| (p, LibrarySource::EnvVar));
     }
     if let Some(dir) = std::env::current_exe()
         .ok()
@@ -101,7 +101,9 @@ pub fn fetched_dir() -> PathBuf {
     crate::paths::cache_root().join("ort").join(ORT_VERSION)
 }
 
-fn existing(path: &Path, from: &str) -> Result<PathBuf> {
+/// The library an explicit `--ort-lib` / `ORT_DYLIB_PATH` names: the file itself or the newest
+/// one in the folder.
+fn library_at(path: &Path, from: &str) -> Result<PathBuf> {
     if path.is_file() {
         Ok(path.to_path_buf())
     } else if path.is_dir()
@@ -186,7 +188,7 @@ pub struct SessionOptions {
 
 /// Opens `model` in ONNX Runtime on the requested device.
 pub fn session(model: &Path, options: &SessionOptions) -> Result<Session> {
-    builder(options)?
+    session_builder(options)?
         .commit_from_file(model)
         .map_err(|e| anyhow!("ONNX Runtime cannot load '{}': {e}", model.display()))
         .context("opening an inference session")
@@ -200,7 +202,7 @@ pub fn session_from_model(model: &Model, options: &SessionOptions) -> Result<Ses
         .dir
         .canonicalize()
         .with_context(|| format!("cannot resolve '{}'", model.dir.display()))?;
-    builder(options)?
+    session_builder(options)?
         .with_config_entry(
             "session.model_external_initializers_file_folder_path",
             dir.to_string_lossy(),
@@ -211,7 +213,7 @@ pub fn session_from_model(model: &Model, options: &SessionOptions) -> Result<Ses
         .context("opening an inference session")
 }
 
-fn builder(options: &SessionOptions) -> Result<ort::session::builder::SessionBuilder> {
+fn session_builder(options: &SessionOptions) -> Result<ort::session::builder::SessionBuilder> {
     let lib = init(options.ort_lib.as_deref())?;
     let (env, _) = ENVIRONMENT.get().expect("init succeeded");
     let mut builder = Session::builder(env)
@@ -298,7 +300,7 @@ fn cuda_failure_help(lib: &Path, device: i32, error: &str) -> String {
         .iter()
         .chain(ort::ep::cuda::CUDNN_DYLIBS)
         .copied()
-        .filter(|name| unsafe { libloading_probe(name) })
+        .filter(|name| unsafe { cannot_load(name) })
         .collect();
     if missing.is_empty() {
         help.push_str(
@@ -320,7 +322,7 @@ fn cuda_failure_help(lib: &Path, device: i32, error: &str) -> String {
 /// # Safety
 /// Loading a library runs its initializers; the CUDA and cuDNN libraries probed here have none
 /// with side effects beyond their own state.
-unsafe fn libloading_probe(name: &str) -> bool {
+unsafe fn cannot_load(name: &str) -> bool {
     unsafe { libloading::Library::new(name) }.is_err()
 }
 
