@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use crate::eval::evaluator::BatchSize;
+use crate::eval::options::BatchSize;
 use crate::export::{self, ExportOptions, Ops};
 use crate::inspect;
 use crate::onnx::DataType;
@@ -571,10 +571,11 @@ impl Cli {
     }
 
     fn eval(&self, args: &EvalArgs, hub: crate::hub::Hub) -> Result<()> {
-        use crate::eval::evaluator::{self, EvalOptions};
+        use crate::eval::evaluator;
+        use crate::eval::options::EvalOptions;
         use crate::eval::task::TaskIndex;
         if args.list_tasks {
-            let mut dirs = vec![evaluator::bundled_tasks_dir()?];
+            let mut dirs = vec![crate::eval::bundled::tasks_dir()?];
             dirs.extend(args.include_path.iter().cloned());
             let index = TaskIndex::scan(&dirs)?;
             for (name, entry) in &index.entries {

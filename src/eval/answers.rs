@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::cache::ResultCache;
-use super::evaluator::{AUTO_BATCH_CAP, BatchSize, EvalOptions};
+use super::options::{AUTO_BATCH_CAP, BatchSize, EvalOptions};
 use super::prepare::PreparedEval;
 use super::requests::{Document, RequestEncoder};
 use super::task::{OutputType, Task};

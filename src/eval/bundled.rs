@@ -7,13 +7,31 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 
 use crate::files;
 
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/bundled_tasks.rs"));
+}
+
+/// The bundled task folder: `SAE_ONNX_TASKS` when set, else the lm-eval YAMLs built into the
+/// binary, written once under the cache root (an installed binary has no checkout to read).
+pub fn tasks_dir() -> Result<PathBuf> {
+    match std::env::var_os("SAE_ONNX_TASKS").filter(|v| !v.is_empty()) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if !dir.is_dir() {
+                bail!(
+                    "SAE_ONNX_TASKS is '{}', which is not a folder; point it at a folder of task YAMLs, or unset it for the bundled tasks",
+                    dir.display()
+                );
+            }
+            Ok(dir)
+        }
+        None => extract(&crate::paths::cache_root()),
+    }
 }
 
 /// The embedded files: paths relative to the task folder, and their bytes.

@@ -3,8 +3,28 @@
 //! `acc_bytes` (in UTF-8 bytes), `exact_match` (the gold choice is the greedy continuation); means
 //! with the sample standard error, and groups weighted by size with a pooled standard error.
 
+use serde_json::{Value, json};
+
 use super::task::Target;
 use crate::infer::lm::Loglikelihood;
+
+/// A document's value for one metric: a number averaged over documents, or a (loglikelihood,
+/// count) pair that perplexities weight by the count.
+#[derive(Debug, Clone, Copy)]
+pub enum MetricItem {
+    Value(f64),
+    Weighted(f64, f64),
+}
+
+impl MetricItem {
+    pub fn json(self) -> Value {
+        match self {
+            Self::Value(v) => json!(v),
+            // Counts are whole numbers of words or bytes.
+            Self::Weighted(ll, n) => json!([ll, n as u64]),
+        }
+    }
+}
 
 /// `np.argmax`: the first index of the maximum (NaN never wins here: scores are finite).
 fn argmax(values: &[f64]) -> usize {

@@ -11,6 +11,7 @@ pub mod generative;
 pub mod groups;
 pub mod hub_data;
 pub mod metrics;
+pub mod options;
 pub mod output;
 pub mod prepare;
 pub mod requests;

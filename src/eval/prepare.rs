@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
-use super::evaluator::{EvalOptions, bundled_tasks_dir};
 use super::groups::TaskTree;
+use super::options::EvalOptions;
 use super::requests::{Document, RequestEncoder};
 use super::task::{Entry, Task, TaskIndex};
 use crate::contract::{MAX_CONTEXT, meta};
@@ -59,7 +59,7 @@ impl PreparedEval {
             max_length,
         };
 
-        let mut dirs = vec![bundled_tasks_dir()?];
+        let mut dirs = vec![super::bundled::tasks_dir()?];
         dirs.extend(options.include_paths.iter().cloned());
         let mut index = TaskIndex::scan(&dirs)?;
         let roots = options

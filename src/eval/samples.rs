@@ -3,10 +3,10 @@
 
 use serde_json::{Map, Value, json};
 
+use super::metrics::MetricItem;
 use super::output::{doc_json_indented, py_str};
 use super::requests::Document;
 use super::task::Target;
-use super::task_output::MetricItem;
 use crate::digest::hash_string;
 use crate::infer::lm::Loglikelihood;
 use crate::pycompat::literal::repr_float;

@@ -8,30 +8,12 @@ use serde_json::{Value, json};
 
 use super::generative::{ExactMatch, Filter};
 use super::groups::{MetricMean, Summary};
-use super::metrics;
+use super::metrics::{self, MetricItem};
 use super::requests::{Document, gold_index};
 use super::results::{Scores, Stderr};
 use super::samples;
 use super::task::{OutputType, Target, Task};
 use crate::infer::lm::{Loglikelihood, TokenRequest};
-
-/// A document's value for one metric: a number averaged over documents, or a (loglikelihood,
-/// count) pair that perplexities weight by the count.
-#[derive(Debug, Clone, Copy)]
-pub enum MetricItem {
-    Value(f64),
-    Weighted(f64, f64),
-}
-
-impl MetricItem {
-    pub fn json(self) -> Value {
-        match self {
-            Self::Value(v) => json!(v),
-            // Counts are whole numbers of words or bytes.
-            Self::Weighted(ll, n) => json!([ll, n as u64]),
-        }
-    }
-}
 
 /// Generations of the generate_until documents, by task name and document id.
 pub type Generations = HashMap<(String, usize), String>;

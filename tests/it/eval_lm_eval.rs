@@ -6,7 +6,8 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use sae_onnx::eval::evaluator::{self, EvalOptions};
+use sae_onnx::eval::evaluator;
+use sae_onnx::eval::options::EvalOptions;
 use sae_onnx::eval::requests::encode_pair;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::tokenizer::Tokenizer;
@@ -50,7 +51,7 @@ fn check_model_run(
         include_paths: vec![PathBuf::from("tests/fixtures/lm_eval/tasks")],
         output_path: Some(output.clone()),
         log_samples: true,
-        batch_size: sae_onnx::eval::evaluator::BatchSize::Fixed(5),
+        batch_size: sae_onnx::eval::options::BatchSize::Fixed(5),
         ..Default::default()
     };
     let outcome = evaluator::evaluate(&model, &options).unwrap();

@@ -6,7 +6,8 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use sae_onnx::eval::evaluator::{self, EvalOptions};
+use sae_onnx::eval::evaluator;
+use sae_onnx::eval::options::EvalOptions;
 use sae_onnx::eval::requests::rolling_windows;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::tokenizer::Tokenizer;

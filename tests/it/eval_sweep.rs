@@ -7,7 +7,8 @@ use crate::common;
 
 use std::path::{Path, PathBuf};
 
-use sae_onnx::eval::evaluator::{self, BatchSize, EvalOptions};
+use sae_onnx::eval::evaluator;
+use sae_onnx::eval::options::{BatchSize, EvalOptions};
 use sae_onnx::eval::sweep::SweepSpec;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::steer::patch::{PatchExtras, PatchOptions, patch_with};

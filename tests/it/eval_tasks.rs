@@ -437,7 +437,8 @@ fn list_tasks_shows_the_bundled_tasks() {
 /// the groups resolve as lm-eval's, every task is scored, and each logged prompt is lm-eval's.
 #[test]
 fn eval_runs_the_bundled_groups_end_to_end() {
-    use sae_onnx::eval::evaluator::{self, EvalOptions};
+    use sae_onnx::eval::evaluator;
+    use sae_onnx::eval::options::EvalOptions;
     use sae_onnx::export::{self, ExportOptions};
 
     fake_hub();

@@ -212,7 +212,7 @@ fn nonsense_is_an_error_naming_what_to_fix_never_a_panic_or_a_score() {
     assert_error(&eval(&base, &["--max-length", "0"]), &["is not a context length"]);
     // The library refuses them too.
     for (limit, max_length) in [(Some(f64::NAN), None), (None, Some(0))] {
-        let options = sae_onnx::eval::evaluator::EvalOptions {
+        let options = sae_onnx::eval::options::EvalOptions {
             tasks: vec![TASK.to_owned()],
             limit,
             max_length,

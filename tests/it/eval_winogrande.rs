@@ -8,7 +8,8 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use sae_onnx::eval::evaluator::{self, BatchSize, EvalOptions};
+use sae_onnx::eval::evaluator;
+use sae_onnx::eval::options::{BatchSize, EvalOptions};
 use sae_onnx::eval::task::load_yaml_config;
 use sae_onnx::export::{self, ExportOptions};
 use serde_json::Value;
