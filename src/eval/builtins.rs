@@ -7,8 +7,6 @@ use anyhow::{Context, Result, bail};
 use regex::Regex;
 use serde_json::{Value, json};
 
-use crate::pycompat::literal;
-
 /// `!function` names sae-onnx implements, as they appear in lm-eval 0.4.13's task YAMLs.
 pub const WIKITEXT_DETOKENIZER: &str = "preprocess_wikitext.wikitext_detokenizer";
 pub const WIKITEXT_PROCESS_RESULTS: &str = "preprocess_wikitext.process_results";
@@ -89,7 +87,9 @@ pub fn winogrande_doc_to_text(doc: &Value) -> Result<i64> {
 /// (Python's `str.strip()`: its whitespace, `\x1c`..`\x1f` included).
 pub fn winogrande_doc_to_target(doc: &Value) -> Result<String> {
     let (sentence, idx) = blank(doc)?;
-    Ok(sentence[idx + 1..].trim_matches(literal::is_space).to_owned())
+    Ok(sentence[idx + 1..]
+        .trim_matches(crate::pycompat::unicode::is_space)
+        .to_owned())
 }
 
 /// lm-eval's `preprocess_winogrande.doc_to_choice`: the sentence up to the first `_`, followed by

@@ -9,7 +9,7 @@ use super::requests::Document;
 use super::task::Target;
 use crate::digest::hash_string;
 use crate::infer::lm::Loglikelihood;
-use crate::pycompat::literal::repr_float;
+use crate::pycompat::repr::repr_float;
 
 /// A loglikelihood document's line: one response per request (with is_greedy, except for a
 /// rolling request) and its metric values.

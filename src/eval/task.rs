@@ -733,7 +733,7 @@ impl Task {
                 }
                 let rendered = self.render("doc_to_text", spec, doc)?;
                 if self.has_choices()
-                    && literal::isdigit(&rendered)
+                    && crate::pycompat::unicode::isdigit(&rendered)
                     && let Ok(index) = rendered.parse::<i64>()
                 {
                     return Ok(DocText::Index(index));
@@ -777,7 +777,7 @@ impl Task {
                     });
                 }
                 let rendered = self.render("doc_to_target", spec, doc)?;
-                if has_choices && literal::isdigit(&rendered) {
+                if has_choices && crate::pycompat::unicode::isdigit(&rendered) {
                     let index = rendered
                         .parse::<i64>()
                         .with_context(|| format!("target '{rendered}' is too large"))?;

@@ -41,9 +41,10 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, ValueKind, from_args};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 
-use crate::pycompat::literal;
 use crate::pycompat::re as pyre;
+use crate::pycompat::repr as pyrepr;
 use crate::pycompat::str as pystr;
+use crate::pycompat::unicode;
 
 /// The work one render may do: about one unit per instruction or per 64 bytes created, so
 /// at most ~640 MB and a few seconds.
@@ -222,12 +223,12 @@ fn py_repr_into(value: &Value, out: &mut String) {
             let _ = write!(out, "{value}");
         }
         ValueKind::Number => match f64::try_from(value.clone()) {
-            Ok(x) => out.push_str(&literal::repr_float(x)),
+            Ok(x) => out.push_str(&pyrepr::repr_float(x)),
             Err(_) => {
                 let _ = write!(out, "{value}");
             }
         },
-        ValueKind::String => out.push_str(&literal::repr_str(value.as_str().unwrap_or_default())),
+        ValueKind::String => out.push_str(&pyrepr::repr_str(value.as_str().unwrap_or_default())),
         ValueKind::Seq => {
             let tuple = value.is_tuple();
             out.push(if tuple { '(' } else { '[' });
@@ -414,11 +415,11 @@ fn py_method(state: &mut State, value: &Value, method: &str, args: &[Value]) -> 
             }
             "isdigit" => {
                 let () = from_args(args)?;
-                return Ok(Value::from(literal::isdigit(s)));
+                return Ok(Value::from(unicode::isdigit(s)));
             }
             "isspace" => {
                 let () = from_args(args)?;
-                return Ok(Value::from(!s.is_empty() && s.chars().all(literal::is_space)));
+                return Ok(Value::from(!s.is_empty() && s.chars().all(unicode::is_space)));
             }
             _ => {}
         }
@@ -580,7 +581,10 @@ mod tests {
     fn rendered_lists_read_back_with_literal_eval() {
         let doc = json!({"choices": ["it's", "say \"hi\"", "back\\slash", "new\nline", "é\u{200b}"]});
         let text = render("{{ choices }}", &doc).unwrap();
-        let back = literal::literal_eval(&text).unwrap().to_json().unwrap();
+        let back = crate::pycompat::literal::literal_eval(&text)
+            .unwrap()
+            .to_json()
+            .unwrap();
         assert_eq!(back, doc["choices"]);
     }
 

@@ -2,7 +2,7 @@
 //! character: `strip` with Python's whitespace, `split`/`rsplit` with `maxsplit`, `index`/`rindex`
 //! by characters, `int(s, base)` and `float(s)`.
 
-use super::literal::is_space;
+use super::unicode::is_space;
 
 /// Python's `ValueError: empty separator` of `str.split("")`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
