@@ -1,11 +1,13 @@
-//! `.safetensors` files: the header is parsed by the safetensors crate, the data left in place
-//! for [`StoredArray`].
+//! `.safetensors` files: the safetensors crate parses and validates the header, the data is left
+//! in place for [`StoredArray`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use memmap2::Mmap;
+use safetensors::tensor::Metadata;
+use safetensors::{Dtype, SafeTensors};
 
 use super::array::{DType, Data, StoredArray, map_file};
 
@@ -14,77 +16,62 @@ use super::array::{DType, Data, StoredArray, map_file};
 pub struct Safetensors {
     pub file: PathBuf,
     map: Arc<Mmap>,
-    /// name -> (dtype, shape, absolute byte offset)
-    tensors: Vec<(String, DType, Vec<usize>, usize)>,
-    /// Names with dtypes we cannot read (for messages).
-    unsupported: Vec<(String, String)>,
+    header: Metadata,
+    /// Where the tensors' data begins: after the header's 8-byte length and the header.
+    data_start: usize,
 }
 
 impl Safetensors {
     pub fn open(path: &Path) -> Result<Self> {
         let map = map_file(path)?;
-        let (n, metadata) = safetensors::SafeTensors::read_metadata(&map[..])
-            .map_err(|e| anyhow::anyhow!("'{}' is not a readable safetensors file: {e}", path.display()))?;
-        let base = 8 + n;
-        let mut tensors = Vec::new();
-        let mut unsupported = Vec::new();
-        for (name, info) in metadata.tensors() {
-            let dtype = match info.dtype {
-                safetensors::Dtype::F32 => DType::F32,
-                safetensors::Dtype::F16 => DType::F16,
-                safetensors::Dtype::BF16 => DType::BF16,
-                safetensors::Dtype::F64 => DType::F64,
-                other => {
-                    unsupported.push((name, format!("{other:?}")));
-                    continue;
-                }
-            };
-            tensors.push((name, dtype, info.shape.clone(), base + info.data_offsets.0));
-        }
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let (header_len, header) = SafeTensors::read_metadata(&map[..])
+            .map_err(|e| anyhow!("'{}' is not a readable safetensors file: {e}", path.display()))?;
         Ok(Self {
             file: path.to_owned(),
             map,
-            tensors,
-            unsupported,
+            header,
+            data_start: 8 + header_len,
         })
     }
 
+    /// The tensor names, sorted.
     pub fn keys(&self) -> Vec<String> {
-        self.tensors
-            .iter()
-            .map(|t| t.0.clone())
-            .chain(self.unsupported.iter().map(|u| u.0.clone()))
-            .collect()
+        let mut names: Vec<String> = self.header.tensors().into_keys().collect();
+        names.sort();
+        names
     }
 
     pub fn contains(&self, key: &str) -> bool {
-        self.tensors.iter().any(|t| t.0 == key) || self.unsupported.iter().any(|u| u.0 == key)
+        self.header.info(key).is_some()
     }
 
     pub fn array(&self, key: &str) -> Result<StoredArray> {
-        if let Some((_, dtype)) = self.unsupported.iter().find(|u| u.0 == key) {
-            bail!(
-                "'{}': tensor '{key}' has dtype {dtype}; only F32, F16, BF16 and F64 are supported",
-                self.file.display()
-            );
-        }
-        let Some((name, dtype, shape, offset)) = self.tensors.iter().find(|t| t.0 == key) else {
+        let Some(info) = self.header.info(key) else {
             bail!(
                 "'{}' has no tensor '{key}' (it has: {})",
                 self.file.display(),
                 self.keys().join(", ")
             );
         };
+        let dtype = match info.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::F64 => DType::F64,
+            other => bail!(
+                "'{}': tensor '{key}' has dtype {other:?}; only F32, F16, BF16 and F64 are supported",
+                self.file.display()
+            ),
+        };
         Ok(StoredArray {
-            name: name.clone(),
+            name: key.to_owned(),
             file: self.file.clone(),
-            dtype: *dtype,
-            shape: shape.clone(),
+            dtype,
+            shape: info.shape.clone(),
             fortran_order: false,
             data: Data::Mapped {
                 map: self.map.clone(),
-                offset: *offset,
+                offset: self.data_start + info.data_offsets.0,
             },
         })
     }
