@@ -79,10 +79,11 @@ impl Sae {
     /// `W_dec[latent]` for each latent (repeats allowed), scaled as SAELens loads it.
     pub fn decoder_rows(&self, latents: &[usize]) -> Result<DecoderRows> {
         self.check_latents(latents)?;
-        let mut rows = self.weights.array(&self.weights.names.w_dec)?.rows(latents)?;
+        let names = &self.weights.names;
+        let mut rows = self.weights.array(&names.w_dec)?.rows(latents)?;
         rows.iter_mut().for_each(|r| self.scales.w_dec.apply(r));
         for (row, &latent) in rows.iter().zip(latents) {
-            self.check_finite(&self.weights.names.w_dec, Some(latent), row)?;
+            self.check_finite(&names.w_dec, Some(latent), row)?;
         }
         Ok(DecoderRows {
             hook: self.hook,
@@ -98,35 +99,20 @@ impl Sae {
     /// The encoder column, `b_enc` and `threshold` entries of each latent, and all of `b_dec`.
     pub fn encoder_parts(&self, latents: &[usize]) -> Result<EncoderParts> {
         self.check_latents(latents)?;
-        let mut w_enc_cols = self.weights.array(&self.weights.names.w_enc)?.cols(latents)?;
+        let names = &self.weights.names;
+        let mut w_enc_cols = self.weights.array(&names.w_enc)?.cols(latents)?;
         w_enc_cols.iter_mut().for_each(|c| self.scales.w_enc.apply(c));
         for (col, &latent) in w_enc_cols.iter().zip(latents) {
-            self.check_finite(&self.weights.names.w_enc, Some(latent), col)?;
+            self.check_finite(&names.w_enc, Some(latent), col)?;
         }
-        let b_enc = self
-            .vector(&self.weights.names.b_enc, self.d_sae)?
-            .elements(latents)?;
+        let b_enc = self.vector(&names.b_enc, self.d_sae)?.elements(latents)?;
         for (b, &latent) in b_enc.iter().zip(latents) {
-            self.check_finite(&self.weights.names.b_enc, Some(latent), std::slice::from_ref(b))?;
+            self.check_finite(&names.b_enc, Some(latent), std::slice::from_ref(b))?;
         }
-        let threshold = match &self.weights.names.threshold {
-            Some(name) => {
-                let t = self.vector(name, self.d_sae)?.elements(latents)?;
-                let t: Vec<f32> = if self.weights.names.log_threshold {
-                    t.into_iter().map(f32::exp).collect()
-                } else {
-                    t
-                };
-                for (v, &latent) in t.iter().zip(latents) {
-                    self.check_finite(name, Some(latent), std::slice::from_ref(v))?;
-                }
-                Some(t)
-            }
-            None => None,
-        };
-        let mut b_dec = self.vector(&self.weights.names.b_dec, self.d_in)?.to_vec()?;
+        let threshold = self.thresholds(latents)?;
+        let mut b_dec = self.vector(&names.b_dec, self.d_in)?.to_vec()?;
         self.scales.b_dec.apply(&mut b_dec);
-        self.check_finite(&self.weights.names.b_dec, None, &b_dec)?;
+        self.check_finite(&names.b_dec, None, &b_dec)?;
         Ok(EncoderParts {
             hook: self.hook,
             head_index: self.head_index,
@@ -141,6 +127,22 @@ impl Sae {
             architecture: self.architecture,
             provenance: self.provenance.clone(),
         })
+    }
+
+    /// The JumpReLU threshold of each latent, if the file has one (stored as is or as its log).
+    fn thresholds(&self, latents: &[usize]) -> Result<Option<Vec<f32>>> {
+        let names = &self.weights.names;
+        let Some(name) = &names.threshold else {
+            return Ok(None);
+        };
+        let mut t = self.vector(name, self.d_sae)?.elements(latents)?;
+        if names.log_threshold {
+            t.iter_mut().for_each(|v| *v = v.exp());
+        }
+        for (v, &latent) in t.iter().zip(latents) {
+            self.check_finite(name, Some(latent), std::slice::from_ref(v))?;
+        }
+        Ok(Some(t))
     }
 
     /// NaN or infinity in what a steering row reads would make every logit NaN (or the graph's

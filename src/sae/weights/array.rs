@@ -160,7 +160,6 @@ impl StoredArray {
 
     /// The elements at flat (storage order) indices `flat`, in the order asked.
     pub fn gather(&self, flat: &[usize]) -> Result<Vec<f32>> {
-        let size = self.dtype.size();
         if let Some(&k) = flat.iter().find(|&&k| k >= self.len()) {
             bail!(
                 "element {k} is out of range for {} of shape {:?}",
@@ -169,54 +168,62 @@ impl StoredArray {
             );
         }
         match &self.data {
-            Data::Mapped { map, offset } => {
-                let bytes = &map[*offset..];
-                ensure!(
-                    bytes.len() >= self.len() * size,
-                    "{} is truncated: {} bytes for {} elements",
-                    self.describe(),
-                    bytes.len(),
-                    self.len()
-                );
-                Ok(flat
-                    .iter()
-                    .map(|&k| self.dtype.to_f32(&bytes[k * size..(k + 1) * size]))
-                    .collect())
-            }
+            Data::Mapped { map, offset } => self.gather_mapped(&map[*offset..], flat),
             Data::Deflated {
                 map,
                 offset,
                 len,
                 skip,
-            } => {
-                let mut order: Vec<usize> = (0..flat.len()).collect();
-                order.sort_unstable_by_key(|&i| flat[i]);
-                let mut out = vec![0f32; flat.len()];
-                let mut stream = DeflateDecoder::new(&map[*offset..*offset + *len]);
-                skip_bytes(&mut stream, *skip as u64)
-                    .with_context(|| format!("cannot inflate {}", self.describe()))?;
-                // `pos`: the element the stream is at; `last`: the last element read, reused for repeats.
-                let (mut pos, mut last) = (0usize, None::<(usize, f32)>);
-                let mut buf = [0u8; 8];
-                for i in order {
-                    let k = flat[i];
-                    if let Some((lk, v)) = last
-                        && lk == k
-                    {
-                        out[i] = v;
-                        continue;
-                    }
-                    skip_bytes(&mut stream, ((k - pos) * size) as u64)
-                        .and_then(|()| stream.read_exact(&mut buf[..size]))
-                        .with_context(|| format!("cannot inflate {} (element {k})", self.describe()))?;
-                    let v = self.dtype.to_f32(&buf[..size]);
-                    out[i] = v;
-                    last = Some((k, v));
-                    pos = k + 1;
-                }
-                Ok(out)
-            }
+            } => self.gather_deflated(&map[*offset..*offset + *len], *skip, flat),
         }
+    }
+
+    /// `flat` from `bytes`, the mapped data from element 0 on.
+    fn gather_mapped(&self, bytes: &[u8], flat: &[usize]) -> Result<Vec<f32>> {
+        let size = self.dtype.size();
+        ensure!(
+            bytes.len() >= self.len() * size,
+            "{} is truncated: {} bytes for {} elements",
+            self.describe(),
+            bytes.len(),
+            self.len()
+        );
+        Ok(flat
+            .iter()
+            .map(|&k| self.dtype.to_f32(&bytes[k * size..(k + 1) * size]))
+            .collect())
+    }
+
+    /// `flat` from the deflate stream `compressed`, whose element 0 is `skip` bytes in: inflated
+    /// once, in index order, up to the last element asked for.
+    fn gather_deflated(&self, compressed: &[u8], skip: usize, flat: &[usize]) -> Result<Vec<f32>> {
+        let size = self.dtype.size();
+        let mut order: Vec<usize> = (0..flat.len()).collect();
+        order.sort_unstable_by_key(|&i| flat[i]);
+        let mut out = vec![0f32; flat.len()];
+        let mut stream = DeflateDecoder::new(compressed);
+        skip_bytes(&mut stream, skip as u64)
+            .with_context(|| format!("cannot inflate {}", self.describe()))?;
+        // `pos`: the element the stream is at; `last`: the last element read, reused for repeats.
+        let (mut pos, mut last) = (0usize, None::<(usize, f32)>);
+        let mut buf = [0u8; 8];
+        for i in order {
+            let k = flat[i];
+            if let Some((lk, v)) = last
+                && lk == k
+            {
+                out[i] = v;
+                continue;
+            }
+            skip_bytes(&mut stream, ((k - pos) * size) as u64)
+                .and_then(|()| stream.read_exact(&mut buf[..size]))
+                .with_context(|| format!("cannot inflate {} (element {k})", self.describe()))?;
+            let v = self.dtype.to_f32(&buf[..size]);
+            out[i] = v;
+            last = Some((k, v));
+            pos = k + 1;
+        }
+        Ok(out)
     }
 }
 

@@ -29,7 +29,7 @@ struct ZipMember {
 /// A `.npz` archive, mapped.
 #[derive(Debug, Clone)]
 pub struct Npz {
-    pub file: PathBuf,
+    file: PathBuf,
     map: Arc<Mmap>,
     members: Vec<ZipMember>,
 }
@@ -84,40 +84,7 @@ impl Npz {
             self.file.display(),
             m.name
         );
-        let member = || format!("'{}': member '{}'", self.file.display(), m.name);
-        let stored = &self.map[start..start + len];
-        let (header, data, most) = match m.method {
-            CompressionMethod::STORE => {
-                let header =
-                    NpyHeader::parse(&stored[..len.min(NPY_HEADER_MAX_BYTES)]).with_context(member)?;
-                let data = Data::Mapped {
-                    map: self.map.clone(),
-                    offset: start + header.len,
-                };
-                (header, data, len as u64)
-            }
-            CompressionMethod::DEFLATE => {
-                let mut head = Vec::new();
-                DeflateDecoder::new(stored)
-                    .take(NPY_HEADER_MAX_BYTES as u64)
-                    .read_to_end(&mut head)
-                    .with_context(member)?;
-                let header = NpyHeader::parse(&head).with_context(member)?;
-                let data = Data::Deflated {
-                    map: self.map.clone(),
-                    offset: start,
-                    len,
-                    skip: header.len,
-                };
-                // DEFLATE inflates at most 1032 bytes per byte.
-                (header, data, (len as u64).saturating_mul(1032))
-            }
-            other => bail!(
-                "'{}': member '{}' uses zip compression method {other}; only STORED (0) and DEFLATED (8) are supported",
-                self.file.display(),
-                m.name
-            ),
-        };
+        let (header, data, most) = self.header_and_data(m, start, len)?;
         // The shape is checked against the bytes there are before anything is sized from it.
         let want = header
             .shape
@@ -141,6 +108,44 @@ impl Npz {
             fortran_order: header.fortran_order,
             data,
         })
+    }
+    /// The `.npy` header of member `m` (its data at `map[start..start + len]`), where the array's
+    /// elements are, and the most bytes the member can hold once decompressed.
+    fn header_and_data(&self, m: &ZipMember, start: usize, len: usize) -> Result<(NpyHeader, Data, u64)> {
+        let member = || format!("'{}': member '{}'", self.file.display(), m.name);
+        let stored = &self.map[start..start + len];
+        match m.method {
+            CompressionMethod::STORE => {
+                let header =
+                    NpyHeader::parse(&stored[..len.min(NPY_HEADER_MAX_BYTES)]).with_context(member)?;
+                let data = Data::Mapped {
+                    map: self.map.clone(),
+                    offset: start + header.len,
+                };
+                Ok((header, data, len as u64))
+            }
+            CompressionMethod::DEFLATE => {
+                let mut head = Vec::new();
+                DeflateDecoder::new(stored)
+                    .take(NPY_HEADER_MAX_BYTES as u64)
+                    .read_to_end(&mut head)
+                    .with_context(member)?;
+                let header = NpyHeader::parse(&head).with_context(member)?;
+                let data = Data::Deflated {
+                    map: self.map.clone(),
+                    offset: start,
+                    len,
+                    skip: header.len,
+                };
+                // DEFLATE inflates at most 1032 bytes per byte.
+                Ok((header, data, (len as u64).saturating_mul(1032)))
+            }
+            other => bail!(
+                "'{}': member '{}' uses zip compression method {other}; only STORED (0) and DEFLATED (8) are supported",
+                self.file.display(),
+                m.name
+            ),
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use super::array::{DType, Data, StoredArray, map_file};
 /// A `.safetensors` file, mapped; only its header is parsed.
 #[derive(Debug, Clone)]
 pub struct Safetensors {
-    pub file: PathBuf,
+    file: PathBuf,
     map: Arc<Mmap>,
     header: Metadata,
     /// Where the tensors' data begins: after the header's 8-byte length and the header.
