@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use super::SaeFormat;
+use super::weights::SaeFormat;
 use crate::hook::HookPoint;
 
 const REGISTRY_JSON: &str = include_str!("../../models/saes/registry.json");

@@ -36,7 +36,7 @@ use crate::hub::Hub;
 use crate::onnx::make::{make_node, make_tensor, make_tensor_value_info};
 use crate::onnx::pb::{GraphProto, NodeProto, TensorProto, ValueInfoProto};
 use crate::onnx::{DataType, Model};
-use crate::sae::{LatentOutOfRange, NonFiniteLatent, Sae, SaeProvenance};
+use crate::sae::{LatentOutOfRange, NonFiniteLatent, Sae, SaeArchitecture, SaeProvenance};
 
 /// Node-name prefix of the nodes we splice (how `replace` and `inspect` find them). The node that
 /// adds the change to the hook is named `{NODE_PREFIX}{hook}` (maybe with a `_N` suffix); the nodes
@@ -359,9 +359,9 @@ fn column(
             write: d,
         });
     }
-    let activation_gate = match enc.architecture.as_str() {
-        "standard" => 0.0,
-        "jumprelu" => {
+    let activation_gate = match enc.architecture {
+        SaeArchitecture::Standard => 0.0,
+        SaeArchitecture::JumpRelu => {
             let thresholds = enc.threshold.as_ref().with_context(|| {
                 format!(
                     "{}: SAE {} is a JumpReLU SAE without a threshold tensor",

@@ -284,7 +284,7 @@ fn external_data() {
 
 /// Reads an SAE array the way steering does: a few elements, never the whole (a 1m-wide SAE's
 /// W_dec is 9 GB): the first and last element, and the first row of a matrix.
-fn read_ends(array: &sae_onnx::sae::npz::StoredArray) -> Result<(), String> {
+fn read_ends(array: &sae_onnx::sae::weights::StoredArray) -> Result<(), String> {
     if array.is_empty() {
         return Ok(());
     }
@@ -310,7 +310,7 @@ fn sae_safetensors() {
         seeds,
         dir.path().join("fuzz-case.safetensors"),
         |path| {
-            let file = sae_onnx::sae::npz::Safetensors::open(path).map_err(err_text)?;
+            let file = sae_onnx::sae::weights::Safetensors::open(path).map_err(err_text)?;
             for key in file.keys() {
                 read_ends(&file.array(&key).map_err(err_text)?)?;
             }
@@ -331,7 +331,7 @@ fn sae_npz() {
         read("tests/fixtures/sae/local/deflated_npz/params.npz"),
     ];
     Target::new("sae_npz", seeds, dir.path().join("fuzz-case.npz"), |path| {
-        let file = sae_onnx::sae::npz::Npz::open(path).map_err(err_text)?;
+        let file = sae_onnx::sae::weights::Npz::open(path).map_err(err_text)?;
         for key in file.keys() {
             read_ends(&file.array(&key).map_err(err_text)?)?;
         }

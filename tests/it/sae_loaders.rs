@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use sae_onnx::hook::{HookPoint, Site};
 use sae_onnx::hub::Hub;
 use sae_onnx::sae::{
-    DecoderRows, EncoderParts, HASH_LIMIT, LatentOutOfRange, Sae, SaeFormat, SaeSource, load_decoder_rows,
-    load_encoder_parts, registry,
+    DecoderRows, EncoderParts, HASH_LIMIT, LatentOutOfRange, Sae, SaeArchitecture, SaeFormat, SaeSource,
+    load_decoder_rows, load_encoder_parts, registry,
 };
 use serde_json::Value;
 
@@ -106,7 +106,11 @@ fn check_against_golden(source: &SaeSource, sae_id: &str, key: &str) -> (Decoder
         );
     }
     if let Some(arch) = want.get("architecture") {
-        assert_eq!(enc.architecture, arch.as_str().unwrap(), "{key}: architecture");
+        assert_eq!(
+            enc.architecture.as_str(),
+            arch.as_str().unwrap(),
+            "{key}: architecture"
+        );
     }
     (rows, enc)
 }
@@ -132,7 +136,7 @@ fn the_canonical_example_resolves_in_the_registry() {
 fn canonical_release_loads_through_the_hub_cache_as_saelens_does() {
     let source = SaeSource::Release("gemma-scope-2b-pt-res-canonical".into());
     let (rows, enc) = check_against_golden(&source, "layer_20/width_16k/canonical", "canonical");
-    assert_eq!(enc.architecture, "jumprelu");
+    assert_eq!(enc.architecture, SaeArchitecture::JumpRelu);
     assert!(!enc.apply_b_dec_to_input);
     let want = expected("canonical");
     let p = &rows.provenance;
@@ -241,13 +245,13 @@ fn saelens_folders_v6_and_pre_6() {
         "saelens_v6",
     );
     assert_eq!(rows.provenance.format, SaeFormat::SaeLens);
-    assert_eq!(enc.architecture, "jumprelu");
+    assert_eq!(enc.architecture, SaeArchitecture::JumpRelu);
     let (_, enc) = check_against_golden(
         &SaeSource::Folder(fixtures().join("local/saelens_old")),
         "",
         "saelens_old",
     );
-    assert_eq!(enc.architecture, "standard");
+    assert_eq!(enc.architecture, SaeArchitecture::Standard);
     assert!(
         enc.apply_b_dec_to_input,
         "pre-6.0 configs default apply_b_dec_to_input to true"
