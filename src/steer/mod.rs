@@ -1,7 +1,6 @@
 //! Steering: plans (CSV files naming SAE latents, coefficients and actions), splicing them into
 //! ONNX graphs (the coefficient inputs of sweepable patches are `contract::sweep`).
 
-pub mod locate;
 pub mod patch;
 pub mod plan;
 pub mod splice;

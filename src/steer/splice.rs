@@ -25,8 +25,8 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::locate::{HookSite, locate};
 use super::plan::{PlanField, SteerAction, SteeringPlan};
+use crate::contract::hook_site::{HookSite, locate};
 use crate::contract::meta;
 use crate::contract::meta::STEERING;
 use crate::contract::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
@@ -513,7 +513,7 @@ pub fn splice(
         graph.initializer.extend(initializers);
         graph.input.extend(inputs);
         match &site.only_reader {
-            // Fused graphs: steer one input of one node (see locate.rs).
+            // Fused graphs: steer one input of one node (see contract/hook_site.rs).
             Some((node, input)) => {
                 let at = graph
                     .node
