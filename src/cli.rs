@@ -523,7 +523,7 @@ impl Cli {
                         replace: args.replace,
                         progress: self.show_progress(),
                     },
-                    &crate::steer::patch::PatchExtras {
+                    &crate::steer::patch::PatchOutput {
                         sweepable: args.sweepable,
                         force: args.force,
                     },
