@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use sae_onnx::eval::evaluator::{self, BatchSize, EvalOptions};
 use sae_onnx::eval::sweep::SweepSpec;
 use sae_onnx::export::{self, ExportOptions};
-use sae_onnx::steer::patch::{PatchOutput, PatchOptions, patch_with_output};
+use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch_with_output};
 use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-4;

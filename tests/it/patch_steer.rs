@@ -12,7 +12,7 @@ use common::golden::{Golden, compare};
 use ort::value::Tensor;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::onnx::Model;
-use sae_onnx::steer::patch::{PatchOutput, PatchOptions, patch, patch_with_output};
+use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch, patch_with_output};
 
 const TOLERANCE: f32 = 1e-4;
 

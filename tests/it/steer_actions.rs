@@ -15,7 +15,7 @@ use sae_onnx::contract::sweep::coefficient_inputs;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::onnx::{DataType, Model};
 use sae_onnx::runtime::{self, SessionOptions};
-use sae_onnx::steer::patch::{PatchOutput, PatchOptions, patch_with_output};
+use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch_with_output};
 use sae_onnx::steer::{SteerAction, SteeringPlan};
 
 const TOLERANCE: f32 = 1e-4;
