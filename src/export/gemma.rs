@@ -30,9 +30,9 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::builder::GraphBuilder;
 use super::config::{Activation, Arch, Config};
 use super::ops::Ops;
+use super::weight_sink::ExportBuilder;
 use super::weights::{Checkpoint, PREFIXES};
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::onnx::DataType;
@@ -98,7 +98,7 @@ pub struct GemmaGraph<'a> {
 const GQA_ROTARY_MULTIPLE: usize = 16;
 
 impl GemmaGraph<'_> {
-    pub fn build(&self, b: &mut GraphBuilder, ckpt: &Checkpoint) -> Result<()> {
+    pub fn build(&self, b: &mut ExportBuilder, ckpt: &Checkpoint) -> Result<()> {
         let c = self.config;
         let dt = self.dtype;
         let shared = self.shared(b)?;
@@ -155,7 +155,7 @@ impl GemmaGraph<'_> {
         })
     }
 
-    fn shared(&self, b: &mut GraphBuilder) -> Result<Shared> {
+    fn shared(&self, b: &mut ExportBuilder) -> Result<Shared> {
         b.scoped("model/mask", |b| {
             let batch_seq = b.op("Shape", &[INPUT_IDS], vec![]);
             let seq = b.op(
@@ -195,7 +195,7 @@ impl GemmaGraph<'_> {
                 vec![("to", AttrValue::Int(DataType::Bool as i64))],
             );
             let padding = b.op("Unsqueeze", &[&mask_bool, &b.const_i64(&[1, 2])], vec![]);
-            let bias = |b: &mut GraphBuilder, allowed_pairs: &str| {
+            let bias = |b: &mut ExportBuilder, allowed_pairs: &str| {
                 let allowed = b.op("And", &[allowed_pairs, &padding], vec![]);
                 let zero = b.const_scalar(0.0, self.dtype);
                 let min = b.const_scalar(dtype_min(self.dtype), self.dtype);
@@ -263,7 +263,7 @@ impl GemmaGraph<'_> {
 
     fn decoder_layer(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         ckpt: &Checkpoint,
         shared: &Shared,
         layer: usize,
@@ -342,7 +342,7 @@ impl GemmaGraph<'_> {
 
     fn attention(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         ckpt: &Checkpoint,
         shared: &Shared,
         layer: usize,
@@ -351,7 +351,7 @@ impl GemmaGraph<'_> {
         let c = self.config;
         let dt = self.dtype;
         let (heads, kv_heads, head_dim) = self.head_counts();
-        let proj = |b: &mut GraphBuilder, name: &str| -> Result<String> {
+        let proj = |b: &mut ExportBuilder, name: &str| -> Result<String> {
             let full = format!("model.layers.{layer}.self_attn.{name}.weight");
             b.weight(
                 &full,
@@ -440,7 +440,7 @@ impl GemmaGraph<'_> {
     /// `attn.hook_z` (`[batch, seq, heads*head_dim]`).
     fn attention_portable(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         shared: &Shared,
         layer: usize,
         (q, k, v): (&str, &str, &str),
@@ -451,7 +451,7 @@ impl GemmaGraph<'_> {
         let (heads, kv_heads, head_dim) = self.head_counts();
         let layer_attention = c.layer_attention(self.arch, layer);
         // [batch, seq, n, head_dim] -> [batch, n, seq, head_dim]
-        let split_heads = |b: &mut GraphBuilder, t: &str, n: i64| {
+        let split_heads = |b: &mut ExportBuilder, t: &str, n: i64| {
             let shape = b.op(
                 "Concat",
                 &[&shared.batch_seq, &b.const_i64(&[n, head_dim])],
@@ -505,7 +505,7 @@ impl GemmaGraph<'_> {
         let (k, v) = if heads == kv_heads {
             (k, v)
         } else {
-            let repeat = |b: &mut GraphBuilder, t: &str| {
+            let repeat = |b: &mut ExportBuilder, t: &str| {
                 let t = b.op("Unsqueeze", &[t, &b.const_i64(&[2])], vec![]);
                 let t = b.op(
                     "Expand",
@@ -566,7 +566,7 @@ impl GemmaGraph<'_> {
     /// Returns `attn.hook_z`, the operator's output.
     fn attention_gqa(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         shared: &Shared,
         layer: usize,
         (q, k, v): (&str, &str, &str),
@@ -577,10 +577,10 @@ impl GemmaGraph<'_> {
         let layer_attention = c.layer_attention(self.arch, layer);
         let (mut q, mut k) = (q.to_owned(), k.to_owned());
         // Gemma 3 norms each head: [batch, seq, n*head_dim] -> [batch, seq, n, head_dim] and back.
-        let per_head = |b: &mut GraphBuilder, t: &str, n: i64| {
+        let per_head = |b: &mut ExportBuilder, t: &str, n: i64| {
             b.op("Reshape", &[t, &b.const_i64(&[0, 0, n, head_dim])], vec![])
         };
-        let merge_heads = |b: &mut GraphBuilder, t: &str, n: i64| {
+        let merge_heads = |b: &mut ExportBuilder, t: &str, n: i64| {
             b.op("Reshape", &[t, &b.const_i64(&[0, 0, n * head_dim])], vec![])
         };
         if let Some((wqn, wkn)) = qk_norms {
@@ -647,14 +647,14 @@ impl GemmaGraph<'_> {
 
     fn mlp(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         ckpt: &Checkpoint,
         shared: &Shared,
         layer: usize,
         x: &str,
     ) -> Result<String> {
         let c = self.config;
-        let proj = |b: &mut GraphBuilder, name: &str| -> Result<String> {
+        let proj = |b: &mut ExportBuilder, name: &str| -> Result<String> {
             let full = format!("model.layers.{layer}.mlp.{name}.weight");
             b.weight(
                 &full,
@@ -690,7 +690,7 @@ impl GemmaGraph<'_> {
     /// so weights are stored exactly as the checkpoint has them (no transposed copy).
     fn linear(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         x: &str,
         w: &str,
         (d_in, d_out): (usize, usize),
@@ -707,7 +707,7 @@ impl GemmaGraph<'_> {
     }
 
     /// The `(1 + w)` scale of a Gemma RMSNorm, in float32.
-    fn norm_weight(&self, b: &mut GraphBuilder, ckpt: &Checkpoint, key: &str, name: &str) -> Result<String> {
+    fn norm_weight(&self, b: &mut ExportBuilder, ckpt: &Checkpoint, key: &str, name: &str) -> Result<String> {
         let w = ckpt.get(&PREFIXES, key)?;
         let mut values = Vec::new();
         super::weights::convert(&w.data, w.dtype, DataType::Float, &mut values)?;
@@ -718,16 +718,16 @@ impl GemmaGraph<'_> {
         b.computed(&format!("{name}+1"), DataType::Float, &w.shape, &plus_one)
     }
 
-    fn rms_norm(&self, b: &mut GraphBuilder, x: &str, scale: &str) -> String {
+    fn rms_norm(&self, b: &mut ExportBuilder, x: &str, scale: &str) -> String {
         self.rms_norm_impl(b, x, scale, None)
     }
 
-    fn rms_norm_named(&self, b: &mut GraphBuilder, x: &str, scale: &str, name: &str) -> String {
+    fn rms_norm_named(&self, b: &mut ExportBuilder, x: &str, scale: &str, name: &str) -> String {
         self.rms_norm_impl(b, x, scale, Some(name))
     }
 
     /// transformers: `x.float() * rsqrt(mean(x²) + eps) * (1 + w.float())`, then back to x's dtype.
-    fn rms_norm_impl(&self, b: &mut GraphBuilder, x: &str, scale: &str, name: Option<&str>) -> String {
+    fn rms_norm_impl(&self, b: &mut ExportBuilder, x: &str, scale: &str, name: Option<&str>) -> String {
         let dt = self.dtype;
         let xf = if dt == DataType::Float {
             x.to_owned()
@@ -784,7 +784,7 @@ impl GemmaGraph<'_> {
     }
 
     /// `cap * tanh(x / cap)`.
-    fn softcap(&self, b: &mut GraphBuilder, x: &str, cap: f32) -> String {
+    fn softcap(&self, b: &mut ExportBuilder, x: &str, cap: f32) -> String {
         let cap = b.const_scalar(cap, self.dtype);
         let scaled = b.op("Div", &[x, &cap], vec![]);
         let squashed = b.op("Tanh", &[&scaled], vec![]);
@@ -795,7 +795,7 @@ impl GemmaGraph<'_> {
     /// for their consumer.
     fn rope_tables(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         shared: &Shared,
         base: f64,
         linear_factor: f64,
@@ -842,7 +842,7 @@ impl GemmaGraph<'_> {
 }
 
 /// `x * cos + rotate_half(x) * sin`, with `rotate_half(x) = cat(-x2, x1)`.
-fn apply_rope(b: &mut GraphBuilder, x: &str, cos: &str, sin: &str, head_dim: i64) -> String {
+fn apply_rope(b: &mut ExportBuilder, x: &str, cos: &str, sin: &str, head_dim: i64) -> String {
     let half = head_dim / 2;
     let x1 = b.op(
         "Slice",

@@ -1,10 +1,10 @@
 //! `sae-onnx export`: a Hugging Face Gemma checkpoint (hub id or local folder) to an ONNX model
 //! whose weights stream from the memory-mapped safetensors into one external data file.
 
-pub mod builder;
 pub mod config;
 pub mod gemma;
 pub mod ops;
+pub mod weight_sink;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -12,12 +12,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use self::builder::{GraphBuilder, WeightSink, data_tempfile};
 use self::config::{Arch, Config};
 use self::gemma::{GemmaGraph, LAYER_HOOKS, hook_name};
+use self::weight_sink::{WeightSink, data_tempfile};
 use self::weights::Checkpoint;
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, meta, past_name, present_name};
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
+use crate::onnx::builder::{GraphBuilder, GraphFragment};
 use crate::onnx::make::{Dim, make_graph, make_model, make_opsetid, make_tensor_value_info};
 use crate::onnx::{DataType, ExternalDataPolicy, MS_DOMAIN, Model, OPSET, SaveOptions, SaveReport};
 use crate::progress;
@@ -112,7 +113,7 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
     let bar = progress::bytes_bar(ckpt.total_bytes(), "exporting weights", options.progress);
     let mut sink = WeightSink::new(data_temp.as_file().try_clone()?, &data_name, bar);
 
-    let mut builder = GraphBuilder::new(&mut sink);
+    let mut builder = GraphBuilder::with_store(&mut sink);
     GemmaGraph {
         config: &config,
         arch,
@@ -121,7 +122,9 @@ pub fn export(model: &str, out: &Path, options: &ExportOptions) -> Result<Export
         kv_cache: options.kv_cache,
     }
     .build(&mut builder, &ckpt)?;
-    let (nodes, initializers) = builder.finish();
+    let GraphFragment {
+        nodes, initializers, ..
+    } = builder.finish();
     let data_path = out_dir.join(&data_name);
     let data_record = sink
         .finish()
