@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use super::plan::SteeringPlan;
 use super::splice::{self, SpliceOptions, SpliceReport};
+use super::steering;
 use crate::export::{self, ExportOptions};
 use crate::files::{self, Inputs};
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
@@ -88,7 +89,7 @@ pub fn patch_in(hub: &Hub, options: &PatchOptions, output: &PatchOutput) -> Resu
     for location in model.external_locations()? {
         inputs.add(&crate::onnx::external::resolve(&model.dir, &location)?);
     }
-    let (hooks, provenance) = splice::steering(&plan, hub, output.sweepable, &mut inputs)?;
+    let (hooks, provenance) = steering::steering(&plan, hub, output.sweepable, &mut inputs)?;
     check(&inputs)?;
     let report = splice::splice(
         &mut model,
