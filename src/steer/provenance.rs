@@ -17,6 +17,7 @@ use crate::onnx::Model;
 use crate::onnx::pb::NodeProto;
 use crate::sae::SaeProvenance;
 
+/// One plan row as the patch record keeps it.
 #[derive(Debug, Clone, Serialize)]
 struct RowRecord {
     line: usize,

@@ -1,5 +1,7 @@
 //! Splicing a steering plan into an ONNX graph, at each hook point, so that every reader of the
-//! hook tensor sees the steered value; provenance in `metadata_props`. Patching a steered model
+//! hook tensor sees the steered value: [`super::steering`] resolves the rows, `hook_nodes` builds
+//! each hook's nodes, this module wires them in, and `provenance` records the patch in
+//! `metadata_props`. Patching a steered model
 //! stacks (the new patch reads the value the earlier ones produced); with `replace`, earlier
 //! steering is removed first.
 //!
