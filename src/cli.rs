@@ -500,7 +500,7 @@ impl Cli {
                         replace: args.replace,
                         progress: self.show_progress(),
                     },
-                    &crate::steer::patch::PatchExtras {
+                    &crate::steer::patch::PatchOutput {
                         sweepable: args.sweepable,
                         force: args.force,
                     },
@@ -508,12 +508,13 @@ impl Cli {
                 if report.splice.removed > 0 {
                     eprintln!("removed {} earlier steering Add(s)", report.splice.removed);
                 }
-                for (hook, tensor, norm) in &report.splice.hooks {
-                    if *norm > 0.0 {
+                for steered in &report.splice.hooks {
+                    let (hook, tensor, norm) = (steered.hook, &steered.tensor, steered.norm);
+                    if norm > 0.0 {
                         eprintln!("  {hook}: +vector (norm {norm:.3}) at {tensor}");
                     }
-                    if let Some((_, what)) = report.splice.computed.iter().find(|(h, _)| h == hook) {
-                        eprintln!("  {hook}: {what} at {tensor}");
+                    if let Some(computed) = report.splice.computed.iter().find(|c| c.hook == hook) {
+                        eprintln!("  {hook}: {} at {tensor}", computed.terms);
                     }
                 }
                 if !report.splice.coefficient_inputs.is_empty() {

@@ -7,6 +7,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::contract::hook_site::locate;
 use crate::contract::meta;
 use crate::contract::meta::STEERING;
 use crate::hook::{HookPoint, Site};
@@ -15,7 +16,6 @@ use crate::onnx::external::{self, ExternalData};
 use crate::onnx::pb::{GraphProto, ValueInfoProto, tensor_shape_proto::dimension, type_proto};
 use crate::onnx::tensor::{dtype_name, for_each_tensor};
 use crate::onnx::{DataType, Model};
-use crate::steer::locate::locate;
 
 #[derive(Debug, Serialize)]
 pub struct Report {

@@ -2,8 +2,10 @@
 //! graph's cache tensor names, the metadata keys, and the context lengths a consumer accepts.
 //! The exporter writes them; kv_cache, scoring, generate, eval, patch and inspect read them.
 //! [`sweep`]: the coefficient inputs of a `--sweepable` patch (`patch` writes them, `eval
-//! --sweep` feeds them).
+//! --sweep` feeds them). [`hook_site`]: which tensor of a graph is a hook (`patch` steers it,
+//! `inspect` lists it).
 
+pub mod hook_site;
 pub mod sweep;
 
 /// Graph input and output names.

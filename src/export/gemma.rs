@@ -30,9 +30,9 @@ use std::collections::HashMap;
 
 use anyhow::Result;
 
-use super::builder::GraphBuilder;
 use super::config::{Activation, Arch, Config};
 use super::ops::Ops;
+use super::weight_sink::ExportBuilder;
 use super::weights::{Checkpoint, PREFIXES};
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::onnx::DataType;
@@ -52,8 +52,8 @@ pub fn hook_name(layer: usize, site: &str) -> String {
     format!("blocks.{layer}.{site}")
 }
 
-/// Tensors computed once per graph and shared by all layers.
-struct Shared {
+/// Tensors every decoder layer reads, computed once per graph.
+struct LayerInputs {
     /// `[batch, seq]` as an int64 vector.
     batch_seq: String,
     /// Additive attention biases `[batch, 1, seq, seq]`: full causal, and per sliding window size.
@@ -66,6 +66,23 @@ struct Shared {
     /// GroupQueryAttention's `seqlens_k` (`[batch]` int32, all `seq - 1`) and
     /// `total_sequence_length` (int32 scalar `seq`); `Ops::Ort` only.
     gqa_lengths: Option<(String, String)>,
+}
+
+/// The positions of the new tokens, from which masks and RoPE positions are made.
+struct TokenPositions {
+    /// `[batch, seq]` as an int64 vector.
+    batch_seq: String,
+    /// The number of new tokens, an int64 scalar.
+    seq: String,
+    /// The int64 scalar 1.
+    one: String,
+    /// The number of cached tokens (0 without a cache).
+    past: String,
+    /// `past + seq`.
+    end: String,
+    /// Positions of the queries (`past..end`) and of the keys (`0..end`).
+    queries: String,
+    keys: String,
 }
 
 /// RoPE base and linear factor (as bits) and the layout of a cos/sin table pair.
@@ -98,10 +115,10 @@ pub struct GemmaGraph<'a> {
 const GQA_ROTARY_MULTIPLE: usize = 16;
 
 impl GemmaGraph<'_> {
-    pub fn build(&self, b: &mut GraphBuilder, ckpt: &Checkpoint) -> Result<()> {
+    pub fn build(&self, b: &mut ExportBuilder, ckpt: &Checkpoint) -> Result<()> {
         let c = self.config;
         let dt = self.dtype;
-        let shared = self.shared(b)?;
+        let inputs = self.layer_inputs(b)?;
 
         let embed = b.weight(
             "model.embed_tokens.weight",
@@ -121,7 +138,7 @@ impl GemmaGraph<'_> {
 
         for layer in 0..c.num_hidden_layers {
             h = b.scoped(&format!("model/layers.{layer}"), |b| {
-                self.decoder_layer(b, ckpt, &shared, layer, &h)
+                self.decoder_layer(b, ckpt, &inputs, layer, &h)
             })?;
         }
 
@@ -134,7 +151,7 @@ impl GemmaGraph<'_> {
                 b.weight("lm_head.weight", &ckpt.get(&[""], "lm_head.weight")?, dt)?
             };
             let logits = b.scoped("lm_head", |b| {
-                Ok(self.linear(b, &normed, &lm_head, (c.hidden_size, c.vocab_size), &shared))
+                Ok(self.linear(b, &normed, &lm_head, (c.hidden_size, c.vocab_size), &inputs))
             })?;
             let logits = match c.final_softcap(self.arch) {
                 Some(cap) => self.softcap(b, &logits, cap as f32),
@@ -155,103 +172,27 @@ impl GemmaGraph<'_> {
         })
     }
 
-    fn shared(&self, b: &mut GraphBuilder) -> Result<Shared> {
+    fn layer_inputs(&self, b: &mut ExportBuilder) -> Result<LayerInputs> {
         b.scoped("model/mask", |b| {
-            let batch_seq = b.op("Shape", &[INPUT_IDS], vec![]);
-            let seq = b.op(
-                "Gather",
-                &[&batch_seq, &b.const_i64(&[1])],
-                vec![("axis", AttrValue::Int(0))],
-            );
-            let seq_scalar = b.op("Squeeze", &[&seq], vec![]);
-            let zero = b.const_scalar_i64(0);
-            let one = b.const_scalar_i64(1);
-            // New tokens sit after the cached ones: queries at past..past+seq, keys at 0..past+seq.
-            let past = if self.kv_cache {
-                let shape = b.op("Shape", &[&past_name(0, "key")], vec![]);
-                let past = b.op(
-                    "Gather",
-                    &[&shape, &b.const_i64(&[2])],
-                    vec![("axis", AttrValue::Int(0))],
-                );
-                b.op("Squeeze", &[&past], vec![])
-            } else {
-                zero.clone()
-            };
-            let end = b.op("Add", &[&past, &seq_scalar], vec![]);
-            let positions = b.op("Range", &[&past, &end, &one], vec![]);
-            let key_positions = if self.kv_cache {
-                b.op("Range", &[&zero, &end, &one], vec![])
-            } else {
-                positions.clone()
-            };
-            let query = b.op("Unsqueeze", &[&positions, &b.const_i64(&[1])], vec![]);
-            let key = b.op("Unsqueeze", &[&key_positions, &b.const_i64(&[0])], vec![]);
-            let causal = b.op("LessOrEqual", &[&key, &query], vec![]);
-            // Keys that are padding are hidden from every query: [batch, 1, 1, seq].
-            let mask_bool = b.op(
-                "Cast",
-                &[ATTENTION_MASK],
-                vec![("to", AttrValue::Int(DataType::Bool as i64))],
-            );
-            let padding = b.op("Unsqueeze", &[&mask_bool, &b.const_i64(&[1, 2])], vec![]);
-            let bias = |b: &mut GraphBuilder, allowed_pairs: &str| {
-                let allowed = b.op("And", &[allowed_pairs, &padding], vec![]);
-                let zero = b.const_scalar(0.0, self.dtype);
-                let min = b.const_scalar(dtype_min(self.dtype), self.dtype);
-                b.op("Where", &[&allowed, &zero, &min], vec![])
-            };
-            let causal_bias = bias(b, &causal);
-            let windows: Vec<usize> = (0..self.config.num_hidden_layers)
-                .filter_map(|i| self.config.layer_attention(self.arch, i).sliding_window)
-                .collect();
-            let sliding_bias = match windows.first() {
-                Some(&window) => {
-                    // transformers: a key is visible when kv_idx > q_idx - window.
-                    let lowest = b.op("Sub", &[&query, &b.const_scalar_i64(window as i64)], vec![]);
-                    let recent = b.op("Greater", &[&key, &lowest], vec![]);
-                    let pairs = b.op("And", &[&causal, &recent], vec![]);
-                    Some((window, bias(b, &pairs)))
-                }
-                None => None,
-            };
-            // Decoding graphs take RoPE positions from the mask (left-padded prompts start at 0, as
-            // transformers' generate counts them): [batch, seq, 1]. Full graphs use 0..seq: [seq, 1].
-            let rope_positions = if self.kv_cache {
-                let counted = b.op("CumSum", &[ATTENTION_MASK, &b.const_scalar_i64(1)], vec![]);
-                let counted = b.op("Sub", &[&counted, &one], vec![]);
-                let past_1d = b.op("Unsqueeze", &[&past, &b.const_i64(&[0])], vec![]);
-                let end_1d = b.op("Unsqueeze", &[&end, &b.const_i64(&[0])], vec![]);
-                b.op(
-                    "Slice",
-                    &[&counted, &past_1d, &end_1d, &b.const_i64(&[1])],
-                    vec![],
-                )
-            } else {
-                positions.clone()
-            };
-            let positions_f32 = b.op(
-                "Cast",
-                &[&rope_positions],
-                vec![("to", AttrValue::Int(DataType::Float as i64))],
-            );
-            let positions = b.op("Unsqueeze", &[&positions_f32, &b.const_i64(&[-1])], vec![]);
+            let tokens = self.token_positions(b);
+            let (causal_bias, sliding_bias) = self.attention_biases(b, &tokens);
+            let positions = self.rope_positions(b, &tokens);
             let gqa_lengths = self.fused_attention().then(|| {
                 // Every row counts all `seq` keys; the bias hides the padding.
                 let int32 = || vec![("to", AttrValue::Int(DataType::Int32 as i64))];
                 let batch = b.op(
                     "Gather",
-                    &[&batch_seq, &b.const_i64(&[0])],
+                    &[&tokens.batch_seq, &b.const_i64(&[0])],
                     vec![("axis", AttrValue::Int(0))],
                 );
-                let last = b.op("Sub", &[&seq_scalar, &one], vec![]);
+                let last = b.op("Sub", &[&tokens.seq, &tokens.one], vec![]);
                 let last = b.op("Cast", &[&last], int32());
                 let seqlens_k = b.op("Expand", &[&last, &batch], vec![]);
-                let total = b.op("Cast", &[&seq_scalar], int32());
+                let total = b.op("Cast", &[&tokens.seq], int32());
                 (seqlens_k, total)
             });
-            Ok(Shared {
-                batch_seq,
+            Ok(LayerInputs {
+                batch_seq: tokens.batch_seq,
                 causal_bias,
                 sliding_bias,
                 positions,
@@ -261,11 +202,114 @@ impl GemmaGraph<'_> {
         })
     }
 
+    /// The new tokens' positions: after the cached ones in decoding graphs.
+    fn token_positions(&self, b: &mut ExportBuilder) -> TokenPositions {
+        let batch_seq = b.op("Shape", &[INPUT_IDS], vec![]);
+        let seq = b.op(
+            "Gather",
+            &[&batch_seq, &b.const_i64(&[1])],
+            vec![("axis", AttrValue::Int(0))],
+        );
+        let seq = b.op("Squeeze", &[&seq], vec![]);
+        let zero = b.const_scalar_i64(0);
+        let one = b.const_scalar_i64(1);
+        // New tokens sit after the cached ones: queries at past..past+seq, keys at 0..past+seq.
+        let past = if self.kv_cache {
+            let shape = b.op("Shape", &[&past_name(0, "key")], vec![]);
+            let past = b.op(
+                "Gather",
+                &[&shape, &b.const_i64(&[2])],
+                vec![("axis", AttrValue::Int(0))],
+            );
+            b.op("Squeeze", &[&past], vec![])
+        } else {
+            zero.clone()
+        };
+        let end = b.op("Add", &[&past, &seq], vec![]);
+        let queries = b.op("Range", &[&past, &end, &one], vec![]);
+        let keys = if self.kv_cache {
+            b.op("Range", &[&zero, &end, &one], vec![])
+        } else {
+            queries.clone()
+        };
+        TokenPositions {
+            batch_seq,
+            seq,
+            one,
+            past,
+            end,
+            queries,
+            keys,
+        }
+    }
+
+    /// The additive attention biases `[batch, 1, seq, seq]`: causal, and causal within the
+    /// sliding window of the layers that have one; padding keys hidden from every query.
+    fn attention_biases(
+        &self,
+        b: &mut ExportBuilder,
+        tokens: &TokenPositions,
+    ) -> (String, Option<(usize, String)>) {
+        let query = b.op("Unsqueeze", &[&tokens.queries, &b.const_i64(&[1])], vec![]);
+        let key = b.op("Unsqueeze", &[&tokens.keys, &b.const_i64(&[0])], vec![]);
+        let causal = b.op("LessOrEqual", &[&key, &query], vec![]);
+        // Keys that are padding are hidden from every query: [batch, 1, 1, seq].
+        let mask_bool = b.op(
+            "Cast",
+            &[ATTENTION_MASK],
+            vec![("to", AttrValue::Int(DataType::Bool as i64))],
+        );
+        let padding = b.op("Unsqueeze", &[&mask_bool, &b.const_i64(&[1, 2])], vec![]);
+        let bias = |b: &mut ExportBuilder, allowed_pairs: &str| {
+            let allowed = b.op("And", &[allowed_pairs, &padding], vec![]);
+            let zero = b.const_scalar(0.0, self.dtype);
+            let min = b.const_scalar(dtype_min(self.dtype), self.dtype);
+            b.op("Where", &[&allowed, &zero, &min], vec![])
+        };
+        let causal_bias = bias(b, &causal);
+        let windows: Vec<usize> = (0..self.config.num_hidden_layers)
+            .filter_map(|i| self.config.layer_attention(self.arch, i).sliding_window)
+            .collect();
+        let sliding_bias = windows.first().map(|&window| {
+            // transformers: a key is visible when kv_idx > q_idx - window.
+            let lowest = b.op("Sub", &[&query, &b.const_scalar_i64(window as i64)], vec![]);
+            let recent = b.op("Greater", &[&key, &lowest], vec![]);
+            let pairs = b.op("And", &[&causal, &recent], vec![]);
+            (window, bias(b, &pairs))
+        });
+        (causal_bias, sliding_bias)
+    }
+
+    /// RoPE positions as float32. Decoding graphs take them from the mask (left-padded prompts
+    /// start at 0, as transformers' generate counts them): `[batch, seq, 1]`. Full graphs use
+    /// 0..seq: `[seq, 1]`.
+    fn rope_positions(&self, b: &mut ExportBuilder, tokens: &TokenPositions) -> String {
+        let rope_positions = if self.kv_cache {
+            let counted = b.op("CumSum", &[ATTENTION_MASK, &b.const_scalar_i64(1)], vec![]);
+            let counted = b.op("Sub", &[&counted, &tokens.one], vec![]);
+            let past_1d = b.op("Unsqueeze", &[&tokens.past, &b.const_i64(&[0])], vec![]);
+            let end_1d = b.op("Unsqueeze", &[&tokens.end, &b.const_i64(&[0])], vec![]);
+            b.op(
+                "Slice",
+                &[&counted, &past_1d, &end_1d, &b.const_i64(&[1])],
+                vec![],
+            )
+        } else {
+            tokens.queries.clone()
+        };
+        let positions_f32 = b.op(
+            "Cast",
+            &[&rope_positions],
+            vec![("to", AttrValue::Int(DataType::Float as i64))],
+        );
+        b.op("Unsqueeze", &[&positions_f32, &b.const_i64(&[-1])], vec![])
+    }
+
     fn decoder_layer(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         ckpt: &Checkpoint,
-        shared: &Shared,
+        inputs: &LayerInputs,
         layer: usize,
         input: &str,
     ) -> Result<String> {
@@ -284,7 +328,7 @@ impl GemmaGraph<'_> {
             &format!("model.{}", p("input_layernorm.weight")),
         )?;
         let x = b.scoped("input_layernorm", |b| Ok(self.rms_norm(b, &resid_pre, &w)))?;
-        let attn = b.scoped("self_attn", |b| self.attention(b, ckpt, shared, layer, &x))?;
+        let attn = b.scoped("self_attn", |b| self.attention(b, ckpt, inputs, layer, &x))?;
         let attn_out = if post_norms {
             let w = self.norm_weight(
                 b,
@@ -318,7 +362,7 @@ impl GemmaGraph<'_> {
             &format!("model.{}", p(&format!("{pre_mlp}.weight"))),
         )?;
         let x = b.scoped(pre_mlp, |b| Ok(self.rms_norm(b, &resid_mid, &w)))?;
-        let mlp = b.scoped("mlp", |b| self.mlp(b, ckpt, shared, layer, &x))?;
+        let mlp = b.scoped("mlp", |b| self.mlp(b, ckpt, inputs, layer, &x))?;
         let mlp_out = if post_norms {
             let w = self.norm_weight(
                 b,
@@ -342,16 +386,16 @@ impl GemmaGraph<'_> {
 
     fn attention(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         ckpt: &Checkpoint,
-        shared: &Shared,
+        inputs: &LayerInputs,
         layer: usize,
         x: &str,
     ) -> Result<String> {
         let c = self.config;
         let dt = self.dtype;
         let (heads, kv_heads, head_dim) = self.head_counts();
-        let proj = |b: &mut GraphBuilder, name: &str| -> Result<String> {
+        let proj = |b: &mut ExportBuilder, name: &str| -> Result<String> {
             let full = format!("model.layers.{layer}.self_attn.{name}.weight");
             b.weight(
                 &full,
@@ -366,13 +410,13 @@ impl GemmaGraph<'_> {
             proj(b, "o_proj")?,
         );
         let q = b.scoped("q_proj", |b| {
-            Ok(self.linear(b, x, &wq, (c.hidden_size, (heads * head_dim) as usize), shared))
+            Ok(self.linear(b, x, &wq, (c.hidden_size, (heads * head_dim) as usize), inputs))
         })?;
         let k = b.scoped("k_proj", |b| {
-            Ok(self.linear(b, x, &wk, (c.hidden_size, (kv_heads * head_dim) as usize), shared))
+            Ok(self.linear(b, x, &wk, (c.hidden_size, (kv_heads * head_dim) as usize), inputs))
         })?;
         let v = b.scoped("v_proj", |b| {
-            Ok(self.linear(b, x, &wv, (c.hidden_size, (kv_heads * head_dim) as usize), shared))
+            Ok(self.linear(b, x, &wv, (c.hidden_size, (kv_heads * head_dim) as usize), inputs))
         })?;
         let qk_norms = if self.arch == Arch::Gemma3 {
             let wqn = self.norm_weight(
@@ -392,12 +436,12 @@ impl GemmaGraph<'_> {
             None
         };
         let z = if self.fused_attention() {
-            self.attention_gqa(b, shared, layer, (&q, &k, &v), qk_norms)?
+            self.attention_gqa(b, inputs, layer, (&q, &k, &v), qk_norms)?
         } else {
-            self.attention_portable(b, shared, layer, (&q, &k, &v), qk_norms)?
+            self.attention_portable(b, inputs, layer, (&q, &k, &v), qk_norms)?
         };
         b.scoped("o_proj", |b| {
-            Ok(self.linear(b, &z, &wo, ((heads * head_dim) as usize, c.hidden_size), shared))
+            Ok(self.linear(b, &z, &wo, ((heads * head_dim) as usize, c.hidden_size), inputs))
         })
     }
 
@@ -427,12 +471,12 @@ impl GemmaGraph<'_> {
     }
 
     /// The additive mask of `layer`: causal, or causal within its sliding window; padding hidden.
-    fn attention_bias(&self, shared: &Shared, layer: usize) -> Result<String> {
+    fn attention_bias(&self, inputs: &LayerInputs, layer: usize) -> Result<String> {
         let window = self.config.layer_attention(self.arch, layer).sliding_window;
-        match (window, &shared.sliding_bias) {
+        match (window, &inputs.sliding_bias) {
             (Some(w), Some((sw, bias))) if w == *sw => Ok(bias.clone()),
             (Some(w), _) => anyhow::bail!("layer {layer}: sliding window {w} differs from the other layers'"),
-            (None, _) => Ok(shared.causal_bias.clone()),
+            (None, _) => Ok(inputs.causal_bias.clone()),
         }
     }
 
@@ -440,33 +484,17 @@ impl GemmaGraph<'_> {
     /// `attn.hook_z` (`[batch, seq, heads*head_dim]`).
     fn attention_portable(
         &self,
-        b: &mut GraphBuilder,
-        shared: &Shared,
+        b: &mut ExportBuilder,
+        inputs: &LayerInputs,
         layer: usize,
         (q, k, v): (&str, &str, &str),
         qk_norms: Option<(String, String)>,
     ) -> Result<String> {
-        let c = self.config;
-        let dt = self.dtype;
         let (heads, kv_heads, head_dim) = self.head_counts();
-        let layer_attention = c.layer_attention(self.arch, layer);
-        // [batch, seq, n, head_dim] -> [batch, n, seq, head_dim]
-        let split_heads = |b: &mut GraphBuilder, t: &str, n: i64| {
-            let shape = b.op(
-                "Concat",
-                &[&shared.batch_seq, &b.const_i64(&[n, head_dim])],
-                vec![("axis", AttrValue::Int(0))],
-            );
-            let t = b.op("Reshape", &[t, &shape], vec![]);
-            b.op(
-                "Transpose",
-                &[&t],
-                vec![("perm", AttrValue::Ints(vec![0, 2, 1, 3]))],
-            )
-        };
-        let mut q = split_heads(b, q, heads);
-        let mut k = split_heads(b, k, kv_heads);
-        let v = split_heads(b, v, kv_heads);
+        let layer_attention = self.config.layer_attention(self.arch, layer);
+        let mut q = split_heads(b, inputs, q, heads, head_dim);
+        let mut k = split_heads(b, inputs, k, kv_heads, head_dim);
+        let v = split_heads(b, inputs, v, kv_heads, head_dim);
         if let Some((wqn, wkn)) = qk_norms {
             q = b.scoped("q_norm", |b| Ok(self.rms_norm(b, &q, &wqn)))?;
             k = b.scoped("k_norm", |b| Ok(self.rms_norm(b, &k, &wkn)))?;
@@ -474,7 +502,7 @@ impl GemmaGraph<'_> {
         let (cos, sin) = b.scoped("rotary_emb", |b| {
             self.rope_tables(
                 b,
-                shared,
+                inputs,
                 layer_attention.rope_base,
                 layer_attention.rope_linear_factor,
                 RopeLayout::Full,
@@ -482,30 +510,15 @@ impl GemmaGraph<'_> {
         })?;
         let q = b.scoped("rope_q", |b| Ok(apply_rope(b, &q, &cos, &sin, head_dim)))?;
         let k = b.scoped("rope_k", |b| Ok(apply_rope(b, &k, &cos, &sin, head_dim)))?;
-        // The cache holds keys after RoPE and values, [batch, kv_heads, positions, head_dim].
         let (k, v) = if self.kv_cache {
-            let axis = || vec![("axis", AttrValue::Int(2))];
-            (
-                b.op_named(
-                    "Concat",
-                    &[&past_name(layer, "key"), &k],
-                    axis(),
-                    &present_name(layer, "key"),
-                ),
-                b.op_named(
-                    "Concat",
-                    &[&past_name(layer, "value"), &v],
-                    axis(),
-                    &present_name(layer, "value"),
-                ),
-            )
+            append_to_cache(b, layer, &k, &v)
         } else {
             (k, v)
         };
         let (k, v) = if heads == kv_heads {
             (k, v)
         } else {
-            let repeat = |b: &mut GraphBuilder, t: &str| {
+            let repeat = |b: &mut ExportBuilder, t: &str| {
                 let t = b.op("Unsqueeze", &[t, &b.const_i64(&[2])], vec![]);
                 let t = b.op(
                     "Expand",
@@ -516,32 +529,7 @@ impl GemmaGraph<'_> {
             };
             (repeat(b, &k), repeat(b, &v))
         };
-
-        let kt = b.op(
-            "Transpose",
-            &[&k],
-            vec![("perm", AttrValue::Ints(vec![0, 1, 3, 2]))],
-        );
-        let scores = b.op("MatMul", &[&q, &kt], vec![]);
-        let scale = b.const_scalar(c.attention_scale(self.arch) as f32, dt);
-        let mut scores = b.op("Mul", &[&scores, &scale], vec![]);
-        if let Some(cap) = c.attention_softcap(self.arch) {
-            scores = self.softcap(b, &scores, cap as f32);
-        }
-        let bias = self.attention_bias(shared, layer)?;
-        let scores = b.op("Add", &[&scores, &bias], vec![]);
-        // transformers: softmax in float32, then back to the model dtype.
-        let probs = if dt == DataType::Float {
-            b.op("Softmax", &[&scores], vec![("axis", AttrValue::Int(-1))])
-        } else {
-            let s32 = b.op(
-                "Cast",
-                &[&scores],
-                vec![("to", AttrValue::Int(DataType::Float as i64))],
-            );
-            let p = b.op("Softmax", &[&s32], vec![("axis", AttrValue::Int(-1))]);
-            b.op("Cast", &[&p], vec![("to", AttrValue::Int(dt as i64))])
-        };
+        let probs = self.attention_probs(b, inputs, layer, &q, &k)?;
         let context = b.op("MatMul", &[&probs, &v], vec![]);
         let context = b.op(
             "Transpose",
@@ -550,7 +538,7 @@ impl GemmaGraph<'_> {
         );
         let z_shape = b.op(
             "Concat",
-            &[&shared.batch_seq, &b.const_i64(&[heads * head_dim])],
+            &[&inputs.batch_seq, &b.const_i64(&[heads * head_dim])],
             vec![("axis", AttrValue::Int(0))],
         );
         Ok(b.op_named(
@@ -561,13 +549,50 @@ impl GemmaGraph<'_> {
         ))
     }
 
+    /// `softmax(scale·q·kᵀ (softcapped) + bias)`, the softmax in float32 as transformers computes
+    /// it, then back to the model dtype.
+    fn attention_probs(
+        &self,
+        b: &mut ExportBuilder,
+        inputs: &LayerInputs,
+        layer: usize,
+        q: &str,
+        k: &str,
+    ) -> Result<String> {
+        let (c, dt) = (self.config, self.dtype);
+        let kt = b.op(
+            "Transpose",
+            &[k],
+            vec![("perm", AttrValue::Ints(vec![0, 1, 3, 2]))],
+        );
+        let scores = b.op("MatMul", &[q, &kt], vec![]);
+        let scale = b.const_scalar(c.attention_scale(self.arch) as f32, dt);
+        let mut scores = b.op("Mul", &[&scores, &scale], vec![]);
+        if let Some(cap) = c.attention_softcap(self.arch) {
+            scores = self.softcap(b, &scores, cap as f32);
+        }
+        let bias = self.attention_bias(inputs, layer)?;
+        let scores = b.op("Add", &[&scores, &bias], vec![]);
+        Ok(if dt == DataType::Float {
+            b.op("Softmax", &[&scores], vec![("axis", AttrValue::Int(-1))])
+        } else {
+            let s32 = b.op(
+                "Cast",
+                &[&scores],
+                vec![("to", AttrValue::Int(DataType::Float as i64))],
+            );
+            let p = b.op("Softmax", &[&s32], vec![("axis", AttrValue::Int(-1))]);
+            b.op("Cast", &[&p], vec![("to", AttrValue::Int(dt as i64))])
+        })
+    }
+
     /// Attention as one `com.microsoft.GroupQueryAttention` on `[batch, seq, n*head_dim]`
     /// projections (see the module notes for why it equals transformers' eager attention).
     /// Returns `attn.hook_z`, the operator's output.
     fn attention_gqa(
         &self,
-        b: &mut GraphBuilder,
-        shared: &Shared,
+        b: &mut ExportBuilder,
+        inputs: &LayerInputs,
         layer: usize,
         (q, k, v): (&str, &str, &str),
         qk_norms: Option<(String, String)>,
@@ -577,10 +602,10 @@ impl GemmaGraph<'_> {
         let layer_attention = c.layer_attention(self.arch, layer);
         let (mut q, mut k) = (q.to_owned(), k.to_owned());
         // Gemma 3 norms each head: [batch, seq, n*head_dim] -> [batch, seq, n, head_dim] and back.
-        let per_head = |b: &mut GraphBuilder, t: &str, n: i64| {
+        let per_head = |b: &mut ExportBuilder, t: &str, n: i64| {
             b.op("Reshape", &[t, &b.const_i64(&[0, 0, n, head_dim])], vec![])
         };
-        let merge_heads = |b: &mut GraphBuilder, t: &str, n: i64| {
+        let merge_heads = |b: &mut ExportBuilder, t: &str, n: i64| {
             b.op("Reshape", &[t, &b.const_i64(&[0, 0, n * head_dim])], vec![])
         };
         if let Some((wqn, wkn)) = qk_norms {
@@ -599,11 +624,11 @@ impl GemmaGraph<'_> {
         let rotary_inside = c.head_dim().is_multiple_of(GQA_ROTARY_MULTIPLE);
         let (cos, sin) = if rotary_inside {
             b.scoped("rotary_emb", |b| {
-                self.rope_tables(b, shared, base, factor, RopeLayout::Half)
+                self.rope_tables(b, inputs, base, factor, RopeLayout::Half)
             })?
         } else {
             let (cos, sin) = b.scoped("rotary_emb", |b| {
-                self.rope_tables(b, shared, base, factor, RopeLayout::FullPerHead)
+                self.rope_tables(b, inputs, base, factor, RopeLayout::FullPerHead)
             })?;
             q = b.scoped("rope_q", |b| {
                 let t = per_head(b, &q, heads);
@@ -617,11 +642,11 @@ impl GemmaGraph<'_> {
             })?;
             (String::new(), String::new())
         };
-        let (seqlens_k, total) = shared
+        let (seqlens_k, total) = inputs
             .gqa_lengths
             .as_ref()
             .expect("the ort profile makes GroupQueryAttention lengths");
-        let bias = self.attention_bias(shared, layer)?;
+        let bias = self.attention_bias(inputs, layer)?;
         let mut attrs = vec![
             ("num_heads", AttrValue::Int(heads)),
             ("kv_num_heads", AttrValue::Int(kv_heads)),
@@ -647,14 +672,14 @@ impl GemmaGraph<'_> {
 
     fn mlp(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         ckpt: &Checkpoint,
-        shared: &Shared,
+        inputs: &LayerInputs,
         layer: usize,
         x: &str,
     ) -> Result<String> {
         let c = self.config;
-        let proj = |b: &mut GraphBuilder, name: &str| -> Result<String> {
+        let proj = |b: &mut ExportBuilder, name: &str| -> Result<String> {
             let full = format!("model.layers.{layer}.mlp.{name}.weight");
             b.weight(
                 &full,
@@ -664,10 +689,10 @@ impl GemmaGraph<'_> {
         };
         let (wg, wu, wd) = (proj(b, "gate_proj")?, proj(b, "up_proj")?, proj(b, "down_proj")?);
         let gate = b.scoped("gate_proj", |b| {
-            Ok(self.linear(b, x, &wg, (c.hidden_size, c.intermediate_size), shared))
+            Ok(self.linear(b, x, &wg, (c.hidden_size, c.intermediate_size), inputs))
         })?;
         let up = b.scoped("up_proj", |b| {
-            Ok(self.linear(b, x, &wu, (c.hidden_size, c.intermediate_size), shared))
+            Ok(self.linear(b, x, &wu, (c.hidden_size, c.intermediate_size), inputs))
         })?;
         let approximate = match c.activation(self.arch)? {
             Activation::GeluTanh => "tanh",
@@ -682,7 +707,7 @@ impl GemmaGraph<'_> {
         })?;
         let hidden = b.op("Mul", &[&act, &up], vec![]);
         b.scoped("down_proj", |b| {
-            Ok(self.linear(b, &hidden, &wd, (c.intermediate_size, c.hidden_size), shared))
+            Ok(self.linear(b, &hidden, &wd, (c.intermediate_size, c.hidden_size), inputs))
         })
     }
 
@@ -690,24 +715,24 @@ impl GemmaGraph<'_> {
     /// so weights are stored exactly as the checkpoint has them (no transposed copy).
     fn linear(
         &self,
-        b: &mut GraphBuilder,
+        b: &mut ExportBuilder,
         x: &str,
         w: &str,
         (d_in, d_out): (usize, usize),
-        shared: &Shared,
+        inputs: &LayerInputs,
     ) -> String {
         let flat = b.op("Reshape", &[x, &b.const_i64(&[-1, d_in as i64])], vec![]);
         let y = b.op("Gemm", &[&flat, w], vec![("transB", AttrValue::Int(1))]);
         let shape = b.op(
             "Concat",
-            &[&shared.batch_seq, &b.const_i64(&[d_out as i64])],
+            &[&inputs.batch_seq, &b.const_i64(&[d_out as i64])],
             vec![("axis", AttrValue::Int(0))],
         );
         b.op("Reshape", &[&y, &shape], vec![])
     }
 
     /// The `(1 + w)` scale of a Gemma RMSNorm, in float32.
-    fn norm_weight(&self, b: &mut GraphBuilder, ckpt: &Checkpoint, key: &str, name: &str) -> Result<String> {
+    fn norm_weight(&self, b: &mut ExportBuilder, ckpt: &Checkpoint, key: &str, name: &str) -> Result<String> {
         let w = ckpt.get(&PREFIXES, key)?;
         let mut values = Vec::new();
         super::weights::convert(&w.data, w.dtype, DataType::Float, &mut values)?;
@@ -718,16 +743,16 @@ impl GemmaGraph<'_> {
         b.computed(&format!("{name}+1"), DataType::Float, &w.shape, &plus_one)
     }
 
-    fn rms_norm(&self, b: &mut GraphBuilder, x: &str, scale: &str) -> String {
+    fn rms_norm(&self, b: &mut ExportBuilder, x: &str, scale: &str) -> String {
         self.rms_norm_impl(b, x, scale, None)
     }
 
-    fn rms_norm_named(&self, b: &mut GraphBuilder, x: &str, scale: &str, name: &str) -> String {
+    fn rms_norm_named(&self, b: &mut ExportBuilder, x: &str, scale: &str, name: &str) -> String {
         self.rms_norm_impl(b, x, scale, Some(name))
     }
 
     /// transformers: `x.float() * rsqrt(mean(x²) + eps) * (1 + w.float())`, then back to x's dtype.
-    fn rms_norm_impl(&self, b: &mut GraphBuilder, x: &str, scale: &str, name: Option<&str>) -> String {
+    fn rms_norm_impl(&self, b: &mut ExportBuilder, x: &str, scale: &str, name: Option<&str>) -> String {
         let dt = self.dtype;
         let xf = if dt == DataType::Float {
             x.to_owned()
@@ -784,7 +809,7 @@ impl GemmaGraph<'_> {
     }
 
     /// `cap * tanh(x / cap)`.
-    fn softcap(&self, b: &mut GraphBuilder, x: &str, cap: f32) -> String {
+    fn softcap(&self, b: &mut ExportBuilder, x: &str, cap: f32) -> String {
         let cap = b.const_scalar(cap, self.dtype);
         let scaled = b.op("Div", &[x, &cap], vec![]);
         let squashed = b.op("Tanh", &[&scaled], vec![]);
@@ -795,14 +820,14 @@ impl GemmaGraph<'_> {
     /// for their consumer.
     fn rope_tables(
         &self,
-        b: &mut GraphBuilder,
-        shared: &Shared,
+        b: &mut ExportBuilder,
+        inputs: &LayerInputs,
         base: f64,
         linear_factor: f64,
         layout: RopeLayout,
     ) -> Result<(String, String)> {
         let key = (base.to_bits(), linear_factor.to_bits(), layout);
-        if let Some(tables) = shared.rope.borrow().get(&key) {
+        if let Some(tables) = inputs.rope.borrow().get(&key) {
             return Ok(tables.clone());
         }
         let head_dim = self.config.head_dim();
@@ -810,14 +835,14 @@ impl GemmaGraph<'_> {
             .step_by(2)
             .map(|i| 1.0 / (base as f32).powf(i as f32 / head_dim as f32) / linear_factor as f32)
             .collect();
-        let index = shared.rope.borrow().len();
+        let index = inputs.rope.borrow().len();
         let inv_freq = b.computed(
             &format!("model.rotary_emb_{index}.inv_freq"),
             DataType::Float,
             &[head_dim / 2],
             &inv_freq,
         )?;
-        let freqs = b.op("Mul", &[&shared.positions, &inv_freq], vec![]);
+        let freqs = b.op("Mul", &[&inputs.positions, &inv_freq], vec![]);
         let emb = match layout {
             RopeLayout::Half => freqs,
             RopeLayout::Full if self.kv_cache => {
@@ -836,13 +861,48 @@ impl GemmaGraph<'_> {
             let to = || vec![("to", AttrValue::Int(self.dtype as i64))];
             (cos, sin) = (b.op("Cast", &[&cos], to()), b.op("Cast", &[&sin], to()));
         }
-        shared.rope.borrow_mut().insert(key, (cos.clone(), sin.clone()));
+        inputs.rope.borrow_mut().insert(key, (cos.clone(), sin.clone()));
         Ok((cos, sin))
     }
 }
 
+/// `[batch, seq, n*head_dim]` -> `[batch, n, seq, head_dim]`.
+fn split_heads(b: &mut ExportBuilder, inputs: &LayerInputs, t: &str, n: i64, head_dim: i64) -> String {
+    let shape = b.op(
+        "Concat",
+        &[&inputs.batch_seq, &b.const_i64(&[n, head_dim])],
+        vec![("axis", AttrValue::Int(0))],
+    );
+    let t = b.op("Reshape", &[t, &shape], vec![]);
+    b.op(
+        "Transpose",
+        &[&t],
+        vec![("perm", AttrValue::Ints(vec![0, 2, 1, 3]))],
+    )
+}
+
+/// The layer's keys (after RoPE) and values after the cached ones, `[batch, kv_heads, positions,
+/// head_dim]`: the decoding graph's `present` outputs.
+fn append_to_cache(b: &mut ExportBuilder, layer: usize, k: &str, v: &str) -> (String, String) {
+    let axis = || vec![("axis", AttrValue::Int(2))];
+    (
+        b.op_named(
+            "Concat",
+            &[&past_name(layer, "key"), k],
+            axis(),
+            &present_name(layer, "key"),
+        ),
+        b.op_named(
+            "Concat",
+            &[&past_name(layer, "value"), v],
+            axis(),
+            &present_name(layer, "value"),
+        ),
+    )
+}
+
 /// `x * cos + rotate_half(x) * sin`, with `rotate_half(x) = cat(-x2, x1)`.
-fn apply_rope(b: &mut GraphBuilder, x: &str, cos: &str, sin: &str, head_dim: i64) -> String {
+fn apply_rope(b: &mut ExportBuilder, x: &str, cos: &str, sin: &str, head_dim: i64) -> String {
     let half = head_dim / 2;
     let x1 = b.op(
         "Slice",

@@ -1,10 +1,10 @@
 //! `sae-onnx export`: a Hugging Face Gemma checkpoint (hub id or local folder) to an ONNX model
 //! whose weights stream from the memory-mapped safetensors into one external data file.
 
-pub mod builder;
 pub mod config;
 pub mod gemma;
 pub mod ops;
+pub mod weight_sink;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
@@ -13,12 +13,13 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use tempfile::NamedTempFile;
 
-use self::builder::{GraphBuilder, WeightSink, data_tempfile};
 use self::config::{Arch, Config};
 use self::gemma::{GemmaGraph, LAYER_HOOKS, hook_name};
+use self::weight_sink::{WeightSink, data_tempfile};
 use self::weights::Checkpoint;
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, meta, past_name, present_name};
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
+use crate::onnx::builder::{GraphBuilder, GraphFragment};
 use crate::onnx::datafile::DataRecord;
 use crate::onnx::make::{Dim, make_graph, make_model, make_opsetid, make_tensor_value_info};
 use crate::onnx::pb::{NodeProto, TensorProto, ValueInfoProto};
@@ -210,7 +211,7 @@ fn build_graph(
         options.progress,
     );
     let mut sink = WeightSink::new(data.as_file().try_clone()?, &files.data_name, bar);
-    let mut builder = GraphBuilder::new(&mut sink);
+    let mut builder = GraphBuilder::with_store(&mut sink);
     GemmaGraph {
         config: &checkpoint.config,
         arch: checkpoint.arch,
@@ -219,7 +220,9 @@ fn build_graph(
         kv_cache: options.kv_cache,
     }
     .build(&mut builder, &checkpoint.weights)?;
-    let (nodes, initializers) = builder.finish();
+    let GraphFragment {
+        nodes, initializers, ..
+    } = builder.finish();
     let data_record = sink
         .finish()
         .with_context(|| format!("cannot write '{}'", files.data_path.display()))?;

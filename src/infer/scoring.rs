@@ -12,7 +12,8 @@
 
 use anyhow::{Context, Result, bail};
 
-use crate::onnx::make::{AttrValue, make_node, make_tensor_value_info};
+use crate::onnx::builder::GraphBuilder;
+use crate::onnx::make::{AttrValue, make_tensor_i64, make_tensor_value_info};
 use crate::onnx::pb::{GraphProto, NodeProto};
 use crate::onnx::{DataType, Model};
 
@@ -42,156 +43,35 @@ pub fn add_scoring_head(model: &mut Model, logits: &str) -> Result<()> {
         bail!("the model has no output named '{logits}'");
     }
     let head = find_lm_head(graph, logits)?;
-    let mut nodes = Vec::new();
-    let name = |s: &str| format!("/scoring/{s}");
-    let node =
-        |op: &str, inputs: &[&str], output: &str| make_node(op, inputs, &[output], name(op) + "_" + output);
-
-    // hidden [B, S, H] -> [B, K, H] at the scored positions.
-    nodes.push(node(
-        "Unsqueeze",
-        &[POSITIONS, &name("axis_last")],
-        &name("positions3"),
-    ));
-    graph.initializer.push(crate::onnx::make::make_tensor_i64(
-        &name("axis_last"),
-        &[1],
-        &[-1],
-    ));
-    nodes.push(
-        make_node(
-            "GatherND",
-            &[&head.hidden, &name("positions3")],
-            &[&name("hidden_at")],
-            name("GatherND"),
-        )
-        .with_attr("batch_dims", AttrValue::Int(1)),
-    );
-    let mut current = match head.product.op_type() {
-        "Gemm" => {
-            // Gemm wants 2-D: [B*K, H] -> Gemm -> [B, K, V].
-            graph.initializer.push(crate::onnx::make::make_tensor_i64(
-                &name("flat_shape"),
-                &[2],
-                &[-1, 0],
-            ));
-            nodes.push(node("Shape", &[&name("hidden_at")], &name("hidden_shape")));
-            graph
-                .initializer
-                .push(crate::onnx::make::make_tensor_i64(&name("last_dim"), &[1], &[-1]));
-            nodes.push(
-                make_node(
-                    "Gather",
-                    &[&name("hidden_shape"), &name("last_dim")],
-                    &[&name("h_dim")],
-                    name("Gather_h"),
-                )
-                .with_attr("axis", AttrValue::Int(0)),
-            );
-            graph.initializer.push(crate::onnx::make::make_tensor_i64(
-                &name("minus_one"),
-                &[1],
-                &[-1],
-            ));
-            nodes.push(
-                make_node(
-                    "Concat",
-                    &[&name("minus_one"), &name("h_dim")],
-                    &[&name("flat2d")],
-                    name("Concat_flat"),
-                )
-                .with_attr("axis", AttrValue::Int(0)),
-            );
-            nodes.push(node(
-                "Reshape",
-                &[&name("hidden_at"), &name("flat2d")],
-                &name("hidden_2d"),
-            ));
-            let mut gemm = head.product.clone();
-            gemm.name = Some(name("lm_head_Gemm"));
-            gemm.input[0] = name("hidden_2d");
-            gemm.output = vec![name("logits_2d")];
-            nodes.push(gemm);
-            // [B, K] from positions, then append V.
-            nodes.push(node("Shape", &[POSITIONS], &name("bk")));
-            graph.initializer.push(crate::onnx::make::make_tensor_i64(
-                &name("vocab_dim"),
-                &[1],
-                &[-1],
-            ));
-            nodes.push(
-                make_node(
-                    "Concat",
-                    &[&name("bk"), &name("vocab_dim")],
-                    &[&name("bkv")],
-                    name("Concat_bkv"),
-                )
-                .with_attr("axis", AttrValue::Int(0)),
-            );
-            nodes.push(node(
-                "Reshape",
-                &[&name("logits_2d"), &name("bkv")],
-                &name("logits_at"),
-            ));
-            name("logits_at")
-        }
+    let mut b = GraphBuilder::extending(graph);
+    let hidden_at = gather_scored_positions(&mut b, &head.hidden);
+    let logits_at = match head.product.op_type() {
+        "Gemm" => gemm_at_positions(&mut b, &head.product, &hidden_at),
         _ => {
             let mut matmul = head.product.clone();
             matmul.name = Some(name("lm_head_MatMul"));
-            matmul.input[0] = name("hidden_at");
+            matmul.input[0] = hidden_at;
             matmul.output = vec![name("logits_at")];
-            nodes.push(matmul);
+            b.add_node(matmul);
             name("logits_at")
         }
     };
-    for (i, (op, running)) in head.tail.iter().enumerate() {
-        let mut op = op.clone();
-        op.input[*running].clone_from(&current);
-        let out = name(&format!("tail_{i}"));
-        op.output = vec![out.clone()];
-        op.name = Some(name(&format!("tail_{i}_{}", op.op_type())));
-        nodes.push(op);
-        current = out;
-    }
-    nodes.push(
-        make_node("Cast", &[&current], &[&name("logits_f32")], name("Cast_f32"))
-            .with_attr("to", AttrValue::Int(DataType::Float as i64)),
-    );
-    nodes.push(
-        make_node(
-            "LogSoftmax",
-            &[&name("logits_f32")],
-            &[&name("logprobs")],
-            name("LogSoftmax"),
-        )
-        .with_attr("axis", AttrValue::Int(-1)),
-    );
-    nodes.push(
-        make_node(
-            "GatherElements",
-            &[&name("logprobs"), TARGETS],
-            &[TARGET_LOGPROBS],
-            name("GatherElements"),
-        )
-        .with_attr("axis", AttrValue::Int(2)),
-    );
-    nodes.push(
-        make_node("ArgMax", &[&name("logits_f32")], &[GREEDY_TOKENS], name("ArgMax"))
-            .with_attr("axis", AttrValue::Int(-1))
-            .with_attr("keepdims", AttrValue::Int(0)),
-    );
-
-    graph.node.extend(nodes);
-    graph.input.push(make_tensor_value_info(
+    let logits_at = replay_tail(&mut b, &head.tail, logits_at);
+    score_targets(&mut b, &logits_at);
+    b.input(make_tensor_value_info(
         POSITIONS,
         DataType::Int64,
         &["batch".into(), "positions".into()],
     ));
-    graph.input.push(make_tensor_value_info(
+    b.input(make_tensor_value_info(
         TARGETS,
         DataType::Int64,
         &["batch".into(), "positions".into(), "candidates".into()],
     ));
+    let head = b.finish();
+    graph.node.extend(head.nodes);
+    graph.initializer.extend(head.initializers);
+    graph.input.extend(head.inputs);
     graph.output.retain(|o| o.name() != logits);
     graph.output.push(make_tensor_value_info(
         TARGET_LOGPROBS,
@@ -206,6 +86,121 @@ pub fn add_scoring_head(model: &mut Model, logits: &str) -> Result<()> {
     graph.cleanup();
     graph.toposort().context("ordering the rewritten graph")?;
     Ok(())
+}
+
+/// The name of a tensor or node of the scoring head.
+fn name(what: &str) -> String {
+    format!("/scoring/{what}")
+}
+
+/// A node of the scoring head making `/scoring/{what}`, named after its type and output.
+fn step(b: &mut GraphBuilder, op: &str, inputs: &[&str], what: &str) -> String {
+    let output = name(what);
+    b.node(name(op) + "_" + &output, op, inputs, &output, vec![])
+}
+
+/// A `[1]` int64 constant of the scoring head.
+fn constant_i64(b: &mut GraphBuilder, what: &str, values: &[i64]) -> String {
+    b.initializer(make_tensor_i64(&name(what), &[values.len() as i64], values))
+}
+
+/// `hidden [B, S, H]` at the scored positions: `[B, K, H]`.
+fn gather_scored_positions(b: &mut GraphBuilder, hidden: &str) -> String {
+    let positions3 = step(b, "Unsqueeze", &[POSITIONS, &name("axis_last")], "positions3");
+    constant_i64(b, "axis_last", &[-1]);
+    b.node(
+        name("GatherND"),
+        "GatherND",
+        &[hidden, &positions3],
+        &name("hidden_at"),
+        vec![("batch_dims", AttrValue::Int(1))],
+    )
+}
+
+/// The LM head's Gemm at the scored positions. Gemm wants 2-D: `[B*K, H]` -> Gemm -> `[B, K, V]`.
+fn gemm_at_positions(b: &mut GraphBuilder, product: &NodeProto, hidden_at: &str) -> String {
+    let axis0 = || vec![("axis", AttrValue::Int(0))];
+    constant_i64(b, "flat_shape", &[-1, 0]);
+    let hidden_shape = step(b, "Shape", &[hidden_at], "hidden_shape");
+    let last_dim = constant_i64(b, "last_dim", &[-1]);
+    let h_dim = b.node(
+        name("Gather_h"),
+        "Gather",
+        &[&hidden_shape, &last_dim],
+        &name("h_dim"),
+        axis0(),
+    );
+    let minus_one = constant_i64(b, "minus_one", &[-1]);
+    let flat2d = b.node(
+        name("Concat_flat"),
+        "Concat",
+        &[&minus_one, &h_dim],
+        &name("flat2d"),
+        axis0(),
+    );
+    let hidden_2d = step(b, "Reshape", &[hidden_at, &flat2d], "hidden_2d");
+    let mut gemm = product.clone();
+    gemm.name = Some(name("lm_head_Gemm"));
+    gemm.input[0] = hidden_2d;
+    gemm.output = vec![name("logits_2d")];
+    b.add_node(gemm);
+    // [B, K] from positions, then append V.
+    let bk = step(b, "Shape", &[POSITIONS], "bk");
+    let vocab_dim = constant_i64(b, "vocab_dim", &[-1]);
+    let bkv = b.node(
+        name("Concat_bkv"),
+        "Concat",
+        &[&bk, &vocab_dim],
+        &name("bkv"),
+        axis0(),
+    );
+    step(b, "Reshape", &[&name("logits_2d"), &bkv], "logits_at")
+}
+
+/// The ops between the product and the logits, replayed on the logits at the scored positions.
+fn replay_tail(b: &mut GraphBuilder, tail: &[(NodeProto, usize)], mut current: String) -> String {
+    for (i, (op, running)) in tail.iter().enumerate() {
+        let mut op = op.clone();
+        op.input[*running].clone_from(&current);
+        let out = name(&format!("tail_{i}"));
+        op.output = vec![out.clone()];
+        op.name = Some(name(&format!("tail_{i}_{}", op.op_type())));
+        b.add_node(op);
+        current = out;
+    }
+    current
+}
+
+/// The outputs: the targets' log-probabilities (float32 log-softmax) and the greedy tokens.
+fn score_targets(b: &mut GraphBuilder, logits_at: &str) {
+    let logits_f32 = b.node(
+        name("Cast_f32"),
+        "Cast",
+        &[logits_at],
+        &name("logits_f32"),
+        vec![("to", AttrValue::Int(DataType::Float as i64))],
+    );
+    let logprobs = b.node(
+        name("LogSoftmax"),
+        "LogSoftmax",
+        &[&logits_f32],
+        &name("logprobs"),
+        vec![("axis", AttrValue::Int(-1))],
+    );
+    b.node(
+        name("GatherElements"),
+        "GatherElements",
+        &[&logprobs, TARGETS],
+        TARGET_LOGPROBS,
+        vec![("axis", AttrValue::Int(2))],
+    );
+    b.node(
+        name("ArgMax"),
+        "ArgMax",
+        &[&logits_f32],
+        GREEDY_TOKENS,
+        vec![("axis", AttrValue::Int(-1)), ("keepdims", AttrValue::Int(0))],
+    );
 }
 
 /// Walks back from `logits` to the vocabulary projection.
@@ -294,7 +289,7 @@ fn is_constant(graph: &GraphProto, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::onnx::make::{make_graph, make_model};
+    use crate::onnx::make::{make_graph, make_model, make_node};
 
     fn model_with(nodes: Vec<NodeProto>) -> Model {
         let logits = make_tensor_value_info("logits", DataType::Float, &[]);

@@ -1,6 +1,7 @@
 //! ONNX protobuf types and what ONNX users expect on top of them: the `onnx.helper` vocabulary,
-//! graph editing, and models whose weights stay on disk as external data.
+//! one graph builder, graph editing, and models whose weights stay on disk as external data.
 
+pub mod builder;
 pub mod datafile;
 pub mod edit;
 pub mod external;

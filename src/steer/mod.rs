@@ -1,9 +1,11 @@
 //! Steering: plans (CSV files naming SAE latents, coefficients and actions), splicing them into
 //! ONNX graphs (the coefficient inputs of sweepable patches are `contract::sweep`).
 
-pub mod locate;
+mod hook_nodes;
 pub mod patch;
 pub mod plan;
+mod provenance;
 pub mod splice;
+pub mod steering;
 
 pub use plan::{PlanField, PlanFormat, Pos, RowPositions, SteerAction, SteerRow, SteeringPlan};

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use super::plan::SteeringPlan;
 use super::splice::{self, SpliceOptions, SpliceReport};
+use super::steering;
 use crate::export::{self, ExportOptions};
 use crate::files::{self, Inputs};
 use crate::hub::{Hub, RepoKind, looks_like_repo_id};
@@ -32,15 +33,16 @@ pub struct PatchReport {
     pub seconds: f64,
 }
 
-/// Patches with fixed coefficients (see [`patch_with`]).
+/// Patches with fixed coefficients, never over an existing file (see [`patch_with_output`]).
 pub fn patch(options: &PatchOptions) -> Result<PatchReport> {
-    patch_with(options, &PatchExtras::default())
+    patch_with_output(options, &PatchOutput::default())
 }
 
-/// Patch choices beyond [`PatchOptions`] (kept apart so code that builds `PatchOptions` literally
-/// keeps compiling as choices are added).
+/// How the patched model is written: with overridable coefficient inputs, over an existing file.
+/// Kept apart from [`PatchOptions`] so code that builds `PatchOptions` literally keeps compiling
+/// as choices are added.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PatchExtras {
+pub struct PatchOutput {
     /// Each row's coefficient becomes an overridable graph input `steer.coeff.<k>` (see
     /// [`crate::contract::sweep`]).
     pub sweepable: bool,
@@ -50,18 +52,18 @@ pub struct PatchExtras {
 }
 
 /// [`patch_in`] with the Hub the environment configures (download bars as `options.progress`).
-pub fn patch_with(options: &PatchOptions, extras: &PatchExtras) -> Result<PatchReport> {
-    patch_in(&Hub::from_env().with_progress(options.progress), options, extras)
+pub fn patch_with_output(options: &PatchOptions, output: &PatchOutput) -> Result<PatchReport> {
+    patch_in(&Hub::from_env().with_progress(options.progress), options, output)
 }
 
 /// Patches, fetching hub SAEs and base models through `hub` (the command's one [`Hub`]).
-pub fn patch_in(hub: &Hub, options: &PatchOptions, extras: &PatchExtras) -> Result<PatchReport> {
+pub fn patch_in(hub: &Hub, options: &PatchOptions, output: &PatchOutput) -> Result<PatchReport> {
     let start = Instant::now();
     let out = &options.output;
     let data_out = export::data_path_for(out)?;
     let check = |inputs: &Inputs| -> Result<()> {
-        files::check_output(out, inputs, extras.force)?;
-        files::check_output(&data_out, inputs, extras.force)
+        files::check_output(out, inputs, output.force)?;
+        files::check_output(&data_out, inputs, output.force)
     };
     // Checked first with what is known before any work (a base export can take minutes), and
     // again once every input (base model data, SAE files) is known, before anything is written.
@@ -87,7 +89,7 @@ pub fn patch_in(hub: &Hub, options: &PatchOptions, extras: &PatchExtras) -> Resu
     for location in model.external_locations()? {
         inputs.add(&crate::onnx::external::resolve(&model.dir, &location)?);
     }
-    let (hooks, provenance) = splice::steering(&plan, hub, extras.sweepable, &mut inputs)?;
+    let (hooks, provenance) = steering::steering(&plan, hub, output.sweepable, &mut inputs)?;
     check(&inputs)?;
     let report = splice::splice(
         &mut model,
@@ -96,7 +98,7 @@ pub fn patch_in(hub: &Hub, options: &PatchOptions, extras: &PatchExtras) -> Resu
         &provenance,
         &SpliceOptions {
             replace: options.replace,
-            sweepable: extras.sweepable,
+            sweepable: output.sweepable,
         },
     )?;
     let save = model.save(

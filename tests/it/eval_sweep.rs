@@ -11,7 +11,7 @@ use sae_onnx::eval::evaluator;
 use sae_onnx::eval::options::{BatchSize, EvalOptions};
 use sae_onnx::eval::sweep::SweepSpec;
 use sae_onnx::export::{self, ExportOptions};
-use sae_onnx::steer::patch::{PatchExtras, PatchOptions, patch_with};
+use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch_with_output};
 use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-4;
@@ -44,9 +44,9 @@ fn sweepable_steered_model(dir: &Path) -> PathBuf {
         replace: false,
         progress: false,
     };
-    patch_with(
+    patch_with_output(
         &options,
-        &PatchExtras {
+        &PatchOutput {
             sweepable: true,
             force: false,
         },

@@ -12,7 +12,7 @@ use common::golden::{Golden, compare};
 use ort::value::Tensor;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::onnx::Model;
-use sae_onnx::steer::patch::{PatchExtras, PatchOptions, patch, patch_with};
+use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch, patch_with_output};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -28,7 +28,7 @@ fn export_base(dir: &Path) -> PathBuf {
 
 /// Patches `base` into `out`, replacing `out` if an earlier case wrote it.
 fn patched(base: &Path, csv: &Path, out: &Path) -> PathBuf {
-    patch_with(
+    patch_with_output(
         &PatchOptions {
             csv: csv.to_path_buf(),
             output: out.to_path_buf(),
@@ -36,7 +36,7 @@ fn patched(base: &Path, csv: &Path, out: &Path) -> PathBuf {
             replace: false,
             progress: false,
         },
-        &PatchExtras {
+        &PatchOutput {
             sweepable: false,
             force: true,
         },

@@ -15,7 +15,7 @@ use sae_onnx::contract::sweep::coefficient_inputs;
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::infer::runtime::{self, SessionOptions};
 use sae_onnx::onnx::{DataType, Model};
-use sae_onnx::steer::patch::{PatchExtras, PatchOptions, patch_with};
+use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch_with_output};
 use sae_onnx::steer::{SteerAction, SteeringPlan};
 
 const TOLERANCE: f32 = 1e-4;
@@ -51,7 +51,7 @@ fn export_demo(dir: &Path) -> PathBuf {
 }
 
 fn patched(base: &Path, csv: &Path, out: &Path, sweepable: bool, replace: bool) -> PathBuf {
-    patch_with(
+    patch_with_output(
         &PatchOptions {
             csv: csv.to_path_buf(),
             output: out.to_path_buf(),
@@ -59,7 +59,7 @@ fn patched(base: &Path, csv: &Path, out: &Path, sweepable: bool, replace: bool) 
             replace,
             progress: false,
         },
-        &PatchExtras {
+        &PatchOutput {
             sweepable,
             force: true,
         },
@@ -491,7 +491,7 @@ fn feature_actions_refuse_saes_they_cannot_encode() {
     )
     .unwrap();
     let base = export_demo(tmp.path());
-    let err = patch_with(
+    let err = patch_with_output(
         &PatchOptions {
             csv: csv.clone(),
             output: tmp.path().join("x.onnx"),
@@ -499,7 +499,7 @@ fn feature_actions_refuse_saes_they_cannot_encode() {
             replace: false,
             progress: false,
         },
-        &PatchExtras::default(),
+        &PatchOutput::default(),
     )
     .err()
     .unwrap();

@@ -1,4 +1,5 @@
-//! Finding a hook point's tensor in a graph. Our exports name the tensors after their hooks. Graphs
+//! Finding a hook point's tensor in a graph (below the commands: `patch` steers it, `inspect`
+//! lists it). Our exports name the tensors after their hooks. Graphs
 //! from torch.onnx / optimum keep plain residual Adds (`/model/layers.L/Add_1` is resid_post);
 //! onnxruntime-genai graphs fuse the residual sums into `SkipSimplifiedLayerNormalization`, where
 //! steering the sum means steering the node's `skip` input (the block's output before the add).
@@ -94,9 +95,9 @@ pub fn locate(model: &Model, hook: HookPoint) -> Result<HookSite> {
 
 fn candidates_error(model: &Model, hook: HookPoint) -> Result<HookSite> {
     let graph = model.graph();
-    if model.metadata(crate::contract::meta::FORMAT).is_some() {
+    if model.metadata(super::meta::FORMAT).is_some() {
         // Our exports list their hooks; a missing one is not a foreign graph to search.
-        let layers = model.metadata(crate::contract::meta::NUM_LAYERS).unwrap_or("?");
+        let layers = model.metadata(super::meta::NUM_LAYERS).unwrap_or("?");
         bail!(
             "this sae-onnx export ({layers} layers) has no tensor {hook}; `sae-onnx inspect` lists the hooks it has"
         );
