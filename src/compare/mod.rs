@@ -7,7 +7,6 @@
 //! (perplexities). The first run is the baseline; each other run is compared with it. For a
 //! coefficient sweep, [`sweep_figure`] draws the metric against the coefficient.
 
-mod font;
 pub mod load;
 pub mod plot;
 pub mod stats;
