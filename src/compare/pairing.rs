@@ -49,17 +49,22 @@ pub(super) fn paired_test(
     if xa.is_empty() {
         return Ok(Err(format!("the samples hold no {metric} values")));
     }
-    let n = xa.len();
-    let binary = agg == Aggregation::Mean && xa.iter().chain(&xb).all(|v| v.0 == 0.0 || v.0 == 1.0);
-    let test = if binary {
+    Ok(Ok((xa.len(), test(agg, &xa, &xb, options))))
+}
+
+/// The test on paired values `(value, weight)`: McNemar where every value is 0 or 1 and the
+/// aggregation is the mean, the bootstrap otherwise.
+fn test(agg: Aggregation, xa: &[(f64, f64)], xb: &[(f64, f64)], options: &CompareOptions) -> Test {
+    let binary = agg == Aggregation::Mean && xa.iter().chain(xb).all(|v| v.0 == 0.0 || v.0 == 1.0);
+    if binary {
         let lost = xa
             .iter()
-            .zip(&xb)
+            .zip(xb)
             .filter(|(x, y)| x.0 == 1.0 && y.0 == 0.0)
             .count() as u64;
         let gained = xa
             .iter()
-            .zip(&xb)
+            .zip(xb)
             .filter(|(x, y)| x.0 == 0.0 && y.0 == 1.0)
             .count() as u64;
         Test::Mcnemar {
@@ -68,7 +73,7 @@ pub(super) fn paired_test(
             p_value: stats::mcnemar_exact(lost, gained),
         }
     } else {
-        let r = stats::paired_bootstrap(agg, &xa, &xb, options.resamples, options.seed, options.alpha);
+        let r = stats::paired_bootstrap(agg, xa, xb, options.resamples, options.seed, options.alpha);
         Test::Bootstrap {
             resamples: options.resamples,
             seed: options.seed,
@@ -77,8 +82,7 @@ pub(super) fn paired_test(
             ci_high: r.ci.1,
             p_value: r.p_value,
         }
-    };
-    Ok(Ok((n, test)))
+    }
 }
 
 /// One document's score in one run.
