@@ -1,13 +1,18 @@
-//! Metric-versus-coefficient charts as PNG files, drawn by a small antialiased rasterizer (lines,
-//! discs, text from the pre-rasterized font) and encoded with flate2, which the crate already has:
-//! no plotting or image crate, no font file at run time.
+//! Metric-versus-coefficient charts as PNG files: plotters draws them into an RGB buffer, with
+//! DejaVu Sans compiled into the binary (no system font or fontconfig at build or run time), and
+//! png encodes them.
 
-use std::io::Write;
 use std::path::Path;
+use std::sync::Once;
 
 use anyhow::{Context, Result, bail};
 
-use super::font::{self, Face};
+use plotters::coord::Shift;
+use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters::style::{FontStyle, register_font};
 
 /// Width of every chart, in pixels.
 pub const WIDTH: u32 = 960;
@@ -36,132 +41,261 @@ pub struct Figure {
     pub panels: Vec<Panel>,
 }
 
-type Rgb = [u8; 3];
-const WHITE: Rgb = [255, 255, 255];
-const INK: Rgb = [34, 34, 34];
-const GRID: Rgb = [228, 228, 228];
-const FRAME: Rgb = [120, 120, 120];
+const INK: RGBColor = RGBColor(34, 34, 34);
+const GRID: RGBColor = RGBColor(228, 228, 228);
+const FRAME: RGBColor = RGBColor(120, 120, 120);
 /// matplotlib's tab10: distinct, and familiar to readers of ML papers.
-const PALETTE: [Rgb; 10] = [
-    [31, 119, 180],
-    [255, 127, 14],
-    [44, 160, 44],
-    [214, 39, 40],
-    [148, 103, 189],
-    [140, 86, 75],
-    [227, 119, 194],
-    [127, 127, 127],
-    [188, 189, 34],
-    [23, 190, 207],
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
 
-/// An RGB image being drawn on; coordinates are pixels, y down, pixel centres at +0.5.
-struct Canvas {
-    w: usize,
-    h: usize,
-    rgb: Vec<u8>,
+/// The name plotters knows the embedded font by.
+const FONT: &str = "DejaVu Sans";
+/// DejaVu Sans 2.37, cut down to Latin, Greek and the punctuation and math signs labels use
+/// (`font/subset.sh`); licence in `font/LICENSE-DejaVu`.
+const DEJAVU_SANS: &[u8] = include_bytes!("font/DejaVuSans.ttf");
+
+/// Label text at `px` pixels in the embedded font.
+fn text_style(px: f64) -> TextStyle<'static> {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        assert!(
+            register_font(FONT, FontStyle::Normal, DEJAVU_SANS).is_ok(),
+            "the embedded font is a TrueType file"
+        );
+    });
+    (FONT, px).into_font().color(&INK)
 }
 
-impl Canvas {
-    fn new(w: u32, h: u32) -> Self {
-        let (w, h) = (w as usize, h as usize);
+type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<Axis, Axis>>;
+/// What drawing into the pixel buffer can fail with.
+type DrawError = DrawingAreaErrorKind<<BitMapBackend<'static> as DrawingBackend>::ErrorType>;
+
+/// An axis: its range, its ticks, and the number format of their labels; plotters' coordinate
+/// for it, so that the mesh draws these ticks and labels them so.
+#[derive(Clone)]
+struct Axis {
+    lo: f64,
+    hi: f64,
+    ticks: Vec<f64>,
+    step: f64,
+    max_abs: f64,
+}
+
+impl Axis {
+    fn new(lo: f64, hi: f64, ticks: Vec<f64>) -> Self {
+        let step = ticks.get(1).map_or(1.0, |t| t - ticks[0]);
+        let max_abs = ticks.iter().fold(0.0f64, |m, t| m.max(t.abs()));
+        let ticks = ticks
+            .into_iter()
+            .filter(|&t| t >= lo - 1e-9 && t <= hi + 1e-9)
+            .collect();
         Self {
-            w,
-            h,
-            rgb: WHITE.repeat(w * h),
+            lo,
+            hi,
+            ticks,
+            step,
+            max_abs,
         }
     }
 
-    fn blend(&mut self, x: i64, y: i64, color: Rgb, alpha: f32) {
-        if x < 0 || y < 0 || x as usize >= self.w || y as usize >= self.h || alpha <= 0.0 {
-            return;
+    /// The x axis all panels share, so that they line up: the runs' coefficients, cut to the
+    /// ticks' range where that is wider than the data.
+    fn shared_x(fig: &Figure) -> Self {
+        let xs: Vec<f64> = fig
+            .panels
+            .iter()
+            .flat_map(|p| &p.series)
+            .flat_map(|s| s.points.iter().map(|p| p.0))
+            .collect();
+        let (min, max) = padded_range(&xs, 0.06);
+        let (lo, hi, ticks) = nice_ticks(min, max, 6);
+        Self::new(lo.max(min), hi.min(max), ticks)
+    }
+
+    /// A panel's y axis, with room for the error bars.
+    fn of_panel(panel: &Panel) -> Self {
+        let ys: Vec<f64> = panel
+            .series
+            .iter()
+            .flat_map(|s| &s.points)
+            .flat_map(|&(_, y, e)| {
+                let e = e.unwrap_or(0.0);
+                [y - e, y + e]
+            })
+            .collect();
+        let (mut min, max) = padded_range(&ys, 0.08);
+        // Scores that cannot be negative (accuracies, perplexities) get no negative axis.
+        if min < 0.0 && ys.iter().all(|y| *y >= 0.0) {
+            min = 0.0;
         }
-        let alpha = alpha.min(1.0);
-        let at = (y as usize * self.w + x as usize) * 3;
-        for (dst, src) in self.rgb[at..at + 3].iter_mut().zip(color) {
-            *dst = (f32::from(*dst) * (1.0 - alpha) + f32::from(src) * alpha).round() as u8;
+        let (lo, hi, ticks) = nice_ticks(min, max, 6);
+        Self::new(lo, hi, ticks)
+    }
+}
+
+impl Ranged for Axis {
+    type FormatOption = NoDefaultFormatting;
+    type ValueType = f64;
+
+    fn map(&self, value: &f64, limit: (i32, i32)) -> i32 {
+        RangedCoordf64::from(self.lo..self.hi).map(value, limit)
+    }
+
+    fn key_points<Hint: KeyPointHint>(&self, hint: Hint) -> Vec<f64> {
+        // Only the bold grid: no light lines between the ticks.
+        if hint.weight().allow_light_points() {
+            Vec::new()
+        } else {
+            self.ticks.clone()
         }
     }
 
-    /// The pixel range `[lo, hi]` of a shape, cut to the canvas along an axis of `n` pixels:
-    /// `None` for a shape off the canvas or at a non-finite place, so a wild coordinate costs
-    /// nothing instead of a loop over 2^63 pixels.
-    fn span(lo: f64, hi: f64, n: usize) -> Option<(i64, i64)> {
-        if !lo.is_finite() || !hi.is_finite() {
-            return None;
-        }
-        let (lo, hi) = (lo.floor().max(0.0), hi.ceil().min(n as f64 - 1.0));
-        (lo <= hi).then_some((lo as i64, hi as i64))
+    fn range(&self) -> std::ops::Range<f64> {
+        self.lo..self.hi
     }
+}
 
-    /// A segment of the given width, antialiased by each pixel's distance to it.
-    fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), width: f64, color: Rgb) {
-        let r = width / 2.0 + 1.0;
-        let (dx, dy) = (x1 - x0, y1 - y0);
-        let len2 = dx * dx + dy * dy;
-        let Some((xa, xb)) = Self::span(x0.min(x1) - r, x0.max(x1) + r, self.w) else {
-            return;
-        };
-        let Some((ya, yb)) = Self::span(y0.min(y1) - r, y0.max(y1) + r, self.h) else {
-            return;
-        };
-        for y in ya..=yb {
-            for x in xa..=xb {
-                let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
-                let t = if len2 == 0.0 {
-                    0.0
-                } else {
-                    (((px - x0) * dx + (py - y0) * dy) / len2).clamp(0.0, 1.0)
-                };
-                let d = ((px - x0 - t * dx).powi(2) + (py - y0 - t * dy).powi(2)).sqrt();
-                self.blend(x, y, color, (width / 2.0 + 0.5 - d).clamp(0.0, 1.0) as f32);
-            }
-        }
+impl ValueFormatter<f64> for Axis {
+    fn format_ext(&self, value: &f64) -> String {
+        tick_label(*value, self.step, self.max_abs)
     }
+}
 
-    fn disc(&mut self, (cx, cy): (f64, f64), radius: f64, color: Rgb) {
-        let reach = radius + 1.0;
-        let Some((xa, xb)) = Self::span(cx - reach, cx + reach, self.w) else {
-            return;
-        };
-        let Some((ya, yb)) = Self::span(cy - reach, cy + reach, self.h) else {
-            return;
-        };
-        for y in ya..=yb {
-            for x in xa..=xb {
-                let d = ((x as f64 + 0.5 - cx).powi(2) + (y as f64 + 0.5 - cy).powi(2)).sqrt();
-                self.blend(x, y, color, (radius + 0.5 - d).clamp(0.0, 1.0) as f32);
-            }
-        }
-    }
+/// Draws the figure; returns its size and RGB pixels.
+pub fn render(fig: &Figure) -> (u32, u32, Vec<u8>) {
+    let height = PANEL_HEIGHT * fig.panels.len().max(1) as u32;
+    let mut rgb = vec![255; WIDTH as usize * height as usize * 3];
+    // Drawing fails only on a backend error or a missing font: a Vec has none, and the font is ours.
+    draw_figure(fig, &mut rgb, height).expect("drawing into a pixel buffer cannot fail");
+    (WIDTH, height, rgb)
+}
 
-    /// `text` with its baseline at `y`, starting at `x`; `up` turns it 90° to read bottom to top
-    /// (then `(x, y)` is where the baseline starts, and the text runs towards smaller y).
-    fn text(&mut self, face: &Face, x: f64, y: f64, text: &str, color: Rgb, up: bool) {
-        let mut pen = 0.0f64;
-        for c in text.chars() {
-            let g = face.glyph(c);
-            let origin = pen.round() as i64;
-            for gy in 0..g.height {
-                for gx in 0..g.width {
-                    let cov = g.coverage[gy * g.width + gx];
-                    if cov == 0 {
-                        continue;
-                    }
-                    // Offset along the text and across it (down from the baseline).
-                    let along = origin + i64::from(g.left) + gx as i64;
-                    let across = i64::from(g.top) + gy as i64;
-                    let (px, py) = if up {
-                        (x.round() as i64 + across, y.round() as i64 - along)
-                    } else {
-                        (x.round() as i64 + along, y.round() as i64 + across)
-                    };
-                    self.blend(px, py, color, f32::from(cov) / 255.0);
-                }
-            }
-            pen += f64::from(g.advance);
-        }
+fn draw_figure(fig: &Figure, rgb: &mut [u8], height: u32) -> Result<(), DrawError> {
+    let root = BitMapBackend::with_buffer(rgb, (WIDTH, height)).into_drawing_area();
+    let x = Axis::shared_x(fig);
+    let legend_width = legend_width(&root, fig)?;
+    let areas = root.split_evenly((fig.panels.len().max(1), 1));
+    for (panel, area) in fig.panels.iter().zip(&areas) {
+        let (chart_area, legend_area) = area.split_horizontally(WIDTH - legend_width);
+        let plot_top = draw_panel(&chart_area, panel, &x, &fig.x_label)?;
+        draw_legend(&legend_area, &panel.series, plot_top)?;
     }
+    root.present()
+}
+
+/// Width of the legend column: the longest label (up to 260 pixels), the swatch and margins.
+fn legend_width(root: &Area, fig: &Figure) -> Result<u32, DrawError> {
+    let style = text_style(13.0);
+    let mut widest = 0;
+    for series in fig.panels.iter().flat_map(|p| &p.series) {
+        widest = widest.max(root.estimate_text_size(&series.label, &style)?.0);
+    }
+    Ok(widest.min(260) + 72)
+}
+
+/// One panel's chart: title, grid, ticks, frame, axis labels and the series; returns where the
+/// plotting area starts, down from the panel's top.
+fn draw_panel(area: &Area, panel: &Panel, x: &Axis, x_label: &str) -> Result<i32, DrawError> {
+    let y = Axis::of_panel(panel);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, text_style(16.0))
+        .margin_top(12)
+        .margin_left(16)
+        .margin_bottom(16)
+        .x_label_area_size(48)
+        .y_label_area_size(76)
+        .build_cartesian_2d(x.clone(), y.clone())?;
+    chart
+        .configure_mesh()
+        .bold_line_style(GRID)
+        .light_line_style(TRANSPARENT)
+        .axis_style(FRAME)
+        .label_style(text_style(13.0))
+        .axis_desc_style(text_style(16.0))
+        .x_desc(x_label)
+        .y_desc(&panel.y_label)
+        .draw()?;
+    // The mesh draws the left and bottom axes; the frame closes the box.
+    chart.draw_series(std::iter::once(Rectangle::new(
+        [(x.lo, y.lo), (x.hi, y.hi)],
+        FRAME,
+    )))?;
+    let x_per_pixel = (x.hi - x.lo) / f64::from(chart.plotting_area().dim_in_pixel().0.max(1));
+    let count = panel.series.len();
+    for (k, series) in panel.series.iter().enumerate() {
+        // Series sharing an x are nudged apart a few pixels so their error bars stay readable.
+        let nudge = (k as f64 - (count as f64 - 1.0) / 2.0) * 5.0;
+        draw_series(&mut chart, series, PALETTE[k % PALETTE.len()], nudge, x_per_pixel)?;
+    }
+    Ok(chart.plotting_area().get_pixel_range().1.start - area.get_base_pixel().1)
+}
+
+/// Error bars, then the line, then the markers on top; `nudge` pixels to the side.
+fn draw_series(
+    chart: &mut Chart,
+    series: &Series,
+    color: RGBColor,
+    nudge: f64,
+    x_per_pixel: f64,
+) -> Result<(), DrawError> {
+    let mut points: Vec<(f64, f64, Option<f64>)> = series
+        .points
+        .iter()
+        .copied()
+        .filter(|(x, y, _)| x.is_finite() && y.is_finite())
+        .collect();
+    points.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let shift = |pixels: f64| {
+        Some(pixels * x_per_pixel)
+            .filter(|d| d.is_finite())
+            .unwrap_or(0.0)
+    };
+    let (nudge, cap) = (shift(nudge), shift(5.0));
+    let bars = points.iter().filter_map(|&(x, y, e)| {
+        let e = e.filter(|e| e.is_finite() && *e > 0.0)?;
+        let (lo, hi) = (y - e, y + e);
+        (lo.is_finite() && hi.is_finite()).then_some((x + nudge, lo, hi))
+    });
+    let style = color.stroke_width(1);
+    chart.draw_series(bars.flat_map(|(x, lo, hi)| {
+        [
+            vec![(x, lo), (x, hi)],
+            vec![(x - cap, lo), (x + cap, lo)],
+            vec![(x - cap, hi), (x + cap, hi)],
+        ]
+        .map(|path| PathElement::new(path, style))
+    }))?;
+    let line: Vec<(f64, f64)> = points.iter().map(|&(x, y, _)| (x + nudge, y)).collect();
+    chart.draw_series(std::iter::once(PathElement::new(
+        line.clone(),
+        color.stroke_width(2),
+    )))?;
+    chart.draw_series(line.into_iter().map(|p| Circle::new(p, 4, color.filled())))?;
+    Ok(())
+}
+
+/// The legend beside the chart: per series a swatch (line and marker) and its label.
+fn draw_legend(area: &Area, series: &[Series], plot_top: i32) -> Result<(), DrawError> {
+    let style = text_style(13.0).pos(Pos::new(HPos::Left, VPos::Center));
+    for (k, s) in series.iter().enumerate() {
+        let color = PALETTE[k % PALETTE.len()];
+        let y = plot_top + 12 + 22 * k as i32;
+        area.draw(&PathElement::new(vec![(18, y), (42, y)], color.stroke_width(2)))?;
+        area.draw(&Circle::new((30, y), 4, color.filled()))?;
+        area.draw(&Text::new(s.label.as_str(), (50, y), style.clone()))?;
+    }
+    Ok(())
 }
 
 /// Tick positions at 1, 2 or 5 × 10^k covering `[lo, hi]` with about `target` intervals; just
@@ -205,159 +339,6 @@ fn tick_label(v: f64, step: f64, max_abs: f64) -> String {
     }
 }
 
-/// Draws the figure; returns its size and RGB pixels.
-pub fn render(fig: &Figure) -> (u32, u32, Vec<u8>) {
-    let height = PANEL_HEIGHT * fig.panels.len().max(1) as u32;
-    let mut canvas = Canvas::new(WIDTH, height);
-    let small = font::face(13);
-    let big = font::face(16);
-    // Legend width: the longest label, with room for the swatch.
-    let legend_w = fig
-        .panels
-        .iter()
-        .flat_map(|p| &p.series)
-        .map(|s| small.width(&s.label) as f64)
-        .fold(0.0, f64::max)
-        .min(260.0)
-        + 48.0;
-    // The x range is shared by all panels, so they line up.
-    let xs: Vec<f64> = fig
-        .panels
-        .iter()
-        .flat_map(|p| &p.series)
-        .flat_map(|s| s.points.iter().map(|p| p.0))
-        .collect();
-    let (xmin, xmax) = padded_range(&xs, 0.06);
-    let (x_lo, x_hi, x_ticks) = nice_ticks(xmin, xmax, 6);
-    let x_lo = x_lo.max(xmin);
-    let x_hi = x_hi.min(xmax);
-    for (i, panel) in fig.panels.iter().enumerate() {
-        let top = (i as u32 * PANEL_HEIGHT) as f64;
-        let (left, right) = (92.0, WIDTH as f64 - 24.0 - legend_w);
-        let (plot_top, plot_bottom) = (top + 44.0, top + PANEL_HEIGHT as f64 - 64.0);
-        let ys: Vec<f64> = panel
-            .series
-            .iter()
-            .flat_map(|s| &s.points)
-            .flat_map(|&(_, y, e)| {
-                let e = e.unwrap_or(0.0);
-                [y - e, y + e]
-            })
-            .collect();
-        let (mut ymin, ymax) = padded_range(&ys, 0.08);
-        // Scores that cannot be negative (accuracies, perplexities) get no negative axis.
-        if ymin < 0.0 && ys.iter().all(|y| *y >= 0.0) {
-            ymin = 0.0;
-        }
-        let (y_lo, y_hi, y_ticks) = nice_ticks(ymin, ymax, 6);
-        let sx = |x: f64| left + (x - x_lo) / (x_hi - x_lo) * (right - left);
-        let sy = |y: f64| plot_bottom - (y - y_lo) / (y_hi - y_lo) * (plot_bottom - plot_top);
-
-        // Title, centred over the plot area.
-        let tw = big.width(&panel.title) as f64;
-        canvas.text(
-            big,
-            (left + right - tw) / 2.0,
-            top + 28.0,
-            &panel.title,
-            INK,
-            false,
-        );
-
-        // Grid and tick labels.
-        let y_step = y_ticks.get(1).map_or(1.0, |t| t - y_ticks[0]);
-        let y_abs = y_ticks.iter().fold(0.0f64, |m, t| m.max(t.abs()));
-        for &t in &y_ticks {
-            let y = sy(t).round() + 0.5;
-            canvas.line((left, y), (right, y), 1.0, GRID);
-            let label = tick_label(t, y_step, y_abs);
-            let w = small.width(&label) as f64;
-            canvas.text(small, left - 8.0 - w, y + 4.5, &label, INK, false);
-        }
-        let x_step = x_ticks.get(1).map_or(1.0, |t| t - x_ticks[0]);
-        let x_abs = x_ticks.iter().fold(0.0f64, |m, t| m.max(t.abs()));
-        for &t in x_ticks.iter().filter(|&&t| t >= x_lo - 1e-9 && t <= x_hi + 1e-9) {
-            let x = sx(t).round() + 0.5;
-            canvas.line((x, plot_top), (x, plot_bottom), 1.0, GRID);
-            canvas.line((x, plot_bottom), (x, plot_bottom + 5.0), 1.0, FRAME);
-            let label = tick_label(t, x_step, x_abs);
-            let w = small.width(&label) as f64;
-            canvas.text(small, x - w / 2.0, plot_bottom + 20.0, &label, INK, false);
-        }
-        // Frame.
-        let (l, r, t, b) = (
-            left.round() + 0.5,
-            right.round() + 0.5,
-            plot_top.round() + 0.5,
-            plot_bottom.round() + 0.5,
-        );
-        for (p, q) in [
-            ((l, t), (r, t)),
-            ((l, b), (r, b)),
-            ((l, t), (l, b)),
-            ((r, t), (r, b)),
-        ] {
-            canvas.line(p, q, 1.0, FRAME);
-        }
-        // Axis labels.
-        let xw = big.width(&fig.x_label) as f64;
-        canvas.text(
-            big,
-            (left + right - xw) / 2.0,
-            plot_bottom + 46.0,
-            &fig.x_label,
-            INK,
-            false,
-        );
-        let yw = big.width(&panel.y_label) as f64;
-        canvas.text(
-            big,
-            left - 76.0,
-            (plot_top + plot_bottom + yw) / 2.0,
-            &panel.y_label,
-            INK,
-            true,
-        );
-
-        // Series: error bars, then the line, then the markers on top. Series sharing an x are
-        // nudged apart a few pixels so their error bars stay readable.
-        let count = panel.series.len();
-        for (k, s) in panel.series.iter().enumerate() {
-            let color = PALETTE[k % PALETTE.len()];
-            let nudge = (k as f64 - (count as f64 - 1.0) / 2.0) * 5.0;
-            let mut pts: Vec<(f64, f64, Option<f64>)> = s.points.clone();
-            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            for &(x, y, e) in &pts {
-                if let Some(e) = e.filter(|e| e.is_finite() && *e > 0.0) {
-                    let px = sx(x) + nudge;
-                    let (ya, yb) = (sy(y - e), sy(y + e));
-                    canvas.line((px, ya), (px, yb), 1.5, color);
-                    canvas.line((px - 5.0, ya), (px + 5.0, ya), 1.5, color);
-                    canvas.line((px - 5.0, yb), (px + 5.0, yb), 1.5, color);
-                }
-            }
-            for w in pts.windows(2) {
-                canvas.line(
-                    (sx(w[0].0) + nudge, sy(w[0].1)),
-                    (sx(w[1].0) + nudge, sy(w[1].1)),
-                    2.0,
-                    color,
-                );
-            }
-            for &(x, y, _) in &pts {
-                canvas.disc((sx(x) + nudge, sy(y)), 4.0, color);
-            }
-            // Legend entry.
-            let ly = plot_top + 12.0 + k as f64 * 22.0;
-            let lx = right + 18.0;
-            canvas.line((lx, ly), (lx + 24.0, ly), 2.0, color);
-            canvas.disc((lx + 12.0, ly), 4.0, color);
-            canvas.text(small, lx + 32.0, ly + 4.5, &s.label, INK, false);
-        }
-    }
-    (WIDTH, height, canvas.rgb)
-}
-
 /// `[min, max]` of finite values widened by `pad` of the span (or a unit around a single value).
 fn padded_range(values: &[f64], pad: f64) -> (f64, f64) {
     let finite = values.iter().copied().filter(|v| v.is_finite());
@@ -378,54 +359,24 @@ fn padded_range(values: &[f64], pad: f64) -> (f64, f64) {
     (lo - p, hi + p)
 }
 
-/// A PNG file of 8-bit RGB pixels: signature, IHDR, one zlib IDAT (no filtering), IEND.
+/// A PNG file of 8-bit RGB pixels.
 pub fn encode_png(width: u32, height: u32, rgb: &[u8]) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let start = out.len();
-        out.extend(kind);
-        out.extend(data);
-        let crc = crc32(&out[start..]);
-        out.extend(crc.to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::with_capacity(13);
-    ihdr.extend(width.to_be_bytes());
-    ihdr.extend(height.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]); // 8-bit, truecolour, deflate, adaptive filtering, no interlace
-    chunk(&mut out, b"IHDR", &ihdr);
-    let row = width as usize * 3;
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-    for line in rgb.chunks(row) {
-        // Filter type 0 (None) on every row: charts are mostly flat colour and compress well anyway.
-        z.write_all(&[0])
-            .and_then(|()| z.write_all(line))
-            .expect("writing to a Vec cannot fail");
-    }
-    chunk(
-        &mut out,
-        b"IDAT",
-        &z.finish().expect("writing to a Vec cannot fail"),
-    );
-    chunk(&mut out, b"IEND", &[]);
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width, height);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    // Unfiltered rows: a chart is mostly flat colour and compresses well without filters.
+    encoder.set_filter(png::Filter::NoFilter);
+    let mut writer = encoder.write_header().expect("writing to a Vec cannot fail");
+    writer
+        .write_image_data(rgb)
+        .expect("the buffer holds width x height RGB pixels");
+    writer.finish().expect("writing to a Vec cannot fail");
     out
 }
 
-/// CRC-32 (ISO-HDLC, as PNG chunks use), bitwise: a chart has a few chunks.
-pub fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
+/// CRC-32 as PNG chunks carry it, for checking a written file.
+pub use crc32fast::hash as crc32;
 
 /// Renders `fig` and writes it to `path` as a PNG, atomically (a temporary file beside it,
 /// renamed); the caller has checked the path with `files::check_output`.

@@ -82,6 +82,8 @@ pub fn mcnemar_exact(a_only: u64, b_only: u64) -> f64 {
 /// `P(X <= k)` for `X ~ Binomial(n, 1/2)`, `k < n/2`: each term by Loader's saddle-point formula
 /// (accurate to a few ulps even for large n, where products of ratios or log-gamma differences lose
 /// digits), summed with compensation from the largest term down until the rest cannot matter.
+/// Not statrs: its `Binomial::cdf` (0.19, through the regularized incomplete beta) is off by 3e-13
+/// relative at n = 100 and 1.2e-11 at n = 10,000, where this stays within the tests' 4e-15.
 fn binom_half_cdf(k: u64, n: u64) -> f64 {
     let (mut sum, mut comp) = (0.0f64, 0.0f64);
     for x in (0..=k).rev() {
