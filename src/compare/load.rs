@@ -5,15 +5,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use serde::Deserialize;
 use serde_json::{Map, Value};
+
+use crate::contract::results::{ResultsFile, Scores};
 
 /// One evaluation run.
 #[derive(Debug)]
 pub struct Run {
     /// The results JSON.
     pub path: PathBuf,
-    /// Its top-level object (`results`, `group_subtasks`, `configs`, `higher_is_better`, ...).
-    pub json: Map<String, Value>,
+    /// The results file (`results`, `group_subtasks`, `configs`, `higher_is_better`, ...).
+    pub results: ResultsFile,
     /// Per task with a samples file beside the results: its documents' scores.
     pub samples: BTreeMap<String, TaskSamples>,
 }
@@ -79,6 +82,8 @@ impl Run {
                 file.display()
             );
         }
+        let results = ResultsFile::deserialize(Value::Object(json))
+            .with_context(|| format!("'{}' is not a results file as lm-eval writes it", file.display()))?;
         let dir = file.parent().unwrap_or(Path::new(".")).to_path_buf();
         // results_<date>.json and samples_<task>_<date>.jsonl share the date; renamed copies
         // (results.json beside samples_<task>.jsonl) are accepted too.
@@ -87,11 +92,7 @@ impl Run {
             .and_then(|s| s.to_str())
             .and_then(|s| s.strip_prefix("results_"))
             .map(str::to_owned);
-        let tasks: Vec<String> = json
-            .get("configs")
-            .and_then(Value::as_object)
-            .map(|c| c.keys().cloned().collect())
-            .unwrap_or_default();
+        let tasks: Vec<String> = results.configs.keys().cloned().collect();
         let mut samples = BTreeMap::new();
         for task in tasks {
             let candidates = date
@@ -105,24 +106,19 @@ impl Run {
         }
         Ok(Self {
             path: file,
-            json,
+            results,
             samples,
         })
     }
 
     /// The `results` entry of a task or group.
-    pub fn entry(&self, task: &str) -> Option<&Map<String, Value>> {
-        self.json.get("results")?.get(task)?.as_object()
+    pub fn entry(&self, task: &str) -> Option<&Scores> {
+        self.results.results.get(task)
     }
 
     /// The direct subtasks of a group (`group_subtasks`); empty for a task.
     pub fn subtasks(&self, task: &str) -> Vec<String> {
-        self.json
-            .get("group_subtasks")
-            .and_then(|g| g.get(task))
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-            .unwrap_or_default()
+        self.results.subtasks(task).to_vec()
     }
 
     /// The tasks (not groups) under `task`, in `group_subtasks` order; `[task]` for a task.
@@ -136,12 +132,7 @@ impl Run {
 
     /// Every task and group in `results`, each group followed by its subtasks, with its depth.
     pub fn task_tree(&self) -> Vec<(String, usize)> {
-        let names: Vec<String> = self
-            .json
-            .get("results")
-            .and_then(Value::as_object)
-            .map(|r| r.keys().cloned().collect())
-            .unwrap_or_default();
+        let names: Vec<String> = self.results.results.keys().cloned().collect();
         let children: std::collections::HashSet<String> =
             names.iter().flat_map(|n| self.subtasks(n)).collect();
         let mut out = Vec::new();
@@ -175,28 +166,16 @@ impl Run {
     /// The aggregation lm-eval used for `metric` of a task: its config's `metric_list`, else the
     /// registry default.
     pub fn aggregation(&self, task: &str, metric: &str) -> String {
-        self.json
-            .get("configs")
-            .and_then(|c| c.get(task))
-            .and_then(|c| c.get("metric_list"))
-            .and_then(Value::as_array)
-            .and_then(|list| {
-                list.iter()
-                    .find(|m| m.get("metric").and_then(Value::as_str) == Some(metric))
-            })
-            .and_then(|m| m.get("aggregation"))
-            .and_then(Value::as_str)
+        let config = self.results.config(task).unwrap_or_default();
+        config
+            .aggregation(metric)
             .unwrap_or_else(|| super::stats::Aggregation::default_name(metric))
             .to_owned()
     }
 
     /// `higher_is_better[task][metric]`, where recorded.
     pub fn higher_is_better(&self, task: &str, metric: &str) -> Option<bool> {
-        self.json
-            .get("higher_is_better")?
-            .get(task)?
-            .get(metric)?
-            .as_bool()
+        self.results.higher_is_better(task, metric)
     }
 }
 

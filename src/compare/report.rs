@@ -4,9 +4,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use crate::contract::results::Scores;
 use anyhow::{Result, bail};
 use serde::Serialize;
-use serde_json::Value;
 
 use super::{CompareOptions, Run, pairing};
 
@@ -181,21 +181,15 @@ fn selected_tasks(run: &Run, options: &CompareOptions) -> Vec<(String, usize)> {
 }
 
 /// `metric,filter` keys of a results entry that hold a score (not a stderr, not "N/A").
-pub(super) fn score_keys(entry: &serde_json::Map<String, Value>) -> Vec<(String, String, f64)> {
+pub(super) fn score_keys(entry: &Scores) -> Vec<(String, String, f64)> {
     entry
-        .iter()
-        .filter_map(|(k, v)| {
-            let (metric, filter) = k.split_once(',')?;
-            if metric.ends_with("_stderr") {
-                return None;
-            }
-            Some((metric.to_owned(), filter.to_owned(), v.as_f64()?))
-        })
+        .values()
+        .filter_map(|m| Some((m.metric.to_owned(), m.filter.to_owned(), m.value.as_f64()?)))
         .collect()
 }
 
-pub(super) fn stderr_of(entry: &serde_json::Map<String, Value>, metric: &str, filter: &str) -> Option<f64> {
-    entry.get(&format!("{metric}_stderr,{filter}"))?.as_f64()
+pub(super) fn stderr_of(entry: &Scores, metric: &str, filter: &str) -> Option<f64> {
+    entry.stderr(metric, filter)?.as_f64()
 }
 
 fn compare_pair(a: &Run, b: &Run, x: Option<f64>, options: &CompareOptions) -> Result<Comparison> {
@@ -209,7 +203,7 @@ fn compare_pair(a: &Run, b: &Run, x: Option<f64>, options: &CompareOptions) -> R
             if !options.metrics.is_empty() && !options.metrics.contains(&metric) {
                 continue;
             }
-            let Some(vb) = eb.get(&format!("{metric},{filter}")).and_then(Value::as_f64) else {
+            let Some(vb) = eb.value(&format!("{metric},{filter}")) else {
                 continue;
             };
             let mut row = Row {

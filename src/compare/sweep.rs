@@ -35,7 +35,13 @@ pub fn sweep_values(runs: &[Run], explicit: Option<&[f64]>) -> Result<SweepValue
             label: "steering coefficient".to_owned(),
         });
     }
-    let sweep = |r: &Run| r.json.get("sae_onnx").and_then(|s| s.get("sweep")).cloned();
+    let sweep = |r: &Run| {
+        r.results
+            .run
+            .get("sae_onnx")
+            .and_then(|s| s.get("sweep"))
+            .cloned()
+    };
     let from_sweep: Vec<Option<f64>> = runs
         .iter()
         .map(|r| sweep(r).and_then(|s| s.get("value").and_then(Value::as_f64)))
@@ -66,7 +72,7 @@ fn steering_coefficients(runs: &[Run]) -> (Vec<Option<f64>>, Option<String>) {
     let mut per_run: Vec<BTreeMap<(i64, String, String, String), f64>> = Vec::new();
     for run in runs {
         let mut rows = BTreeMap::new();
-        let patches = run.json.get("steering").and_then(Value::as_array);
+        let patches = run.results.run.get("steering").and_then(Value::as_array);
         for row in patches
             .into_iter()
             .flatten()
@@ -180,7 +186,7 @@ fn series_by_metric(
             let mut points = Vec::new();
             for (run, &x) in runs.iter().zip(xs) {
                 let Some(e) = run.entry(task) else { continue };
-                let Some(y) = e.get(&format!("{metric},{filter}")).and_then(Value::as_f64) else {
+                let Some(y) = e.value(&format!("{metric},{filter}")) else {
                     continue;
                 };
                 points.push((x, y, stderr_of(e, &metric, &filter)));

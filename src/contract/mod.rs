@@ -3,9 +3,11 @@
 //! The exporter writes them; kv_cache, scoring, generate, eval, patch and inspect read them.
 //! [`sweep`]: the coefficient inputs of a `--sweepable` patch (`patch` writes them, `eval
 //! --sweep` feeds them). [`hook_site`]: which tensor of a graph is a hook (`patch` steers it,
-//! `inspect` lists it).
+//! `inspect` lists it). [`results`]: the results file lm-eval writes (`eval` writes it, `compare`
+//! reads it, ours and lm-eval's own).
 
 pub mod hook_site;
+pub mod results;
 pub mod sweep;
 
 /// Graph input and output names.

@@ -15,10 +15,12 @@ use super::cache::{CacheKey, ResultCache};
 use super::options::{BatchSize, EvalOptions, LM_EVAL_VERSION};
 use super::output::{self, sanitize_model_name};
 use super::prepare::PreparedEval;
-use super::results::{ModelArgs, ResultsFile, RunConfig, RunInfo, SampleCounts, SweepRecord, SweepValue};
 use super::task::Task;
 use super::task_output::{Generations, TaskOutput};
 use crate::contract::meta;
+use crate::contract::results::{
+    ModelArgs, ResultsFile, RunConfig, RunInfo, SampleCounts, SweepRecord, SweepValue,
+};
 use crate::infer::runtime::ScalarFeed;
 use crate::tokenizer::Tokenizer;
 

@@ -10,8 +10,8 @@ use indexmap::IndexMap;
 use serde_json::{Value, json};
 
 use super::metrics;
-use super::results::{ResultsFile, Scores, Stderr};
 use super::task::{Entry, TaskIndex};
+use crate::contract::results::{ResultsFile, Scores, Stderr};
 
 /// A resolved name: a task, or a group of children with its aggregation.
 pub enum TaskTree {

@@ -15,7 +15,6 @@ pub mod options;
 pub mod output;
 pub mod prepare;
 pub mod requests;
-pub mod results;
 pub mod samples;
 pub mod sweep;
 pub mod table;

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::results::ResultsFile;
 use super::template;
+use crate::contract::results::ResultsFile;
 use crate::files::{self, Inputs};
 
 /// Python's `str()` of a document value (lists show their items' `repr`), for `target` in samples.

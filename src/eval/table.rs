@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use indexmap::IndexMap;
 use serde_json::Value;
 
-use super::results::{ResultsFile, Scores};
 use super::task::value_text;
+use crate::contract::results::{ResultsFile, Scores};
 
 /// The "Tasks" table, then the "Groups" table when there are groups, as `lm-eval run` prints them.
 pub fn render(results: &ResultsFile) -> String {

@@ -10,9 +10,9 @@ use super::generative::{ExactMatch, Filter};
 use super::groups::{MetricMean, Summary};
 use super::metrics::{self, MetricItem};
 use super::requests::{Document, gold_index};
-use super::results::{Scores, Stderr};
 use super::samples;
 use super::task::{OutputType, Target, Task};
+use crate::contract::results::{Scores, Stderr};
 use crate::infer::lm::{Loglikelihood, TokenRequest};
 
 /// Generations of the generate_until documents, by task name and document id.

@@ -4,7 +4,7 @@
 
 use crate::common;
 
-use sae_onnx::eval::results::ResultsFile;
+use sae_onnx::contract::results::ResultsFile;
 
 #[test]
 fn tables_match_what_lm_eval_printed() {

@@ -1,5 +1,5 @@
-//! The results file lm-eval writes (`results_<date>.json`), as types: `eval` builds one, `table`
-//! and the sweep table render it, `compare` reads ours and lm-eval's own. The field order is
+//! The results file lm-eval writes (`results_<date>.json`), as types: `eval` builds one, its
+//! tables render it, `compare` reads ours and lm-eval's own. The field order is
 //! lm-eval's, so the file reads as theirs does; what only the writer fills (the run's settings,
 //! tokenizer, versions) is [`RunInfo`], kept in [`ResultsFile::run`] as the JSON it became, so a
 //! file from another lm-eval version still loads.
