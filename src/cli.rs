@@ -574,15 +574,15 @@ impl Cli {
     fn eval(&self, args: &EvalArgs, hub: crate::hub::Hub) -> Result<()> {
         use crate::eval::evaluator;
         use crate::eval::options::EvalOptions;
-        use crate::eval::task::TaskIndex;
+        use crate::eval::task_index::TaskIndex;
         if args.list_tasks {
             let mut dirs = vec![crate::eval::bundled::tasks_dir()?];
             dirs.extend(args.include_path.iter().cloned());
             let index = TaskIndex::scan(&dirs)?;
             for (name, entry) in &index.entries {
                 let kind = match entry {
-                    crate::eval::task::Entry::Task { .. } => "task",
-                    crate::eval::task::Entry::Group { .. } => "group",
+                    crate::eval::task_index::Entry::Task { .. } => "task",
+                    crate::eval::task_index::Entry::Group { .. } => "group",
                 };
                 println!("{kind:<6} {name}");
             }

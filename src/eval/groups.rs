@@ -10,7 +10,7 @@ use indexmap::IndexMap;
 use serde_json::{Value, json};
 
 use super::metrics;
-use super::task::{Entry, TaskIndex};
+use super::task_index::{Entry, TaskIndex};
 use crate::contract::results::{ResultsFile, Scores, Stderr};
 
 /// A resolved name: a task, or a group of children with its aggregation.

@@ -20,5 +20,6 @@ pub mod sweep;
 pub mod table;
 pub mod task;
 pub mod task_config;
+pub mod task_index;
 pub mod task_output;
 pub mod template;

@@ -486,7 +486,8 @@ fn task_yaml() {
         seeds,
         dir.path().join("fuzz_case.yaml"),
         move |path| {
-            use sae_onnx::eval::task::{Entry, Task, TaskIndex};
+            use sae_onnx::eval::task::Task;
+            use sae_onnx::eval::task_index::{Entry, TaskIndex};
             let mut index = TaskIndex::default();
             let Some(name) = index.add_file(path).map_err(err_text)? else {
                 return Ok(());

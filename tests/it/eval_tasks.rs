@@ -13,7 +13,8 @@ use crate::common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use sae_onnx::eval::task::{Entry, Target, Task, TaskIndex, load_yaml_config};
+use sae_onnx::eval::task::{Target, Task};
+use sae_onnx::eval::task_index::{Entry, TaskIndex, load_yaml_config};
 use serde_json::{Value, json};
 
 fn tasks_dir() -> PathBuf {

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use sae_onnx::eval::evaluator;
 use sae_onnx::eval::options::{BatchSize, EvalOptions};
-use sae_onnx::eval::task::load_yaml_config;
+use sae_onnx::eval::task_index::load_yaml_config;
 use sae_onnx::export::{self, ExportOptions};
 use serde_json::Value;
 

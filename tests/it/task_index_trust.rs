@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use sae_onnx::eval::task::{TaskIndex, load_yaml_config};
+use sae_onnx::eval::task_index::{TaskIndex, load_yaml_config};
 
 fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tasks")
