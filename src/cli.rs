@@ -490,60 +490,62 @@ impl Cli {
             Command::Export(args) => self.export(args, hub()),
             Command::Eval(args) => self.eval(args, hub()),
             Command::Generate(args) => self.generate(args, hub()),
-            Command::Patch(args) => {
-                let report = crate::steer::patch::patch_in(
-                    &hub(),
-                    &crate::steer::patch::PatchOptions {
-                        csv: args.csv.clone(),
-                        output: args.output.clone(),
-                        model: args.model.clone(),
-                        replace: args.replace,
-                        progress: self.show_progress(),
-                    },
-                    &crate::steer::patch::PatchOutput {
-                        sweepable: args.sweepable,
-                        force: args.force,
-                    },
-                )?;
-                if report.splice.removed > 0 {
-                    eprintln!("removed {} earlier steering Add(s)", report.splice.removed);
-                }
-                for steered in &report.splice.hooks {
-                    let (hook, tensor, norm) = (steered.hook, &steered.tensor, steered.norm);
-                    if norm > 0.0 {
-                        eprintln!("  {hook}: +vector (norm {norm:.3}) at {tensor}");
-                    }
-                    if let Some(computed) = report.splice.computed.iter().find(|c| c.hook == hook) {
-                        eprintln!("  {hook}: {} at {tensor}", computed.terms);
-                    }
-                }
-                if !report.splice.coefficient_inputs.is_empty() {
-                    eprintln!(
-                        "  coefficient inputs: {}",
-                        report.splice.coefficient_inputs.join(", ")
-                    );
-                }
-                let weights = if !report.save.shared.is_empty() {
-                    "weights shared with the base model".to_owned()
-                } else if !report.save.linked.is_empty() {
-                    "weights hard-linked".to_owned()
-                } else if !report.save.copied.is_empty() {
-                    "weights copied (different filesystem)".to_owned()
-                } else {
-                    "weights inline".to_owned()
-                };
-                eprintln!(
-                    "steered {} -> {} ({weights}) in {:.2}s",
-                    report.base.display(),
-                    args.output.display(),
-                    report.seconds
-                );
-                Ok(())
-            }
+            Command::Patch(args) => self.patch(args, hub()),
             Command::Saes(args) => list_saes(args),
             Command::Compare(args) => self.compare(args),
             Command::Inspect(args) => inspect_model(args),
         }
+    }
+
+    fn patch(&self, args: &PatchArgs, hub: crate::hub::Hub) -> Result<()> {
+        let report = crate::steer::patch::patch_in(
+            &hub,
+            &crate::steer::patch::PatchOptions {
+                csv: args.csv.clone(),
+                output: args.output.clone(),
+                model: args.model.clone(),
+                replace: args.replace,
+                progress: self.show_progress(),
+            },
+            &crate::steer::patch::PatchOutput {
+                sweepable: args.sweepable,
+                force: args.force,
+            },
+        )?;
+        if report.splice.removed > 0 {
+            eprintln!("removed {} earlier steering Add(s)", report.splice.removed);
+        }
+        for steered in &report.splice.hooks {
+            let (hook, tensor, norm) = (steered.hook, &steered.tensor, steered.norm);
+            if norm > 0.0 {
+                eprintln!("  {hook}: +vector (norm {norm:.3}) at {tensor}");
+            }
+            if let Some(computed) = report.splice.computed.iter().find(|c| c.hook == hook) {
+                eprintln!("  {hook}: {} at {tensor}", computed.terms);
+            }
+        }
+        if !report.splice.coefficient_inputs.is_empty() {
+            eprintln!(
+                "  coefficient inputs: {}",
+                report.splice.coefficient_inputs.join(", ")
+            );
+        }
+        let weights = if !report.save.shared.is_empty() {
+            "weights shared with the base model".to_owned()
+        } else if !report.save.linked.is_empty() {
+            "weights hard-linked".to_owned()
+        } else if !report.save.copied.is_empty() {
+            "weights copied (different filesystem)".to_owned()
+        } else {
+            "weights inline".to_owned()
+        };
+        eprintln!(
+            "steered {} -> {} ({weights}) in {:.2}s",
+            report.base.display(),
+            args.output.display(),
+            report.seconds
+        );
+        Ok(())
     }
 
     fn export(&self, args: &ExportArgs, hub: crate::hub::Hub) -> Result<()> {

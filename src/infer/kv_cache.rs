@@ -7,7 +7,8 @@ use anyhow::{Context, Result, bail};
 use ort::value::{DynValue, Tensor};
 
 use crate::contract::{INPUT_IDS, past_name};
-use crate::onnx::make::{make_node, make_tensor_i64};
+use crate::onnx::builder::GraphBuilder;
+use crate::onnx::make::AttrValue;
 use crate::onnx::pb::{tensor_shape_proto::dimension, type_proto};
 use crate::onnx::{DataType, Model};
 
@@ -82,37 +83,25 @@ impl CacheLayout {
 /// already the batch's size passes through unchanged.
 pub fn broadcast_cache_inputs(model: &mut Model, layout: &CacheLayout) -> Result<()> {
     let graph = model.graph_mut();
-    let name = |s: &str| format!("/cache_broadcast/{s}");
-    let shape = name("shape");
-    graph.initializer.push(make_tensor_i64(&name("zero"), &[1], &[0]));
-    graph.initializer.push(make_tensor_i64(&name("one"), &[1], &[1]));
-    graph
-        .initializer
-        .push(make_tensor_i64(&name("ones"), &[3], &[1, 1, 1]));
-    let ids_shape = name("ids_shape");
-    let batch = name("batch");
-    let nodes = vec![
-        make_node("Shape", &[INPUT_IDS], &[&ids_shape], name("Shape")),
-        make_node(
-            "Slice",
-            &[&ids_shape, &name("zero"), &name("one")],
-            &[&batch],
-            name("Slice"),
-        ),
-        make_node("Concat", &[&batch, &name("ones")], &[&shape], name("Concat")).with_attr("axis", 0i64),
-    ];
-    graph.node.splice(0..0, nodes);
+    let mut b = GraphBuilder::extending(graph);
+    // [batch of input_ids, 1, 1, 1]: what each cache input is expanded to.
+    let shape = b.scoped("cache_broadcast", |b| {
+        let ids_shape = b.op("Shape", &[INPUT_IDS], vec![]);
+        let (zero, one, ones) = (b.const_i64(&[0]), b.const_i64(&[1]), b.const_i64(&[1, 1, 1]));
+        let batch = b.op("Slice", &[&ids_shape, &zero, &one], vec![]);
+        Ok(b.op("Concat", &[&batch, &ones], vec![("axis", AttrValue::Int(0))]))
+    })?;
+    let prologue = b.finish();
+    graph.initializer.extend(prologue.initializers);
+    graph.node.splice(0..0, prologue.nodes);
     for layer in 0..layout.layers {
         for kind in ["key", "value"] {
             let past = past_name(layer, kind);
-            let expanded = name(&past);
-            let expand = make_node(
-                "Expand",
-                &[&past, &shape],
-                &[&expanded],
-                name(&format!("Expand_{past}")),
-            );
-            graph.insert_after(&past, vec![expand], &expanded)?;
+            let mut b = GraphBuilder::extending(graph);
+            let expanded = b.fresh(&format!("/cache_broadcast/{past}"));
+            let node = b.fresh(&format!("/cache_broadcast/Expand_{past}"));
+            b.node(node, "Expand", &[&past, &shape], &expanded, vec![]);
+            graph.insert_after(&past, b.finish().nodes, &expanded)?;
             // Its batch is no longer the batch of input_ids: give the dimension its own name.
             if let Some(input) = graph.input.iter_mut().find(|i| i.name() == past)
                 && let Some(type_proto::Value::TensorType(t)) =

@@ -265,7 +265,15 @@ impl<Store> GraphBuilder<Store> {
         if let Some(name) = self.constants.borrow().get(&key) {
             return name.clone();
         }
-        let name = format!("/const/{kind}{}", self.constants.borrow().len());
+        // Extending a graph that has its own `/const/*` (one of our exports), the names step
+        // around them.
+        let n = self.constants.borrow().len();
+        let mut name = format!("/const/{kind}{n}");
+        let mut k = 1;
+        while self.taken.contains(&name) {
+            name = format!("/const/{kind}{n}_{k}");
+            k += 1;
+        }
         self.initializers
             .borrow_mut()
             .push(make_tensor(&name, dtype, dims, raw));
