@@ -323,4 +323,22 @@ mod tests {
         assert!(!b.claim("x"));
         assert!(b.claim("w"));
     }
+
+    #[test]
+    fn constants_added_to_an_export_avoid_its_own() {
+        let mut graph = make_graph(
+            vec![make_node("Add", &["x", "/const/i64_0"], &["y"], "add")],
+            "g",
+            vec![],
+            vec![],
+            vec![],
+        );
+        graph
+            .initializer
+            .push(crate::onnx::make::make_tensor_i64("/const/i64_0", &[1], &[7]));
+        let b = GraphBuilder::extending(&graph);
+        let added = b.const_i64(&[0]);
+        assert_eq!(added, "/const/i64_0_1");
+        assert_eq!(b.const_i64(&[0]), added, "still made once per value");
+    }
 }
