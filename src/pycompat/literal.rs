@@ -737,15 +737,6 @@ fn string_prefix(p: &str) -> Option<Prefix> {
 mod tests {
     use super::*;
 
-    fn fixture() -> Value {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/python_compat/literals.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).expect("read literals.json"))
-            .expect("parse literals.json")
-    }
-
     #[test]
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
         for text in [
@@ -763,7 +754,7 @@ mod tests {
 
     #[test]
     fn literal_eval_matches_python() {
-        let fx = fixture();
+        let fx = crate::pycompat::literals_fixture();
         let cases = fx["literal_eval"].as_array().unwrap();
         assert!(cases.len() > 80);
         for case in cases {

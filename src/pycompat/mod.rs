@@ -9,3 +9,15 @@ pub mod re;
 pub mod repr;
 pub mod str;
 pub mod unicode;
+
+/// CPython's answers that `literal`, `repr` and `unicode` are tested against
+/// (`tests/fixtures/python_compat/literals.json`, from `make_literals.py`).
+#[cfg(test)]
+fn literals_fixture() -> serde_json::Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/python_compat/literals.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read literals.json"))
+        .expect("parse literals.json")
+}

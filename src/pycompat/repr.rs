@@ -98,18 +98,9 @@ mod tests {
     use super::*;
     use crate::pycompat::literal::{PyLiteral, literal_eval};
 
-    fn fixture() -> serde_json::Value {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/python_compat/literals.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).expect("read literals.json"))
-            .expect("parse literals.json")
-    }
-
     #[test]
     fn repr_matches_python() {
-        let fx = fixture();
+        let fx = crate::pycompat::literals_fixture();
         for pair in fx["repr_str"].as_array().unwrap() {
             let (s, want) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
             assert_eq!(repr_str(s), want, "repr of {s:?}");

@@ -198,18 +198,9 @@ const NON_PRINTABLE: &[(u32, u32)] = &[
 mod tests {
     use super::*;
 
-    fn fixture() -> serde_json::Value {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/python_compat/literals.json"
-        );
-        serde_json::from_str(&std::fs::read_to_string(path).expect("read literals.json"))
-            .expect("parse literals.json")
-    }
-
     #[test]
     fn str_predicates_match_python() {
-        let fx = fixture();
+        let fx = crate::pycompat::literals_fixture();
         for case in fx["isdigit"].as_array().unwrap() {
             let s = case[0].as_str().unwrap();
             assert_eq!(isdigit(s), case[1].as_bool().unwrap(), "isdigit {s:?}");
