@@ -10,7 +10,21 @@ use super::steering::{HookSteering, Term};
 use crate::onnx::DataType;
 use crate::onnx::builder::{GraphBuilder, GraphFragment};
 use crate::onnx::make::{AttrValue, make_tensor, make_tensor_value_info};
-use crate::onnx::pb::GraphProto;
+use crate::onnx::pb::{GraphProto, NodeProto};
+
+/// Node-name prefix of the nodes we splice (how `replace` and `inspect` find them). The node that
+/// adds the change to the hook is named `{NODE_PREFIX}{hook}` (maybe with a `_N` suffix); the nodes
+/// computing the change are named below it, `{NODE_PREFIX}{hook}/...`.
+pub const NODE_PREFIX: &str = "/sae_onnx/steer/";
+
+/// The node that adds a patch's change to its hook (not one of the nodes computing the change).
+pub(super) fn is_final_add(node: &NodeProto) -> bool {
+    node.op_type() == "Add"
+        && node
+            .name()
+            .strip_prefix(NODE_PREFIX)
+            .is_some_and(|rest| !rest.contains('/'))
+}
 
 /// The sweepable coefficient input of plan row `i`, or `None` for a fixed coefficient.
 pub(super) type CoefficientInputOf<'a> = &'a dyn Fn(usize) -> Option<String>;

@@ -7,9 +7,8 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::hook_nodes::CoefficientInputOf;
+use super::hook_nodes::{CoefficientInputOf, NODE_PREFIX, is_final_add};
 use super::plan::SteeringPlan;
-use super::splice::{NODE_PREFIX, is_final_add};
 use super::steering::HookSteering;
 use crate::contract::meta::STEERING;
 use crate::contract::sweep::COEFFICIENT_INPUTS;

@@ -25,7 +25,7 @@ use std::collections::HashSet;
 
 use anyhow::{Context, Result, bail};
 
-use super::hook_nodes::{CoefficientInputOf, HookNodes, HookValue, hook_nodes};
+use super::hook_nodes::{CoefficientInputOf, HookNodes, HookValue, NODE_PREFIX, hook_nodes, is_final_add};
 use super::plan::{PlanField, SteeringPlan};
 use super::provenance::{record, remove_steering, steering_patches};
 use super::steering::{HookSteering, MAX_WIDTH};
@@ -34,13 +34,8 @@ use crate::contract::meta;
 use crate::contract::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
 use crate::hook::{HookPoint, Site};
 use crate::onnx::Model;
-use crate::onnx::pb::{GraphProto, NodeProto};
+use crate::onnx::pb::GraphProto;
 use crate::sae::SaeProvenance;
-
-/// Node-name prefix of the nodes we splice (how `replace` and `inspect` find them). The node that
-/// adds the change to the hook is named `{NODE_PREFIX}{hook}` (maybe with a `_N` suffix); the nodes
-/// computing the change are named below it, `{NODE_PREFIX}{hook}/...`.
-pub const NODE_PREFIX: &str = "/sae_onnx/steer/";
 
 /// The smallest default-domain opset whose Add/Sub/Mul/Greater broadcast numpy-style and whose
 /// Cast takes an integer `to`: what the computed (non-constant) steering needs.
@@ -291,15 +286,6 @@ fn chain_end(graph: &GraphProto, site: &HookSite) -> String {
         tensor = next.clone();
     }
     tensor
-}
-
-/// The node that adds a patch's change to its hook (not one of the nodes computing the change).
-pub(super) fn is_final_add(node: &NodeProto) -> bool {
-    node.op_type() == "Add"
-        && node
-            .name()
-            .strip_prefix(NODE_PREFIX)
-            .is_some_and(|rest| !rest.contains('/'))
 }
 
 /// The width every vector of the hook is brought to: the model's, from our export's metadata, or
