@@ -305,6 +305,12 @@ pub struct GenerateArgs {
     /// 1e-3 relative error (lm-eval's float32 runs do not use it). bf16/f16 models need no flag.
     #[arg(long)]
     pub tf32: bool,
+    /// Save ONNX Runtime's optimised graph under <cache root>/ort-optimized/ on the first open
+    /// of a model and load it on later opens (seconds saved per open on big models). Each entry
+    /// holds a copy of the model's weights, so this is opt-in; SAE_ONNX_SESSION_CACHE=1 turns it
+    /// on too. Delete the folder to reclaim the space.
+    #[arg(long)]
+    pub session_cache: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -353,6 +359,12 @@ pub struct EvalArgs {
     /// 1e-3 relative error (lm-eval's float32 runs do not use it). bf16/f16 models need no flag.
     #[arg(long)]
     pub tf32: bool,
+    /// Save ONNX Runtime's optimised graph under <cache root>/ort-optimized/ on the first open
+    /// of a model and load it on later opens (seconds saved per open on big models). Each entry
+    /// holds a copy of the model's weights, so this is opt-in; SAE_ONNX_SESSION_CACHE=1 turns it
+    /// on too. Delete the folder to reclaim the space.
+    #[arg(long)]
+    pub session_cache: bool,
     /// Folder (or .json file) for results_<date>.json and samples, as lm-eval writes them.
     #[arg(long)]
     pub output_path: Option<PathBuf>,
@@ -611,6 +623,7 @@ impl Cli {
                 ort_lib: self.ort_lib.clone(),
                 intra_threads: None,
                 tf32: args.tf32,
+                cache_dir: crate::infer::session_cache::dir_if_enabled(args.session_cache),
             },
             output_path: args.output_path.clone(),
             log_samples: args.log_samples,
@@ -732,6 +745,7 @@ impl Cli {
                 ort_lib: self.ort_lib.clone(),
                 intra_threads: None,
                 tf32: args.tf32,
+                cache_dir: crate::infer::session_cache::dir_if_enabled(args.session_cache),
             },
             tokenizer: args.tokenizer.clone(),
             hub,

@@ -78,6 +78,7 @@ struct KvCache {
     /// Fed on every step besides tokens, mask and cache (a sweep's coefficient).
     feeds: Vec<ScalarFeed>,
     layout: crate::infer::kv_cache::CacheLayout,
+    session_origin: crate::infer::runtime::SessionOrigin,
 }
 
 /// A model opened for generation, with its tokenizer.
@@ -124,8 +125,10 @@ impl Generator {
             .unwrap_or_else(|| tokenizer.vocab_size());
         let context = context_of(&model, path)?;
         let backend = if let Some(layout) = crate::infer::kv_cache::CacheLayout::of(&model)? {
+            let opened = crate::infer::runtime::session(path, &options.session)?;
             Backend::Cache(KvCache {
-                session: crate::infer::runtime::session(path, &options.session)?,
+                session: opened.session,
+                session_origin: opened.origin,
                 cache_memory: crate::infer::runtime::memory_info(options.session.device)?,
                 feeds: Vec::new(),
                 layout,
@@ -162,6 +165,14 @@ impl Generator {
             );
         }
         Ok(())
+    }
+
+    /// Whether the session was optimised now or loaded from the session cache.
+    pub fn session_origin(&self) -> crate::infer::runtime::SessionOrigin {
+        match &self.backend {
+            Backend::Cache(kv) => kv.session_origin,
+            Backend::Recompute(scorer) => scorer.session_origin,
+        }
     }
 
     /// Graph inputs fed on every step from now on, besides the tokens (a sweepable steered

@@ -177,6 +177,8 @@ struct PrefixGroup {
 
 pub struct ScoringModel {
     session: Session,
+    /// Whether the session was optimised now or loaded from the session cache.
+    pub session_origin: runtime::SessionOrigin,
     /// The cache layout of a decoding graph, which lets shared prefixes be computed once.
     cache: Option<CacheLayout>,
     /// Where a shared prefix's cache is kept between the batches that read it: the device.
@@ -202,9 +204,10 @@ impl ScoringModel {
         }
         scoring::add_scoring_head(&mut model, LOGITS)
             .with_context(|| format!("preparing '{}' for scoring", path.display()))?;
-        let session = runtime::session_from_model(&model, options)?;
+        let opened = runtime::session_from_model(&model, options)?;
         Ok(Self {
-            session,
+            session: opened.session,
+            session_origin: opened.origin,
             cache,
             cache_memory: runtime::memory_info(options.device)?,
             feeds: Vec::new(),

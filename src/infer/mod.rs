@@ -9,3 +9,4 @@ pub mod kv_cache;
 pub mod lm;
 pub mod runtime;
 pub mod scoring;
+pub mod session_cache;

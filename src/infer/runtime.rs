@@ -10,8 +10,10 @@ use std::sync::{Mutex, OnceLock};
 use anyhow::{Context, Result, anyhow, bail};
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 
+use crate::infer::session_cache;
+pub use crate::infer::session_cache::SessionOrigin;
 use crate::onnx::{DataType, Model};
 
 /// The ONNX Runtime release we build and test against (ort 2.0.0-rc.15 targets 1.31).
@@ -184,41 +186,147 @@ pub struct SessionOptions {
     /// times faster, ~1e-3 relative error. Off unless asked for, like PyTorch's matmul default,
     /// so float32 scores match lm-eval's float32 runs.
     pub tf32: bool,
+    /// The session cache's folder, when it is on: the optimised graph is saved there on a first
+    /// open and loaded on later ones ([`session_cache`]).
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Opens `model` in ONNX Runtime on the requested device.
-pub fn session(model: &Path, options: &SessionOptions) -> Result<Session> {
-    session_builder(options)?
-        .commit_from_file(model)
-        .map_err(|e| anyhow!("ONNX Runtime cannot load '{}': {e}", model.display()))
+pub fn session(model: &Path, options: &SessionOptions) -> Result<OpenedSession> {
+    let opened = if let Some(cache_dir) = &options.cache_dir {
+        let graph = Model::load(model)?;
+        let graph_sha256 = crate::digest::sha256_file(model, "model")?;
+        open_cached(cache_dir, &graph_sha256, &graph, options, |mut builder| {
+            builder.commit_from_file(model)
+        })
+    } else {
+        open_uncached(options, |mut builder| builder.commit_from_file(model))
+    };
+    opened
+        .map_err(|e| anyhow!("ONNX Runtime cannot load '{}': {e:#}", model.display()))
         .context("opening an inference session")
 }
 
 /// Opens an in-memory model (e.g. a rewritten graph) whose external data stays in `model.dir`:
-/// nothing is written to disk.
-pub fn session_from_model(model: &Model, options: &SessionOptions) -> Result<Session> {
+/// nothing is written to disk, unless the session cache is on.
+pub fn session_from_model(model: &Model, options: &SessionOptions) -> Result<OpenedSession> {
     let bytes = prost::Message::encode_to_vec(&model.proto);
     let dir = model
         .dir
         .canonicalize()
         .with_context(|| format!("cannot resolve '{}'", model.dir.display()))?;
-    session_builder(options)?
-        .with_config_entry(
-            "session.model_external_initializers_file_folder_path",
-            dir.to_string_lossy(),
+    let commit = |builder: SessionBuilder| {
+        builder
+            .with_config_entry(
+                "session.model_external_initializers_file_folder_path",
+                dir.to_string_lossy(),
+            )?
+            .commit_from_memory(&bytes)
+    };
+    let opened = if let Some(cache_dir) = &options.cache_dir {
+        open_cached(
+            cache_dir,
+            &crate::digest::sha256_hex(&bytes),
+            model,
+            options,
+            commit,
         )
-        .map_err(|e| anyhow!("{e}"))?
-        .commit_from_memory(&bytes)
-        .map_err(|e| anyhow!("ONNX Runtime cannot load the rewritten model: {e}"))
+    } else {
+        open_uncached(options, commit)
+    };
+    opened
+        .map_err(|e| anyhow!("ONNX Runtime cannot load the rewritten model: {e:#}"))
         .context("opening an inference session")
 }
 
-fn session_builder(options: &SessionOptions) -> Result<ort::session::builder::SessionBuilder> {
+/// A session and how it was made.
+pub struct OpenedSession {
+    pub session: Session,
+    pub origin: SessionOrigin,
+}
+
+fn open_uncached(
+    options: &SessionOptions,
+    commit: impl FnOnce(SessionBuilder) -> ort::Result<Session>,
+) -> Result<OpenedSession> {
+    let builder = session_builder(options, GraphOptimizationLevel::All)?;
+    Ok(OpenedSession {
+        session: commit(builder).map_err(|e| anyhow!("{e}"))?,
+        origin: SessionOrigin::Built,
+    })
+}
+
+/// Loads the saved optimised graph of this model when there is one that loads; otherwise
+/// optimises as usual and saves the result. Failing to save costs the next open, not this one.
+fn open_cached(
+    cache_dir: &Path,
+    graph_sha256: &str,
+    model: &Model,
+    options: &SessionOptions,
+    commit: impl FnOnce(SessionBuilder) -> ort::Result<Session>,
+) -> Result<OpenedSession> {
+    let entry = session_cache::Entry::for_graph(cache_dir, graph_sha256, model, options)?;
+    if let Some(saved) = entry.complete_model() {
+        match session_builder(options, GraphOptimizationLevel::Disable)?.commit_from_file(&saved) {
+            Ok(session) => {
+                tracing::debug!("session loaded from cache '{}'", entry.dir().display());
+                return Ok(OpenedSession {
+                    session,
+                    origin: SessionOrigin::LoadedFromCache,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "ignoring the session cache entry '{}', which does not load: {e}",
+                    entry.dir().display()
+                );
+                entry.remove();
+            }
+        }
+    }
+    let staging = match entry.staging() {
+        Ok(staging) => staging,
+        Err(e) => {
+            tracing::warn!("session cache off for this open: {e:#}");
+            return open_uncached(options, commit);
+        }
+    };
+    let builder = session_builder(options, GraphOptimizationLevel::All)?
+        .with_optimized_model_path(staging.path().join(session_cache::MODEL_FILE))
+        .and_then(|b| {
+            b.with_config_entry(
+                "session.optimized_model_external_initializers_file_name",
+                session_cache::DATA_FILE,
+            )
+        })
+        .and_then(|b| {
+            b.with_config_entry(
+                "session.optimized_model_external_initializers_min_size_in_bytes",
+                EXTERNAL_MIN_BYTES,
+            )
+        })
+        .map_err(|e| anyhow!("{e}"))?;
+    let session = commit(builder).map_err(|e| anyhow!("{e}"))?;
+    let origin = match entry.publish(staging) {
+        Ok(()) => SessionOrigin::BuiltAndSaved,
+        Err(e) => {
+            tracing::warn!("cannot save the session cache entry: {e:#}");
+            SessionOrigin::Built
+        }
+    };
+    Ok(OpenedSession { session, origin })
+}
+
+/// Initializers at least this big go into the entry's data file; smaller ones stay in the
+/// graph, as the exporter keeps them.
+const EXTERNAL_MIN_BYTES: &str = "1024";
+
+fn session_builder(options: &SessionOptions, level: GraphOptimizationLevel) -> Result<SessionBuilder> {
     let lib = init(options.ort_lib.as_deref())?;
     let (env, _) = ENVIRONMENT.get().expect("init succeeded");
     let mut builder = Session::builder(env)
         .map_err(|e| anyhow!("{e}"))?
-        .with_optimization_level(GraphOptimizationLevel::All)
+        .with_optimization_level(level)
         .map_err(|e| anyhow!("{e}"))?;
     if let Some(n) = options.intra_threads {
         builder = builder.with_intra_threads(n).map_err(|e| anyhow!("{e}"))?;
