@@ -125,7 +125,7 @@ impl Generator {
             .unwrap_or_else(|| tokenizer.vocab_size());
         let context = context_of(&model, path)?;
         let backend = if let Some(layout) = crate::infer::kv_cache::CacheLayout::of(&model)? {
-            let opened = crate::infer::runtime::session(path, &options.session)?;
+            let opened = crate::infer::runtime::session_with_origin(path, &options.session)?;
             Backend::Cache(KvCache {
                 session: opened.session,
                 session_origin: opened.origin,

@@ -204,7 +204,7 @@ impl ScoringModel {
         }
         scoring::add_scoring_head(&mut model, LOGITS)
             .with_context(|| format!("preparing '{}' for scoring", path.display()))?;
-        let opened = runtime::session_from_model(&model, options)?;
+        let opened = runtime::session_from_model_with_origin(&model, options)?;
         Ok(Self {
             session: opened.session,
             session_origin: opened.origin,

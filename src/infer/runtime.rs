@@ -192,7 +192,12 @@ pub struct SessionOptions {
 }
 
 /// Opens `model` in ONNX Runtime on the requested device.
-pub fn session(model: &Path, options: &SessionOptions) -> Result<OpenedSession> {
+pub fn session(model: &Path, options: &SessionOptions) -> Result<Session> {
+    session_with_origin(model, options).map(|opened| opened.session)
+}
+
+/// [`session`], saying whether the session cache was used.
+pub fn session_with_origin(model: &Path, options: &SessionOptions) -> Result<OpenedSession> {
     let opened = if let Some(cache_dir) = &options.cache_dir {
         let graph = Model::load(model)?;
         let graph_sha256 = crate::digest::sha256_file(model, "model")?;
@@ -209,7 +214,12 @@ pub fn session(model: &Path, options: &SessionOptions) -> Result<OpenedSession> 
 
 /// Opens an in-memory model (e.g. a rewritten graph) whose external data stays in `model.dir`:
 /// nothing is written to disk, unless the session cache is on.
-pub fn session_from_model(model: &Model, options: &SessionOptions) -> Result<OpenedSession> {
+pub fn session_from_model(model: &Model, options: &SessionOptions) -> Result<Session> {
+    session_from_model_with_origin(model, options).map(|opened| opened.session)
+}
+
+/// [`session_from_model`], saying whether the session cache was used.
+pub fn session_from_model_with_origin(model: &Model, options: &SessionOptions) -> Result<OpenedSession> {
     let bytes = prost::Message::encode_to_vec(&model.proto);
     let dir = model
         .dir

@@ -35,6 +35,7 @@ mod patch_steer;
 mod patch_trust;
 mod sae_loaders;
 mod scoring;
+mod session_cache;
 mod steer_actions;
 mod steer_plan;
 mod task_index_trust;
