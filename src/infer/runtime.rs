@@ -303,18 +303,16 @@ fn open_cached(
     };
     let builder = session_builder(options, GraphOptimizationLevel::All)?
         .with_optimized_model_path(staging.path().join(session_cache::MODEL_FILE))
-        .and_then(|b| {
-            b.with_config_entry(
-                "session.optimized_model_external_initializers_file_name",
-                session_cache::DATA_FILE,
-            )
-        })
-        .and_then(|b| {
-            b.with_config_entry(
-                "session.optimized_model_external_initializers_min_size_in_bytes",
-                EXTERNAL_MIN_BYTES,
-            )
-        })
+        .map_err(|e| anyhow!("{e}"))?
+        .with_config_entry(
+            "session.optimized_model_external_initializers_file_name",
+            session_cache::DATA_FILE,
+        )
+        .map_err(|e| anyhow!("{e}"))?
+        .with_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            EXTERNAL_MIN_BYTES,
+        )
         .map_err(|e| anyhow!("{e}"))?;
     let session = commit(builder).map_err(|e| anyhow!("{e}"))?;
     let origin = match entry.publish(staging) {
