@@ -166,7 +166,10 @@ fn key(graph_sha256: &str, model: &Model, options: &SessionOptions) -> Result<St
 /// A data file's identity without reading it (hashing gigabytes would cost more than the
 /// optimisation the cache saves): its resolved path, size and modification time.
 fn data_identity(model: &Model, location: &str) -> Result<String> {
-    let path = crate::onnx::external::resolve(&model.dir, location)?;
+    // Resolved whole, so that one file reached as `m.onnx.data` and `/abs/m.onnx.data` has one key.
+    let path = crate::onnx::external::resolve(&model.dir, location)?
+        .canonicalize()
+        .with_context(|| format!("cannot resolve external data '{location}'"))?;
     let meta = fs::metadata(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
     let modified = meta
         .modified()
