@@ -230,7 +230,7 @@ fn cache_identity(
     use crate::digest::sha256_file;
     let mut key = Map::new();
     key.insert("model".into(), json!(sha256_file(model_path, "model")?));
-    key.insert("data".into(), Value::Object(data_identity(model_path, model)?));
+    key.insert("data".into(), serde_json::to_value(model.data_identities()?)?);
     key.insert(
         "tokenizer".into(),
         json!(sha256_file(&tokenizer.path, "tokenizer")?),
@@ -240,37 +240,4 @@ fn cache_identity(
     key.insert("max_length".into(), json!(max_length));
     key.insert("sae_onnx".into(), json!(env!("CARGO_PKG_VERSION")));
     Ok(key)
-}
-
-/// Each external data file's identity. Data files whose hash the graph records are covered by
-/// the graph's hash; others are known by size and modification time, which every rewrite changes.
-fn data_identity(model_path: &Path, model: &Model) -> Result<Map<String, Value>> {
-    let records: Map<String, Value> = model
-        .metadata(crate::onnx::datafile::RECORDS_KEY)
-        .and_then(|r| serde_json::from_str(r).ok())
-        .unwrap_or_default();
-    let model_dir = crate::files::parent_dir(model_path);
-    let mut data = Map::new();
-    for location in model.external_locations()? {
-        let path = model_dir.join(&location);
-        let meta = std::fs::metadata(&path)
-            .with_context(|| format!("cannot read data file '{}'", path.display()))?;
-        let identity = match records
-            .get(&location)
-            .and_then(|r| r.get("xxh3_128"))
-            .and_then(Value::as_str)
-        {
-            Some(hash) => json!({"bytes": meta.len(), "xxh3_128": hash}),
-            None => {
-                let modified = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos() as u64);
-                json!({"bytes": meta.len(), "modified_ns": modified})
-            }
-        };
-        data.insert(location, identity);
-    }
-    Ok(data)
 }

@@ -157,26 +157,14 @@ fn key(graph_sha256: &str, model: &Model, options: &SessionOptions) -> Result<St
         Device::Cpu => format!("provider cpu {}\n", cpu_identity()),
         Device::Cuda(id) => format!("provider cuda:{id} tf32 {}\n", options.tf32),
     });
-    for location in model.external_locations()? {
-        description.push_str(&format!("data {}\n", data_identity(model, &location)?));
+    // Without reading gigabytes of weights: hashing them would cost more than the cache saves.
+    for (location, identity) in model.data_identities()? {
+        description.push_str(&format!(
+            "data {location} {}\n",
+            serde_json::to_string(&identity)?
+        ));
     }
     Ok(crate::digest::hash_string(&description))
-}
-
-/// A data file's identity without reading it (hashing gigabytes would cost more than the
-/// optimisation the cache saves): its resolved path, size and modification time.
-fn data_identity(model: &Model, location: &str) -> Result<String> {
-    // Resolved whole, so that one file reached as `m.onnx.data` and `/abs/m.onnx.data` has one key.
-    let path = crate::onnx::external::resolve(&model.dir, location)?
-        .canonicalize()
-        .with_context(|| format!("cannot resolve external data '{location}'"))?;
-    let meta = fs::metadata(&path).with_context(|| format!("cannot read '{}'", path.display()))?;
-    let modified = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
-    Ok(format!("{} {} {modified}", path.display(), meta.len()))
 }
 
 /// The CPU model: a graph optimised at the highest level may use kernels laid out for this

@@ -41,6 +41,16 @@ pub struct DataRecord {
 /// Location -> record, as stored under [`RECORDS_KEY`].
 pub type Records = BTreeMap<String, DataRecord>;
 
+/// A data file known without reading it, for the keys of caches built on a model: the content
+/// hash its graph records for it (files we wrote, checked when the model was loaded), else its
+/// size and modification time, which every rewrite changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum DataIdentity {
+    Recorded { bytes: u64, xxh3_128: String },
+    Stat { bytes: u64, modified_ns: u64 },
+}
+
 /// Streams tensor data into a file, hashing it on the way, and ends it with the trailer.
 pub struct DataWriter<W: Write> {
     writer: W,

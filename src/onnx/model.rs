@@ -11,7 +11,7 @@ use prost::Message;
 use prost::bytes::Bytes;
 
 use super::IR_VERSION;
-use super::datafile::{self, DataRecord, DataWriter, RECORDS_KEY, Records};
+use super::datafile::{self, DataIdentity, DataRecord, DataWriter, RECORDS_KEY, Records};
 use super::external::{self, ALIGNMENT, ExternalData};
 use super::make::make_metadata;
 use super::pb::{GraphProto, ModelProto, TensorProto};
@@ -182,6 +182,33 @@ impl Model {
                 external::slice(&file, &record, tensor.byte_len(), tensor.name())
             }
         }
+    }
+
+    /// Each external data file's [`DataIdentity`], by location.
+    pub fn data_identities(&self) -> Result<BTreeMap<String, DataIdentity>> {
+        let records = self.data_records()?;
+        let mut identities = BTreeMap::new();
+        for location in self.external_locations()? {
+            let path = external::resolve(&self.dir, &location)?;
+            let meta =
+                fs::metadata(&path).with_context(|| format!("cannot read data file '{}'", path.display()))?;
+            let identity = match records.get(&location).and_then(|r| r.xxh3_128.clone()) {
+                Some(xxh3_128) => DataIdentity::Recorded {
+                    bytes: meta.len(),
+                    xxh3_128,
+                },
+                None => DataIdentity::Stat {
+                    bytes: meta.len(),
+                    modified_ns: meta
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_nanos() as u64),
+                },
+            };
+            identities.insert(location, identity);
+        }
+        Ok(identities)
     }
 
     /// The data-file records the graph carries (see [`datafile`]).
