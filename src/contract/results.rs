@@ -39,14 +39,10 @@ pub struct ResultsFile {
 /// `metric_stderr,filter` beside each (a number, or `"N/A"`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Scores {
-    #[serde(default)]
     pub alias: Option<String>,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub sample_len: Option<usize>,
     /// A group's documents per metric (tasks have none).
-    #[serde(default)]
     pub sample_count: Option<IndexMap<String, usize>>,
     #[serde(flatten)]
     pub metrics: IndexMap<String, Value>,
@@ -182,7 +178,6 @@ pub struct ReportedConfig {
 #[derive(Debug, Deserialize)]
 pub struct ReportedMetric {
     pub metric: Value,
-    #[serde(default)]
     pub aggregation: Option<Value>,
 }
 

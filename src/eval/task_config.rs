@@ -10,51 +10,28 @@ use serde_json::{Map, Value};
 /// The config of one task.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct TaskConfig {
-    #[serde(default)]
     pub task: Option<Value>,
-    #[serde(default)]
     pub task_alias: Option<String>,
-    #[serde(default)]
     pub dataset_path: Option<String>,
-    #[serde(default)]
     pub dataset_name: Option<String>,
-    #[serde(default)]
     pub dataset_kwargs: Option<Map<String, Value>>,
-    #[serde(default)]
     pub training_split: Option<String>,
-    #[serde(default)]
     pub validation_split: Option<String>,
-    #[serde(default)]
     pub test_split: Option<String>,
-    #[serde(default)]
     pub fewshot_split: Option<String>,
-    #[serde(default)]
     pub doc_to_text: Option<Value>,
-    #[serde(default)]
     pub doc_to_target: Option<Value>,
-    #[serde(default)]
     pub doc_to_choice: Option<Value>,
-    #[serde(default)]
     pub process_results: Option<Value>,
-    #[serde(default)]
     pub description: Option<Value>,
-    #[serde(default)]
     pub target_delimiter: Option<Value>,
-    #[serde(default)]
     pub fewshot_delimiter: Option<Value>,
-    #[serde(default)]
     pub fewshot_config: Option<FewshotConfig>,
-    #[serde(default)]
     pub num_fewshot: Option<Value>,
-    #[serde(default)]
     pub metric_list: Option<Vec<Value>>,
-    #[serde(default)]
     pub output_type: Option<String>,
-    #[serde(default)]
     pub generation_kwargs: Option<Map<String, Value>>,
-    #[serde(default)]
     pub filter_list: Option<Vec<Value>>,
-    #[serde(default)]
     pub metadata: Option<Map<String, Value>>,
     /// Every other key, as written.
     #[serde(flatten)]
@@ -64,9 +41,7 @@ pub struct TaskConfig {
 /// `fewshot_config`: where few-shot examples come from and how they are drawn.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct FewshotConfig {
-    #[serde(default)]
     pub split: Option<String>,
-    #[serde(default)]
     pub sampler: Option<String>,
     #[serde(flatten)]
     pub rest: Map<String, Value>,
@@ -75,11 +50,8 @@ pub struct FewshotConfig {
 /// One entry of `metric_list`, as read (the list itself is reported as written).
 #[derive(Debug, Deserialize)]
 pub struct MetricEntry {
-    #[serde(default)]
     pub metric: Option<Value>,
-    #[serde(default)]
     pub aggregation: Option<Value>,
-    #[serde(default)]
     pub higher_is_better: Option<Value>,
     /// The metric's options (exact_match's `ignore_case`, `regexes_to_ignore`, ...).
     #[serde(flatten)]
