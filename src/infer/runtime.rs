@@ -275,7 +275,7 @@ fn open_cached(
     options: &SessionOptions,
     commit: impl FnOnce(SessionBuilder) -> ort::Result<Session>,
 ) -> Result<OpenedSession> {
-    let entry = session_cache::Entry::for_graph(cache_dir, graph_sha256, model, options)?;
+    let entry = session_cache::Entry::for_graph(cache_dir, graph_sha256, model, &runtime_identity(options))?;
     if let Some(saved) = entry.complete_model() {
         match session_builder(options, GraphOptimizationLevel::Disable)?.commit_from_file(&saved) {
             Ok(session) => {
@@ -323,6 +323,17 @@ fn open_cached(
         }
     };
     Ok(OpenedSession { session, origin })
+}
+
+/// What a saved optimised graph depends on besides the graph: the runtime's version, and the
+/// provider with the options that change its optimisation. Threads are left out: they change how
+/// the graph runs, not what it is.
+fn runtime_identity(options: &SessionOptions) -> String {
+    let provider = match options.device {
+        Device::Cpu => format!("cpu {}", session_cache::cpu_identity()),
+        Device::Cuda(id) => format!("cuda:{id} tf32 {}", options.tf32),
+    };
+    format!("onnxruntime {ORT_VERSION}\nprovider {provider}")
 }
 
 /// Initializers at least this big go into the entry's data file; smaller ones stay in the

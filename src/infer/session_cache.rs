@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::infer::runtime::{Device, ORT_VERSION, SessionOptions};
 use crate::onnx::Model;
 
 /// The environment variable that turns the cache on for every command.
@@ -69,14 +68,11 @@ pub struct Entry {
 
 impl Entry {
     /// The entry in `cache_dir` for the graph whose serialized bytes hash to `graph_sha256`,
-    /// with its external data in `model.dir`, opened with `options`.
-    pub fn for_graph(
-        cache_dir: &Path,
-        graph_sha256: &str,
-        model: &Model,
-        options: &SessionOptions,
-    ) -> Result<Self> {
-        let key = key(graph_sha256, model, options)?;
+    /// with its external data in `model.dir`, opened by `runtime` (the ONNX Runtime version and
+    /// the provider with what changes its optimisation, as [`crate::infer::runtime`] describes
+    /// them).
+    pub fn for_graph(cache_dir: &Path, graph_sha256: &str, model: &Model, runtime: &str) -> Result<Self> {
+        let key = key(graph_sha256, model, runtime)?;
         Ok(Self {
             dir: cache_dir.join(key),
         })
@@ -149,14 +145,9 @@ impl Entry {
     }
 }
 
-/// The entry's name: a hash of everything the optimised graph depends on. Threads are left
-/// out: they change how the graph runs, not what it is.
-fn key(graph_sha256: &str, model: &Model, options: &SessionOptions) -> Result<String> {
-    let mut description = format!("{FORMAT}\nonnxruntime {ORT_VERSION}\ngraph {graph_sha256}\n");
-    description.push_str(&match options.device {
-        Device::Cpu => format!("provider cpu {}\n", cpu_identity()),
-        Device::Cuda(id) => format!("provider cuda:{id} tf32 {}\n", options.tf32),
-    });
+/// The entry's name: a hash of everything the optimised graph depends on.
+fn key(graph_sha256: &str, model: &Model, runtime: &str) -> Result<String> {
+    let mut description = format!("{FORMAT}\n{runtime}\ngraph {graph_sha256}\n");
     // Without reading gigabytes of weights: hashing them would cost more than the cache saves.
     for (location, identity) in model.data_identities()? {
         description.push_str(&format!(
@@ -169,7 +160,7 @@ fn key(graph_sha256: &str, model: &Model, options: &SessionOptions) -> Result<St
 
 /// The CPU model: a graph optimised at the highest level may use kernels laid out for this
 /// CPU's instruction set, and a cache root can be shared between machines.
-fn cpu_identity() -> String {
+pub fn cpu_identity() -> String {
     let model_name = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
