@@ -61,6 +61,9 @@ pub enum Command {
     /// Show what an ONNX model holds: IR and opsets, inputs and outputs, weights, external data
     /// files, metadata, and the hook points and steering it carries.
     Inspect(InspectArgs),
+    /// Make a model ready for another runtime: onnxruntime-genai (a folder `og.Model(OUT)` opens),
+    /// with its config, weights and tokenizer.
+    Package(PackageArgs),
     /// Compare eval results (the first is the baseline): scores, differences and paired
     /// significance tests on the same documents; `--plot` draws a coefficient sweep.
     Compare(CompareArgs),
@@ -206,6 +209,58 @@ impl From<OpsArg> for Ops {
             OpsArg::Ort => Ops::Ort,
         }
     }
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sae-onnx export google/gemma-2-2b -o gemma.kv.onnx --kv-cache
+  sae-onnx patch --csv dog_steer.csv --model gemma.kv.onnx -o dogs.kv.onnx
+  sae-onnx package dogs.kv.onnx --format genai -o dogs-genai
+  python -c 'import onnxruntime_genai as og; m = og.Model(\"dogs-genai\")'
+
+  sae-onnx patch --csv dog_steer.csv --model gemma.kv.onnx -o sweep.kv.onnx --sweepable
+  sae-onnx package sweep.kv.onnx --format genai -o sweep-genai     (feed steer.coeff.0 each run)
+  sae-onnx package sweep.kv.onnx --format genai -o fixed-genai --coefficients fixed
+
+genai: decoding graphs only (`export --kv-cache`); the folder holds model.onnx + model.onnx.data
+(hard links to the model's data file when on the same filesystem), genai_config.json (from the
+checkpoint's config.json and generation_config.json) and the tokenizer files. With the default
+--coefficients inputs, feed each coefficient as a float32 scalar with
+Generator.set_model_input(\"steer.coeff.0\", array) before append_tokens, and keep the array alive
+until generation ends (genai reads it on every step, it does not copy it).")]
+pub struct PackageArgs {
+    /// The model to package (`export --kv-cache`, steered or not).
+    pub model: PathBuf,
+    /// The runtime to package for.
+    #[arg(long, value_enum)]
+    pub format: PackageFormat,
+    /// The package folder (written under a temporary name beside it, then renamed into place).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+    /// The checkpoint folder with config.json, generation_config.json and the tokenizer files.
+    /// Default: where the model's metadata says it was exported from.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// A --sweepable model's coefficients: `inputs` keeps each as a graph input the caller must
+    /// feed (runtimes do not feed ONNX default values), `fixed` makes them constants at the
+    /// steer.csv values. Ignored for other models.
+    #[arg(long, value_enum, default_value_t = CoefficientsArg::Inputs)]
+    pub coefficients: CoefficientsArg,
+    /// Replace OUT if it exists (never a folder holding one of the inputs).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum PackageFormat {
+    /// onnxruntime-genai (Python, C#, C++): `og.Model(OUT)`.
+    Genai,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CoefficientsArg {
+    Inputs,
+    Fixed,
 }
 
 #[derive(Debug, clap::Args)]
@@ -506,6 +561,7 @@ impl Cli {
             Command::Saes(args) => list_saes(args),
             Command::Compare(args) => self.compare(args),
             Command::Inspect(args) => inspect_model(args),
+            Command::Package(args) => package(args, hub()),
         }
     }
 
@@ -912,6 +968,44 @@ fn list_saes(args: &SaesArgs) -> Result<()> {
 }
 
 /// `inspect`: the model's report as text, or as JSON with `--json`.
+fn package(args: &PackageArgs, hub: crate::hub::Hub) -> Result<()> {
+    use crate::package::{Coefficients, Format, PackageOptions, graph::Placement};
+    let report = crate::package::package(
+        &hub,
+        &PackageOptions {
+            model: args.model.clone(),
+            format: match args.format {
+                PackageFormat::Genai => Format::Genai,
+            },
+            output: args.output.clone(),
+            checkpoint: args.checkpoint.clone(),
+            coefficients: match args.coefficients {
+                CoefficientsArg::Inputs => Coefficients::Inputs,
+                CoefficientsArg::Fixed => Coefficients::Fixed,
+            },
+            force: args.force,
+        },
+    )?;
+    for (file, bytes) in &report.files {
+        eprintln!("  {file:<28} {:>10}", inspect::human_bytes(*bytes));
+    }
+    let weights = match report.weights {
+        Placement::Linked => "weights hard-linked",
+        Placement::Copied => "weights copied (different filesystem)",
+        Placement::Inline => "weights inline",
+    };
+    eprintln!(
+        "packaged {} -> {} ({weights}) in {:.2}s",
+        args.model.display(),
+        report.output.display(),
+        report.seconds
+    );
+    for (input, default) in &report.coefficient_inputs {
+        eprintln!("  feed {input} (float32 scalar; the steer.csv value is {default}) on every run");
+    }
+    Ok(())
+}
+
 fn inspect_model(args: &InspectArgs) -> Result<()> {
     let report = inspect::inspect(&args.model)?;
     if args.json {

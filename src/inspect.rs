@@ -269,7 +269,8 @@ fn io(value: &ValueInfoProto) -> Io {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+/// A byte count as `inspect` prints it (1.5 KiB, 3.2 GiB).
+pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;

@@ -12,6 +12,7 @@ pub mod compare;
 pub mod eval;
 pub mod export;
 pub mod inspect;
+pub mod package;
 pub mod steer;
 
 // Inference and model I/O.

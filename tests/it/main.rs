@@ -31,6 +31,8 @@ mod inspect_cli;
 mod kv_cache;
 mod model_io;
 mod model_pairs;
+mod package_genai;
+mod package_trust;
 mod patch_steer;
 mod patch_trust;
 mod sae_loaders;
