@@ -23,10 +23,10 @@ $bin eval "$out/tiny-gemma2.onnx" --task models/tiny-gemma2/demo_mc.yaml --outpu
 echo "== eval steered"
 $bin eval "$out/tiny-gemma2.steered.onnx" --task models/tiny-gemma2/demo_mc.yaml --output-path "$out/results" --log-samples
 
-echo "== sweep: the coefficient at 0, 12, 24 and 48 in one session, then paired tests and a plot"
+echo "== sweep: the coefficient at 0, 50, 100 and 150 in one session, then paired tests and a plot"
 $bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.onnx" -o "$out/tiny-gemma2.sweepable.onnx" --sweepable --force
 rm -rf "$out/sweep"
-$bin eval "$out/tiny-gemma2.sweepable.onnx" --task models/tiny-gemma2/demo_mc.yaml --sweep 0,12,24,48 \
+$bin eval "$out/tiny-gemma2.sweepable.onnx" --task models/tiny-gemma2/demo_mc.yaml --sweep 0,50,100,150 \
     --output-path "$out/sweep" --log-samples
 $bin compare "$out"/sweep/sweep_* --plot "$out/sweep.png" --force
 
