@@ -61,8 +61,8 @@ pub enum Command {
     /// Show what an ONNX model holds: IR and opsets, inputs and outputs, weights, external data
     /// files, metadata, and the hook points and steering it carries.
     Inspect(InspectArgs),
-    /// Make a model ready for another runtime: onnxruntime-genai (a folder `og.Model(OUT)` opens),
-    /// with its config, weights and tokenizer.
+    /// Make a model ready for another runtime: onnxruntime-genai (a folder `og.Model(OUT)` opens)
+    /// or transformers.js (a folder `from_pretrained` loads), with its config, weights and tokenizer.
     Package(PackageArgs),
     /// Compare eval results (the first is the baseline): scores, differences and paired
     /// significance tests on the same documents; `--plot` draws a coefficient sweep.
@@ -222,12 +222,21 @@ impl From<OpsArg> for Ops {
   sae-onnx package sweep.kv.onnx --format genai -o sweep-genai     (feed steer.coeff.0 each run)
   sae-onnx package sweep.kv.onnx --format genai -o fixed-genai --coefficients fixed
 
-genai: decoding graphs only (`export --kv-cache`); the folder holds model.onnx + model.onnx.data
+  sae-onnx package dogs.kv.onnx --format transformers.js -o dogs-js
+  node -e 'const t = require(\"@huggingface/transformers\"); t.env.localModelPath = \".\";
+           t.AutoModelForCausalLM.from_pretrained(\"dogs-js\")'
+
+Both formats take decoding graphs only (`export --kv-cache`).
+genai: the folder holds model.onnx + model.onnx.data
 (hard links to the model's data file when on the same filesystem), genai_config.json (from the
 checkpoint's config.json and generation_config.json) and the tokenizer files. With the default
 --coefficients inputs, feed each coefficient as a float32 scalar with
 Generator.set_model_input(\"steer.coeff.0\", array) before append_tokens, and keep the array alive
-until generation ends (genai reads it on every step, it does not copy it).")]
+until generation ends (genai reads it on every step, it does not copy it).
+transformers.js: config.json (the checkpoint's, with a transformers.js_config section naming the
+file and its data), generation_config.json, the tokenizer files, onnx/model.onnx and its data as
+onnx/model.onnx_data. Its generate() cannot feed coefficient inputs: a sweepable model needs
+--coefficients fixed.")]
 pub struct PackageArgs {
     /// The model to package (`export --kv-cache`, steered or not).
     pub model: PathBuf,
@@ -255,6 +264,9 @@ pub struct PackageArgs {
 pub enum PackageFormat {
     /// onnxruntime-genai (Python, C#, C++): `og.Model(OUT)`.
     Genai,
+    /// transformers.js 3.8 (Node, browser): `AutoModelForCausalLM.from_pretrained(OUT)`.
+    #[value(name = "transformers.js")]
+    TransformersJs,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -976,6 +988,7 @@ fn package(args: &PackageArgs, hub: crate::hub::Hub) -> Result<()> {
             model: args.model.clone(),
             format: match args.format {
                 PackageFormat::Genai => Format::Genai,
+                PackageFormat::TransformersJs => Format::TransformersJs,
             },
             output: args.output.clone(),
             checkpoint: args.checkpoint.clone(),
@@ -1002,6 +1015,19 @@ fn package(args: &PackageArgs, hub: crate::hub::Hub) -> Result<()> {
     );
     for (input, default) in &report.coefficient_inputs {
         eprintln!("  feed {input} (float32 scalar; the steer.csv value is {default}) on every run");
+    }
+    if let PackageFormat::TransformersJs = args.format {
+        let parent = crate::files::parent_dir(&args.output).display().to_string();
+        let name = args
+            .output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        eprintln!(
+            "load it with transformers.js: env.localModelPath = \"{parent}/\"; await AutoModelForCausalLM.from_pretrained(\"{name}\")\n\
+             in a browser, serve the folder above it over HTTP, e.g. `python3 -m http.server 8000 --bind 127.0.0.1 -d {parent}`, \
+             and set env.localModelPath = \"/\""
+        );
     }
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod checkpoint_files;
 pub mod folder;
 pub mod genai;
 pub mod graph;
+pub mod transformers_js;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,12 +23,15 @@ use crate::onnx::Model;
 pub enum Format {
     /// A folder onnxruntime-genai opens with `og.Model(OUT)`.
     Genai,
+    /// A folder transformers.js loads with `AutoModelForCausalLM.from_pretrained`.
+    TransformersJs,
 }
 
 impl Format {
     pub fn name(self) -> &'static str {
         match self {
             Self::Genai => "genai",
+            Self::TransformersJs => "transformers.js",
         }
     }
 }
@@ -73,7 +77,7 @@ pub fn package(hub: &Hub, options: &PackageOptions) -> Result<PackageReport> {
     let start = Instant::now();
     let model = Model::load(&options.model)?;
     match options.format {
-        Format::Genai => require_kv_cache(&model, &options.model, options.format)?,
+        Format::Genai | Format::TransformersJs => require_kv_cache(&model, &options.model, options.format)?,
     }
     let files = checkpoint_files::CheckpointFiles::find(hub, &model, options.checkpoint.as_deref())
         .with_context(|| format!("packaging '{}'", options.model.display()))?;
@@ -85,6 +89,7 @@ pub fn package(hub: &Hub, options: &PackageOptions) -> Result<PackageReport> {
     let out = folder::OutputFolder::create(&options.output, &inputs, options.force)?;
     let written = match options.format {
         Format::Genai => genai::write(&model, &files, options.coefficients, out.path())?,
+        Format::TransformersJs => transformers_js::write(&model, &files, options.coefficients, out.path())?,
     };
     out.commit()?;
     Ok(PackageReport {

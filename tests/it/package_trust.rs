@@ -41,7 +41,7 @@ fn package_refuses_bad_input_and_writes_nothing() {
     let out = dir.join("out");
 
     let run = sae_onnx(&["package", path(&kv), "--format", "tflite", "-o", path(&out)]);
-    common::failed(&run, &["invalid value 'tflite'", "genai"]);
+    common::failed(&run, &["invalid value 'tflite'", "genai", "transformers.js"]);
 
     let run = sae_onnx(&["package", path(&full), "--format", "genai", "-o", path(&out)]);
     common::failed(
@@ -67,6 +67,31 @@ fn package_refuses_bad_input_and_writes_nothing() {
         &run,
         &["no tokenizer to package", "tokenizer.json", "--checkpoint"],
     );
+    assert_only(dir, &files);
+
+    // A sweepable model for transformers.js, whose generate() cannot feed its coefficients.
+    let sweepable = dir.join("sweep.onnx");
+    let csv = "tests/fixtures/steer/case_a.csv";
+    common::succeeded(&sae_onnx(&[
+        "patch",
+        "--csv",
+        csv,
+        "--model",
+        path(&kv),
+        "-o",
+        path(&sweepable),
+        "--sweepable",
+    ]));
+    let run = sae_onnx(&[
+        "package",
+        path(&sweepable),
+        "--format",
+        "transformers.js",
+        "-o",
+        path(&out),
+    ]);
+    common::failed(&run, &["steer.coeff", "--coefficients fixed"]);
+    std::fs::remove_file(&sweepable).unwrap();
     assert_only(dir, &files);
 
     // OUT is a file; OUT exists without --force; --force on a folder holding the model.
