@@ -130,7 +130,7 @@ impl Generator {
                 session: opened.session,
                 session_origin: opened.origin,
                 cache_memory: crate::infer::runtime::memory_info(options.session.device)?,
-                feeds: Vec::new(),
+                feeds: crate::infer::runtime::ScalarFeed::coefficient_defaults(&model)?,
                 layout,
             })
         } else {

@@ -210,7 +210,7 @@ impl ScoringModel {
             session_origin: opened.origin,
             cache,
             cache_memory: runtime::memory_info(options.device)?,
-            feeds: Vec::new(),
+            feeds: ScalarFeed::coefficient_defaults(&model)?,
             max_length,
             batch_size: batch_size.max(1),
             pad_id: 0,

@@ -380,6 +380,22 @@ pub struct ScalarFeed {
 }
 
 impl ScalarFeed {
+    /// The coefficient inputs `model` declares without a default in the graph (a `package
+    /// --coefficients inputs` model), each at its steer.csv value: fed unless the caller feeds
+    /// another, as the initializer of a `patch --sweepable` model would be.
+    pub fn coefficient_defaults(model: &crate::onnx::Model) -> Result<Vec<Self>> {
+        let graph = model.graph();
+        Ok(crate::contract::sweep::coefficient_inputs(&model.proto)?
+            .into_iter()
+            .filter(|c| !graph.initializer.iter().any(|t| t.name() == c.input))
+            .map(|c| Self {
+                name: c.input,
+                value: c.default,
+                dtype: c.dtype,
+            })
+            .collect())
+    }
+
     /// The value as a tensor of shape `[]` in the input's type.
     pub fn tensor(&self) -> Result<ort::value::DynValue> {
         use ort::value::Tensor;

@@ -150,3 +150,77 @@ fn package_refuses_bad_input_and_writes_nothing() {
     );
     assert_only(dir, &with_out);
 }
+
+/// A package's plain coefficient inputs still run in sae-onnx: `generate` feeds them their
+/// steer.csv values (transformers' steered tokens), or what the caller sets (0: the plain ones).
+#[test]
+fn generate_feeds_a_packaged_models_coefficients_their_steer_csv_values() {
+    use common::golden::Golden;
+    use sae_onnx::infer::generate::{GenerateOptions, Generator};
+    use sae_onnx::infer::runtime::ScalarFeed;
+    use sae_onnx::onnx::DataType;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (base, sweepable, out) = (
+        tmp.path().join("g.onnx"),
+        tmp.path().join("sw.onnx"),
+        tmp.path().join("pkg"),
+    );
+    common::succeeded(&sae_onnx(&[
+        "export",
+        "tests/fixtures/gemma/gemma",
+        "-o",
+        path(&base),
+        "--kv-cache",
+    ]));
+    let csv = "tests/fixtures/steer/case_a.csv";
+    common::succeeded(&sae_onnx(&[
+        "patch",
+        "--csv",
+        csv,
+        "--model",
+        path(&base),
+        "-o",
+        path(&sweepable),
+        "--sweepable",
+    ]));
+    common::succeeded(&sae_onnx(&[
+        "package",
+        path(&sweepable),
+        "--format",
+        "genai",
+        "-o",
+        path(&out),
+    ]));
+    let options = GenerateOptions {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    let mut generator = Generator::open(&out.join("model.onnx"), &options).unwrap();
+    for (name, feed) in [("golden_gemma_steered", None), ("golden_gemma", Some(0.0))] {
+        if let Some(value) = feed {
+            generator.set_feeds(vec![ScalarFeed {
+                name: "steer.coeff.0".into(),
+                value,
+                dtype: DataType::Float,
+            }]);
+        }
+        let golden = Golden::load(&common::fixture(&format!("generate/{name}.safetensors")));
+        for p in 0..3 {
+            let prompt: Vec<u32> = golden
+                .i64s(&format!("p{p}.prompt_ids"))
+                .1
+                .iter()
+                .map(|&t| t as u32)
+                .collect();
+            let expected: Vec<u32> = golden
+                .i64s(&format!("p{p}.generated_ids"))
+                .1
+                .iter()
+                .map(|&t| t as u32)
+                .collect();
+            let generation = generator.generate(&prompt, &options, |_| {}).unwrap();
+            assert_eq!(generation.tokens, expected, "{name} prompt {p}");
+        }
+    }
+}
