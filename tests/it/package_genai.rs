@@ -23,7 +23,7 @@ const RUNNER: &str = "tests/runtimes/genai_greedy.py";
 /// steered Gemma 1 whose logits reach ~30; steering moves them by 0.1 and more).
 const LOGIT_TOLERANCE: f32 = 2e-3;
 
-pub fn genai_python() -> Option<PathBuf> {
+fn genai_python() -> Option<PathBuf> {
     match std::env::var_os("SAE_ONNX_GENAI_PYTHON") {
         Some(p) => Some(PathBuf::from(p)),
         None if std::env::var_os("CI").is_some() => {
