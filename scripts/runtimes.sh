@@ -3,7 +3,7 @@
 # under .venv/ (git-ignored): onnxruntime-genai 0.18.0 in .venv/genai (Python, from PyPI), and
 # @huggingface/transformers 3.8.1 in .venv/node (npm; onnxruntime-node's CPU build only, no CUDA
 # download). Needs python3 with venv and pip, node and npm.
-# Prints the variables the tests read; `.ci/run` evaluates them:
+# Prints the variables the tests read; `scripts/test.sh` evaluates them:
 #   eval "$(scripts/runtimes.sh)"
 set -euo pipefail
 cd "$(dirname "$0")/.."

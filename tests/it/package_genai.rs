@@ -5,9 +5,8 @@
 //! in graph inputs" warning; bad input is refused with nothing written.
 //!
 //! The runtime is Python's onnxruntime-genai 0.18.0, found through SAE_ONNX_GENAI_PYTHON (an
-//! interpreter that imports it; `.ci/run` makes `.venv/genai` and sets it). Locally:
-//!   python3 -m venv .venv/genai && .venv/genai/bin/pip install onnxruntime-genai==0.18.0
-//!   SAE_ONNX_GENAI_PYTHON=.venv/genai/bin/python cargo test --release --test it package_genai
+//! interpreter that imports it; `scripts/test.sh` makes `.venv/genai` and sets it). By hand:
+//!   eval "$(scripts/runtimes.sh)" && cargo test --release --test it package_genai
 //! Without it these tests say so and pass, except under CI, where they fail.
 
 use crate::common;
@@ -28,7 +27,7 @@ fn genai_python() -> Option<PathBuf> {
         Some(p) => Some(PathBuf::from(p)),
         None if std::env::var_os("CI").is_some() => {
             panic!(
-                "CI is set but SAE_ONNX_GENAI_PYTHON is not: .ci/run installs onnxruntime-genai and sets it"
+                "CI is set but SAE_ONNX_GENAI_PYTHON is not: scripts/test.sh installs onnxruntime-genai and sets it"
             )
         }
         None => {

@@ -3,7 +3,7 @@
 //! first step's logits equal transformers' `generate` (tests/fixtures/generate), plain and steered.
 //!
 //! Node finds the package through SAE_ONNX_NODE_PATH (a node_modules folder holding
-//! @huggingface/transformers 3.8.1; `.ci/run` installs it into .venv/node and sets it). Locally:
+//! @huggingface/transformers 3.8.1; `scripts/test.sh` installs it into .venv/node and sets it). By hand:
 //!   eval "$(scripts/runtimes.sh)" && cargo test --release --test it package_transformers_js
 //! Without it these tests say so and pass, except under CI, where they fail.
 
@@ -25,7 +25,7 @@ fn node_modules() -> Option<PathBuf> {
         Some(p) => Some(PathBuf::from(p)),
         None if std::env::var_os("CI").is_some() => {
             panic!(
-                "CI is set but SAE_ONNX_NODE_PATH is not: .ci/run installs @huggingface/transformers and sets it"
+                "CI is set but SAE_ONNX_NODE_PATH is not: scripts/test.sh installs @huggingface/transformers and sets it"
             )
         }
         None => {
