@@ -459,3 +459,62 @@ fn provenance_and_inspect_show_the_rules_and_old_records_still_inspect() {
     assert!(inputs(&out).iter().any(|n| n == PROMPT_LENGTH));
     assert!(!inputs(&old).iter().any(|n| n == PROMPT_LENGTH));
 }
+
+/// Loglikelihood requests with the context as the prompt: eval's scorer feeds each request's
+/// boundary, keeps apart requests that read the same tokens split differently (r0, r1), and shares
+/// a prefix (r2, r3, over 32 tokens) on decoding graphs; per request against transformers.
+#[test]
+fn loglikelihoods_with_rules_equal_transformers_hooks() {
+    use sae_onnx::infer::lm::{ScoringModel, TokenRequest};
+    let tmp = tempfile::tempdir().unwrap();
+    for arch in ARCHS {
+        let golden = golden(arch);
+        let requests: Vec<TokenRequest> = (0..)
+            .take_while(|i| golden.has(&format!("ll.r{i}.context")))
+            .map(|i| TokenRequest {
+                context: tokens(&golden, &format!("ll.r{i}.context")),
+                continuation: tokens(&golden, &format!("ll.r{i}.continuation")),
+            })
+            .collect();
+        assert_eq!(requests.len(), 5);
+        for kv_cache in [false, true] {
+            let base = export_arch(arch, tmp.path(), kv_cache);
+            for case in ["base", "no_special", "prompt", "generated", "mixed"] {
+                let model = if case == "base" {
+                    base.clone()
+                } else {
+                    patched(
+                        &base,
+                        &fixture(&format!("{case}.csv")),
+                        &tmp.path().join(format!("{arch}_ll_{case}_{kv_cache}.onnx")),
+                        false,
+                    )
+                };
+                let want = golden.f64s(&format!("ll.{case}.logprob"));
+                let (_, greedy) = golden.i64s(&format!("ll.{case}.is_greedy"));
+                for batch_size in [1, 8] {
+                    let mut scorer =
+                        ScoringModel::open(&model, &SessionOptions::default(), 128, batch_size).unwrap();
+                    let (answers, stats) = scorer.loglikelihood(&requests, |_, _| Ok(())).unwrap();
+                    for (i, answer) in answers.iter().enumerate() {
+                        let what =
+                            format!("{arch} {case} request {i} (kv cache {kv_cache}, batch {batch_size})");
+                        assert!(
+                            (answer.logprob - want[i]).abs() <= 2e-3,
+                            "{what}: {} vs {}",
+                            answer.logprob,
+                            want[i]
+                        );
+                        assert_eq!(answer.is_greedy, greedy[i] == 1, "{what}");
+                    }
+                    if kv_cache && batch_size == 8 {
+                        assert!(
+                            stats.shared_prefix_tokens > 0,
+                            "{arch} {case}: no prefix was shared"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
