@@ -102,6 +102,11 @@ fn ids_mask(ids: &[i64], total: usize) -> Inputs {
 /// Strided logits of prompt `k` at every position. The prompt boundary is fed when the graph takes
 /// it. A decoding graph gets the first `split` tokens, then the rest after their cache.
 fn logits(model: &Path, golden: &Golden, k: usize, split: usize) -> Vec<f32> {
+    logits_fed(model, golden, k, split, &[])
+}
+
+/// [`logits`] with float32 scalar inputs fed besides (a sweepable patch's coefficients).
+fn logits_fed(model: &Path, golden: &Golden, k: usize, split: usize, feeds: &[(&str, f32)]) -> Vec<f32> {
     let loaded = Model::load(model).unwrap();
     let takes_boundary = loaded.graph().input.iter().any(|i| i.name() == PROMPT_LENGTH);
     let layout = CacheLayout::of(&loaded).unwrap();
@@ -124,6 +129,10 @@ fn logits(model: &Path, golden: &Golden, k: usize, split: usize) -> Vec<f32> {
                     .unwrap()
                     .into(),
             ));
+        }
+        for &(name, value) in feeds {
+            let scalar = Tensor::from_array((Vec::<i64>::new(), vec![value])).unwrap();
+            inputs.push((name.to_owned().into(), scalar.into()));
         }
         if let Some(values) = past.take() {
             for (n, value) in values.into_iter().enumerate() {
@@ -516,5 +525,107 @@ fn loglikelihoods_with_rules_equal_transformers_hooks() {
                 }
             }
         }
+    }
+}
+
+/// `--sweepable` with rules: the coefficient inputs of masked rows (row 1: `add` at 1:4, `unit`)
+/// default to the plan's values and, fed, give transformers' result for the changed plan; on full
+/// and decoding graphs, with every action in the plan.
+#[test]
+fn sweepable_patches_compose_with_rules() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("cases.json")).unwrap()).unwrap();
+    let alt = cases["cases"]["mixed_alt"][1]["coefficient"].as_f64().unwrap() as f32;
+    for arch in ARCHS {
+        let golden = golden(arch);
+        for (kv_cache, split) in [(false, 0), (true, 3)] {
+            let base = export_arch(arch, tmp.path(), kv_cache);
+            let model = patched(
+                &base,
+                &fixture("mixed.csv"),
+                &tmp.path().join(format!("{arch}_sweep_{kv_cache}.onnx")),
+                true,
+            );
+            for k in 0..PROMPTS {
+                let want = golden.f32s(&format!("mixed.p{k}.logits"));
+                let diff = max_diff(&logits(&model, &golden, k, split), &want);
+                assert!(diff <= TOLERANCE, "{arch} sweepable mixed prompt {k}: {diff}");
+                let want_alt = golden.f32s(&format!("mixed_alt.p{k}.logits"));
+                let fed = logits_fed(&model, &golden, k, split, &[("steer.coeff.1", alt)]);
+                let diff = max_diff(&fed, &want_alt);
+                assert!(
+                    diff <= TOLERANCE,
+                    "{arch} sweepable mixed, steer.coeff.1 fed, prompt {k}: {diff}"
+                );
+                assert!(
+                    max_diff(&want, &want_alt) > 1e-2,
+                    "{arch}: the fed coefficient changes nothing"
+                );
+            }
+        }
+    }
+}
+
+/// A second patch with a boundary rule reuses the first one's input: `prompt` stacked on
+/// `generated` (the same `add`) steers every position, which is the `all` golden.
+#[test]
+fn stacked_patches_share_the_prompt_boundary_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    for arch in ARCHS {
+        let golden = golden(arch);
+        let base = export_arch(arch, tmp.path(), false);
+        let first = patched(
+            &base,
+            &fixture("generated.csv"),
+            &tmp.path().join(format!("{arch}_g.onnx")),
+            false,
+        );
+        let both = patched(
+            &first,
+            &fixture("prompt.csv"),
+            &tmp.path().join(format!("{arch}_gp.onnx")),
+            false,
+        );
+        let model = Model::load(&both).unwrap();
+        let boundary = model
+            .graph()
+            .input
+            .iter()
+            .filter(|i| i.name() == PROMPT_LENGTH)
+            .count();
+        assert_eq!(boundary, 1);
+        for k in 0..PROMPTS {
+            let diff = max_diff(
+                &logits(&both, &golden, k, 0),
+                &golden.f32s(&format!("all.p{k}.logits")),
+            );
+            assert!(diff <= TOLERANCE, "{arch} prompt {k}: {diff}");
+        }
+        // --replace with a plan without boundary rules takes the input away with the old steering
+        let replaced = tmp.path().join(format!("{arch}_r.onnx"));
+        patch_with_output(
+            &PatchOptions {
+                csv: fixture("all.csv"),
+                output: replaced.clone(),
+                model: Some(both.display().to_string()),
+                replace: true,
+                progress: false,
+            },
+            &PatchOutput {
+                sweepable: false,
+                force: true,
+            },
+        )
+        .unwrap();
+        let model = Model::load(&replaced).unwrap();
+        assert!(!model.graph().input.iter().any(|i| i.name() == PROMPT_LENGTH));
+        assert!(
+            !model
+                .graph()
+                .initializer
+                .iter()
+                .any(|i| i.name() == PROMPT_LENGTH)
+        );
     }
 }
