@@ -291,6 +291,17 @@ clamp (set the SAE feature to the coefficient), add_if_active, clamp_projection 
 in lm-eval's format `clamp` keeps that meaning and `clamp_feature` is the SAE clamp). All rows on a
 hook read its unsteered value and their changes add up. See the README, steer.csv actions.
 
+Where and how strongly (optional columns, both formats):
+  positions  all (default: every position, <bos> included, as lm-eval steers), no_special (not
+             where the token is one of the tokenizer's special tokens), prompt, generated (the
+             prompt boundary is the graph input steer.prompt_length, which eval and generate feed;
+             unfed, everything is prompt), N:M or N: (positions counted from 0 = <bos>)
+  normalize  none (default: coefficient x W_dec[i]), unit (W_dec[i] made unit length), residual
+             (coefficient x |x_t| x the unit direction: relative to the residual norm there);
+             not on clamp / clamp_projection rows, which set a value
+  e.g. latent_idx,steering_coefficient,sae_release,sae_id,description,positions,normalize
+       12082,0.5,gemma-scope-2b-pt-res-canonical,layer_20/width_16k/canonical,dogs,generated,residual
+
 Examples:
   sae-onnx patch --csv dog_steer.csv -o steered.onnx                  (base model from the SAE release)
   sae-onnx patch --csv dog_steer.csv --model gemma-2-2b.onnx -o gemma-2-2b.dogs.onnx

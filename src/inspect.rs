@@ -439,9 +439,15 @@ impl Report {
                     patch["tool"].as_str().unwrap_or("?")
                 )?;
                 for row in patch["rows"].as_array().into_iter().flatten() {
+                    // Records older than the positions and normalize columns steer every position, unscaled.
+                    let positions = row["positions"].as_str().unwrap_or("all");
+                    let normalize = match row["normalize"].as_str() {
+                        Some(n) => format!(", normalize {n}"),
+                        None => String::new(),
+                    };
                     writeln!(
                         f,
-                        "    line {:<3} {} latent {} x {} of {} {} at {}  {}",
+                        "    line {:<3} {} latent {} x {} of {} {} at {} (positions {positions}{normalize})  {}",
                         row["line"],
                         row["action"].as_str().unwrap_or(""),
                         row["latent"],
@@ -450,6 +456,17 @@ impl Report {
                         row["sae_id"].as_str().unwrap_or(""),
                         row["hook"].as_str().unwrap_or(""),
                         row["description"].as_str().unwrap_or("")
+                    )?;
+                }
+                if let Some(ids) = patch["special_ids"].as_array() {
+                    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                    writeln!(f, "    no_special skips token ids {}", ids.join(", "))?;
+                }
+                if let Some(input) = patch["prompt_length_input"].as_str() {
+                    writeln!(
+                        f,
+                        "    prompt/generated read the input {input} (int64 [batch], each row's prompt length; \
+                         default: all prompt)"
                     )?;
                 }
                 for sae in patch["saes"].as_array().into_iter().flatten() {

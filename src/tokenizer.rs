@@ -89,4 +89,93 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// transformers' `tokenizer.all_special_ids`, sorted: the ids of the special tokens that
+    /// `tokenizer_config.json` and `special_tokens_map.json` beside the tokenizer name (`bos_token`,
+    /// `eos_token`, `unk_token`, `sep_token`, `pad_token`, `cls_token`, `mask_token`,
+    /// `additional_special_tokens`, `extra_special_tokens`; the map overrides the config, as
+    /// `from_pretrained` reads them). A token missing from the vocabulary is `<unk>`'s id, as
+    /// `convert_tokens_to_ids` gives it.
+    pub fn all_special_ids(&self) -> Result<Vec<u32>> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut named: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
+        for file in ["tokenizer_config.json", "special_tokens_map.json"] {
+            let path = dir.join(file);
+            if !path.is_file() {
+                continue;
+            }
+            let text = crate::files::read_text(&path, "tokenizer configuration", 64 << 20)?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            if let serde_json::Value::Object(map) = value {
+                for (k, v) in map {
+                    if SPECIAL_TOKEN_KEYS.contains(&k.as_str()) && !v.is_null() {
+                        named.insert(k, v);
+                    }
+                }
+            }
+        }
+        let mut tokens: Vec<String> = Vec::new();
+        for key in SPECIAL_TOKEN_KEYS {
+            let Some(value) = named.get(*key) else { continue };
+            let listed: Vec<&serde_json::Value> = match value {
+                serde_json::Value::Array(a) => a.iter().collect(),
+                serde_json::Value::Object(o) if *key == "extra_special_tokens" => o.values().collect(),
+                v => vec![v],
+            };
+            tokens.extend(listed.into_iter().filter_map(token_content));
+        }
+        let unk = named.get("unk_token").and_then(token_content);
+        let mut ids: Vec<u32> = tokens
+            .iter()
+            .filter_map(|t| {
+                self.token_id(t)
+                    .or_else(|| unk.as_deref().and_then(|u| self.token_id(u)))
+            })
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
+    }
+}
+
+/// The special-token attributes of transformers' tokenizers, in `SPECIAL_TOKENS_ATTRIBUTES` order,
+/// and the model-specific `extra_special_tokens`.
+const SPECIAL_TOKEN_KEYS: &[&str] = &[
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
+    "additional_special_tokens",
+    "extra_special_tokens",
+];
+
+/// A special token as the files write it: `"<bos>"` or `{"content": "<bos>", ...}`.
+fn token_content(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// The special token ids of `model`'s tokenizer ([`Tokenizer::all_special_ids`]); for a tokenizer
+/// from the hub, its two configuration files are fetched beside it first (a repository without
+/// them has none).
+pub fn special_token_ids(hub: &Hub, model: &Model) -> Result<Vec<u32>> {
+    let tokenizer = Tokenizer::for_model(hub, model, None)?;
+    if let Some(source) = model.metadata(meta::TOKENIZER)
+        && !Path::new(source).exists()
+        && looks_like_repo_id(source)
+    {
+        let revision = model.metadata(meta::REVISION).unwrap_or("main");
+        for file in ["tokenizer_config.json", "special_tokens_map.json"] {
+            // Absent files are what transformers also does without: no special tokens of that kind.
+            let _ = hub.file(source, RepoKind::Model, revision, file);
+        }
+    }
+    tokenizer.all_special_ids()
 }

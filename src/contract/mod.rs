@@ -14,6 +14,10 @@ pub mod sweep;
 pub const INPUT_IDS: &str = "input_ids";
 pub const ATTENTION_MASK: &str = "attention_mask";
 pub const LOGITS: &str = "logits";
+/// The prompt boundary of steered graphs with `prompt` / `generated` rows: int64 `[batch]`, each
+/// row's prompt length in its own tokens (padding not counted). An initializer backs it with a
+/// default of `[MAX_CONTEXT]` (everything is prompt), so runtimes that feed nothing still run it.
+pub const PROMPT_LENGTH: &str = "steer.prompt_length";
 
 /// Names of the decoding graph's cache tensors.
 pub fn past_name(layer: usize, kind: &str) -> String {

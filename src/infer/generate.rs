@@ -77,6 +77,9 @@ struct KvCache {
     cache_memory: ort::memory::MemoryInfo<'static>,
     /// Fed on every step besides tokens, mask and cache (a sweep's coefficient).
     feeds: Vec<ScalarFeed>,
+    /// The graph takes each row's prompt boundary (`contract::PROMPT_LENGTH`: a steered graph
+    /// with `prompt` / `generated` rows).
+    reads_prompt_length: bool,
     layout: crate::infer::kv_cache::CacheLayout,
     session_origin: crate::infer::runtime::SessionOrigin,
 }
@@ -131,6 +134,11 @@ impl Generator {
                 session_origin: opened.origin,
                 cache_memory: crate::infer::runtime::memory_info(options.session.device)?,
                 feeds: crate::infer::runtime::ScalarFeed::coefficient_defaults(&model)?,
+                reads_prompt_length: model
+                    .graph()
+                    .input
+                    .iter()
+                    .any(|i| i.name() == crate::contract::PROMPT_LENGTH),
                 layout,
             })
         } else {
@@ -249,14 +257,17 @@ impl Generator {
                 break;
             }
             let logprobs = match &mut self.backend {
-                Backend::Recompute(scorer) => scorer.next_token_logprobs(&[&sequence], self.vocab)?.remove(0),
+                Backend::Recompute(scorer) => scorer
+                    .next_token_logprobs(&[&sequence], &[prompt.len()], self.vocab)?
+                    .remove(0),
                 Backend::Cache(kv) => {
                     let fed = if cache.is_some() {
                         &sequence[sequence.len() - 1..]
                     } else {
                         &sequence[..]
                     };
-                    let (mut logits, presents) = kv.step(&[fed], &[vec![1; sequence.len()]], cache.take())?;
+                    let (mut logits, presents) =
+                        kv.step(&[fed], &[vec![1; sequence.len()]], &[prompt.len()], cache.take())?;
                     cache = Some(presents);
                     log_softmax(&logits.remove(0))
                 }
@@ -317,7 +328,8 @@ impl BatchDecoder<'_> {
         let mut rows = BatchRows::new(prompts);
         let padded = rows.padded_prompts();
         let fed: Vec<&[u32]> = padded.iter().map(Vec::as_slice).collect();
-        let (mut logits, mut cache) = self.kv.step(&fed, &rows.masks, None)?;
+        let prompt_lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        let (mut logits, mut cache) = self.kv.step(&fed, &rows.masks, &prompt_lengths, None)?;
         for _ in 0..options.max_new_tokens {
             let next = self.next_tokens(&logits, &mut rows, options, &mut rng)?;
             if rows.finish.iter().all(Option::is_some) {
@@ -328,7 +340,7 @@ impl BatchDecoder<'_> {
             }
             let fed: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
             let fed: Vec<&[u32]> = fed.iter().map(|r| r.as_slice()).collect();
-            (logits, cache) = self.kv.step(&fed, &rows.masks, Some(cache))?;
+            (logits, cache) = self.kv.step(&fed, &rows.masks, &prompt_lengths, Some(cache))?;
         }
         rows.into_generations(self.tokenizer, options, start.elapsed().as_secs_f64())
     }
@@ -442,11 +454,13 @@ impl<'p> BatchRows<'p> {
 
 impl KvCache {
     /// Runs `new` tokens after a cache of `total - new.len()` tokens (empty on the first call);
-    /// returns the last position's logits and the updated cache.
+    /// returns the last position's logits and the updated cache. `prompt_lengths`: each row's
+    /// prompt tokens (padding not counted), for a graph that steers by them.
     fn step(
         &mut self,
         rows: &[&[u32]],
         mask: &[Vec<i64>],
+        prompt_lengths: &[usize],
         past: Option<Vec<ort::value::DynValue>>,
     ) -> Result<(Vec<Vec<f32>>, Vec<ort::value::DynValue>)> {
         use ort::value::Tensor;
@@ -475,6 +489,13 @@ impl KvCache {
         }
         for feed in &self.feeds {
             binding.bind_input(feed.name.as_str(), &feed.tensor()?)?;
+        }
+        if self.reads_prompt_length {
+            let lengths: Vec<i64> = prompt_lengths.iter().map(|&n| n as i64).collect();
+            binding.bind_input(
+                crate::contract::PROMPT_LENGTH,
+                &Tensor::from_array(([batch], lengths))?,
+            )?;
         }
         binding.bind_output_to_device(LOGITS, &crate::infer::runtime::memory_info(Device::Cpu)?)?;
         let mut outputs = self

@@ -8,6 +8,11 @@
 //! length, right-padded. On a decoding graph (`export --kv-cache`), sequences that share a long
 //! prefix (MMLU's k-shot block: the same for every question of a subject) compute it once: the
 //! prefix's key/value cache is computed once and repeated for each batch of their suffixes.
+//!
+//! A steered graph with `prompt` / `generated` rows reads each row's prompt boundary
+//! ([`PROMPT_LENGTH`]): the context is the prompt, so a request's boundary is the number of its
+//! context tokens the model reads. Requests then share a forward only when their boundaries agree
+//! too; a shared prefix always ends before the first scored position, inside every prompt.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -17,7 +22,7 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
-use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
+use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, PROMPT_LENGTH, past_name, present_name};
 use crate::infer::kv_cache::CacheLayout;
 use crate::infer::runtime::{self, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
@@ -59,6 +64,8 @@ struct SharedPrefix<'a> {
 #[derive(Debug, Default)]
 struct Unit {
     input: Vec<u32>,
+    /// How many of the input's tokens are the prompt (the request's context).
+    prompt_length: usize,
     /// position -> candidate tokens (deduplicated, in first-seen order).
     candidates: BTreeMap<usize, Vec<u32>>,
 }
@@ -94,9 +101,11 @@ struct RequestTargets {
 impl ScoringPlan {
     /// Reads each request as lm-eval does (`(context + continuation)[:-1]`, left-truncated to
     /// `max_length`) and gives requests that read the same tokens one unit.
-    fn new(requests: &[TokenRequest], max_length: usize) -> Result<Self> {
+    /// With `by_prompt_length`, requests that read the same tokens but split them differently
+    /// into context and continuation get units of their own.
+    fn new(requests: &[TokenRequest], max_length: usize, by_prompt_length: bool) -> Result<Self> {
         let mut units: Vec<Unit> = Vec::new();
-        let mut unit_of_input: HashMap<Vec<u32>, usize> = HashMap::new();
+        let mut unit_of_input: HashMap<(Vec<u32>, usize), usize> = HashMap::new();
         let mut targets = Vec::with_capacity(requests.len());
         for (i, request) in requests.iter().enumerate() {
             if request.continuation.is_empty() {
@@ -112,7 +121,9 @@ impl ScoringPlan {
                 .copied()
                 .collect();
             let keep = whole.len().min(max_length + 1);
-            let input = whole[whole.len() - keep..whole.len() - 1].to_vec();
+            let cut = whole.len() - keep;
+            let input = whole[cut..whole.len() - 1].to_vec();
+            let prompt_length = request.context.len().saturating_sub(cut);
             let n = request.continuation.len().min(input.len());
             let first = input.len() - n;
             let scored: Vec<(usize, u32)> = (0..n)
@@ -123,9 +134,11 @@ impl ScoringPlan {
                     )
                 })
                 .collect();
-            let unit = *unit_of_input.entry(input.clone()).or_insert_with(|| {
+            let key = (input.clone(), if by_prompt_length { prompt_length } else { 0 });
+            let unit = *unit_of_input.entry(key).or_insert_with(|| {
                 units.push(Unit {
                     input,
+                    prompt_length,
                     ..Default::default()
                 });
                 units.len() - 1
@@ -185,6 +198,8 @@ pub struct ScoringModel {
     cache_memory: ort::memory::MemoryInfo<'static>,
     /// Fed on every run besides the token inputs (a sweep's coefficient).
     pub feeds: Vec<ScalarFeed>,
+    /// The graph takes the prompt boundary ([`PROMPT_LENGTH`]).
+    reads_prompt_length: bool,
     pub max_length: usize,
     pub batch_size: usize,
     pub pad_id: u32,
@@ -197,6 +212,7 @@ impl ScoringModel {
             bail!("a context length of 0 tokens scores nothing; give at least 1");
         }
         let mut model = Model::load(path)?;
+        let reads_prompt_length = model.graph().input.iter().any(|i| i.name() == PROMPT_LENGTH);
         let cache = CacheLayout::of(&model)?;
         if let Some(layout) = &cache {
             crate::infer::kv_cache::broadcast_cache_inputs(&mut model, layout)
@@ -211,6 +227,7 @@ impl ScoringModel {
             cache,
             cache_memory: runtime::memory_info(options.device)?,
             feeds: ScalarFeed::coefficient_defaults(&model)?,
+            reads_prompt_length,
             max_length,
             batch_size: batch_size.max(1),
             pad_id: 0,
@@ -224,7 +241,7 @@ impl ScoringModel {
         requests: &[TokenRequest],
         mut on_batch: impl FnMut(usize, &[(&TokenRequest, Loglikelihood)]) -> Result<()>,
     ) -> Result<(Vec<Loglikelihood>, ScoringStats)> {
-        let plan = ScoringPlan::new(requests, self.max_length)?;
+        let plan = ScoringPlan::new(requests, self.max_length, self.reads_prompt_length)?;
         let units = &plan.units;
         let mut stats = ScoringStats {
             requests: requests.len(),
@@ -326,15 +343,23 @@ impl ScoringModel {
 
     /// The next-token log-probabilities after each sequence (all `vocab` of them), in one
     /// right-padded batch: the scoring head asked for every token at each sequence's last position.
-    pub fn next_token_logprobs(&mut self, sequences: &[&[u32]], vocab: usize) -> Result<Vec<Vec<f32>>> {
+    /// `prompt_lengths[i]`: how many of sequence `i`'s tokens are its prompt (the rest generated).
+    pub fn next_token_logprobs(
+        &mut self,
+        sequences: &[&[u32]],
+        prompt_lengths: &[usize],
+        vocab: usize,
+    ) -> Result<Vec<Vec<f32>>> {
         if sequences.iter().any(|s| s.is_empty()) {
             bail!("an empty sequence has no next token to score");
         }
         let all: Vec<u32> = (0..vocab as u32).collect();
         let units: Vec<Unit> = sequences
             .iter()
-            .map(|s| Unit {
+            .zip(prompt_lengths)
+            .map(|(s, &prompt_length)| Unit {
                 input: s.to_vec(),
+                prompt_length,
                 candidates: BTreeMap::from([(s.len() - 1, all.clone())]),
             })
             .collect();
@@ -351,6 +376,7 @@ impl ScoringModel {
     pub fn largest_batch_that_runs(&mut self, seq: usize, cap: usize) -> Result<usize> {
         let probe = Unit {
             input: vec![self.pad_id; seq.max(1)],
+            prompt_length: seq.max(1),
             candidates: BTreeMap::from([(seq.max(1) - 1, vec![0])]),
         };
         let mut size = cap.max(1);
@@ -421,6 +447,13 @@ impl ScoringModel {
         }
         for feed in &self.feeds {
             inputs.push((feed.name.clone().into(), feed.tensor()?.into()));
+        }
+        if self.reads_prompt_length {
+            let lengths: Vec<i64> = units.iter().map(|u| u.prompt_length as i64).collect();
+            inputs.push((
+                PROMPT_LENGTH.into(),
+                Tensor::from_array(([batch], lengths))?.into(),
+            ));
         }
         let outputs = self.session.run(inputs).context("running the model")?;
         let (_, logprobs) = outputs[TARGET_LOGPROBS].try_extract_tensor::<f32>()?;

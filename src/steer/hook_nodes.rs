@@ -1,11 +1,14 @@
 //! The nodes that steer one hook, built on [`GraphBuilder`] under fresh names: per [`Term`] a
 //! small float32 subgraph from the hook's value (`P = (x − offset) @ read + bias`, the action's
-//! `K`, `Δ = K @ write`), the constant of the fixed `add` rows, and the final `Add` into the hook.
+//! `K`, `Δ = K @ write`, scaled by `‖x_t‖` for `normalize residual` and by the position mask of its
+//! rule, see [`super::position_mask`]), the constant of the fixed `add` rows, and the final `Add` into the hook.
 //! Nodes are named `{NODE_PREFIX}{hook}/...`, tensors `sae_onnx.steer.{hook}/...`.
 
 use anyhow::{Context, Result, bail};
 
 use super::plan::{SteerAction, SteeringPlan};
+use super::position_mask::{MaskInputs, Masks};
+use super::rules::{Normalize, PositionRule};
 use super::steering::{HookSteering, Term};
 use crate::onnx::DataType;
 use crate::onnx::builder::{GraphBuilder, GraphFragment};
@@ -56,6 +59,7 @@ pub(super) fn hook_nodes(
     hs: &HookSteering,
     value: HookValue,
     input_of: CoefficientInputOf,
+    mask_inputs: MaskInputs,
 ) -> Result<HookNodes> {
     let name = hs.hook.to_string();
     let mut b = HookBuilder {
@@ -68,9 +72,32 @@ pub(super) fn hook_nodes(
     let mut total: Option<String> = None;
     if !hs.terms.is_empty() {
         let x32 = b.cast_to_f32(value.source, "x");
+        let mut masks = Masks::new(graph, mask_inputs);
+        let mut x_norm: Option<String> = None;
         let mut delta32: Option<String> = None;
         for (j, term) in hs.terms.iter().enumerate() {
-            let d = b.term(plan, term, j, &x32, input_of)?;
+            let mut d = b.term(plan, term, j, &x32, input_of)?;
+            if term.normalize == Normalize::Residual {
+                let norm = match &x_norm {
+                    Some(n) => n.clone(),
+                    None => x_norm.insert(b.norm_per_position(&x32)).clone(),
+                };
+                d = b.node(
+                    "Mul",
+                    &[&d, &norm],
+                    &format!("{}_{j}/relative", term.action),
+                    vec![],
+                );
+            }
+            if term.steer_at != PositionRule::All {
+                let mask = masks.mask(&mut b, graph, term.steer_at)?;
+                d = b.node(
+                    "Mul",
+                    &[&d, &mask],
+                    &format!("{}_{j}/at_positions", term.action),
+                    vec![],
+                );
+            }
             delta32 = Some(match delta32 {
                 Some(acc) => b.node("Add", &[&acc, &d], "delta_sum", vec![]),
                 None => d,
@@ -125,12 +152,12 @@ fn raw(dtype: DataType, values: &[f32]) -> Result<Vec<u8>> {
 }
 
 /// A [`GraphBuilder`] naming what it makes after the hook.
-struct HookBuilder {
-    b: GraphBuilder,
+pub(super) struct HookBuilder {
+    pub(super) b: GraphBuilder,
     /// `{NODE_PREFIX}{hook}`: node names are `{node_scope}/...`.
     node_scope: String,
     /// `sae_onnx.steer.{hook}`: tensor names are `{tensor_scope}/...`.
-    tensor_scope: String,
+    pub(super) tensor_scope: String,
     /// The hook's element type.
     dtype: DataType,
     width: usize,
@@ -144,14 +171,14 @@ impl HookBuilder {
     }
 
     /// Adds a node named after `what` and returns its (fresh) output.
-    fn node(&mut self, op: &str, inputs: &[&str], what: &str, attrs: Vec<(&str, i64)>) -> String {
+    pub(super) fn node(&mut self, op: &str, inputs: &[&str], what: &str, attrs: Vec<(&str, i64)>) -> String {
         let output = self.b.fresh(&format!("{}/{what}", self.tensor_scope));
         let name = self.b.fresh(&format!("{}/{what}", self.node_scope));
         let attrs = attrs.into_iter().map(|(k, v)| (k, AttrValue::Int(v))).collect();
         self.b.node(name, op, inputs, &output, attrs)
     }
 
-    fn constant_f32(&mut self, what: &str, dims: &[usize], values: &[f32]) -> String {
+    pub(super) fn constant_f32(&mut self, what: &str, dims: &[usize], values: &[f32]) -> String {
         let name = self.b.fresh(&format!("{}/{what}", self.tensor_scope));
         let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
         let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -159,8 +186,18 @@ impl HookBuilder {
             .initializer(make_tensor(&name, DataType::Float, &dims, raw))
     }
 
-    fn cast(&mut self, x: &str, to: DataType, what: &str) -> String {
+    pub(super) fn cast(&mut self, x: &str, to: DataType, what: &str) -> String {
         self.node("Cast", &[x], what, vec![("to", to as i64)])
+    }
+
+    /// `‖x_t‖` of the float32 hook value, `[batch, seq, 1]` (a MatMul with ones sums the squares
+    /// in every opset, where ReduceSumSquare moved its axes to an input in opset 18).
+    fn norm_per_position(&mut self, x32: &str) -> String {
+        let squares = self.node("Mul", &[x32, x32], "residual/squares", vec![]);
+        let ones = vec![1.0; self.width];
+        let ones = self.constant_f32("residual/ones", &[self.width, 1], &ones);
+        let sum = self.node("MatMul", &[&squares, &ones], "residual/sum_squares", vec![]);
+        self.node("Sqrt", &[&sum], "residual/norm", vec![])
     }
 
     fn cast_to_f32(&mut self, x: &str, what: &str) -> String {

@@ -4,8 +4,11 @@
 mod hook_nodes;
 pub mod patch;
 pub mod plan;
+mod position_mask;
 mod provenance;
+pub mod rules;
 pub mod splice;
 pub mod steering;
 
 pub use plan::{PlanField, PlanFormat, Pos, RowPositions, SteerAction, SteerRow, SteeringPlan};
+pub use rules::{Normalize, PositionRule};

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use super::plan::SteeringPlan;
+use super::plan::{PlanField, SteeringPlan};
+use super::rules::PositionRule;
 use super::splice::{self, SpliceOptions, SpliceReport};
 use super::steering;
 use crate::export::{self, ExportOptions};
@@ -90,6 +91,15 @@ pub fn patch_in(hub: &Hub, options: &PatchOptions, output: &PatchOutput) -> Resu
         inputs.add(&crate::onnx::external::resolve(&model.dir, &location)?);
     }
     let (hooks, provenance) = steering::steering(&plan, hub, output.sweepable, &mut inputs)?;
+    let special_ids = match plan.rows.iter().find(|r| r.steer_at == PositionRule::NoSpecial) {
+        Some(row) => Some(special_ids(hub, &model).with_context(|| {
+            format!(
+                "{}: positions no_special needs the model's tokenizer",
+                plan.location(row, PlanField::Positions)
+            )
+        })?),
+        None => None,
+    };
     check(&inputs)?;
     let report = splice::splice(
         &mut model,
@@ -100,6 +110,7 @@ pub fn patch_in(hub: &Hub, options: &PatchOptions, output: &PatchOutput) -> Resu
             replace: options.replace,
             sweepable: output.sweepable,
         },
+        special_ids.as_deref(),
     )?;
     let save = model.save(
         &options.output,
@@ -114,6 +125,18 @@ pub fn patch_in(hub: &Hub, options: &PatchOptions, output: &PatchOutput) -> Resu
         save,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// transformers' `all_special_ids` of the model's tokenizer, as the graph compares them.
+fn special_ids(hub: &Hub, model: &Model) -> Result<Vec<i64>> {
+    let ids = crate::tokenizer::special_token_ids(hub, model)?;
+    if ids.is_empty() {
+        bail!(
+            "the model's tokenizer lists no special tokens (no tokenizer_config.json or special_tokens_map.json \
+             beside its tokenizer.json)"
+        );
+    }
+    Ok(ids.into_iter().map(i64::from).collect())
 }
 
 /// The .onnx file to patch.

@@ -9,6 +9,10 @@
 //!   `head_index`, `sae_id` and `description` may be left out; `loader` must be `sae_lens`), and
 //!   also an optional `threshold`.
 //!
+//! Both formats also take the optional columns `positions` (which positions a row steers, default
+//! `all`: [`PositionRule`]) and `normalize` (how its coefficient scales the direction, default
+//! `none`: [`Normalize`]).
+//!
 //! Actions are [`SteerAction`]s. In lm-eval's format `clamp` keeps lm-eval's meaning (set the
 //! projection on the decoder direction: [`SteerAction::ClampProjection`]), so existing lm-eval files
 //! steer as lm-eval steers them; `clamp_feature` names the SAE-feature clamp in either format.
@@ -23,6 +27,7 @@ use std::str::FromStr;
 
 use anyhow::{Result, anyhow, bail};
 
+use super::rules::{Normalize, PositionRule};
 use crate::hook::HookPoint;
 use crate::sae::SaeSource;
 
@@ -136,6 +141,8 @@ pub enum PlanField {
     HeadIndex,
     Description,
     Threshold,
+    Positions,
+    Normalize,
 }
 
 /// Where each field of a row starts (`None`: the column is absent or the field empty).
@@ -150,6 +157,8 @@ pub struct RowPositions {
     pub head_index: Option<Pos>,
     pub description: Option<Pos>,
     pub threshold: Option<Pos>,
+    pub steer_at: Option<Pos>,
+    pub normalize: Option<Pos>,
 }
 
 /// One row of a plan.
@@ -170,6 +179,9 @@ pub struct SteerRow {
     pub description: String,
     /// `add_if_active`: the activation the feature must exceed (`None`: 0).
     pub threshold: Option<f64>,
+    /// The `positions` column: where the row steers.
+    pub steer_at: PositionRule,
+    pub normalize: Normalize,
     pub positions: RowPositions,
 }
 
@@ -232,6 +244,8 @@ impl SteeringPlan {
             PlanField::HeadIndex => p.head_index,
             PlanField::Description => p.description,
             PlanField::Threshold => p.threshold,
+            PlanField::Positions => p.steer_at,
+            PlanField::Normalize => p.normalize,
         }
         .unwrap_or(Pos {
             line: row.line,
@@ -385,6 +399,8 @@ enum Col {
     Hook,
     HeadIndex,
     Threshold,
+    Positions,
+    Normalize,
 }
 
 const SEED_COLUMNS: &[(&str, Col, bool)] = &[
@@ -395,6 +411,8 @@ const SEED_COLUMNS: &[(&str, Col, bool)] = &[
     ("description", Col::Description, false),
     ("action", Col::Action, false),
     ("threshold", Col::Threshold, false),
+    ("positions", Col::Positions, false),
+    ("normalize", Col::Normalize, false),
 ];
 
 const LM_EVAL_COLUMNS: &[(&str, Col, bool)] = &[
@@ -408,6 +426,8 @@ const LM_EVAL_COLUMNS: &[(&str, Col, bool)] = &[
     ("sae_id", Col::SaeId, false),
     ("description", Col::Description, false),
     ("threshold", Col::Threshold, false),
+    ("positions", Col::Positions, false),
+    ("normalize", Col::Normalize, false),
 ];
 
 fn column_list(columns: &[(&str, Col, bool)]) -> String {
@@ -570,6 +590,17 @@ impl Layout {
             Some((name, f)) => Some((threshold(name, f, action.0)?, f.pos)),
             None => None,
         };
+        let steer_at = match self.optional(record, Col::Positions) {
+            Some((name, f)) => Some((
+                PositionRule::parse(&f.text).map_err(|e| (f.pos, format!("{name}: {e:#}")))?,
+                f.pos,
+            )),
+            None => None,
+        };
+        let normalize = match self.optional(record, Col::Normalize) {
+            Some((name, f)) => Some((normalize(name, f, action.0)?, f.pos)),
+            None => None,
+        };
         let (name, f) = self.required(record, Col::Sae)?;
         let sae = SaeSource::classify(&f.text, base_dir).map_err(|e| (f.pos, format!("{name}: {e:#}")))?;
         let sae_pos = f.pos;
@@ -605,6 +636,8 @@ impl Layout {
             head_index: head_index.map(|h| h.0),
             description: description.map(|(_, f)| f.text.clone()).unwrap_or_default(),
             threshold: threshold.map(|t| t.0),
+            steer_at: steer_at.map(|p| p.0).unwrap_or_default(),
+            normalize: normalize.map(|n| n.0).unwrap_or_default(),
             positions: RowPositions {
                 action: action.1,
                 latent: latent_pos,
@@ -615,6 +648,8 @@ impl Layout {
                 head_index: head_index.map(|h| h.1),
                 description: description.map(|(_, f)| f.pos),
                 threshold: threshold.map(|t| t.1),
+                steer_at: steer_at.map(|p| p.1),
+                normalize: normalize.map(|n| n.1),
             },
         })
     }
@@ -639,6 +674,23 @@ fn threshold(name: &str, f: &Field, action: SteerAction) -> Result<f64, PlanErro
             format!(
                 "{name} '{}' is negative; features are never below 0, so the row would add everywhere (use add)",
                 f.text
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+/// A `normalize` field. The clamps set a value rather than add a multiple of a direction (`clamp`
+/// sets the feature, `clamp_projection` the projection on the unit direction), so a scale for
+/// their coefficient means nothing; accepting one silently would hide the mistake.
+fn normalize(name: &str, f: &Field, action: SteerAction) -> Result<Normalize, PlanError> {
+    let value = Normalize::parse(&f.text).map_err(|e| (f.pos, format!("{name}: {e:#}")))?;
+    if value != Normalize::None && matches!(action, SteerAction::Clamp | SteerAction::ClampProjection) {
+        return Err((
+            f.pos,
+            format!(
+                "{name} '{value}' has no meaning on a {action} row, which sets a value instead of adding a \
+                 scaled direction; use it with add or add_if_active, or leave it empty"
             ),
         ));
     }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::hook_nodes::{CoefficientInputOf, NODE_PREFIX, is_final_add};
 use super::plan::SteeringPlan;
+use super::rules::{Normalize, PositionRule};
 use super::steering::HookSteering;
 use crate::contract::meta::STEERING;
 use crate::contract::sweep::COEFFICIENT_INPUTS;
@@ -27,6 +28,12 @@ struct RowRecord {
     threshold: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     coefficient_input: Option<String>,
+    /// Absent for `all` (and in records older than the column).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    positions: Option<String>,
+    /// Absent for `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    normalize: Option<String>,
     sae: String,
     sae_id: String,
     hook: String,
@@ -92,6 +99,7 @@ pub(super) fn record(
     provenance: &[SaeProvenance],
     replace: bool,
     input_of: CoefficientInputOf,
+    special_ids: Option<&[i64]>,
 ) -> Result<()> {
     let csv_bytes = std::fs::read(&plan.source_path).unwrap_or_default();
     let rows: Vec<RowRecord> = plan
@@ -111,6 +119,8 @@ pub(super) fn record(
                 coefficient: r.coefficient,
                 threshold: r.threshold,
                 coefficient_input: input_of(i),
+                positions: (r.steer_at != PositionRule::All).then(|| r.steer_at.to_string()),
+                normalize: (r.normalize != Normalize::None).then(|| r.normalize.to_string()),
                 sae: r.sae.to_string(),
                 sae_id: r.sae_id.clone(),
                 hook,
@@ -128,16 +138,23 @@ pub(super) fn record(
                 .terms
                 .iter()
                 .map(|t| {
-                    json!({
+                    let mut term = json!({
                         "action": t.action.name(),
                         "lines": t.rows.iter().map(|&i| plan.rows[i].line).collect::<Vec<_>>(),
-                    })
+                    });
+                    if t.steer_at != PositionRule::All {
+                        term["positions"] = json!(t.steer_at.to_string());
+                    }
+                    if t.normalize != Normalize::None {
+                        term["normalize"] = json!(t.normalize.name());
+                    }
+                    term
                 })
                 .collect();
             json!({"hook": h.hook.to_string(), "norm": norm, "computed": computed})
         })
         .collect();
-    let patch = json!({
+    let mut patch = json!({
         "tool": format!("sae-onnx {}", env!("CARGO_PKG_VERSION")),
         "csv": plan.source_path.display().to_string(),
         "csv_sha256": crate::digest::sha256_hex(&csv_bytes),
@@ -147,6 +164,21 @@ pub(super) fn record(
         "saes": provenance,
         "hooks": hooks_json,
     });
+    let rules = || plan.rows.iter().map(|r| r.steer_at);
+    if rules().any(|r| r == PositionRule::NoSpecial)
+        && let Some(ids) = special_ids
+    {
+        patch["special_ids"] = json!(ids);
+    }
+    if rules().any(PositionRule::reads_prompt_length) {
+        patch["prompt_length_input"] = json!(crate::contract::PROMPT_LENGTH);
+    }
+    if rules().any(|r| r != PositionRule::All) {
+        patch["positions"] = json!(
+            "a token's position is its index among its row's tokens (padding not counted); prompt rows steer \
+             positions below the prompt_length input, generated rows the others"
+        );
+    }
     let mut patches = if replace {
         Vec::new()
     } else {

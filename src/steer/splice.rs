@@ -17,6 +17,10 @@
 //!   `clamp: K = C − P·[P > g]`, `add_if_active: K = C·[P > g]`, `clamp_projection: K = C − P`,
 //!   and, in a sweepable patch, `add: K = C`.
 //!
+//! Each term's change is then scaled by `‖x_t‖` (`normalize residual`) and by its rule's position
+//! mask (`positions` other than `all`, see `position_mask`); rows with different rules at one hook
+//! are different terms, each with its own mask.
+//!
 //! A sweepable patch turns each row's coefficient into a scalar graph input `steer.coeff.<k>` that
 //! is also an initializer holding the plan's value, so ONNX Runtime uses the plan's value unless the
 //! caller feeds another (see [`crate::contract::sweep`]).
@@ -27,7 +31,9 @@ use anyhow::{Context, Result, bail};
 
 use super::hook_nodes::{CoefficientInputOf, HookNodes, HookValue, NODE_PREFIX, hook_nodes, is_final_add};
 use super::plan::{PlanField, SteeringPlan};
+use super::position_mask::{self, MaskInputs};
 use super::provenance::{record, remove_steering, steering_patches};
+use super::rules::PositionRule;
 use super::steering::{HookSteering, MAX_WIDTH};
 use crate::contract::hook_site::{HookSite, locate};
 use crate::contract::meta;
@@ -87,6 +93,7 @@ pub fn splice(
     hooks: &[HookSteering],
     provenance: &[SaeProvenance],
     options: &SpliceOptions,
+    special_ids: Option<&[i64]>,
 ) -> Result<SpliceReport> {
     let removed = if options.replace {
         remove_steering(model)
@@ -112,7 +119,9 @@ pub fn splice(
         coefficient_inputs: Vec::new(),
     };
     for hs in hooks {
-        report.hooks.push(splice_hook(model, plan, hs, &input_of)?);
+        report
+            .hooks
+            .push(splice_hook(model, plan, hs, &input_of, special_ids)?);
         if !hs.terms.is_empty() {
             report.computed.push(ComputedSteering {
                 hook: hs.hook,
@@ -130,7 +139,15 @@ pub fn splice(
         coefficient_records.extend(added);
         model.set_metadata(COEFFICIENT_INPUTS, &serde_json::to_string(&coefficient_records)?);
     }
-    record(model, plan, hooks, provenance, options.replace, &input_of)?;
+    record(
+        model,
+        plan,
+        hooks,
+        provenance,
+        options.replace,
+        &input_of,
+        special_ids,
+    )?;
     Ok(report)
 }
 
@@ -141,6 +158,7 @@ fn splice_hook(
     plan: &SteeringPlan,
     hs: &HookSteering,
     input_of: CoefficientInputOf,
+    special_ids: Option<&[i64]>,
 ) -> Result<SteeredHook> {
     let at = rows_at(plan, hs);
     let layers: Option<usize> = model.metadata(meta::NUM_LAYERS).and_then(|v| v.parse().ok());
@@ -157,7 +175,21 @@ fn splice_hook(
     let site = locate(model, hs.hook).with_context(|| format!("{at}: steering {}", hs.hook))?;
     let width = fit_width(model, plan, hs)?;
     if !hs.terms.is_empty() {
-        check_opset(model, hs.hook)?;
+        check_opset(
+            model,
+            hs.hook,
+            MIN_OPSET,
+            "actions other than add need broadcasting Sub, Mul, Greater",
+        )?;
+    }
+    if hs.terms.iter().any(|t| t.steer_at != PositionRule::All) {
+        check_opset(
+            model,
+            hs.hook,
+            position_mask::MIN_OPSET,
+            "positions other than all need CumSum and Slice with inputs",
+        )
+        .with_context(|| at.clone())?;
     }
     let graph = model.graph_mut();
     let source = chain_end(graph, &site);
@@ -178,7 +210,8 @@ fn splice_hook(
         fragment,
         steered,
         norm,
-    } = hook_nodes(graph, plan, hs, value, input_of)?;
+    } = hook_nodes(graph, plan, hs, value, input_of, MaskInputs { special_ids })
+        .with_context(|| format!("{at}: steering {}", hs.hook))?;
     graph.initializer.extend(fragment.initializers);
     graph.input.extend(fragment.inputs);
     match &site.only_reader {
@@ -329,7 +362,7 @@ fn hook_width(model: &Model, hook: HookPoint) -> Option<usize> {
     model.metadata(key).and_then(|v| v.parse().ok())
 }
 
-fn check_opset(model: &Model, hook: HookPoint) -> Result<()> {
+fn check_opset(model: &Model, hook: HookPoint, min: i64, why: &str) -> Result<()> {
     let opset = model
         .proto
         .opset_import
@@ -337,10 +370,9 @@ fn check_opset(model: &Model, hook: HookPoint) -> Result<()> {
         .find(|o| matches!(o.domain(), "" | "ai.onnx"))
         .map(|o| o.version());
     match opset {
-        Some(v) if v < MIN_OPSET => bail!(
-            "steering {hook} with actions other than add needs opset {MIN_OPSET} or later (broadcasting Sub, \
-             Mul, Greater); the model imports opset {v}"
-        ),
+        Some(v) if v < min => {
+            bail!("steering {hook} this way needs opset {min} or later ({why}); the model imports opset {v}")
+        }
         _ => Ok(()),
     }
 }

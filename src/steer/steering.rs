@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 
 use super::plan::{PlanField, SteerAction, SteerRow, SteeringPlan};
+use super::rules::{Normalize, PositionRule};
 use crate::files::Inputs;
 use crate::hook::{HookPoint, Site};
 use crate::hub::Hub;
@@ -23,7 +24,8 @@ pub(super) const MAX_WIDTH: usize = 1 << 24;
 #[derive(Debug, Clone)]
 pub struct HookSteering {
     pub hook: HookPoint,
-    /// `Σ coefficient · W_dec[latent]` of the `add` rows with fixed coefficients.
+    /// `Σ coefficient · W_dec[latent]` of the `add` rows with fixed coefficients that steer every
+    /// position (`normalize unit` rows with the unit direction).
     pub constant: Option<Vec<f32>>,
     /// The rows computed from the hook's value in the graph (and all rows of a sweepable patch).
     pub terms: Vec<Term>,
@@ -31,9 +33,10 @@ pub struct HookSteering {
     pub rows: Vec<usize>,
 }
 
-/// Rows of one action and one SAE at a hook, one column each, computed in float32:
-/// `P = (x − offset) @ read + bias`, then the action's `K` from `P`, `gate` and the coefficients,
-/// then `K @ write`.
+/// Rows of one action, one SAE, one positions rule and one normalization at a hook, one column
+/// each, computed in float32: `P = (x − offset) @ read + bias`, then the action's `K` from `P`,
+/// `gate` and the coefficients, then `Δ = K @ write`, times `‖x_t‖` (`normalize residual`), times the
+/// rule's position mask.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Term {
     pub action: SteerAction,
@@ -51,8 +54,11 @@ pub struct Term {
     /// `add_if_active` also at least its row's threshold: for a threshold t >= 0, `f > t` exactly
     /// when `pre > max(gate, t)`).
     pub gate: Option<Vec<f32>>,
-    /// The directions written: `W_dec[latent]`, or the unit decoder direction.
+    /// The directions written: `W_dec[latent]`, or the unit decoder direction (`clamp_projection`,
+    /// and rows normalized `unit` or `residual`).
     pub write: Vec<Vec<f32>>,
+    pub steer_at: PositionRule,
+    pub normalize: Normalize,
 }
 
 /// A hook's steering while the plan's SAEs are read.
@@ -87,6 +93,8 @@ impl HookAccumulator {
                 bias: col.bias.map(|_| Vec::new()),
                 gate: col.gate.map(|_| Vec::new()),
                 write: Vec::new(),
+                steer_at: row.steer_at,
+                normalize: row.normalize,
             });
             self.terms.len() - 1
         });
@@ -198,22 +206,29 @@ impl<'a> SaeRows<'a> {
         sweepable: bool,
         hooks: &mut BTreeMap<HookPoint, HookAccumulator>,
     ) -> Result<()> {
-        // This SAE's terms, by (hook, action, head), as indices into their hook's `terms`.
-        let mut own_terms: BTreeMap<(HookPoint, SteerAction, Option<usize>), usize> = BTreeMap::new();
+        // This SAE's terms, by (hook, action, head, rule, normalization), as indices into their
+        // hook's `terms`.
+        type TermKey = (HookPoint, SteerAction, Option<usize>, PositionRule, Normalize);
+        let mut own_terms: BTreeMap<TermKey, usize> = BTreeMap::new();
         for (k, &i) in self.rows.iter().enumerate() {
             let row = &plan.rows[i];
             let hook = row.hook.unwrap_or(self.decoder.hook);
             let head = self.head(plan, row, hook)?;
             let w_dec = place(&self.decoder.rows[k], head);
+            let w_dec = match row.normalize {
+                Normalize::None => w_dec,
+                Normalize::Unit | Normalize::Residual => unit_direction(plan, row, &self.sae, &w_dec)?,
+            };
             check_change_fits(plan, i, &w_dec)?;
             let acc = hooks.entry(hook).or_default();
             acc.rows.push(i);
-            if row.action == SteerAction::Add && !sweepable {
+            let everywhere = row.steer_at == PositionRule::All && row.normalize != Normalize::Residual;
+            if row.action == SteerAction::Add && !sweepable && everywhere {
                 acc.add_constant(&w_dec, row.coefficient);
                 continue;
             }
             let col = column(plan, i, &self.sae, self.encoder.as_ref(), k, w_dec, head)?;
-            let key = (hook, row.action, head);
+            let key = (hook, row.action, head, row.steer_at, row.normalize);
             let t = acc.add_column(own_terms.get(&key).copied(), i, row, col);
             own_terms.insert(key, t);
         }
@@ -278,6 +293,21 @@ fn place(v: &[f32], head: Option<usize>) -> Vec<f32> {
         }
         None => v.to_vec(),
     }
+}
+
+/// `w / ‖w‖`, for rows normalized `unit` or `residual`.
+fn unit_direction(plan: &SteeringPlan, row: &SteerRow, sae: &Sae, w: &[f32]) -> Result<Vec<f32>> {
+    let norm = w.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+    if !(norm.is_finite() && norm > 0.0) {
+        bail!(
+            "{}: W_dec[{}] of SAE {} has norm {norm}, so normalize {} has no direction",
+            plan.location(row, PlanField::Normalize),
+            row.latent,
+            sae.label,
+            row.normalize
+        );
+    }
+    Ok(w.iter().map(|&v| (f64::from(v) / norm) as f32).collect())
 }
 
 /// Refuses a row whose change at its own coefficient, `coefficient · W_dec[latent]`, is beyond

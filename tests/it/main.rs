@@ -42,5 +42,6 @@ mod scoring;
 mod session_cache;
 mod steer_actions;
 mod steer_plan;
+mod steer_positions;
 mod task_index_trust;
 mod tasks_installed;

@@ -35,6 +35,14 @@ impl Golden {
                 .collect(),
         )
     }
+    pub fn f64s(&self, name: &str) -> Vec<f64> {
+        let st = self.tensors();
+        let t = st.tensor(name).unwrap();
+        t.data()
+            .chunks(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
     pub fn f32s(&self, name: &str) -> Vec<f32> {
         let st = self.tensors();
         let t = st.tensor(name).unwrap();
