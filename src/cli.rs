@@ -64,6 +64,35 @@ pub enum Command {
     /// Compare eval results (the first is the baseline): scores, differences and paired
     /// significance tests on the same documents; `--plot` draws a coefficient sweep.
     Compare(CompareArgs),
+    /// Combine the outputs of `eval --shard 0/N` .. `--shard N-1/N` into the results and samples
+    /// files of the unsharded run: every metric re-aggregated from the per-document values.
+    Merge(MergeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sae-onnx eval model.onnx --task mmlu --shard 0/4 --output-path shards/0 --log-samples   (one per GPU or node)
+  ...
+  sae-onnx eval model.onnx --task mmlu --shard 3/4 --output-path shards/3 --log-samples
+  sae-onnx merge shards/0 shards/1 shards/2 shards/3 --output-path runs/mmlu
+  sae-onnx merge shards/* --output-path runs/mmlu
+
+Each DIR is a shard's --output-path (its record shard_<K>_of_<N>_<date>.json is found in it or up
+to three folders down, so a sweep's sweep_<input>_<value>/ points merge into the same names under
+OUT). The merged files equal the unsharded run's except for timestamps and durations. A set with
+a shard missing or repeated, or shards of different runs (model, steering, tasks, task versions,
+--limit, --num-fewshot, --seed, N) is refused before anything is written, naming the files and
+what differs.")]
+pub struct MergeArgs {
+    /// The shards' output folders: all N shards of the run, each once.
+    #[arg(value_name = "DIR", required = true, num_args = 1..)]
+    pub dirs: Vec<PathBuf>,
+    /// Folder (or .json file) for the merged results_<date>.json and samples, as `eval` writes them.
+    #[arg(long)]
+    pub output_path: PathBuf,
+    /// Replace an existing --output-path .json file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -399,6 +428,13 @@ pub struct EvalArgs {
     /// results go to <output-path>/sweep_<input>_<value>/; a table of all values is printed last.
     #[arg(long, value_name = "[INPUT=]VALUES", allow_hyphen_values = true)]
     pub sweep: Option<crate::eval::sweep::SweepSpec>,
+    /// Score only the K-th (from 0) of N slices of every task's documents (document i belongs to
+    /// shard i % N, lm-eval's split across ranks; few-shot examples stay the unsharded run's),
+    /// e.g. `--shard $SLURM_ARRAY_TASK_ID/8`. Needs --output-path: besides results and samples,
+    /// a shard writes shard_<K>_of_<N>_<date>.json, what `sae-onnx merge` needs to rebuild the
+    /// unsharded run exactly. Default: every document.
+    #[arg(long, value_name = "K/N", requires = "output_path")]
+    pub shard: Option<crate::eval::shard::Shard>,
 }
 
 fn parse_limit(s: &str) -> Result<f64, String> {
@@ -505,6 +541,7 @@ impl Cli {
             Command::Patch(args) => self.patch(args, hub()),
             Command::Saes(args) => list_saes(args),
             Command::Compare(args) => self.compare(args),
+            Command::Merge(args) => merge_shards(args),
             Command::Inspect(args) => inspect_model(args),
         }
     }
@@ -634,6 +671,7 @@ impl Cli {
             max_length: args.max_length,
             progress: self.show_progress(),
             force: args.force,
+            shard: args.shard,
             hub,
         };
         if let Some(spec) = &args.sweep {
@@ -885,6 +923,27 @@ fn read_prompts(args: &GenerateArgs) -> Result<Vec<String>> {
 }
 
 /// `saes`: the registry's releases matching the filter words, as a table.
+fn merge_shards(args: &MergeArgs) -> Result<()> {
+    use crate::eval::merge::{self, MergeOptions};
+    let runs = merge::merge(&MergeOptions {
+        dirs: args.dirs.clone(),
+        output_path: args.output_path.clone(),
+        force: args.force,
+    })?;
+    for run in &runs {
+        if let Some(sweep) = &run.sweep {
+            println!("{}={}:", sweep.input, sweep.value);
+        }
+        print_or_closed(&run.table)?;
+        eprintln!(
+            "{} shards merged: results written to {}",
+            run.shards,
+            run.results_path.display()
+        );
+    }
+    Ok(())
+}
+
 fn list_saes(args: &SaesArgs) -> Result<()> {
     let found = crate::sae::registry().search(&args.filter.join(" "));
     let shown = if args.limit == 0 {

@@ -16,6 +16,7 @@ mod compare_trust;
 mod eval_cli;
 mod eval_lm_eval;
 mod eval_rolling_gen;
+mod eval_shard;
 mod eval_sweep;
 mod eval_table;
 mod eval_tasks;
