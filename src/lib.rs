@@ -13,6 +13,7 @@ pub mod eval;
 pub mod export;
 pub mod inspect;
 pub mod steer;
+pub mod sweep;
 
 // Inference and model I/O.
 pub mod infer;
