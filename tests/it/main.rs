@@ -39,5 +39,6 @@ mod scoring;
 mod session_cache;
 mod steer_actions;
 mod steer_plan;
+mod sweep_grid;
 mod task_index_trust;
 mod tasks_installed;
