@@ -40,5 +40,6 @@ mod session_cache;
 mod steer_actions;
 mod steer_plan;
 mod sweep_grid;
+mod sweep_slurm;
 mod task_index_trust;
 mod tasks_installed;
