@@ -243,8 +243,11 @@ fn complete_set(mut shards: Vec<ShardFiles>) -> Result<Vec<ShardFiles>> {
     Ok(shards)
 }
 
+/// Per task, its sample lines.
+type SampleLines = Vec<(String, Vec<Value>)>;
+
 /// The unsharded run's results file and sample lines, from a complete set.
-fn merged_files(shards: &[ShardFiles]) -> Result<(ResultsFile, Vec<(String, Vec<Value>)>)> {
+fn merged_files(shards: &[ShardFiles]) -> Result<(ResultsFile, SampleLines)> {
     let first = &shards[0];
     let log_samples = first.record.identity.log_samples;
     let mut parts = Vec::with_capacity(first.record.tasks.len());

@@ -132,12 +132,11 @@ pub fn report(grid: &Grid, options: &CompareOptions) -> Result<ReportFiles> {
                         "model": model.label, "plan": plan.name, "task": task.label, "compare": tested,
                     }));
                 }
-                let mut sorted = plan_runs.clone();
-                let mut xs: Vec<f64> = group.iter().map(|r| r.coefficient).collect();
-                let mut order: Vec<usize> = (0..xs.len()).collect();
-                order.sort_by(|&a, &b| xs[a].total_cmp(&xs[b]));
-                sorted = order.iter().map(|&i| sorted[i].clone()).collect();
-                xs = order.iter().map(|&i| xs[i]).collect();
+                // The plot's x axis ascends.
+                let mut order: Vec<usize> = (0..group.len()).collect();
+                order.sort_by(|&a, &b| group[a].coefficient.total_cmp(&group[b].coefficient));
+                let sorted: Vec<Run> = order.iter().map(|&i| plan_runs[i].clone()).collect();
+                let xs: Vec<f64> = order.iter().map(|&i| group[i].coefficient).collect();
                 let sweep = compare::sweep_values(&sorted, Some(&xs))?;
                 let figure = compare::sweep_figure(&sorted, &sweep, options)?;
                 let png = out.join(format!("plot_{}_{}_{}.png", model.label, plan.name, task.label));

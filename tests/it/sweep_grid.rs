@@ -146,7 +146,7 @@ fn bad_grids_are_refused_before_any_work_naming_file_and_line() {
     let refused = |text: &str| {
         let path = tmp.path().join("bad.yaml");
         std::fs::write(&path, text).unwrap();
-        format!("{:#}", Grid::load(&path).err().expect("refused"))
+        format!("{:#}", Grid::load(&path).expect_err("refused"))
     };
     let good = std::fs::read_to_string(&grid).unwrap();
 
