@@ -95,7 +95,8 @@ GRID.yaml (paths relative to it; an unknown key is an error, with its line):
   output: study/
 
 Units are model × plan × coefficient × task (× shard), with ids <model>/<plan>/c<coef>/<task>
-[/shard<K>of<N>]; worker K of N runs units K, K+N, ... of that order. Each unit is written to a
+[/shard<K>of<N>]; worker K of N runs units K, K+N, ... in the order task, model, plan,
+coefficient, shard, so each task's units spread evenly over the workers. Each unit is written to a
 temporary folder and renamed into output/units/<id>/ when complete: a rerun skips finished units
 and redoes only what was lost; a lock (output/units/<id>.lock, refreshed every 30 s, stale after
 5 minutes) keeps two workers off one unit, and the rename keeps a unit whole even if two run it.
