@@ -30,6 +30,17 @@ $bin eval "$out/tiny-gemma2.sweepable.onnx" --task models/tiny-gemma2/demo_mc.ya
     --output-path "$out/sweep" --log-samples
 $bin compare "$out"/sweep/sweep_* --plot "$out/sweep.png" --force
 
+echo "== study: the same steering as a grid (deploy/demo-grid.yaml) of 8 units, each coefficient's"
+echo "   documents in 2 shards, run by 2 workers at once, then one report (table, tests, plot)"
+rm -rf "$out/study"
+$bin -q sweep deploy/demo-grid.yaml --worker 0/2 &
+first=$!
+$bin -q sweep deploy/demo-grid.yaml --worker 1/2
+wait "$first"
+$bin sweep deploy/demo-grid.yaml --status
+$bin sweep deploy/demo-grid.yaml --report
+cat "$out/study/report/results.csv"
+
 echo "== generate: base and steered, side by side (decoding graphs with a KV cache)"
 $bin export models/tiny-gemma2 -o "$out/tiny-gemma2.kv.onnx" --kv-cache --force
 $bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.kv.onnx" -o "$out/tiny-gemma2.kv.steered.onnx" --force

@@ -67,6 +67,96 @@ pub enum Command {
     /// Compare eval results (the first is the baseline): scores, differences and paired
     /// significance tests on the same documents; `--plot` draws a coefficient sweep.
     Compare(CompareArgs),
+    /// Combine the outputs of `eval --shard 0/N` .. `--shard N-1/N` into the results and samples
+    /// files of the unsharded run: every metric re-aggregated from the per-document values.
+    Merge(MergeArgs),
+    /// Run a steering study described in one GRID.yaml (models, steer.csv plans with their
+    /// coefficients, tasks, eval options, output folder) as work units, each worker of a Slurm
+    /// job array or Kubernetes Indexed Job its share; `--status` and `--report` when done.
+    Sweep(SweepArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sae-onnx sweep grid.yaml --worker 0/1                  everything, in this process
+  sbatch --array=0-7 --wrap 'sae-onnx sweep grid.yaml --worker auto'   (Slurm: 8 workers)
+  sae-onnx sweep grid.yaml --status                      done / missing units
+  sae-onnx sweep grid.yaml --report                      table, paired tests, plots
+
+GRID.yaml (paths relative to it; an unknown key is an error, with its line):
+  model: base.onnx                 # or models: [a.onnx, b.onnx]
+  plans:
+    - name: dog                    # letters, digits, - _ .
+      csv: dog_steer.csv           # one `patch --sweepable` per plan, made once beside the model
+      coefficients: [0, 60, 120]   # 0 is the baseline of the paired tests
+      # input: steer.coeff.1       # which coefficient, if the plan has several rows
+  tasks: [mmlu, wmdp]              # tasks, groups, tags or task YAMLs
+  eval: {num_fewshot: 5, limit: 100, batch_size: 16, device: cuda, seed: 1234, log_samples: true,
+         max_length: 2048, include_path: [tasks/]}
+  shards: 4                        # optional: each run's documents in 4 units (eval --shard)
+  workers: 8                       # optional: the worker count of a Kubernetes Indexed Job
+  output: study/
+
+Units are model × plan × coefficient × task (× shard), with ids <model>/<plan>/c<coef>/<task>
+[/shard<K>of<N>]; worker K of N runs units K, K+N, ... in the order task, model, plan,
+coefficient, shard, so each task's units spread evenly over the workers. Each unit is written to a
+temporary folder and renamed into output/units/<id>/ when complete: a rerun skips finished units
+and redoes only what was lost; a lock (output/units/<id>.lock, refreshed every 30 s, stale after
+5 minutes) keeps two workers off one unit, and the rename keeps a unit whole even if two run it.
+--report writes output/report/results.csv and results.json (one row per plan × coefficient × task
+× metric with stderr, and compare's paired test against the plan's coefficient 0) and one
+plot_<model>_<plan>_<task>.png per plan and task.")]
+pub struct SweepArgs {
+    /// The grid file.
+    #[arg(value_name = "GRID.yaml")]
+    pub grid: PathBuf,
+    /// Which worker this process is: K/N (0 <= K < N), or `auto`: from Slurm
+    /// ($SLURM_ARRAY_TASK_ID, $SLURM_ARRAY_TASK_COUNT or _MAX) or a Kubernetes Indexed Job
+    /// ($JOB_COMPLETION_INDEX, the count from --workers or the grid's `workers`).
+    #[arg(long, value_name = "K/N|auto", conflicts_with_all = ["status", "report"])]
+    pub worker: Option<crate::sweep::units::WorkerSpec>,
+    /// The worker count under a Kubernetes Indexed Job (its `completions`), for --worker auto;
+    /// overrides the grid's `workers`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub workers: Option<u32>,
+    /// List the units done and missing (and who runs the missing ones), then exit.
+    #[arg(long, conflicts_with = "report")]
+    pub status: bool,
+    /// Merge, tabulate, test and plot a finished grid under <output>/report/.
+    #[arg(long)]
+    pub report: bool,
+    /// Significance level of the paired tests.
+    #[arg(long, default_value_t = 0.05, value_parser = parse_alpha)]
+    pub alpha: f64,
+    /// Bootstrap resamples of the paired tests of non-0/1 metrics.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub resamples: u32,
+}
+
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Examples:
+  sae-onnx eval model.onnx --task mmlu --shard 0/4 --output-path shards/0 --log-samples   (one per GPU or node)
+  ...
+  sae-onnx eval model.onnx --task mmlu --shard 3/4 --output-path shards/3 --log-samples
+  sae-onnx merge shards/0 shards/1 shards/2 shards/3 --output-path runs/mmlu
+  sae-onnx merge shards/* --output-path runs/mmlu
+
+Each DIR is a shard's --output-path (its record shard_<K>_of_<N>_<date>.json is found in it or up
+to three folders down, so a sweep's sweep_<input>_<value>/ points merge into the same names under
+OUT). The merged files equal the unsharded run's except for timestamps and durations. A set with
+a shard missing or repeated, or shards of different runs (model, steering, tasks, task versions,
+--limit, --num-fewshot, --seed, N) is refused before anything is written, naming the files and
+what differs.")]
+pub struct MergeArgs {
+    /// The shards' output folders: all N shards of the run, each once.
+    #[arg(value_name = "DIR", required = true, num_args = 1..)]
+    pub dirs: Vec<PathBuf>,
+    /// Folder (or .json file) for the merged results_<date>.json and samples, as `eval` writes them.
+    #[arg(long)]
+    pub output_path: PathBuf,
+    /// Replace an existing --output-path .json file.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -477,6 +567,13 @@ pub struct EvalArgs {
     /// results go to <output-path>/sweep_<input>_<value>/; a table of all values is printed last.
     #[arg(long, value_name = "[INPUT=]VALUES", allow_hyphen_values = true)]
     pub sweep: Option<crate::eval::sweep::SweepSpec>,
+    /// Score only the K-th (from 0) of N slices of every task's documents (document i belongs to
+    /// shard i % N, lm-eval's split across ranks; few-shot examples stay the unsharded run's),
+    /// e.g. `--shard $SLURM_ARRAY_TASK_ID/8`. Needs --output-path: besides results and samples,
+    /// a shard writes shard_<K>_of_<N>_<date>.json, what `sae-onnx merge` needs to rebuild the
+    /// unsharded run exactly. Default: every document.
+    #[arg(long, value_name = "K/N", requires = "output_path")]
+    pub shard: Option<crate::eval::shard::Shard>,
 }
 
 fn parse_limit(s: &str) -> Result<f64, String> {
@@ -583,6 +680,8 @@ impl Cli {
             Command::Patch(args) => self.patch(args, hub()),
             Command::Saes(args) => list_saes(args),
             Command::Compare(args) => self.compare(args),
+            Command::Merge(args) => merge_shards(args),
+            Command::Sweep(args) => self.sweep(args),
             Command::Inspect(args) => inspect_model(args),
             Command::Package(args) => package(args, hub()),
         }
@@ -713,6 +812,7 @@ impl Cli {
             max_length: args.max_length,
             progress: self.show_progress(),
             force: args.force,
+            shard: args.shard,
             hub,
         };
         if let Some(spec) = &args.sweep {
@@ -761,6 +861,64 @@ impl Cli {
                 outcome.stats.tokens
             );
         }
+        Ok(())
+    }
+
+    fn sweep(&self, args: &SweepArgs) -> Result<()> {
+        use crate::sweep::{grid::Grid, report, run, units};
+        let grid = Grid::load(&args.grid)?;
+        let all = units::expand(&grid);
+        if args.status {
+            let status = report::status(&grid);
+            for id in &status.done {
+                println!("done     {id}");
+            }
+            for (id, holder) in &status.missing {
+                match holder {
+                    Some(h) => println!("running  {id}  ({h})"),
+                    None => println!("missing  {id}"),
+                }
+            }
+            eprintln!("{} of {} units done", status.done.len(), all.len());
+            return Ok(());
+        }
+        if args.report {
+            let options = crate::compare::CompareOptions {
+                alpha: args.alpha,
+                resamples: args.resamples as usize,
+                ..Default::default()
+            };
+            let files = report::report(&grid, &options)?;
+            eprintln!(
+                "{} rows: {} and {}; {} plots in {}",
+                files.rows.len(),
+                files.csv.display(),
+                files.json.display(),
+                files.plots.len(),
+                crate::files::parent_dir(&files.csv).display()
+            );
+            return Ok(());
+        }
+        let Some(spec) = &args.worker else {
+            anyhow::bail!("sweep: give --worker K/N (or auto), --status or --report");
+        };
+        let workers = args.workers.map(|n| n as usize).or(grid.workers);
+        let (worker, from) = units::resolve_worker(spec, workers, &|name| std::env::var(name).ok())?;
+        let mine = worker.assigned(&all).len();
+        eprintln!("sweep: worker {worker} ({from}): {mine} of {} units", all.len());
+        let done = run::run_worker(&grid, worker, self.ort_lib.clone(), self.show_progress())?;
+        for (id, holder) in &done.held {
+            eprintln!("sweep: {id} is being run by {holder}; left to it");
+        }
+        for id in &done.lost_race {
+            eprintln!("sweep: {id} was finished by another worker too; its copy was kept");
+        }
+        eprintln!(
+            "sweep: worker {worker}: {} units run, {} already done, {} held by others",
+            done.ran.len(),
+            done.already_done.len(),
+            done.held.len()
+        );
         Ok(())
     }
 
@@ -964,6 +1122,27 @@ fn read_prompts(args: &GenerateArgs) -> Result<Vec<String>> {
 }
 
 /// `saes`: the registry's releases matching the filter words, as a table.
+fn merge_shards(args: &MergeArgs) -> Result<()> {
+    use crate::eval::merge::{self, MergeOptions};
+    let runs = merge::merge(&MergeOptions {
+        dirs: args.dirs.clone(),
+        output_path: args.output_path.clone(),
+        force: args.force,
+    })?;
+    for run in &runs {
+        if let Some(sweep) = &run.sweep {
+            println!("{}={}:", sweep.input, sweep.value);
+        }
+        print_or_closed(&run.table)?;
+        eprintln!(
+            "{} shards merged: results written to {}",
+            run.shards,
+            run.results_path.display()
+        );
+    }
+    Ok(())
+}
+
 fn list_saes(args: &SaesArgs) -> Result<()> {
     let found = crate::sae::registry().search(&args.filter.join(" "));
     let shown = if args.limit == 0 {

@@ -14,6 +14,7 @@ pub mod export;
 pub mod inspect;
 pub mod package;
 pub mod steer;
+pub mod sweep;
 
 // Inference and model I/O.
 pub mod infer;

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use crate::contract::results::{ResultsFile, Scores};
 
 /// One evaluation run.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Run {
     /// The results JSON.
     pub path: PathBuf,
@@ -22,14 +22,14 @@ pub struct Run {
 }
 
 /// One task's samples file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct TaskSamples {
     pub path: PathBuf,
     pub lines: Vec<SampleLine>,
 }
 
 /// The parts of one `samples_*.jsonl` line that a paired test needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SampleLine {
     /// 1-based line number, for messages.
     pub line: usize,

@@ -257,7 +257,7 @@ pub struct SweepRecord {
     pub sweep: SweepValue,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SweepValue {
     pub input: String,
     pub value: f64,

@@ -11,16 +11,15 @@ use indexmap::IndexMap;
 use serde_json::{Value, json};
 
 use super::answers::{self, ScoringReport, Sessions};
+use super::assemble::{self, TaskPart};
 use super::cache::{CacheKey, ResultCache};
 use super::options::{BatchSize, EvalOptions, LM_EVAL_VERSION};
 use super::output::{self, sanitize_model_name};
 use super::prepare::PreparedEval;
-use super::task::Task;
-use super::task_output::{Generations, TaskOutput};
+use super::shard::{Shard, ShardRecord, TaskShard};
+use super::task_output::{Generations, TaskLabel, TaskOutput};
 use crate::contract::meta;
-use crate::contract::results::{
-    ModelArgs, ResultsFile, RunConfig, RunInfo, SampleCounts, SweepRecord, SweepValue,
-};
+use crate::contract::results::{ModelArgs, ResultsFile, RunConfig, RunInfo, SweepRecord, SweepValue};
 use crate::infer::runtime::ScalarFeed;
 use crate::tokenizer::Tokenizer;
 
@@ -197,6 +196,7 @@ struct TaskResults {
     file: ResultsFile,
     samples: Vec<(String, Vec<Value>)>,
     task_hashes: IndexMap<String, String>,
+    parts: Vec<TaskPart>,
 }
 
 /// What every pass of one command shares: the model, the options, the prepared requests and the
@@ -226,9 +226,11 @@ impl Run<'_> {
             mut file,
             samples,
             task_hashes,
+            parts,
         } = self.task_results(&evaluation.cache, &generations)?;
         let seconds = start.elapsed().as_secs_f64();
-        let run = self.run_info(&scoring, task_hashes, evaluation.sweep.take(), seconds);
+        let sweep = evaluation.sweep.take();
+        let run = self.run_info(&scoring, task_hashes, sweep.clone(), seconds);
         file.run = match serde_json::to_value(run)? {
             Value::Object(map) => map,
             _ => unreachable!("RunInfo serializes to an object"),
@@ -236,14 +238,22 @@ impl Run<'_> {
         let table = super::table::render(&file);
         let model_name = model_path.display().to_string();
         let results_path = match &evaluation.output_path {
-            Some(path) => Some(output::write(
-                path,
-                &model_name,
-                &file,
-                &samples,
-                &prepared.inputs,
-                options.force,
-            )?),
+            Some(path) => {
+                let written = output::write(
+                    path,
+                    &model_name,
+                    &file,
+                    &samples,
+                    &prepared.inputs,
+                    options.force,
+                )?;
+                // Written last: a shard whose record exists is complete.
+                if let Some(shard) = options.shard {
+                    let record = self.shard_record(shard, parts, sweep.as_ref(), &written)?;
+                    output::write_shard_record(&written, &record, &prepared.inputs)?;
+                }
+                Some(written.results)
+            }
             None => None,
         };
         Ok(EvalOutcome {
@@ -260,55 +270,76 @@ impl Run<'_> {
     /// Every task's scores, config, version, n-shot and sample counts, then the groups'; and the
     /// sample lines per task (with `--log-samples`).
     fn task_results(&self, cache: &ResultCache, generations: &Generations) -> Result<TaskResults> {
-        let mut file = ResultsFile::default();
-        let mut summaries = std::collections::HashMap::new();
+        let mut parts = Vec::new();
         let mut samples = Vec::new();
-        let mut task_hashes = IndexMap::new();
         for (task, documents) in &self.prepared.tasks {
-            let output = TaskOutput::of(task, documents, &cache.answers, generations)?;
-            let (scores, summary) = output.scores(task, documents.len());
-            summaries.insert(task.name.clone(), summary);
-            file.results.insert(task.name.clone(), scores);
-            self.record_task(&mut file, task, documents.len());
+            let mut output = TaskOutput::of(task, documents, &cache.answers, generations)?;
             if self.options.log_samples {
-                task_hashes.insert(task.name.clone(), super::samples::task_hash(&output.samples));
-                samples.push((task.name.clone(), output.samples));
+                samples.push((task.name.clone(), std::mem::take(&mut output.samples)));
             }
-        }
-        // Groups are listed after their tasks in `results`, as lm-eval does.
-        for root in &self.prepared.roots {
-            root.consolidate(&mut summaries, &mut file);
+            parts.push(TaskPart {
+                label: TaskLabel::of(task),
+                output,
+                documents: documents.len(),
+                original: task.eval_docs.len(),
+                config: super::dump_config::dump_config(task, self.model_path),
+                version: task.version(),
+                n_shot: json!(task.num_fewshot),
+                higher_is_better: task
+                    .metrics
+                    .iter()
+                    .map(|m| (m.name.clone(), m.higher_is_better))
+                    .collect(),
+            });
         }
         Ok(TaskResults {
-            file,
+            file: assemble::results_file(&parts, &self.prepared.roots),
+            task_hashes: assemble::task_hashes(&samples),
             samples,
-            task_hashes,
+            parts,
         })
     }
 
-    /// A task's entries in the sections beside `results`.
-    fn record_task(&self, file: &mut ResultsFile, task: &Task, documents: usize) {
-        let name = &task.name;
-        file.configs.insert(
-            name.clone(),
-            super::dump_config::dump_config(task, self.model_path),
-        );
-        file.versions.insert(name.clone(), task.version());
-        file.n_shot.insert(name.clone(), json!(task.num_fewshot));
-        file.higher_is_better.insert(
-            name.clone(),
-            task.metrics
+    /// What a merge needs of this shard's pass: the run's identity, the task tree, every
+    /// document's metric values, the files written.
+    fn shard_record(
+        &self,
+        shard: Shard,
+        parts: Vec<TaskPart>,
+        sweep: Option<&SweepValue>,
+        written: &output::Written,
+    ) -> Result<ShardRecord> {
+        let prepared = self.prepared;
+        let mut identity = prepared
+            .shard_identity
+            .clone()
+            .expect("prepared with a shard, so with its identity");
+        identity.sweep = sweep.map(serde_json::to_value).transpose()?;
+        let file_name = |p: &Path| p.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let mut tasks = Vec::with_capacity(parts.len());
+        for (i, (part, (task, documents))) in parts.into_iter().zip(&prepared.tasks).enumerate() {
+            let samples_file = written
+                .samples
                 .iter()
-                .map(|m| (m.name.clone(), m.higher_is_better))
-                .collect(),
-        );
-        file.n_samples.insert(
-            name.clone(),
-            SampleCounts {
-                original: task.eval_docs.len(),
-                effective: documents,
-            },
-        );
+                .find(|(name, _)| *name == task.name)
+                .map(|(_, path)| file_name(path));
+            tasks.push(TaskShard {
+                label: part.label,
+                documents: prepared.evaluated_documents[i],
+                doc_ids: documents.iter().map(|d| d.doc_id).collect(),
+                items: part.output.items,
+                filters: super::task_output::filter_names(task)?,
+                samples_file,
+            });
+        }
+        Ok(ShardRecord {
+            sae_onnx_shard_record: super::shard::RECORD_FORMAT,
+            shard,
+            identity,
+            roots: prepared.roots.clone(),
+            tasks,
+            results_file: file_name(&written.results),
+        })
     }
 
     /// The run's settings and provenance (lm-eval's `config` and `EvaluationTracker` fields).

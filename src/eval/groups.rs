@@ -13,7 +13,10 @@ use super::metrics;
 use super::task_index::{Entry, TaskIndex};
 use crate::contract::results::{ResultsFile, Scores, Stderr};
 
-/// A resolved name: a task, or a group of children with its aggregation.
+/// A resolved name: a task, or a group of children with its aggregation. A shard record keeps
+/// it, so that a merge pools the groups as the unsharded run did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub enum TaskTree {
     Task {
         name: String,

@@ -9,8 +9,10 @@ use super::task::Target;
 use crate::infer::lm::Loglikelihood;
 
 /// A document's value for one metric: a number averaged over documents, or a (loglikelihood,
-/// count) pair that perplexities weight by the count.
-#[derive(Debug, Clone, Copy)]
+/// count) pair that perplexities weight by the count. A shard record keeps them as a number or
+/// a `[loglikelihood, count]` pair.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
 pub enum MetricItem {
     Value(f64),
     Weighted(f64, f64),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::shard::Shard;
 use super::task::FEWSHOT_SEED;
 use crate::hub::Hub;
 use crate::infer::runtime::SessionOptions;
@@ -29,6 +30,8 @@ pub struct EvalOptions {
     pub progress: bool,
     /// Replace an existing `--output-path x.json`.
     pub force: bool,
+    /// Score only this slice of every task's documents, and write the record a merge reads.
+    pub shard: Option<Shard>,
     /// Where hub tokenizers and datasets come from (the command's one [`Hub`]).
     pub hub: Hub,
 }
@@ -50,6 +53,7 @@ impl Default for EvalOptions {
             max_length: None,
             progress: false,
             force: false,
+            shard: None,
             hub: Hub::from_env(),
         }
     }

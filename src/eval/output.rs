@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use super::shard::{ShardRecord, record_file_name};
 use super::template;
 use crate::contract::results::ResultsFile;
 use crate::files::{self, Inputs};
@@ -79,8 +80,16 @@ pub fn check(output_path: &Path, model_name: &str, inputs: &Inputs, force: bool)
     Ok(())
 }
 
+/// The files one [`write`] made, and its stamp.
+pub struct Written {
+    pub results: PathBuf,
+    /// Per task with sample lines, its samples file.
+    pub samples: Vec<(String, PathBuf)>,
+    pub stamp: String,
+}
+
 /// Writes `results_<date>.json` (and the samples files) atomically, never over one of `inputs`
-/// nor, without `force`, over an existing file; returns the results path.
+/// nor, without `force`, over an existing file.
 pub fn write(
     output_path: &Path,
     model_name: &str,
@@ -88,10 +97,11 @@ pub fn write(
     samples: &[(String, Vec<Value>)],
     inputs: &Inputs,
     force: bool,
-) -> Result<PathBuf> {
+) -> Result<Written> {
     let date = file_stamp();
     let (dir, file) = layout(output_path, model_name);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create '{}'", dir.display()))?;
+    let mut samples_files = Vec::with_capacity(samples.len());
     for (task, lines) in samples {
         let path = dir.join(format!("samples_{task}_{date}.jsonl"));
         let mut text = String::new();
@@ -101,11 +111,27 @@ pub fn write(
         }
         files::check_output(&path, inputs, force)?;
         files::write_atomic(&path, text.as_bytes())?;
+        samples_files.push((task.clone(), path));
     }
     let path = file.unwrap_or_else(|| dir.join(format!("results_{date}.json")));
     let mut text = serde_json::to_string_pretty(results)?;
     text.push('\n');
     files::check_output(&path, inputs, force)?;
+    files::write_atomic(&path, text.as_bytes())?;
+    Ok(Written {
+        results: path,
+        samples: samples_files,
+        stamp: date,
+    })
+}
+
+/// Writes a shard's record beside its results (`shard_<K>_of_<N>_<date>.json`, the results'
+/// stamp), atomically: it is the last file of a shard, so its presence means the shard is whole.
+pub fn write_shard_record(written: &Written, record: &ShardRecord, inputs: &Inputs) -> Result<PathBuf> {
+    let path = files::parent_dir(&written.results).join(record_file_name(record.shard, &written.stamp));
+    let mut text = serde_json::to_string(record)?;
+    text.push('\n');
+    files::check_output(&path, inputs, false)?;
     files::write_atomic(&path, text.as_bytes())?;
     Ok(path)
 }

@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 use super::groups::TaskTree;
 use super::options::EvalOptions;
 use super::requests::{Document, RequestEncoder};
+use super::shard::{RunIdentity, Shard};
 use super::task::Task;
 use super::task_index::{Entry, TaskIndex};
 use crate::contract::{MAX_CONTEXT, meta};
@@ -29,11 +30,17 @@ pub struct PreparedEval {
     /// The token a context that is empty or a rolling window starts from (BOS, else EOS).
     pub prefix_token: u32,
     pub roots: Vec<TaskTree>,
+    /// Each task and the documents scored (under `--shard`, its slice).
     pub tasks: Vec<(Task, Vec<Document>)>,
+    /// Per task of `tasks`, the documents of the whole evaluation (`--limit` of them): what an
+    /// unsharded run scores.
+    pub evaluated_documents: Vec<usize>,
     /// Every file the evaluation reads: no output may replace one.
     pub inputs: Inputs,
     /// With `--cache`: what every pass's answers depend on besides its feeds.
     pub identity: Option<Map<String, Value>>,
+    /// With `--shard`: what every shard of the run must share (its sweep point filled per pass).
+    pub shard_identity: Option<RunIdentity>,
 }
 
 impl PreparedEval {
@@ -73,14 +80,24 @@ impl PreparedEval {
             root.collect_tasks(&mut task_names);
         }
         // Few-shot draws happen in document order, as in lm-eval.
-        let tasks = task_names
+        let mut tasks = task_names
             .iter()
             .map(|name| task_documents(&index, name, options, encoder))
             .collect::<Result<Vec<_>>>()?;
+        let evaluated_documents = tasks.iter().map(|(_, docs)| docs.len()).collect();
+        if let Some(shard) = options.shard {
+            take_shard(&mut tasks, shard)?;
+        }
         let inputs = inputs_of(model_path, &model, &tokenizer, &index, &tasks)?;
         let identity = match &options.cache {
             Some(_) => Some(cache_identity(
                 model_path, &model, &tokenizer, options, max_length,
+            )?),
+            None => None,
+        };
+        let shard_identity = match options.shard {
+            Some(_) => Some(shard_identity(
+                model_path, &model, &tokenizer, options, max_length, &tasks,
             )?),
             None => None,
         };
@@ -91,10 +108,66 @@ impl PreparedEval {
             prefix_token,
             roots,
             tasks,
+            evaluated_documents,
             inputs,
             identity,
+            shard_identity,
         })
     }
+}
+
+/// Keeps each task's documents of `shard`. Every document was built (few-shot draws in order)
+/// before: a shard's prompts are the unsharded run's. A shard with no document of a task would
+/// have nothing to score, so N is bounded by the smallest task.
+fn take_shard(tasks: &mut [(Task, Vec<Document>)], shard: Shard) -> Result<()> {
+    for (task, documents) in tasks {
+        if documents.len() < shard.count {
+            bail!(
+                "--shard {shard}: task '{}' has {} documents to evaluate, fewer than the {} shards; \
+                 use at most {} shards",
+                task.name,
+                documents.len(),
+                shard.count,
+                documents.len()
+            );
+        }
+        documents.retain(|d| shard.selects(d.doc_id));
+    }
+    Ok(())
+}
+
+/// What must be equal across the shards of one run for their merge to be the unsharded run.
+fn shard_identity(
+    model_path: &Path,
+    model: &Model,
+    tokenizer: &Tokenizer,
+    options: &EvalOptions,
+    max_length: usize,
+    tasks: &[(Task, Vec<Document>)],
+) -> Result<RunIdentity> {
+    use crate::digest::sha256_file;
+    Ok(RunIdentity {
+        model_name: model_path.display().to_string(),
+        model: json!({
+            "graph": sha256_file(model_path, "model")?,
+            "data": model.data_identities()?,
+        }),
+        tokenizer: sha256_file(&tokenizer.path, "tokenizer")?,
+        steering: model
+            .metadata("sae_onnx.steering")
+            .map(|s| serde_json::from_str(s).unwrap_or(json!(s))),
+        sweep: None,
+        tasks: options.tasks.clone(),
+        versions: tasks
+            .iter()
+            .map(|(task, _)| (task.name.clone(), task.version()))
+            .collect(),
+        limit: options.limit,
+        num_fewshot: options.num_fewshot,
+        fewshot_seed: options.fewshot_seed,
+        max_length,
+        log_samples: options.log_samples,
+    })
 }
 
 /// `--max-length`, else the model's `max_position_embeddings`, else lm-eval's default.

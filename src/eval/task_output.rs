@@ -18,11 +18,43 @@ use crate::infer::lm::{Loglikelihood, TokenRequest};
 /// Generations of the generate_until documents, by task name and document id.
 pub type Generations = HashMap<(String, usize), String>;
 
-/// One task's per-document metric values (by `metric` or `metric,filter`) and sample lines.
+/// One task's per-document metric values (by `metric` or `metric,filter`, each in document
+/// order) and sample lines.
 #[derive(Default)]
 pub struct TaskOutput {
-    items: BTreeMap<String, Vec<MetricItem>>,
+    pub items: BTreeMap<String, Vec<MetricItem>>,
     pub samples: Vec<Value>,
+}
+
+/// What a task's `results` entry is named and which metrics it reports: all that scoring its
+/// items needs of the task (a merge has the label, not the task).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskLabel {
+    pub name: String,
+    pub alias: String,
+    pub metrics: Vec<String>,
+}
+
+impl TaskLabel {
+    pub fn of(task: &Task) -> Self {
+        Self {
+            name: task.name.clone(),
+            alias: task.alias.clone().unwrap_or_else(|| task.name.clone()),
+            metrics: task.metrics.iter().map(|m| m.name.clone()).collect(),
+        }
+    }
+}
+
+/// The filters of a task, in the order its sample lines list them.
+pub fn filter_names(task: &Task) -> Result<Vec<String>> {
+    Ok(match task.output_type {
+        OutputType::GenerateUntil => Filter::from_config(&task.config)?
+            .into_iter()
+            .map(|f| f.name)
+            .collect(),
+        _ => vec!["none".to_owned()],
+    })
 }
 
 impl TaskOutput {
@@ -85,10 +117,10 @@ impl TaskOutput {
     }
 
     /// The task's `results` entry, and the summary its groups pool (filter `none`).
-    pub fn scores(&self, task: &Task, documents: usize) -> (Scores, Summary) {
+    pub fn scores(&self, label: &TaskLabel, documents: usize) -> (Scores, Summary) {
         let mut scores = Scores {
-            name: Some(task.name.clone()),
-            alias: Some(task.alias.clone().unwrap_or_else(|| task.name.clone())),
+            name: Some(label.name.clone()),
+            alias: Some(label.alias.clone()),
             sample_len: Some(documents),
             ..Scores::default()
         };
@@ -99,7 +131,7 @@ impl TaskOutput {
         // Keys are `metric` (filter "none") or `metric,filter` (generate_until filter pipelines).
         for (key, items) in &self.items {
             let (metric, filter) = key.split_once(',').unwrap_or((key, "none"));
-            if !task.metrics.iter().any(|m| m.name == metric) || items.is_empty() {
+            if !label.metrics.iter().any(|m| m == metric) || items.is_empty() {
                 continue;
             }
             let (mean, stderr) = aggregate(metric, items);

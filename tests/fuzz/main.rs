@@ -156,6 +156,32 @@ fn steer_csv() {
     .fuzz();
 }
 
+#[test]
+fn sweep_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = demo_export().join("base.onnx");
+    let seed = format!(
+        "model: {}\nplans:\n  - name: demo\n    csv: {}\n    coefficients: [0, 12, 24]\n\
+         tasks: [{}]\neval: {{limit: 10, batch_size: 8, num_fewshot: 0, device: cpu}}\nshards: 2\n\
+         workers: 4\noutput: out\n",
+        model.display(),
+        repo("models/tiny-gemma2/steer.csv").display(),
+        repo("models/tiny-gemma2/demo_mc.yaml").display(),
+    );
+    Target::new(
+        "sweep_grid",
+        vec![seed.into_bytes()],
+        dir.path().join("fuzz-case.yaml"),
+        |path| {
+            sae_onnx::sweep::grid::Grid::load(path)
+                .map(drop)
+                .map_err(err_text)
+        },
+    )
+    .text()
+    .fuzz();
+}
+
 fn copy_demo_sae(to: &Path) {
     std::fs::create_dir(to).unwrap();
     for file in ["cfg.json", "sae_weights.safetensors"] {

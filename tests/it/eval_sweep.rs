@@ -22,7 +22,7 @@ const TASKS: [&str; 4] = [
     "tiny_text",
 ];
 
-fn sweepable_steered_model(dir: &Path) -> PathBuf {
+pub(crate) fn sweepable_steered_model(dir: &Path) -> PathBuf {
     let (vector, coefficient) = common::lm_eval_steer_vector();
     let sae = common::write_vector_sae(dir, &vector);
     let csv = dir.join("steer.csv");
