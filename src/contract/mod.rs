@@ -6,6 +6,7 @@
 //! `inspect` lists it). [`results`]: the results file lm-eval writes (`eval` writes it, `compare`
 //! reads it, ours and lm-eval's own).
 
+pub mod decoder_map;
 pub mod hook_site;
 pub mod results;
 pub mod sweep;
