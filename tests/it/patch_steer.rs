@@ -130,6 +130,55 @@ fn genai_graphs_are_steered_through_their_fused_norms() {
     }
 }
 
+/// Steers `base` with cases a to d and compares each with its transformers golden; `cases` and
+/// `past` as in `compare` (genai graphs run single prompts with an empty cache).
+fn steer_cases_match_goldens(base: &Path, cases: Option<usize>, past: Option<common::golden::ExtraInputs>) {
+    let dir = base.parent().unwrap();
+    let stem = base.file_stem().unwrap().to_str().unwrap();
+    for case in ["a", "b", "c", "d"] {
+        let golden = Golden::load(&steer_fixture(&format!("golden_{case}.safetensors")));
+        let out = patched(
+            base,
+            &steer_fixture(&format!("case_{case}.csv")),
+            &dir.join(format!("{stem}_steered_{case}.onnx")),
+        );
+        let diff = compare(&out, &golden, &logits(), cases, past)["logits"];
+        assert!(diff <= TOLERANCE, "{stem} case {case}: max |Δlogit| = {diff}");
+    }
+}
+
+/// Graphs whose names say nothing of the decoder (a wrapper module's `/m/model/...`, every name
+/// replaced, ONNX Runtime's fused and renamed nodes) are steered by their data flow alone.
+#[test]
+fn torch_onnx_variants_are_steered_by_structure() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in [
+        "wrapped",
+        "torchscript_renamed",
+        "torchscript_ort_basic",
+        "torchscript_ort_extended",
+    ] {
+        let base = tmp.path().join(format!("{name}.onnx"));
+        std::fs::copy(common::fixture(&format!("foreign/variants/{name}.onnx")), &base).unwrap();
+        steer_cases_match_goldens(&base, None, None);
+    }
+}
+
+#[test]
+fn genai_variants_are_steered_by_structure() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::fixture("foreign/genai/model.onnx.data"),
+        tmp.path().join("model.onnx.data"),
+    )
+    .unwrap();
+    for name in ["renamed", "ort_basic", "ort_extended"] {
+        let base = tmp.path().join(format!("{name}.onnx"));
+        std::fs::copy(common::fixture(&format!("foreign/genai/{name}.onnx")), &base).unwrap();
+        steer_cases_match_goldens(&base, Some(4), Some(&genai_past));
+    }
+}
+
 #[test]
 fn patching_shares_weights_records_provenance_stacks_and_replaces() {
     let tmp = tempfile::tempdir().unwrap();
