@@ -16,7 +16,7 @@ use anyhow::{Result, bail};
 use crate::onnx::Model;
 use crate::onnx::pb::{GraphProto, NodeProto};
 
-use super::meta;
+use super::{is_steering_add, meta};
 
 /// One residual sum: `stream + block`.
 #[derive(Debug, Clone, PartialEq)]
@@ -114,14 +114,16 @@ impl<'g> Index<'g> {
     }
 
     /// `tensor` and what carries the same value on: Identity and same-type Cast outputs
-    /// (torch's RMSNorm casts the stream to float32 even when it already is).
+    /// (torch's RMSNorm casts the stream to float32 even when it already is), and the steered
+    /// value of an earlier patch.
     fn aliases(&self, tensor: &'g str) -> Vec<&'g str> {
         let mut out = vec![tensor];
         let mut i = 0;
         while i < out.len() {
-            for &(r, _) in self.readers(out[i]) {
+            for &(r, k) in self.readers(out[i]) {
                 let node = self.node(r);
                 let same = match node.op_type() {
+                    _ if is_steering_add(node) => k == 0,
                     "Identity" => true,
                     "Cast" => self.is_same_type_cast(node),
                     _ => false,
@@ -133,6 +135,14 @@ impl<'g> Index<'g> {
             i += 1;
         }
         out
+    }
+
+    /// The value an earlier patch steered, where `tensor` is its steered copy.
+    fn unsteered(&self, tensor: &'g str) -> &'g str {
+        match self.producer.get(tensor).map(|&p| self.node(p)) {
+            Some(node) if is_steering_add(node) => self.unsteered(&node.input[0]),
+            _ => self.interned(tensor),
+        }
     }
 
     fn is_same_type_cast(&self, cast: &NodeProto) -> bool {
@@ -424,7 +434,7 @@ fn next_sums(index: &Index, stream: &Stream) -> Vec<ResidualSum> {
 fn residual_sum(index: &Index, r: usize, k: usize, sources: &HashSet<&str>) -> Option<ResidualSum> {
     let node = index.node(r);
     let fused = is_fused_norm(node);
-    if !(node.op_type() == "Add" || fused) || k > 1 {
+    if !(node.op_type() == "Add" || fused) || k > 1 || is_steering_add(node) {
         return None;
     }
     let block = node.input.get(1 - k)?.as_str();
@@ -435,7 +445,7 @@ fn residual_sum(index: &Index, r: usize, k: usize, sources: &HashSet<&str>) -> O
     Some(ResidualSum {
         node: r,
         sum: node.output.get(sum_output).filter(|o| !o.is_empty()).cloned(),
-        block: block.to_owned(),
+        block: index.unsteered(block).to_owned(),
         block_input: 1 - k,
         fused,
     })
@@ -473,7 +483,7 @@ fn lm_head(index: &Index, last: &HashSet<&str>) -> Result<(usize, String)> {
 fn attn_z(index: &Index, block: &str, stream: &HashSet<&str>) -> Result<String, String> {
     let products = index.nearest_weight_products(index.interned(block), stream);
     match products.as_slice() {
-        [one] => Ok(index.node(*one).input[0].clone()),
+        [one] => Ok(index.unsteered(&index.node(*one).input[0]).to_owned()),
         [] => Err(format!("no weight product computes the attention output '{block}'")),
         many => Err(format!(
             "the attention output '{block}' is computed by {} weight products at the same depth: {}",

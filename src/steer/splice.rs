@@ -25,7 +25,8 @@ use std::collections::HashSet;
 
 use anyhow::{Context, Result, bail};
 
-use super::hook_nodes::{CoefficientInputOf, HookNodes, HookValue, NODE_PREFIX, hook_nodes, is_final_add};
+use super::hook_nodes::{CoefficientInputOf, HookNodes, HookValue, hook_nodes};
+use crate::contract::{STEER_NODE_PREFIX, is_steering_add};
 use super::plan::{PlanField, SteeringPlan};
 use super::provenance::{record, remove_steering, steering_patches};
 use super::steering::{HookSteering, MAX_WIDTH};
@@ -172,7 +173,7 @@ fn splice_hook(
         source: &source,
         dtype: site.dtype,
         width,
-        node_name: graph.unique_name(&format!("{NODE_PREFIX}{}", hs.hook)),
+        node_name: graph.unique_name(&format!("{STEER_NODE_PREFIX}{}", hs.hook)),
     };
     let HookNodes {
         fragment,
@@ -270,14 +271,21 @@ fn rows_at(plan: &SteeringPlan, hs: &HookSteering) -> String {
 /// patches apply in the order they were made.
 fn chain_end(graph: &GraphProto, site: &HookSite) -> String {
     let mut tensor = site.tensor.clone();
-    if site.only_reader.is_some() {
-        return tensor;
+    if let Some((name, input)) = &site.only_reader {
+        // A fused reader reads the hook's latest value (the end of earlier steering) itself.
+        return graph
+            .node
+            .iter()
+            .find(|n| n.name() == name)
+            .and_then(|n| n.input.get(*input))
+            .cloned()
+            .unwrap_or(tensor);
     }
     let mut seen = HashSet::new();
     while let Some(next) = graph
         .node
         .iter()
-        .find(|n| is_final_add(n) && n.input.first() == Some(&tensor))
+        .find(|n| is_steering_add(n) && n.input.first() == Some(&tensor))
         .and_then(|n| n.output.first())
     {
         if !seen.insert(next.clone()) {

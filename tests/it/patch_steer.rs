@@ -179,6 +179,36 @@ fn genai_variants_are_steered_by_structure() {
     }
 }
 
+/// A foreign graph already steered is mapped through its steering nodes: a second patch stacks,
+/// and `--replace` leaves exactly one (genai: through the fused norms' skip inputs).
+#[test]
+fn steered_foreign_graphs_stack_and_replace() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::fixture("foreign/genai/model.onnx.data"),
+        tmp.path().join("model.onnx.data"),
+    )
+    .unwrap();
+    let base = tmp.path().join("renamed.onnx");
+    std::fs::copy(common::fixture("foreign/genai/renamed.onnx"), &base).unwrap();
+    let golden_a = Golden::load(&steer_fixture("golden_a.safetensors"));
+    let once = patched(&base, &steer_fixture("case_a.csv"), &tmp.path().join("once.onnx"));
+    let twice = patched(&once, &steer_fixture("case_a.csv"), &tmp.path().join("twice.onnx"));
+    let diff = |m: &Path| compare(m, &golden_a, &logits(), Some(4), Some(&genai_past))["logits"];
+    assert!(diff(&once) <= TOLERANCE);
+    assert!(diff(&twice) > 1e-2, "stacking adds the vector twice");
+    let replaced = tmp.path().join("replaced.onnx");
+    patch(&PatchOptions {
+        csv: steer_fixture("case_a.csv"),
+        output: replaced.clone(),
+        model: Some(twice.display().to_string()),
+        replace: true,
+        progress: false,
+    })
+    .unwrap();
+    assert!(diff(&replaced) <= TOLERANCE, "--replace leaves one copy");
+}
+
 #[test]
 fn patching_shares_weights_records_provenance_stacks_and_replaces() {
     let tmp = tempfile::tempdir().unwrap();
