@@ -357,7 +357,10 @@ const HOOKS_SHOWN: usize = 8;
 impl DecoderReport {
     fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(error) = &self.error {
-            writeln!(f, "decoder: not recovered from the data flow, so no hooks can be steered:")?;
+            writeln!(
+                f,
+                "decoder: not recovered from the data flow, so no hooks can be steered:"
+            )?;
             for line in error.lines() {
                 writeln!(f, "  {line}")?;
             }
@@ -495,11 +498,19 @@ impl Report {
             let named_after_hooks = self.hooks.iter().all(|h| h.hook == h.tensor);
             if !named_after_hooks {
                 for h in self.hooks.iter().take(HOOKS_SHOWN) {
-                    let reader = h.reader.as_ref().map(|r| format!(" (steered at {r})")).unwrap_or_default();
+                    let reader = h
+                        .reader
+                        .as_ref()
+                        .map(|r| format!(" (steered at {r})"))
+                        .unwrap_or_default();
                     writeln!(f, "  {:<28} -> {}{reader}", h.hook, h.tensor)?;
                 }
                 if self.hooks.len() > HOOKS_SHOWN {
-                    writeln!(f, "  ... {} more (--json lists all)", self.hooks.len() - HOOKS_SHOWN)?;
+                    writeln!(
+                        f,
+                        "  ... {} more (--json lists all)",
+                        self.hooks.len() - HOOKS_SHOWN
+                    )?;
                 }
             }
         }

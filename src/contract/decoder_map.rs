@@ -128,7 +128,10 @@ impl<'g> Index<'g> {
                     "Cast" => self.is_same_type_cast(node),
                     _ => false,
                 };
-                if same && let Some(o) = node.output.first() && !out.contains(&o.as_str()) {
+                if same
+                    && let Some(o) = node.output.first()
+                    && !out.contains(&o.as_str())
+                {
                     out.push(o);
                 }
             }
@@ -163,7 +166,13 @@ impl<'g> Index<'g> {
                 continue;
             }
             if let Some(&p) = self.producer.get(t) {
-                stack.extend(self.node(p).input.iter().filter(|x| !x.is_empty()).map(String::as_str));
+                stack.extend(
+                    self.node(p)
+                        .input
+                        .iter()
+                        .filter(|x| !x.is_empty())
+                        .map(String::as_str),
+                );
             }
         }
         false
@@ -193,7 +202,13 @@ impl<'g> Index<'g> {
                 if self.is_weight_product(self.node(p)) {
                     found.push(p);
                 } else {
-                    next.extend(self.node(p).input.iter().filter(|x| !x.is_empty()).map(String::as_str));
+                    next.extend(
+                        self.node(p)
+                            .input
+                            .iter()
+                            .filter(|x| !x.is_empty())
+                            .map(String::as_str),
+                    );
                 }
             }
             if !found.is_empty() {
@@ -207,8 +222,16 @@ impl<'g> Index<'g> {
 
     fn describe(&self, node: usize) -> String {
         let n = self.node(node);
-        let name = if n.name().is_empty() { "(unnamed)" } else { n.name() };
-        format!("{} node '{name}' -> {}", n.op_type(), n.output.first().map_or("", String::as_str))
+        let name = if n.name().is_empty() {
+            "(unnamed)"
+        } else {
+            n.name()
+        };
+        format!(
+            "{} node '{name}' -> {}",
+            n.op_type(),
+            n.output.first().map_or("", String::as_str)
+        )
     }
 }
 
@@ -251,13 +274,14 @@ impl DecoderMap {
         check_layer_count(model, map.layers.len())?;
         Ok(map)
     }
-
 }
 
 /// The decoder's layer count, as our metadata (or a foreign exporter's `num_hidden_layers`) says.
 fn check_layer_count(model: &Model, found: usize) -> Result<()> {
     for key in [meta::NUM_LAYERS, "num_hidden_layers"] {
-        let Some(value) = model.metadata(key) else { continue };
+        let Some(value) = model.metadata(key) else {
+            continue;
+        };
         if value.trim().parse::<usize>().ok() != Some(found) {
             bail!(
                 "the metadata says {key} = {value}, but the graph's residual chain has {found} layers \
@@ -408,7 +432,9 @@ impl Chain {
 
 /// The √d scale right after the lookup: its one reader, a Mul by a constant.
 fn scaled<'g>(index: &Index<'g>, embed: &str) -> Option<&'g str> {
-    let [(r, k)] = index.readers(embed) else { return None };
+    let [(r, k)] = index.readers(embed) else {
+        return None;
+    };
     let node = index.node(*r);
     let other = node.input.get(1 - k)?;
     (node.op_type() == "Mul" && index.constant.contains(other.as_str())).then(|| node.output[0].as_str())
@@ -484,11 +510,173 @@ fn attn_z(index: &Index, block: &str, stream: &HashSet<&str>) -> Result<String, 
     let products = index.nearest_weight_products(index.interned(block), stream);
     match products.as_slice() {
         [one] => Ok(index.unsteered(&index.node(*one).input[0]).to_owned()),
-        [] => Err(format!("no weight product computes the attention output '{block}'")),
+        [] => Err(format!(
+            "no weight product computes the attention output '{block}'"
+        )),
         many => Err(format!(
             "the attention output '{block}' is computed by {} weight products at the same depth: {}",
             many.len(),
-            many.iter().map(|&m| index.describe(m)).collect::<Vec<_>>().join(", ")
+            many.iter()
+                .map(|&m| index.describe(m))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::DataType;
+    use crate::onnx::make::{make_graph, make_model, make_node, make_tensor_f32, make_tensor_value_info};
+
+    /// Builds graphs of `d = 2` decoders node by node: `Gather` of a `[4, 2]` table, residual
+    /// blocks of one weight product each, an LM head to `logits`.
+    struct Toy {
+        nodes: Vec<NodeProto>,
+        weights: Vec<&'static str>,
+    }
+
+    impl Toy {
+        fn new() -> Self {
+            Self {
+                nodes: Vec::new(),
+                weights: Vec::new(),
+            }
+        }
+
+        fn op(&mut self, op: &str, inputs: &[&str], out: &str) -> &mut Self {
+            let name = format!("node_{}", self.nodes.len());
+            self.nodes.push(make_node(op, inputs, &[out], name));
+            self
+        }
+
+        /// `out = x + W·norm(x)`, norm a Mul by itself (depends on x, like an RMSNorm).
+        fn layer(&mut self, x: &str, w: &'static str, tag: &str) -> String {
+            let (n, b, out) = (format!("{tag}_n"), format!("{tag}_b"), format!("{tag}_sum"));
+            self.weights.push(w);
+            self.op("Mul", &[x, x], &n)
+                .op("MatMul", &[&n, w], &b)
+                .op("Add", &[x, &b], &out);
+            out
+        }
+
+        fn embed(&mut self, table: &'static str, tag: &str) -> String {
+            let (g, s) = (format!("{tag}_g"), format!("{tag}_s"));
+            self.weights.push(table);
+            self.op("Gather", &[table, "input_ids"], &g)
+                .op("Mul", &[&g, "scale"], &s);
+            s
+        }
+
+        fn model(&mut self, last: &str, metadata: &[(&str, &str)]) -> Model {
+            self.weights.push("head");
+            self.op("MatMul", &[last, "head"], "logits");
+            let mut inits = vec![make_tensor_f32("scale", &[], &[1.4])];
+            for w in &self.weights {
+                let dims: &[i64] = if w.starts_with('e') { &[4, 2] } else { &[2, 2] };
+                inits.push(make_tensor_f32(w, dims, &vec![0.5; (dims[0] * dims[1]) as usize]));
+            }
+            inits.dedup_by(|a, b| a.name() == b.name());
+            let graph = make_graph(
+                std::mem::take(&mut self.nodes),
+                "toy",
+                vec![make_tensor_value_info(
+                    "input_ids",
+                    DataType::Int64,
+                    &["b".into(), "s".into()],
+                )],
+                vec![make_tensor_value_info("logits", DataType::Float, &[])],
+                inits,
+            );
+            let mut model = Model::new(make_model(graph, vec![]));
+            for (k, v) in metadata {
+                model.set_metadata(k, v);
+            }
+            model
+        }
+    }
+
+    fn two_layers(toy: &mut Toy, table: &'static str, tag: &str) -> String {
+        let s = toy.embed(table, tag);
+        let mut x = s;
+        for (i, w) in ["wa", "wm", "wa", "wm"].into_iter().enumerate() {
+            x = toy.layer(&x, w, &format!("{tag}{i}"));
+        }
+        x
+    }
+
+    #[test]
+    fn a_chain_of_sums_maps_to_layers_in_order() {
+        let mut toy = Toy::new();
+        let last = two_layers(&mut toy, "embed", "x");
+        let map = DecoderMap::recover(&toy.model(&last, &[])).unwrap();
+        assert_eq!(map.embed, "x_g");
+        assert_eq!(map.stream_start, "x_s");
+        assert_eq!(map.layers.len(), 2);
+        assert_eq!(map.layers[1].attn.sum.as_deref(), Some("x2_sum"));
+        assert_eq!(map.layers[1].mlp.block, "x3_b");
+        assert_eq!(map.layers[0].attn_z.as_deref(), Ok("x0_n"));
+        assert_eq!(map.final_norm, "x3_sum");
+    }
+
+    #[test]
+    fn two_qualifying_chains_are_refused_showing_both() {
+        let mut toy = Toy::new();
+        let a = two_layers(&mut toy, "embed_a", "a");
+        let b = two_layers(&mut toy, "embed_b", "b");
+        toy.op("Add", &[&a, &b], "both");
+        let err = DecoderMap::recover(&toy.model("both", &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("two or more residual streams"), "{err}");
+        assert!(err.contains("-> a_g") && err.contains("-> b_g"), "{err}");
+    }
+
+    #[test]
+    fn a_stream_added_to_two_blocks_is_refused_showing_both() {
+        let mut toy = Toy::new();
+        let s = toy.embed("embed", "x");
+        let one = toy.layer(&s, "wa", "p");
+        let two = toy.layer(&s, "wm", "q");
+        toy.op("Add", &[&one, &two], "both");
+        let err = DecoderMap::recover(&toy.model("both", &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("added to two or more blocks"), "{err}");
+        assert!(err.contains("-> p_sum") && err.contains("-> q_sum"), "{err}");
+    }
+
+    #[test]
+    fn metadata_that_disagrees_with_the_chain_is_refused_showing_both() {
+        let mut toy = Toy::new();
+        let last = two_layers(&mut toy, "embed", "x");
+        let err = DecoderMap::recover(&toy.model(&last, &[(meta::NUM_LAYERS, "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sae_onnx.num_layers = 3") && err.contains("2 layers"),
+            "{err}"
+        );
+        let mut toy = Toy::new();
+        let last = two_layers(&mut toy, "embed", "x");
+        assert!(DecoderMap::recover(&toy.model(&last, &[(meta::NUM_LAYERS, "2")])).is_ok());
+    }
+
+    #[test]
+    fn an_odd_number_of_sums_or_no_lookup_is_explained() {
+        let mut toy = Toy::new();
+        let s = toy.embed("embed", "x");
+        let last = toy.layer(&s, "wa", "x0");
+        let err = DecoderMap::recover(&toy.model(&last, &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has 1 sums, not two per layer"), "{err}");
+
+        let mut toy = Toy::new();
+        let err = DecoderMap::recover(&toy.model("input_ids", &[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no embedding lookup"), "{err}");
     }
 }

@@ -92,7 +92,11 @@ fn sum_site(model: &Model, sum: &ResidualSum) -> Result<HookSite> {
              cannot be steered; name the graph's nodes uniquely (e.g. with onnx's name tools)"
         );
     }
-    Ok(site(graph, sum.block.clone(), Some((node.to_owned(), sum.block_input))))
+    Ok(site(
+        graph,
+        sum.block.clone(),
+        Some((node.to_owned(), sum.block_input)),
+    ))
 }
 
 fn site(graph: &GraphProto, tensor: String, only_reader: Option<(String, usize)>) -> HookSite {

@@ -8,11 +8,11 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::hook_nodes::CoefficientInputOf;
-use crate::contract::{STEER_NODE_PREFIX, is_steering_add};
 use super::plan::SteeringPlan;
 use super::steering::HookSteering;
 use crate::contract::meta::STEERING;
 use crate::contract::sweep::COEFFICIENT_INPUTS;
+use crate::contract::{STEER_NODE_PREFIX, is_steering_add};
 use crate::onnx::Model;
 use crate::onnx::pb::NodeProto;
 use crate::sae::SaeProvenance;

@@ -26,13 +26,13 @@ use std::collections::HashSet;
 use anyhow::{Context, Result, bail};
 
 use super::hook_nodes::{CoefficientInputOf, HookNodes, HookValue, hook_nodes};
-use crate::contract::{STEER_NODE_PREFIX, is_steering_add};
 use super::plan::{PlanField, SteeringPlan};
 use super::provenance::{record, remove_steering, steering_patches};
 use super::steering::{HookSteering, MAX_WIDTH};
 use crate::contract::hook_site::{HookSite, locate};
 use crate::contract::meta;
 use crate::contract::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
+use crate::contract::{STEER_NODE_PREFIX, is_steering_add};
 use crate::hook::{HookPoint, Site};
 use crate::onnx::Model;
 use crate::onnx::pb::GraphProto;

@@ -73,7 +73,13 @@ fn with_layer_metadata(dir: &Path, layers: &str) -> std::path::PathBuf {
 
 fn patch_cli(model: &Path, csv: &Path, out: &Path) -> String {
     let run = Command::new(env!("CARGO_BIN_EXE_sae-onnx"))
-        .args(["patch", "--csv", csv.to_str().unwrap(), "--model", model.to_str().unwrap()])
+        .args([
+            "patch",
+            "--csv",
+            csv.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+        ])
         .args(["-o", out.to_str().unwrap()])
         .output()
         .unwrap();

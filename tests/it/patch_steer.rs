@@ -154,6 +154,7 @@ fn torch_onnx_variants_are_steered_by_structure() {
     let tmp = tempfile::tempdir().unwrap();
     for name in [
         "wrapped",
+        "dynamo",
         "torchscript_renamed",
         "torchscript_ort_basic",
         "torchscript_ort_extended",
@@ -193,7 +194,11 @@ fn steered_foreign_graphs_stack_and_replace() {
     std::fs::copy(common::fixture("foreign/genai/renamed.onnx"), &base).unwrap();
     let golden_a = Golden::load(&steer_fixture("golden_a.safetensors"));
     let once = patched(&base, &steer_fixture("case_a.csv"), &tmp.path().join("once.onnx"));
-    let twice = patched(&once, &steer_fixture("case_a.csv"), &tmp.path().join("twice.onnx"));
+    let twice = patched(
+        &once,
+        &steer_fixture("case_a.csv"),
+        &tmp.path().join("twice.onnx"),
+    );
     let diff = |m: &Path| compare(m, &golden_a, &logits(), Some(4), Some(&genai_past))["logits"];
     assert!(diff(&once) <= TOLERANCE);
     assert!(diff(&twice) > 1e-2, "stacking adds the vector twice");
