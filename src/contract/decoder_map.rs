@@ -430,9 +430,15 @@ impl Chain {
     }
 }
 
-/// The √d scale right after the lookup: its one reader, a Mul by a constant.
+/// The √d scale right after the lookup: its one reader of values (Shape/Size read only the
+/// shape, as torch's mask code does), a Mul by a constant.
 fn scaled<'g>(index: &Index<'g>, embed: &str) -> Option<&'g str> {
-    let [(r, k)] = index.readers(embed) else {
+    let value_readers: Vec<&(usize, usize)> = index
+        .readers(embed)
+        .iter()
+        .filter(|(r, _)| !matches!(index.node(*r).op_type(), "Shape" | "Size"))
+        .collect();
+    let [(r, k)] = value_readers.as_slice() else {
         return None;
     };
     let node = index.node(*r);

@@ -133,10 +133,22 @@ fn genai_graphs_are_steered_through_their_fused_norms() {
 /// Steers `base` with cases a to d and compares each with its transformers golden; `cases` and
 /// `past` as in `compare` (genai graphs run single prompts with an empty cache).
 fn steer_cases_match_goldens(base: &Path, cases: Option<usize>, past: Option<common::golden::ExtraInputs>) {
+    steer_cases_match(base, cases, past, &|case| {
+        steer_fixture(&format!("golden_{case}.safetensors"))
+    });
+}
+
+/// As [`steer_cases_match_goldens`], against the goldens `golden(case)` names.
+fn steer_cases_match(
+    base: &Path,
+    cases: Option<usize>,
+    past: Option<common::golden::ExtraInputs>,
+    golden: &dyn Fn(&str) -> PathBuf,
+) {
     let dir = base.parent().unwrap();
     let stem = base.file_stem().unwrap().to_str().unwrap();
     for case in ["a", "b", "c", "d"] {
-        let golden = Golden::load(&steer_fixture(&format!("golden_{case}.safetensors")));
+        let golden = Golden::load(&golden(case));
         let out = patched(
             base,
             &steer_fixture(&format!("case_{case}.csv")),
@@ -177,6 +189,34 @@ fn genai_variants_are_steered_by_structure() {
         let base = tmp.path().join(format!("{name}.onnx"));
         std::fs::copy(common::fixture(&format!("foreign/genai/{name}.onnx")), &base).unwrap();
         steer_cases_match_goldens(&base, Some(4), Some(&genai_past));
+    }
+}
+
+/// optimum's graphs compute transformers' sdpa forward (attention softcapping dropped, DESIGN §6),
+/// so their goldens are that forward steered by the same hooks (foreign/make_optimum.py).
+#[test]
+fn optimum_exports_with_and_without_past_are_steered_by_structure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty_past = |batch: usize, _seq: usize| -> Vec<(String, Tensor<f32>)> {
+        (0..3)
+            .flat_map(|layer| ["key", "value"].map(|kind| (layer, kind)))
+            .map(|(layer, kind)| {
+                let shape = vec![batch, 2, 0, 16];
+                (
+                    format!("past_key_values.{layer}.{kind}"),
+                    Tensor::from_array((shape, Vec::<f32>::new())).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let golden = |case: &str| common::fixture(&format!("foreign/optimum/golden_sdpa_{case}.safetensors"));
+    for (name, past) in [
+        ("model", None),
+        ("with_past", Some(&empty_past as common::golden::ExtraInputs)),
+    ] {
+        let base = tmp.path().join(format!("optimum_{name}.onnx"));
+        std::fs::copy(common::fixture(&format!("foreign/optimum/{name}.onnx")), &base).unwrap();
+        steer_cases_match(&base, Some(4), past, &golden);
     }
 }
 
