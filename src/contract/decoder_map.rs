@@ -293,15 +293,18 @@ fn check_layer_count(model: &Model, found: usize) -> Result<()> {
     Ok(())
 }
 
-/// Gathers whose table is a constant 2-D tensor and whose indices come from a graph input.
+/// Gathers whose table is a constant 2-D tensor (or a block-quantized one: onnxruntime-genai's
+/// int4 `GatherBlockQuantized`) and whose indices come from a graph input.
 fn embedding_lookups(index: &Index) -> Vec<usize> {
     (0..index.graph.node.len())
         .filter(|&i| {
             let n = index.node(i);
-            n.op_type() == "Gather"
-                && n.input.len() == 2
-                && constant_rank(index, &n.input[0]) == Some(2)
-                && !index.constant.contains(n.input[1].as_str())
+            let table = match n.op_type() {
+                "Gather" => constant_rank(index, &n.input[0]) == Some(2),
+                "GatherBlockQuantized" => index.constant.contains(n.input[0].as_str()),
+                _ => false,
+            };
+            table && n.input.len() >= 2 && !index.constant.contains(n.input[1].as_str())
         })
         .collect()
 }
@@ -400,7 +403,7 @@ impl Chain {
     }
 
     fn into_map(self, index: &Index, gather: usize) -> Result<DecoderMap> {
-        if self.sums.len() % 2 != 0 {
+        if !self.sums.len().is_multiple_of(2) {
             bail!(
                 "the residual chain from {} has {} sums, not two per layer (after attention, after \
                  the MLP)",

@@ -220,6 +220,28 @@ fn optimum_exports_with_and_without_past_are_steered_by_structure() {
     }
 }
 
+/// genai's int4 build (MatMulNBits, GatherBlockQuantized) is 4 bits off the float goldens, so its
+/// goldens are the same graph steered in Python at the tensors found by value in the float build
+/// (foreign/make_genai_int4.py).
+#[test]
+fn genai_int4_graphs_are_steered_by_structure() {
+    let tmp = tempfile::tempdir().unwrap();
+    for file in ["model.onnx", "model.onnx.data"] {
+        std::fs::copy(
+            common::fixture(&format!("foreign/genai_int4/{file}")),
+            tmp.path().join(file),
+        )
+        .unwrap();
+    }
+    let golden = |case: &str| common::fixture(&format!("foreign/genai_int4/golden_int4_{case}.safetensors"));
+    steer_cases_match(
+        &tmp.path().join("model.onnx"),
+        Some(4),
+        Some(&genai_past),
+        &golden,
+    );
+}
+
 /// A foreign graph already steered is mapped through its steering nodes: a second patch stacks,
 /// and `--replace` leaves exactly one (genai: through the fused norms' skip inputs).
 #[test]
