@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::contract::hook_site::locate;
+use crate::contract::decoder_map::DecoderMap;
+use crate::contract::hook_site::{HookSite, locate, locate_in};
 use crate::contract::meta;
 use crate::contract::meta::STEERING;
 use crate::hook::{HookPoint, Site};
@@ -33,10 +34,12 @@ pub struct Report {
     pub weight_bytes: u64,
     pub external_data: Vec<ExternalFile>,
     pub metadata: BTreeMap<String, String>,
-    /// Decoder layers: from our metadata, else counted from `/model/layers.N/` node scopes.
+    /// Decoder layers: from our metadata, else from the recovered decoder.
     pub layers: Option<usize>,
     /// Hook points found, with the tensor each one steers.
     pub hooks: Vec<HookFound>,
+    /// For graphs other than our exports: the decoder recovered from the data flow, or why not.
+    pub decoder: Option<DecoderReport>,
     /// The steering patches applied, oldest first (`sae_onnx.steering`).
     pub steering: Vec<serde_json::Value>,
 }
@@ -45,6 +48,23 @@ pub struct Report {
 pub struct HookFound {
     pub hook: String,
     pub tensor: String,
+    /// Where a fused norm adds the residual sum, the one reader steered: `input K of node N`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reader: Option<String>,
+}
+
+/// The decoder `contract::decoder_map` recovered from a foreign graph.
+#[derive(Debug, Serialize)]
+pub struct DecoderReport {
+    /// `None` when it could not be recovered; `error` says why.
+    pub layers: Option<usize>,
+    pub embedding: Option<String>,
+    pub stream_start: Option<String>,
+    pub final_norm: Option<String>,
+    pub lm_head: Option<String>,
+    /// Hooks of the recovered layers that could not be found, each with the reason.
+    pub missing: Vec<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,6 +113,7 @@ pub struct ExternalFile {
 
 pub fn inspect(path: &Path) -> Result<Report> {
     let model = Model::load(path)?;
+    let (layers, hooks, decoder) = hooks_and_decoder(&model);
     let graph = model.graph();
     let mut op_types = BTreeMap::new();
     let nodes = count_nodes(graph, &mut op_types);
@@ -166,8 +187,9 @@ pub fn inspect(path: &Path) -> Result<Report> {
             .filter(|e| ![STEERING, meta::HOOKS, RECORDS_KEY].contains(&e.key()))
             .map(|e| (e.key().to_owned(), e.value().to_owned()))
             .collect(),
-        layers: layer_count(&model),
-        hooks: hooks_found(&model),
+        layers,
+        hooks,
+        decoder,
         steering: model
             .metadata(STEERING)
             .and_then(|s| serde_json::from_str(s).ok())
@@ -175,48 +197,84 @@ pub fn inspect(path: &Path) -> Result<Report> {
     })
 }
 
-fn layer_count(model: &Model) -> Option<usize> {
-    if let Some(n) = model.metadata(meta::NUM_LAYERS).and_then(|v| v.parse().ok()) {
-        return Some(n);
+/// Our exports list their hooks; other graphs are mapped from their data flow.
+fn hooks_and_decoder(model: &Model) -> (Option<usize>, Vec<HookFound>, Option<DecoderReport>) {
+    if model.metadata(meta::FORMAT).is_some() {
+        let layers = model.metadata(meta::NUM_LAYERS).and_then(|v| v.parse().ok());
+        let names: Vec<String> = model
+            .metadata(meta::HOOKS)
+            .and_then(|h| serde_json::from_str(h).ok())
+            .unwrap_or_default();
+        let hooks = names
+            .into_iter()
+            .filter_map(|name| {
+                let site = locate(model, HookPoint::parse(&name).ok()?).ok()?;
+                Some(found(name, site))
+            })
+            .collect();
+        return (layers, hooks, None);
     }
-    model
-        .graph()
-        .node
-        .iter()
-        .filter_map(|n| {
-            n.name()
-                .strip_prefix("/model/layers.")?
-                .split('/')
-                .next()?
-                .parse::<usize>()
-                .ok()
-        })
-        .max()
-        .map(|n| n + 1)
+    match DecoderMap::recover(model) {
+        Ok(map) => {
+            let (hooks, missing) = decoder_hooks(model, &map);
+            let report = DecoderReport {
+                layers: Some(map.layers.len()),
+                embedding: Some(map.embed.clone()),
+                stream_start: Some(map.stream_start.clone()),
+                final_norm: Some(map.final_norm.clone()),
+                lm_head: Some(node_label(model, map.head)),
+                missing,
+                error: None,
+            };
+            (Some(map.layers.len()), hooks, Some(report))
+        }
+        Err(e) => {
+            let report = DecoderReport {
+                layers: None,
+                embedding: None,
+                stream_start: None,
+                final_norm: None,
+                lm_head: None,
+                missing: Vec::new(),
+                error: Some(format!("{e:#}")),
+            };
+            (None, Vec::new(), Some(report))
+        }
+    }
 }
 
-/// Our exports list their hooks; for other graphs, the residual-stream hooks that `patch` can find.
-fn hooks_found(model: &Model) -> Vec<HookFound> {
-    let names: Vec<String> = match model
-        .metadata(meta::HOOKS)
-        .and_then(|h| serde_json::from_str(h).ok())
-    {
-        Some(names) => names,
-        None => (0..layer_count(model).unwrap_or(0))
-            .flat_map(|l| [Site::ResidMid, Site::ResidPost].map(|s| HookPoint::new(l, s).to_string()))
-            .collect(),
-    };
-    names
-        .into_iter()
-        .filter_map(|name| {
-            let hook = HookPoint::parse(&name).ok()?;
-            let site = locate(model, hook).ok()?;
-            Some(HookFound {
-                hook: name,
-                tensor: site.tensor,
-            })
-        })
-        .collect()
+/// Every hook of the recovered layers: those found, and those not with the reason.
+fn decoder_hooks(model: &Model, map: &DecoderMap) -> (Vec<HookFound>, Vec<String>) {
+    let hooks = std::iter::once(HookPoint::embed()).chain((0..map.layers.len()).flat_map(|l| {
+        Site::ALL
+            .into_iter()
+            .filter(|s| *s != Site::Embed)
+            .map(move |s| HookPoint::new(l, s))
+    }));
+    let mut found_hooks = Vec::new();
+    let mut missing = Vec::new();
+    for hook in hooks {
+        match locate_in(model, map, hook) {
+            Ok(site) => found_hooks.push(found(hook.to_string(), site)),
+            Err(e) => missing.push(format!("{hook}: {e:#}")),
+        }
+    }
+    (found_hooks, missing)
+}
+
+fn found(hook: String, site: HookSite) -> HookFound {
+    HookFound {
+        hook,
+        tensor: site.tensor,
+        reader: site
+            .only_reader
+            .map(|(node, input)| format!("input {input} of node {node}")),
+    }
+}
+
+fn node_label(model: &Model, node: usize) -> String {
+    let n = &model.graph().node[node];
+    format!("{} ({})", n.name(), n.op_type())
 }
 
 fn count_nodes(graph: &GraphProto, op_types: &mut BTreeMap<String, usize>) -> usize {
@@ -291,6 +349,34 @@ fn human_count(n: u64) -> String {
         1_000..1_000_000 => format!("{:.1}K", n as f64 / 1e3),
         1_000_000..1_000_000_000 => format!("{:.1}M", n as f64 / 1e6),
         _ => format!("{:.2}B", n as f64 / 1e9),
+    }
+}
+
+/// Hook lines the text report shows (`--json` lists all): one layer's worth and the embedding.
+const HOOKS_SHOWN: usize = 8;
+
+impl DecoderReport {
+    fn write(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(error) = &self.error {
+            writeln!(
+                f,
+                "decoder: not recovered from the data flow, so no hooks can be steered:"
+            )?;
+            for line in error.lines() {
+                writeln!(f, "  {line}")?;
+            }
+            return Ok(());
+        }
+        let show = |v: &Option<String>| v.clone().unwrap_or_default();
+        writeln!(f, "decoder (recovered from the data flow, names unused):")?;
+        writeln!(f, "  embedding     {}", show(&self.embedding))?;
+        writeln!(f, "  stream start  {}", show(&self.stream_start))?;
+        writeln!(f, "  final norm    {}", show(&self.final_norm))?;
+        writeln!(f, "  LM head       {}", show(&self.lm_head))?;
+        for m in &self.missing {
+            writeln!(f, "  not found: {m}")?;
+        }
+        Ok(())
     }
 }
 
@@ -396,6 +482,9 @@ impl Report {
 
     /// The decoder layers and the hook points found (their tensors, unless named after them).
     fn write_hooks(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(decoder) = &self.decoder {
+            decoder.write(f)?;
+        }
         if let Some(layers) = self.layers {
             let resid_post = self
                 .hooks
@@ -409,11 +498,20 @@ impl Report {
             )?;
             let named_after_hooks = self.hooks.iter().all(|h| h.hook == h.tensor);
             if !named_after_hooks {
-                for h in self.hooks.iter().take(8) {
-                    writeln!(f, "  {:<28} -> {}", h.hook, h.tensor)?;
+                for h in self.hooks.iter().take(HOOKS_SHOWN) {
+                    let reader = h
+                        .reader
+                        .as_ref()
+                        .map(|r| format!(" (steered at {r})"))
+                        .unwrap_or_default();
+                    writeln!(f, "  {:<28} -> {}{reader}", h.hook, h.tensor)?;
                 }
-                if self.hooks.len() > 8 {
-                    writeln!(f, "  ... {} more (--json lists all)", self.hooks.len() - 8)?;
+                if self.hooks.len() > HOOKS_SHOWN {
+                    writeln!(
+                        f,
+                        "  ... {} more (--json lists all)",
+                        self.hooks.len() - HOOKS_SHOWN
+                    )?;
                 }
             }
         }

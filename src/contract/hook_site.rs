@@ -1,10 +1,12 @@
 //! Finding a hook point's tensor in a graph (below the commands: `patch` steers it, `inspect`
-//! lists it). Our exports name the tensors after their hooks. Graphs
-//! from torch.onnx / optimum keep plain residual Adds (`/model/layers.L/Add_1` is resid_post);
-//! onnxruntime-genai graphs fuse the residual sums into `SkipSimplifiedLayerNormalization`, where
-//! steering the sum means steering the node's `skip` input (the block's output before the add).
+//! lists it). Our exports name the tensors after their hooks; any other graph is mapped from its
+//! data flow ([`DecoderMap`]). Where a fused `Skip…LayerNormalization` adds a residual sum
+//! (onnxruntime-genai, ONNX Runtime's optimizer), steering the sum means steering the node's
+//! block input (the block's output before the add).
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
+
+use super::decoder_map::{DecoderMap, ResidualSum};
 
 use crate::hook::{HookPoint, Site};
 use crate::onnx::pb::GraphProto;
@@ -22,114 +24,93 @@ pub struct HookSite {
     pub only_reader: Option<(String, usize)>,
 }
 
+/// The hook's site in `model`: by name in our exports, else from the recovered decoder.
 pub fn locate(model: &Model, hook: HookPoint) -> Result<HookSite> {
-    let graph = model.graph();
-    let site = |tensor: String| -> HookSite {
-        let dtype = infer_dtype(graph, &tensor, 0).unwrap_or(DataType::Float);
-        HookSite {
-            tensor,
-            dtype,
-            only_reader: None,
-        }
-    };
-    // 1. Our exports: the tensor carries the hook's name.
-    let name = hook.to_string();
-    if graph.producer(&name).is_some() {
-        return Ok(site(name));
+    if let Some(site) = by_name(model, hook) {
+        return Ok(site);
     }
-    let Some(layer) = hook.layer else {
-        return candidates_error(model, hook);
-    };
-    let scope = format!("/model/layers.{layer}/");
-    // 2. torch.onnx / optimum: plain Adds and norms.
-    let torch_name = match hook.site {
-        Site::ResidPost => Some(format!("{scope}Add_1_output_0")),
-        Site::ResidMid => Some(format!("{scope}Add_output_0")),
-        Site::MlpOut => Some(format!("{scope}post_feedforward_layernorm/Mul_1_output_0")),
-        Site::AttnOut => Some(format!("{scope}post_attention_layernorm/Mul_1_output_0")),
-        Site::ResidPre if layer == 0 => Some("/model/Mul_output_0".to_owned()),
-        Site::ResidPre => return locate(model, HookPoint::resid_post(layer - 1)),
-        Site::AttnZ | Site::Embed => None,
-    };
-    if let Some(t) = torch_name
-        && graph.producer(&t).is_some()
-    {
-        return Ok(site(t));
-    }
-    if hook.site == Site::AttnZ {
-        // o_proj's input, whatever produced it (torch Reshape, GroupQueryAttention, ...).
-        for o_proj in [
-            format!("{scope}self_attn/o_proj/MatMul"),
-            format!("{scope}attn/o_proj/MatMul"),
-        ] {
-            if let Some(node) = graph.node.iter().find(|n| n.name() == o_proj) {
-                return Ok(site(node.input[0].clone()));
-            }
-        }
-    }
-    // 3. onnxruntime-genai: residual sums inside SkipSimplifiedLayerNormalization.
-    let block_words: &[&str] = match hook.site {
-        Site::ResidPost | Site::MlpOut => &["mlp", "feedforward"],
-        Site::ResidMid | Site::AttnOut => &["attn", "attention"],
-        _ => &[],
-    };
-    if !block_words.is_empty() {
-        for node in graph
-            .node
-            .iter()
-            .filter(|n| n.op_type().starts_with("Skip") && n.op_type().ends_with("LayerNormalization"))
-        {
-            let Some(skip) = node.input.get(1) else { continue };
-            let producer = graph.producer(skip).map(|p| graph.node[p].name()).unwrap_or("");
-            if producer.starts_with(&scope) && block_words.iter().any(|w| producer.contains(w)) {
-                let mut found = site(skip.clone());
-                if matches!(hook.site, Site::ResidPost | Site::ResidMid) {
-                    found.only_reader = Some((node.name().to_owned(), 1));
-                }
-                return Ok(found);
-            }
-        }
-    }
-    candidates_error(model, hook)
-}
-
-fn candidates_error(model: &Model, hook: HookPoint) -> Result<HookSite> {
-    let graph = model.graph();
     if model.metadata(super::meta::FORMAT).is_some() {
-        // Our exports list their hooks; a missing one is not a foreign graph to search.
+        // Our exports name every hook they have; a missing one is not a foreign graph to search.
         let layers = model.metadata(super::meta::NUM_LAYERS).unwrap_or("?");
         bail!(
             "this sae-onnx export ({layers} layers) has no tensor {hook}; `sae-onnx inspect` lists the hooks it has"
         );
     }
-    let scope = hook.layer.map(|l| format!("layers.{l}/")).unwrap_or_default();
-    let mut candidates: Vec<String> = graph
-        .node
-        .iter()
-        .filter(|n| n.name().contains(&scope) && (n.op_type() == "Add" || n.op_type().contains("LayerNorm")))
-        .map(|n| {
-            format!(
-                "{} ({}) -> {}",
-                n.name(),
-                n.op_type(),
-                n.output.first().map(String::as_str).unwrap_or("")
-            )
-        })
-        .take(12)
-        .collect();
-    if candidates.is_empty() {
-        candidates.push("(no Add or LayerNorm nodes under that layer's scope)".into());
+    let map = DecoderMap::recover(model)
+        .with_context(|| format!("cannot find {hook}: the graph's decoder could not be recovered"))?;
+    locate_in(model, &map, hook)
+}
+
+/// Our exports: the tensor carries the hook's name.
+fn by_name(model: &Model, hook: HookPoint) -> Option<HookSite> {
+    let name = hook.to_string();
+    model.graph().producer(&name)?;
+    Some(site(model.graph(), name, None))
+}
+
+/// The hook's site in a recovered decoder.
+pub fn locate_in(model: &Model, map: &DecoderMap, hook: HookPoint) -> Result<HookSite> {
+    let graph = model.graph();
+    let Some(layer) = hook.layer else {
+        return Ok(site(graph, map.embed.clone(), None));
+    };
+    let n = map.layers.len();
+    let Some(sites) = map.layers.get(layer) else {
+        bail!(
+            "the graph's residual chain has {n} layers (blocks 0 to {}), so it has no {hook}",
+            n.saturating_sub(1)
+        );
+    };
+    Ok(match hook.site {
+        Site::ResidPre if layer == 0 => site(graph, map.stream_start.clone(), None),
+        Site::ResidPre => return locate_in(model, map, HookPoint::resid_post(layer - 1)),
+        Site::ResidMid => sum_site(model, &sites.attn)?,
+        Site::ResidPost => sum_site(model, &sites.mlp)?,
+        Site::AttnOut => site(graph, sites.attn.block.clone(), None),
+        Site::MlpOut => site(graph, sites.mlp.block.clone(), None),
+        Site::AttnZ => match &sites.attn_z {
+            Ok(z) => site(graph, z.clone(), None),
+            Err(why) => bail!("cannot find {hook}: {why}"),
+        },
+        Site::Embed => unreachable!("hook_embed has no layer"),
+    })
+}
+
+/// A residual sum's site: after a plain Add; through the block input of a fused norm, which
+/// steers both the sum and its normalized copy (adding after the sum output would miss the
+/// latter, which the next block reads).
+fn sum_site(model: &Model, sum: &ResidualSum) -> Result<HookSite> {
+    let graph = model.graph();
+    if !sum.fused {
+        let tensor = sum.sum.clone().context("a plain Add has an output")?;
+        return Ok(site(graph, tensor, None));
     }
-    bail!(
-        "cannot find hook {hook} in this graph: it is not an sae-onnx export and no known pattern \
-         (torch.onnx Adds, onnxruntime-genai fused norms) matched. Candidates:\n  {}",
-        candidates.join("\n  ")
-    )
+    let node = graph.node[sum.node].name();
+    if node.is_empty() || graph.node.iter().filter(|n| n.name() == node).count() != 1 {
+        bail!(
+            "the fused norm that adds this residual sum has no unique node name ('{node}'), so it \
+             cannot be steered; name the graph's nodes uniquely (e.g. with onnx's name tools)"
+        );
+    }
+    Ok(site(
+        graph,
+        sum.block.clone(),
+        Some((node.to_owned(), sum.block_input)),
+    ))
+}
+
+fn site(graph: &GraphProto, tensor: String, only_reader: Option<(String, usize)>) -> HookSite {
+    let dtype = infer_dtype(graph, &tensor, 0).unwrap_or(DataType::Float);
+    HookSite {
+        tensor,
+        dtype,
+        only_reader,
+    }
 }
 
 /// The element type of `tensor`: declared, an initializer's, a Cast's target, or (for ops that
 /// keep their input's type) the type of their first input.
-fn infer_dtype(graph: &GraphProto, tensor: &str, depth: usize) -> Option<DataType> {
+pub(super) fn infer_dtype(graph: &GraphProto, tensor: &str, depth: usize) -> Option<DataType> {
     if depth > 64 {
         return None;
     }

@@ -6,6 +6,9 @@
 //! `inspect` lists it). [`results`]: the results file lm-eval writes (`eval` writes it, `compare`
 //! reads it, ours and lm-eval's own).
 
+use crate::onnx::pb::NodeProto;
+
+pub mod decoder_map;
 pub mod hook_site;
 pub mod results;
 pub mod sweep;
@@ -31,6 +34,22 @@ pub fn present_name(layer: usize, kind: &str) -> String {
 /// The longest context accepted (`--max-length` or the model's metadata): far beyond any model's,
 /// and small enough that token arithmetic cannot overflow.
 pub const MAX_CONTEXT: usize = 1 << 24;
+
+/// Node-name prefix of the nodes `patch` splices (how `--replace`, `inspect` and the decoder
+/// map find them). The node that adds the change to the hook is named `{STEER_NODE_PREFIX}{hook}`
+/// (maybe with a `_N` suffix); the nodes computing the change are named below it,
+/// `{STEER_NODE_PREFIX}{hook}/...`.
+pub const STEER_NODE_PREFIX: &str = "/sae_onnx/steer/";
+
+/// The node that adds a patch's change to its hook, input 0 (not one of the nodes computing the
+/// change).
+pub fn is_steering_add(node: &NodeProto) -> bool {
+    node.op_type() == "Add"
+        && node
+            .name()
+            .strip_prefix(STEER_NODE_PREFIX)
+            .is_some_and(|rest| !rest.contains('/'))
+}
 
 /// Keys of the metadata our exports carry (`inspect`, `patch` and `eval` read them).
 pub mod meta {

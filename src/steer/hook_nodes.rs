@@ -2,7 +2,8 @@
 //! small float32 subgraph from the hook's value (`P = (x − offset) @ read + bias`, the action's
 //! `K`, `Δ = K @ write`, scaled by `‖x_t‖` for `normalize residual` and by the position mask of its
 //! rule, see [`super::position_mask`]), the constant of the fixed `add` rows, and the final `Add` into the hook.
-//! Nodes are named `{NODE_PREFIX}{hook}/...`, tensors `sae_onnx.steer.{hook}/...`.
+//! Nodes are named `{STEER_NODE_PREFIX}{hook}/...` ([`crate::contract::STEER_NODE_PREFIX`]),
+//! tensors `sae_onnx.steer.{hook}/...`.
 
 use anyhow::{Context, Result, bail};
 
@@ -13,21 +14,7 @@ use super::steering::{HookSteering, Term};
 use crate::onnx::DataType;
 use crate::onnx::builder::{GraphBuilder, GraphFragment};
 use crate::onnx::make::{AttrValue, make_tensor, make_tensor_value_info};
-use crate::onnx::pb::{GraphProto, NodeProto};
-
-/// Node-name prefix of the nodes we splice (how `replace` and `inspect` find them). The node that
-/// adds the change to the hook is named `{NODE_PREFIX}{hook}` (maybe with a `_N` suffix); the nodes
-/// computing the change are named below it, `{NODE_PREFIX}{hook}/...`.
-pub const NODE_PREFIX: &str = "/sae_onnx/steer/";
-
-/// The node that adds a patch's change to its hook (not one of the nodes computing the change).
-pub(super) fn is_final_add(node: &NodeProto) -> bool {
-    node.op_type() == "Add"
-        && node
-            .name()
-            .strip_prefix(NODE_PREFIX)
-            .is_some_and(|rest| !rest.contains('/'))
-}
+use crate::onnx::pb::GraphProto;
 
 /// The sweepable coefficient input of plan row `i`, or `None` for a fixed coefficient.
 pub(super) type CoefficientInputOf<'a> = &'a dyn Fn(usize) -> Option<String>;
@@ -154,7 +141,7 @@ fn raw(dtype: DataType, values: &[f32]) -> Result<Vec<u8>> {
 /// A [`GraphBuilder`] naming what it makes after the hook.
 pub(super) struct HookBuilder {
     pub(super) b: GraphBuilder,
-    /// `{NODE_PREFIX}{hook}`: node names are `{node_scope}/...`.
+    /// `{STEER_NODE_PREFIX}{hook}`: node names are `{node_scope}/...`.
     node_scope: String,
     /// `sae_onnx.steer.{hook}`: tensor names are `{tensor_scope}/...`.
     pub(super) tensor_scope: String,

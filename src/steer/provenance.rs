@@ -7,12 +7,13 @@ use anyhow::Result;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::hook_nodes::{CoefficientInputOf, NODE_PREFIX, is_final_add};
+use super::hook_nodes::CoefficientInputOf;
 use super::plan::SteeringPlan;
 use super::rules::{Normalize, PositionRule};
 use super::steering::HookSteering;
 use crate::contract::meta::STEERING;
 use crate::contract::sweep::COEFFICIENT_INPUTS;
+use crate::contract::{STEER_NODE_PREFIX, is_steering_add};
 use crate::onnx::Model;
 use crate::onnx::pb::NodeProto;
 use crate::sae::SaeProvenance;
@@ -46,7 +47,7 @@ pub(super) fn remove_steering(model: &mut Model) -> usize {
     let graph = model.graph_mut();
     let mut removed = 0;
     // Stacked Adds read each other, so each is looked up afresh after the previous removal.
-    while let Some(i) = graph.node.iter().position(is_final_add) {
+    while let Some(i) = graph.node.iter().position(is_steering_add) {
         let node = graph.node.remove(i);
         graph.replace_all_uses_with(&node.output[0], &node.input[0]);
         removed += 1;
@@ -54,10 +55,10 @@ pub(super) fn remove_steering(model: &mut Model) -> usize {
     let ours: Vec<NodeProto> = graph
         .node
         .iter()
-        .filter(|n| n.name().starts_with(NODE_PREFIX))
+        .filter(|n| n.name().starts_with(STEER_NODE_PREFIX))
         .cloned()
         .collect();
-    graph.node.retain(|n| !n.name().starts_with(NODE_PREFIX));
+    graph.node.retain(|n| !n.name().starts_with(STEER_NODE_PREFIX));
     let mut read_by_ours: HashSet<String> = ours.iter().flat_map(|n| n.input.iter().cloned()).collect();
     // The final Adds' constants were read by the removed Adds themselves.
     read_by_ours.extend(

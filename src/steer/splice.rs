@@ -29,7 +29,7 @@ use std::collections::HashSet;
 
 use anyhow::{Context, Result, bail};
 
-use super::hook_nodes::{CoefficientInputOf, HookNodes, HookValue, NODE_PREFIX, hook_nodes, is_final_add};
+use super::hook_nodes::{CoefficientInputOf, HookNodes, HookValue, hook_nodes};
 use super::plan::{PlanField, SteeringPlan};
 use super::position_mask::{self, MaskInputs};
 use super::provenance::{record, remove_steering, steering_patches};
@@ -38,6 +38,7 @@ use super::steering::{HookSteering, MAX_WIDTH};
 use crate::contract::hook_site::{HookSite, locate};
 use crate::contract::meta;
 use crate::contract::sweep::{COEFFICIENT_INPUTS, CoefficientInput, coefficient_input_name};
+use crate::contract::{STEER_NODE_PREFIX, is_steering_add};
 use crate::hook::{HookPoint, Site};
 use crate::onnx::Model;
 use crate::onnx::pb::GraphProto;
@@ -204,7 +205,7 @@ fn splice_hook(
         source: &source,
         dtype: site.dtype,
         width,
-        node_name: graph.unique_name(&format!("{NODE_PREFIX}{}", hs.hook)),
+        node_name: graph.unique_name(&format!("{STEER_NODE_PREFIX}{}", hs.hook)),
     };
     let HookNodes {
         fragment,
@@ -303,14 +304,21 @@ fn rows_at(plan: &SteeringPlan, hs: &HookSteering) -> String {
 /// patches apply in the order they were made.
 fn chain_end(graph: &GraphProto, site: &HookSite) -> String {
     let mut tensor = site.tensor.clone();
-    if site.only_reader.is_some() {
-        return tensor;
+    if let Some((name, input)) = &site.only_reader {
+        // A fused reader reads the hook's latest value (the end of earlier steering) itself.
+        return graph
+            .node
+            .iter()
+            .find(|n| n.name() == name)
+            .and_then(|n| n.input.get(*input))
+            .cloned()
+            .unwrap_or(tensor);
     }
     let mut seen = HashSet::new();
     while let Some(next) = graph
         .node
         .iter()
-        .find(|n| is_final_add(n) && n.input.first() == Some(&tensor))
+        .find(|n| is_steering_add(n) && n.input.first() == Some(&tensor))
         .and_then(|n| n.output.first())
     {
         if !seen.insert(next.clone()) {

@@ -366,3 +366,58 @@ fn bad_input_is_an_error_line_not_a_panic() {
         "truncated",
     );
 }
+
+/// A foreign graph: the decoder recovered from its data flow, every hook with its tensor, and for
+/// fused residual sums the one reader steered (genai/residual.json, measured by make_foreign.py).
+#[test]
+fn foreign_graphs_show_the_recovered_decoder() {
+    let renamed = common::fixture("foreign/variants/torchscript_renamed.onnx");
+    let text = inspect(&[renamed.to_str().unwrap()], None);
+    assert!(text.contains("decoder (recovered from the data flow"), "{text}");
+    assert!(
+        text.contains("decoder layers: 3; hook points found: 19 (3 resid_post)"),
+        "{text}"
+    );
+
+    let genai = inspect_json(&common::fixture("foreign/genai/model.onnx"));
+    assert_eq!(genai["decoder"]["layers"], 3);
+    assert_eq!(
+        genai["decoder"]["stream_start"],
+        "/model/embed_tokens/Mul/output_0"
+    );
+    assert_eq!(genai["decoder"]["missing"], json!([]));
+    let post1 = genai["hooks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["hook"] == "blocks.1.hook_resid_post")
+        .unwrap();
+    assert_eq!(
+        post1["tensor"],
+        "/model/layers.1/post_feedforward_layernorm/output_0"
+    );
+    assert_eq!(
+        post1["reader"],
+        "input 1 of node /model/layers.2/input_layernorm/SkipLayerNorm"
+    );
+}
+
+/// A graph that is no decoder says which structural fact is missing, and lists no hooks.
+#[test]
+fn graphs_without_a_decoder_say_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mlp = hand_built(tmp.path());
+    let text = inspect(&[mlp.to_str().unwrap()], None);
+    assert!(
+        text.contains("decoder: not recovered from the data flow"),
+        "{text}"
+    );
+    let report = inspect_json(&mlp);
+    assert!(
+        report["decoder"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no embedding lookup")),
+        "{report}"
+    );
+    assert_eq!(report["hooks"], json!([]));
+}

@@ -13,6 +13,7 @@ mod common;
 
 mod compare;
 mod compare_trust;
+mod decoder_map;
 mod demo_steering;
 mod eval_cli;
 mod eval_lm_eval;

@@ -130,6 +130,152 @@ fn genai_graphs_are_steered_through_their_fused_norms() {
     }
 }
 
+/// Steers `base` with cases a to d and compares each with its transformers golden; `cases` and
+/// `past` as in `compare` (genai graphs run single prompts with an empty cache).
+fn steer_cases_match_goldens(base: &Path, cases: Option<usize>, past: Option<common::golden::ExtraInputs>) {
+    steer_cases_match(base, cases, past, &|case| {
+        steer_fixture(&format!("golden_{case}.safetensors"))
+    });
+}
+
+/// As [`steer_cases_match_goldens`], against the goldens `golden(case)` names.
+fn steer_cases_match(
+    base: &Path,
+    cases: Option<usize>,
+    past: Option<common::golden::ExtraInputs>,
+    golden: &dyn Fn(&str) -> PathBuf,
+) {
+    let dir = base.parent().unwrap();
+    let stem = base.file_stem().unwrap().to_str().unwrap();
+    for case in ["a", "b", "c", "d"] {
+        let golden = Golden::load(&golden(case));
+        let out = patched(
+            base,
+            &steer_fixture(&format!("case_{case}.csv")),
+            &dir.join(format!("{stem}_steered_{case}.onnx")),
+        );
+        let diff = compare(&out, &golden, &logits(), cases, past)["logits"];
+        assert!(diff <= TOLERANCE, "{stem} case {case}: max |Δlogit| = {diff}");
+    }
+}
+
+/// Graphs whose names say nothing of the decoder (a wrapper module's `/m/model/...`, every name
+/// replaced, ONNX Runtime's fused and renamed nodes) are steered by their data flow alone.
+#[test]
+fn torch_onnx_variants_are_steered_by_structure() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in [
+        "wrapped",
+        "dynamo",
+        "torchscript_renamed",
+        "torchscript_ort_basic",
+        "torchscript_ort_extended",
+    ] {
+        let base = tmp.path().join(format!("{name}.onnx"));
+        std::fs::copy(common::fixture(&format!("foreign/variants/{name}.onnx")), &base).unwrap();
+        steer_cases_match_goldens(&base, None, None);
+    }
+}
+
+#[test]
+fn genai_variants_are_steered_by_structure() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::fixture("foreign/genai/model.onnx.data"),
+        tmp.path().join("model.onnx.data"),
+    )
+    .unwrap();
+    for name in ["renamed", "ort_basic", "ort_extended"] {
+        let base = tmp.path().join(format!("{name}.onnx"));
+        std::fs::copy(common::fixture(&format!("foreign/genai/{name}.onnx")), &base).unwrap();
+        steer_cases_match_goldens(&base, Some(4), Some(&genai_past));
+    }
+}
+
+/// optimum's graphs compute transformers' sdpa forward (attention softcapping dropped, DESIGN §6),
+/// so their goldens are that forward steered by the same hooks (foreign/make_optimum.py).
+#[test]
+fn optimum_exports_with_and_without_past_are_steered_by_structure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty_past = |batch: usize, _seq: usize| -> Vec<(String, Tensor<f32>)> {
+        (0..3)
+            .flat_map(|layer| ["key", "value"].map(|kind| (layer, kind)))
+            .map(|(layer, kind)| {
+                let shape = vec![batch, 2, 0, 16];
+                (
+                    format!("past_key_values.{layer}.{kind}"),
+                    Tensor::from_array((shape, Vec::<f32>::new())).unwrap(),
+                )
+            })
+            .collect()
+    };
+    let golden = |case: &str| common::fixture(&format!("foreign/optimum/golden_sdpa_{case}.safetensors"));
+    for (name, past) in [
+        ("model", None),
+        ("with_past", Some(&empty_past as common::golden::ExtraInputs)),
+    ] {
+        let base = tmp.path().join(format!("optimum_{name}.onnx"));
+        std::fs::copy(common::fixture(&format!("foreign/optimum/{name}.onnx")), &base).unwrap();
+        steer_cases_match(&base, Some(4), past, &golden);
+    }
+}
+
+/// genai's int4 build (MatMulNBits, GatherBlockQuantized) is 4 bits off the float goldens, so its
+/// goldens are the same graph steered in Python at the tensors found by value in the float build
+/// (foreign/make_genai_int4.py).
+#[test]
+fn genai_int4_graphs_are_steered_by_structure() {
+    let tmp = tempfile::tempdir().unwrap();
+    for file in ["model.onnx", "model.onnx.data"] {
+        std::fs::copy(
+            common::fixture(&format!("foreign/genai_int4/{file}")),
+            tmp.path().join(file),
+        )
+        .unwrap();
+    }
+    let golden = |case: &str| common::fixture(&format!("foreign/genai_int4/golden_int4_{case}.safetensors"));
+    steer_cases_match(
+        &tmp.path().join("model.onnx"),
+        Some(4),
+        Some(&genai_past),
+        &golden,
+    );
+}
+
+/// A foreign graph already steered is mapped through its steering nodes: a second patch stacks,
+/// and `--replace` leaves exactly one (genai: through the fused norms' skip inputs).
+#[test]
+fn steered_foreign_graphs_stack_and_replace() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        common::fixture("foreign/genai/model.onnx.data"),
+        tmp.path().join("model.onnx.data"),
+    )
+    .unwrap();
+    let base = tmp.path().join("renamed.onnx");
+    std::fs::copy(common::fixture("foreign/genai/renamed.onnx"), &base).unwrap();
+    let golden_a = Golden::load(&steer_fixture("golden_a.safetensors"));
+    let once = patched(&base, &steer_fixture("case_a.csv"), &tmp.path().join("once.onnx"));
+    let twice = patched(
+        &once,
+        &steer_fixture("case_a.csv"),
+        &tmp.path().join("twice.onnx"),
+    );
+    let diff = |m: &Path| compare(m, &golden_a, &logits(), Some(4), Some(&genai_past))["logits"];
+    assert!(diff(&once) <= TOLERANCE);
+    assert!(diff(&twice) > 1e-2, "stacking adds the vector twice");
+    let replaced = tmp.path().join("replaced.onnx");
+    patch(&PatchOptions {
+        csv: steer_fixture("case_a.csv"),
+        output: replaced.clone(),
+        model: Some(twice.display().to_string()),
+        replace: true,
+        progress: false,
+    })
+    .unwrap();
+    assert!(diff(&replaced) <= TOLERANCE, "--replace leaves one copy");
+}
+
 #[test]
 fn patching_shares_weights_records_provenance_stacks_and_replaces() {
     let tmp = tempfile::tempdir().unwrap();
