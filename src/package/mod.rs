@@ -77,7 +77,10 @@ pub fn package(hub: &Hub, options: &PackageOptions) -> Result<PackageReport> {
     let start = Instant::now();
     let model = Model::load(&options.model)?;
     match options.format {
-        Format::Genai | Format::TransformersJs => require_kv_cache(&model, &options.model, options.format)?,
+        Format::Genai | Format::TransformersJs => {
+            require_kv_cache(&model, &options.model, options.format)?;
+            refuse_prompt_boundary(&model, &options.model, options.format)?;
+        }
     }
     let files = checkpoint_files::CheckpointFiles::find(hub, &model, options.checkpoint.as_deref())
         .with_context(|| format!("packaging '{}'", options.model.display()))?;
@@ -116,6 +119,29 @@ fn require_kv_cache(model: &Model, path: &Path, format: Format) -> Result<()> {
             "'{}' is a full-sequence graph (no past_key_values inputs); --format {} needs a decoding graph: \
              export the checkpoint with `sae-onnx export CHECKPOINT -o base.onnx --kv-cache`, patch that, and package the result",
             path.display(),
+            format.name()
+        );
+    }
+    Ok(())
+}
+
+/// `prompt` / `generated` rows read the prompt boundary, an input these runtimes' generators
+/// never feed: its default ("everything is prompt") would steer every token for `prompt` rows
+/// and none for `generated` ones, silently.
+fn refuse_prompt_boundary(model: &Model, path: &Path, format: Format) -> Result<()> {
+    let reads_boundary = model
+        .graph()
+        .input
+        .iter()
+        .any(|i| i.name() == crate::contract::PROMPT_LENGTH);
+    if reads_boundary {
+        anyhow::bail!(
+            "'{}' has steering rows with `positions` prompt or generated, which read the graph input {}; \
+             {} does not feed it during generation, so those rows would steer every token (prompt) or none \
+             (generated). Re-patch those rows with positions all, no_special or a range N:M (`sae-onnx inspect` \
+             lists the rows and their rules)",
+            path.display(),
+            crate::contract::PROMPT_LENGTH,
             format.name()
         );
     }

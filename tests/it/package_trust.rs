@@ -94,6 +94,33 @@ fn package_refuses_bad_input_and_writes_nothing() {
     std::fs::remove_file(&sweepable).unwrap();
     assert_only(dir, &files);
 
+    // Rows steered by the prompt boundary, an input neither runtime's generator feeds.
+    let boundary = dir.join("boundary.onnx");
+    common::succeeded(&sae_onnx(&[
+        "patch",
+        "--csv",
+        "tests/fixtures/steer_positions/generated.csv",
+        "--model",
+        path(&kv),
+        "-o",
+        path(&boundary),
+    ]));
+    for format in ["genai", "transformers.js"] {
+        let run = sae_onnx(&["package", path(&boundary), "--format", format, "-o", path(&out)]);
+        common::failed(
+            &run,
+            &[
+                "boundary.onnx",
+                "positions",
+                "generated",
+                "steer.prompt_length",
+                format,
+            ],
+        );
+    }
+    std::fs::remove_file(&boundary).unwrap();
+    assert_only(dir, &files);
+
     // OUT is a file; OUT exists without --force; --force on a folder holding the model.
     std::fs::write(&out, "keep").unwrap();
     let run = sae_onnx(&[
