@@ -2,7 +2,8 @@
 # The whole pipeline on the bundled demo model (models/tiny-gemma2: a tiny Gemma 2 with random
 # weights, its tokenizer, a random SAE and a steer.csv): export to ONNX, steer it, evaluate base
 # and steered on a small multiple-choice task, sweep the steering coefficient and test the
-# differences, generate from both, and inspect the steered model.
+# differences, run the sweep as a sharded grid on two workers, generate from both, package the
+# steered model for other runtimes, and inspect it.
 # Fetches ONNX Runtime 1.31.1 (CPU) from PyPI if it is missing. Output goes to demo-out/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +46,10 @@ echo "== generate: base and steered, side by side (decoding graphs with a KV cac
 $bin export models/tiny-gemma2 -o "$out/tiny-gemma2.kv.onnx" --kv-cache --force
 $bin patch --csv models/tiny-gemma2/steer.csv --model "$out/tiny-gemma2.kv.onnx" -o "$out/tiny-gemma2.kv.steered.onnx" --force
 $bin generate "$out/tiny-gemma2.kv.steered.onnx" --compare "$out/tiny-gemma2.kv.onnx" --prompt "The dog sees the" --max-new-tokens 12
+
+echo "== package: the steered decoding graph for onnxruntime-genai and transformers.js (weights hard-linked)"
+$bin package "$out/tiny-gemma2.kv.steered.onnx" --format genai -o "$out/package-genai" --force
+$bin package "$out/tiny-gemma2.kv.steered.onnx" --format transformers.js -o "$out/package-js" --force
 
 echo "== inspect steered"
 $bin inspect "$out/tiny-gemma2.steered.onnx"
