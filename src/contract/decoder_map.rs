@@ -150,7 +150,7 @@ impl<'g> Index<'g> {
 
     fn is_same_type_cast(&self, cast: &NodeProto) -> bool {
         let to = cast.attr("to").map(|a| a.i() as i32);
-        let from = super::hook_site::infer_dtype(self.graph, &cast.input[0], 0).map(|d| d as i32);
+        let from = self.graph.element_type(&cast.input[0]).map(|d| d as i32);
         to.is_some() && to == from
     }
 

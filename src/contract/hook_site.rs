@@ -10,7 +10,6 @@ use super::decoder_map::{DecoderMap, ResidualSum};
 
 use crate::hook::{HookPoint, Site};
 use crate::onnx::pb::GraphProto;
-use crate::onnx::pb::type_proto;
 use crate::onnx::{DataType, Model};
 
 /// Where to add a hook's vector.
@@ -100,45 +99,10 @@ fn sum_site(model: &Model, sum: &ResidualSum) -> Result<HookSite> {
 }
 
 fn site(graph: &GraphProto, tensor: String, only_reader: Option<(String, usize)>) -> HookSite {
-    let dtype = infer_dtype(graph, &tensor, 0).unwrap_or(DataType::Float);
+    let dtype = graph.element_type(&tensor).unwrap_or(DataType::Float);
     HookSite {
         tensor,
         dtype,
         only_reader,
-    }
-}
-
-/// The element type of `tensor`: declared, an initializer's, a Cast's target, or (for ops that
-/// keep their input's type) the type of their first input.
-pub(super) fn infer_dtype(graph: &GraphProto, tensor: &str, depth: usize) -> Option<DataType> {
-    if depth > 64 {
-        return None;
-    }
-    let declared = graph
-        .value_info
-        .iter()
-        .chain(&graph.input)
-        .chain(&graph.output)
-        .find(|v| v.name() == tensor);
-    if let Some(type_proto::Value::TensorType(t)) = declared
-        .and_then(|v| v.r#type.as_ref())
-        .and_then(|t| t.value.as_ref())
-        && let Ok(dt) = DataType::try_from(t.elem_type())
-        && dt != DataType::Undefined
-    {
-        return Some(dt);
-    }
-    if let Some(t) = graph.initializer.iter().find(|t| t.name() == tensor) {
-        return Some(t.dtype());
-    }
-    let node = &graph.node[graph.producer(tensor)?];
-    match node.op_type() {
-        "Cast" => DataType::try_from(node.attr("to")?.i() as i32).ok(),
-        // Gather's type is its data's (input 0 is the table).
-        _ => node
-            .input
-            .iter()
-            .find(|i| !i.is_empty())
-            .and_then(|i| infer_dtype(graph, i, depth + 1)),
     }
 }

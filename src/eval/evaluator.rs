@@ -250,7 +250,7 @@ impl Run<'_> {
                 // Written last: a shard whose record exists is complete.
                 if let Some(shard) = options.shard {
                     let record = self.shard_record(shard, parts, sweep.as_ref(), &written)?;
-                    output::write_shard_record(&written, &record, &prepared.inputs)?;
+                    record.write_beside(&written, &prepared.inputs)?;
                 }
                 Some(written.results)
             }

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::shard::{ShardRecord, record_file_name};
 use super::template;
 use crate::contract::results::ResultsFile;
 use crate::files::{self, Inputs};
@@ -123,17 +122,6 @@ pub fn write(
         samples: samples_files,
         stamp: date,
     })
-}
-
-/// Writes a shard's record beside its results (`shard_<K>_of_<N>_<date>.json`, the results'
-/// stamp), atomically: it is the last file of a shard, so its presence means the shard is whole.
-pub fn write_shard_record(written: &Written, record: &ShardRecord, inputs: &Inputs) -> Result<PathBuf> {
-    let path = files::parent_dir(&written.results).join(record_file_name(record.shard, &written.stamp));
-    let mut text = serde_json::to_string(record)?;
-    text.push('\n');
-    files::check_output(&path, inputs, false)?;
-    files::write_atomic(&path, text.as_bytes())?;
-    Ok(path)
 }
 
 /// lm-eval's file stamp, `datetime.now().isoformat().replace(":", "-")`: local time, e.g.

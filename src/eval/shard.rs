@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,9 @@ use serde_json::Value;
 
 use super::groups::TaskTree;
 use super::metrics::MetricItem;
+use super::output::Written;
 use super::task_output::TaskLabel;
+use crate::files::{self, Inputs};
 
 /// Shard `index` of `count`: `0 <= index < count`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,5 +172,19 @@ mod tests {
         assert!("0/0".parse::<Shard>().is_err());
         assert!("a/3".parse::<Shard>().unwrap_err().contains("K/N"));
         assert!("2".parse::<Shard>().is_err());
+    }
+}
+
+impl ShardRecord {
+    /// Writes the record beside its shard's results (`shard_<K>_of_<N>_<date>.json`, the
+    /// results' stamp), atomically: it is the last file of a shard, so its presence means the
+    /// shard is whole.
+    pub fn write_beside(&self, written: &Written, inputs: &Inputs) -> anyhow::Result<PathBuf> {
+        let path = files::parent_dir(&written.results).join(record_file_name(self.shard, &written.stamp));
+        let mut text = serde_json::to_string(self)?;
+        text.push('\n');
+        files::check_output(&path, inputs, false)?;
+        files::write_atomic(&path, text.as_bytes())?;
+        Ok(path)
     }
 }

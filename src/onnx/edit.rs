@@ -6,9 +6,16 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use anyhow::{Result, bail};
 
-use super::pb::{GraphProto, NodeProto};
+use super::DataType;
+use super::pb::{GraphProto, NodeProto, type_proto};
 
 impl GraphProto {
+    /// The element type of `tensor`: declared, an initializer's, a Cast's target, or (for ops that
+    /// keep their input's type) the type of their first input.
+    pub fn element_type(&self, tensor: &str) -> Option<DataType> {
+        element_type_at(self, tensor, 0)
+    }
+
     /// Index of the node that outputs `tensor`.
     pub fn producer(&self, tensor: &str) -> Option<usize> {
         self.node
@@ -271,5 +278,38 @@ fn collect_names(graph: &GraphProto, names: &mut HashSet<String>) {
         for g in node_subgraphs(node) {
             collect_names(g, names);
         }
+    }
+}
+
+fn element_type_at(graph: &GraphProto, tensor: &str, depth: usize) -> Option<DataType> {
+    if depth > 64 {
+        return None;
+    }
+    let declared = graph
+        .value_info
+        .iter()
+        .chain(&graph.input)
+        .chain(&graph.output)
+        .find(|v| v.name() == tensor);
+    if let Some(type_proto::Value::TensorType(t)) = declared
+        .and_then(|v| v.r#type.as_ref())
+        .and_then(|t| t.value.as_ref())
+        && let Ok(dt) = DataType::try_from(t.elem_type())
+        && dt != DataType::Undefined
+    {
+        return Some(dt);
+    }
+    if let Some(t) = graph.initializer.iter().find(|t| t.name() == tensor) {
+        return Some(t.dtype());
+    }
+    let node = &graph.node[graph.producer(tensor)?];
+    match node.op_type() {
+        "Cast" => DataType::try_from(node.attr("to")?.i() as i32).ok(),
+        // Gather's type is its data's (input 0 is the table).
+        _ => node
+            .input
+            .iter()
+            .find(|i| !i.is_empty())
+            .and_then(|i| element_type_at(graph, i, depth + 1)),
     }
 }

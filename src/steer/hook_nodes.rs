@@ -7,13 +7,14 @@
 
 use anyhow::{Context, Result, bail};
 
+use super::hook_builder::{HookBuilder, raw};
 use super::plan::{SteerAction, SteeringPlan};
 use super::position_mask::{MaskInputs, Masks};
 use super::rules::{Normalize, PositionRule};
 use super::steering::{HookSteering, Term};
 use crate::onnx::DataType;
 use crate::onnx::builder::{GraphBuilder, GraphFragment};
-use crate::onnx::make::{AttrValue, make_tensor, make_tensor_value_info};
+use crate::onnx::make::{make_tensor, make_tensor_value_info};
 use crate::onnx::pb::GraphProto;
 
 /// The sweepable coefficient input of plan row `i`, or `None` for a fixed coefficient.
@@ -122,61 +123,7 @@ pub(super) fn hook_nodes(
     })
 }
 
-/// The bytes of `values` as `dtype` (the hook's float type).
-fn raw(dtype: DataType, values: &[f32]) -> Result<Vec<u8>> {
-    Ok(match dtype {
-        DataType::Float16 => values
-            .iter()
-            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-            .collect(),
-        DataType::Bfloat16 => values
-            .iter()
-            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-            .collect(),
-        DataType::Float => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        other => bail!("the hook tensor is {other:?}; steering needs a float tensor"),
-    })
-}
-
-/// A [`GraphBuilder`] naming what it makes after the hook.
-pub(super) struct HookBuilder {
-    pub(super) b: GraphBuilder,
-    /// `{STEER_NODE_PREFIX}{hook}`: node names are `{node_scope}/...`.
-    node_scope: String,
-    /// `sae_onnx.steer.{hook}`: tensor names are `{tensor_scope}/...`.
-    pub(super) tensor_scope: String,
-    /// The hook's element type.
-    dtype: DataType,
-    width: usize,
-}
-
 impl HookBuilder {
-    fn fit(&self, v: &[f32]) -> Vec<f32> {
-        let mut v = v.to_vec();
-        v.resize(self.width, 0.0);
-        v
-    }
-
-    /// Adds a node named after `what` and returns its (fresh) output.
-    pub(super) fn node(&mut self, op: &str, inputs: &[&str], what: &str, attrs: Vec<(&str, i64)>) -> String {
-        let output = self.b.fresh(&format!("{}/{what}", self.tensor_scope));
-        let name = self.b.fresh(&format!("{}/{what}", self.node_scope));
-        let attrs = attrs.into_iter().map(|(k, v)| (k, AttrValue::Int(v))).collect();
-        self.b.node(name, op, inputs, &output, attrs)
-    }
-
-    pub(super) fn constant_f32(&mut self, what: &str, dims: &[usize], values: &[f32]) -> String {
-        let name = self.b.fresh(&format!("{}/{what}", self.tensor_scope));
-        let dims: Vec<i64> = dims.iter().map(|&d| d as i64).collect();
-        let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.b
-            .initializer(make_tensor(&name, DataType::Float, &dims, raw))
-    }
-
-    pub(super) fn cast(&mut self, x: &str, to: DataType, what: &str) -> String {
-        self.node("Cast", &[x], what, vec![("to", to as i64)])
-    }
-
     /// `‖x_t‖` of the float32 hook value, `[batch, seq, 1]` (a MatMul with ones sums the squares
     /// in every opset, where ReduceSumSquare moved its axes to an input in opset 18).
     fn norm_per_position(&mut self, x32: &str) -> String {
@@ -185,20 +132,6 @@ impl HookBuilder {
         let ones = self.constant_f32("residual/ones", &[self.width, 1], &ones);
         let sum = self.node("MatMul", &[&squares, &ones], "residual/sum_squares", vec![]);
         self.node("Sqrt", &[&sum], "residual/norm", vec![])
-    }
-
-    fn cast_to_f32(&mut self, x: &str, what: &str) -> String {
-        if self.dtype == DataType::Float {
-            return x.to_owned();
-        }
-        self.cast(x, DataType::Float, &format!("{what}_f32"))
-    }
-
-    fn cast_from_f32(&mut self, x: &str, what: &str) -> String {
-        if self.dtype == DataType::Float {
-            return x.to_owned();
-        }
-        self.cast(x, self.dtype, what)
     }
 
     /// The term's coefficients as a float32 vector `[m]`: constants, or (sweepable) the scalar

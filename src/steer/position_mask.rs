@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 
-use super::hook_nodes::HookBuilder;
+use super::hook_builder::HookBuilder;
 use super::rules::PositionRule;
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, MAX_CONTEXT, PROMPT_LENGTH};
 use crate::onnx::DataType;
