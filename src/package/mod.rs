@@ -7,6 +7,7 @@ pub mod checkpoint_files;
 pub mod folder;
 pub mod genai;
 pub mod graph;
+pub mod llama_cpp;
 pub mod transformers_js;
 
 use std::path::{Path, PathBuf};

@@ -35,6 +35,7 @@ mod kv_cache;
 mod model_io;
 mod model_pairs;
 mod package_genai;
+mod package_llama_cpp;
 mod package_transformers_js;
 mod package_trust;
 mod patch_steer;
