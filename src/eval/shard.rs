@@ -158,6 +158,20 @@ pub fn is_record_file_name(name: &str) -> bool {
     name.starts_with("shard_") && name.contains("_of_") && name.ends_with(".json")
 }
 
+impl ShardRecord {
+    /// Writes the record beside its shard's results (`shard_<K>_of_<N>_<date>.json`, the
+    /// results' stamp), atomically: it is the last file of a shard, so its presence means the
+    /// shard is whole.
+    pub fn write_beside(&self, written: &Written, inputs: &Inputs) -> anyhow::Result<PathBuf> {
+        let path = files::parent_dir(&written.results).join(record_file_name(self.shard, &written.stamp));
+        let mut text = serde_json::to_string(self)?;
+        text.push('\n');
+        files::check_output(&path, inputs, false)?;
+        files::write_atomic(&path, text.as_bytes())?;
+        Ok(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,19 +186,5 @@ mod tests {
         assert!("0/0".parse::<Shard>().is_err());
         assert!("a/3".parse::<Shard>().unwrap_err().contains("K/N"));
         assert!("2".parse::<Shard>().is_err());
-    }
-}
-
-impl ShardRecord {
-    /// Writes the record beside its shard's results (`shard_<K>_of_<N>_<date>.json`, the
-    /// results' stamp), atomically: it is the last file of a shard, so its presence means the
-    /// shard is whole.
-    pub fn write_beside(&self, written: &Written, inputs: &Inputs) -> anyhow::Result<PathBuf> {
-        let path = files::parent_dir(&written.results).join(record_file_name(self.shard, &written.stamp));
-        let mut text = serde_json::to_string(self)?;
-        text.push('\n');
-        files::check_output(&path, inputs, false)?;
-        files::write_atomic(&path, text.as_bytes())?;
-        Ok(path)
     }
 }
