@@ -23,20 +23,11 @@ const RUNNER: &str = "tests/runtimes/genai_greedy.py";
 const LOGIT_TOLERANCE: f32 = 2e-3;
 
 fn genai_python() -> Option<PathBuf> {
-    match std::env::var_os("SAE_ONNX_GENAI_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!(
-                "CI is set but SAE_ONNX_GENAI_PYTHON is not: scripts/test.sh installs onnxruntime-genai and sets it"
-            )
-        }
-        None => {
-            eprintln!(
-                "skipped: set SAE_ONNX_GENAI_PYTHON to a python with onnxruntime-genai==0.18.0 (see tests/it/package_genai.rs)"
-            );
-            None
-        }
-    }
+    common::runtime_from_env(
+        "SAE_ONNX_GENAI_PYTHON",
+        "a python with onnxruntime-genai==0.18.0",
+        "tests/it/package_genai.rs",
+    )
 }
 
 fn sae_onnx(args: &[&str]) -> std::process::Output {

@@ -21,18 +21,11 @@ const RUNNER: &str = "tests/runtimes/transformers_js_greedy.mjs";
 const LOGIT_TOLERANCE: f32 = 2e-3;
 
 fn node_modules() -> Option<PathBuf> {
-    match std::env::var_os("SAE_ONNX_NODE_PATH") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!(
-                "CI is set but SAE_ONNX_NODE_PATH is not: scripts/test.sh installs @huggingface/transformers and sets it"
-            )
-        }
-        None => {
-            eprintln!("skipped: set SAE_ONNX_NODE_PATH (see tests/it/package_transformers_js.rs)");
-            None
-        }
-    }
+    common::runtime_from_env(
+        "SAE_ONNX_NODE_PATH",
+        "a node_modules with @huggingface/transformers@3.8.1",
+        "tests/it/package_transformers_js.rs",
+    )
 }
 
 fn sae_onnx(args: &[&str]) -> std::process::Output {

@@ -193,3 +193,18 @@ pub fn run_isolated<S: AsRef<std::ffi::OsStr>>(args: &[S], home: &Path) -> std::
         .output()
         .unwrap()
 }
+
+/// A runtime the package tests run in, from the variable `scripts/test.sh` sets (`var`): `None`
+/// (the test says so and passes) only outside CI; under CI a missing runtime fails the test.
+pub fn runtime_from_env(var: &str, what: &str, test_file: &str) -> Option<PathBuf> {
+    match std::env::var_os(var) {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("CI is set but {var} is not: scripts/test.sh installs {what} and sets it")
+        }
+        None => {
+            eprintln!("skipped: set {var} to {what} (see {test_file}), or run scripts/test.sh");
+            None
+        }
+    }
+}
