@@ -147,6 +147,10 @@ fn steer_csv() {
                 .into_bytes(),
         );
     }
+    // The position and normalize columns (their SAE path need not resolve: the target parses).
+    for name in ["mixed", "range", "no_special"] {
+        seeds.push(read(&format!("tests/fixtures/steer_positions/{name}.csv")));
+    }
     Target::new("steer_csv", seeds, dir.path().join("fuzz-case.csv"), |path| {
         sae_onnx::steer::plan::SteeringPlan::from_csv_file(path)
             .map(drop)
