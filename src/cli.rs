@@ -1,7 +1,7 @@
 //! Command-line interface: clap commands turned into validated calls into the library.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -325,8 +325,8 @@ Generator.set_model_input(\"steer.coeff.0\", array) before append_tokens, and ke
 until generation ends (genai reads it on every step, it does not copy it).
 transformers.js: config.json (the checkpoint's, with a transformers.js_config section naming the
 file and its data), generation_config.json, the tokenizer files, onnx/model.onnx and its data as
-onnx/model.onnx_data. Its generate() cannot feed coefficient inputs: a sweepable model needs
---coefficients fixed.")]
+onnx/model.onnx_data. Its generate() drops coefficient inputs: feed them to the model's forward
+call step by step (web/app.js does), or package with --coefficients fixed.")]
 pub struct PackageArgs {
     /// The model to package (`export --kv-cache`, steered or not).
     pub model: PathBuf,
@@ -1207,19 +1207,34 @@ fn package(args: &PackageArgs, hub: crate::hub::Hub) -> Result<()> {
         eprintln!("  feed {input} (float32 scalar; the steer.csv value is {default}) on every run");
     }
     if let PackageFormat::TransformersJs = args.format {
-        let parent = crate::files::parent_dir(&args.output).display().to_string();
-        let name = args
-            .output
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        eprintln!(
-            "load it with transformers.js: env.localModelPath = \"{parent}/\"; await AutoModelForCausalLM.from_pretrained(\"{name}\")\n\
-             in a browser, serve the folder above it over HTTP, e.g. `python3 -m http.server 8000 --bind 127.0.0.1 -d {parent}`, \
-             and set env.localModelPath = \"/\""
-        );
+        print_transformers_js_usage(&args.output, !report.coefficient_inputs.is_empty());
     }
     Ok(())
+}
+
+/// How to load a transformers.js package in Node, and how to show it in the web page (web/ of
+/// the sources), which the page finds by a path under its own folder.
+fn print_transformers_js_usage(output: &Path, sweepable: bool) {
+    let parent = crate::files::parent_dir(output).display().to_string();
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let absolute = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
+    eprintln!(
+        "load it in Node: env.localModelPath = \"{parent}/\"; await AutoModelForCausalLM.from_pretrained(\"{name}\")"
+    );
+    let base = if sweepable {
+        "the base column is coefficient 0, a slider sets the steered one"
+    } else {
+        "no coefficient inputs: add &base=models/BASE (a package of the unsteered model) for the base column"
+    };
+    eprintln!(
+        "show it in a browser, base and steered side by side, with web/ of the sae-onnx sources ({base}):\n  \
+         cd web && npm install && mkdir -p models && ln -sfn '{}' models/{name} && python3 -m http.server 8000 --bind 127.0.0.1\n  \
+         then open http://127.0.0.1:8000/?model=models/{name}",
+        absolute.display()
+    );
 }
 
 fn inspect_model(args: &InspectArgs) -> Result<()> {

@@ -69,31 +69,6 @@ fn package_refuses_bad_input_and_writes_nothing() {
     );
     assert_only(dir, &files);
 
-    // A sweepable model for transformers.js, whose generate() cannot feed its coefficients.
-    let sweepable = dir.join("sweep.onnx");
-    let csv = "tests/fixtures/steer/case_a.csv";
-    common::succeeded(&sae_onnx(&[
-        "patch",
-        "--csv",
-        csv,
-        "--model",
-        path(&kv),
-        "-o",
-        path(&sweepable),
-        "--sweepable",
-    ]));
-    let run = sae_onnx(&[
-        "package",
-        path(&sweepable),
-        "--format",
-        "transformers.js",
-        "-o",
-        path(&out),
-    ]);
-    common::failed(&run, &["steer.coeff", "--coefficients fixed"]);
-    std::fs::remove_file(&sweepable).unwrap();
-    assert_only(dir, &files);
-
     // Rows steered by the prompt boundary, an input neither runtime's generator feeds.
     let boundary = dir.join("boundary.onnx");
     common::succeeded(&sae_onnx(&[
