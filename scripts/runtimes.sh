@@ -2,7 +2,8 @@
 # The other runtimes the `package` tests run the packages in, installed pinned and idempotently
 # under .venv/ (git-ignored): onnxruntime-genai 0.18.0 in .venv/genai (Python, from PyPI), and
 # @huggingface/transformers 3.8.1 in .venv/node (npm; onnxruntime-node's CPU build only, no CUDA
-# download). Needs python3 with venv and pip, node and npm.
+# download) with playwright-core 1.65.2, which drives the system Chromium in the web page test
+# (tests/it/web_page.rs). Needs python3 with venv and pip, node and npm.
 # Prints the variables the tests read; `scripts/test.sh` evaluates them:
 #   eval "$(scripts/runtimes.sh)"
 set -euo pipefail
@@ -18,10 +19,11 @@ fi
 echo "export SAE_ONNX_GENAI_PYTHON=$PWD/$genai/bin/python"
 
 node_dir=.venv/node
-if ! NODE_PATH=$node_dir/node_modules node -e 'process.exit(require("@huggingface/transformers").env.version === "3.8.1" ? 0 : 1)' 2>/dev/null; then
+if ! NODE_PATH=$node_dir/node_modules node -e 'process.exit(require("@huggingface/transformers").env.version === "3.8.1"
+        && require("playwright-core/package.json").version === "1.65.2" ? 0 : 1)' 2>/dev/null; then
     mkdir -p "$node_dir"
     echo '{"private": true}' > "$node_dir/package.json"
     ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm install --prefix "$node_dir" --no-audit --no-fund --save-exact \
-        @huggingface/transformers@3.8.1 >&2
+        @huggingface/transformers@3.8.1 playwright-core@1.65.2 >&2
 fi
 echo "export SAE_ONNX_NODE_PATH=$PWD/$node_dir/node_modules"

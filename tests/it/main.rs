@@ -50,3 +50,4 @@ mod sweep_grid;
 mod sweep_slurm;
 mod task_index_trust;
 mod tasks_installed;
+mod web_page;
