@@ -2,7 +2,8 @@
 //! through tests/runtimes/web_page.mjs): the bundled demo model, exported, patched --sweepable
 //! and packaged for transformers.js, served with the page from 127.0.0.1; the base and steered
 //! columns it streams equal transformers' greedy continuations (tests/fixtures/web/expected.json),
-//! and with the coefficient at 0 the steered column equals the base one.
+//! and with the coefficient at 0 the steered column equals the base one. Then the same with a
+//! steered package without coefficient inputs beside a base package (`?model=…&base=…`).
 //!
 //! Needs SAE_ONNX_NODE_PATH (a node_modules with @huggingface/transformers 3.8.1 and
 //! playwright-core 1.65.2; `scripts/test.sh` installs them) and Chromium at SAE_ONNX_CHROMIUM
@@ -139,21 +140,25 @@ fn the_web_page_streams_the_transformers_continuations_base_and_steered() {
         &path("demo.sweep.onnx"),
         "--sweepable",
     ]);
-    sae_onnx(&[
-        "package",
+    let package = |model: &str, out: &str, extra: &[&str]| {
+        let mut args = vec!["package", model, "--format", "transformers.js", "-o", out];
+        args.extend_from_slice(extra);
+        sae_onnx(&args);
+    };
+    package(&path("demo.sweep.onnx"), &path("sweep-js"), &[]);
+    package(
         &path("demo.sweep.onnx"),
-        "--format",
-        "transformers.js",
-        "-o",
-        &path("demo-js"),
-    ]);
+        &path("fixed-js"),
+        &["--coefficients", "fixed"],
+    );
+    package(&path("demo.onnx"), &path("base-js"), &[]);
     let screenshot = std::env::var_os("SAE_ONNX_WEB_SCREENSHOT")
         .map(PathBuf::from)
         .unwrap_or_else(|| tmp.path().join("web-demo.png"));
     let answer = run_driver(&json!({
         "web": Path::new("web").canonicalize().unwrap(),
         "node_modules": node_modules,
-        "package": path("demo-js"),
+        "packages": {"sweep": path("sweep-js"), "fixed": path("fixed-js"), "base": path("base-js")},
         "chromium": chromium,
         "prompt": expected["prompt"],
         "max_new_tokens": expected["max_new_tokens"],
@@ -183,6 +188,11 @@ fn the_web_page_streams_the_transformers_continuations_base_and_steered() {
     assert_eq!(
         &answer["zero"]["steered"], base,
         "steered column at coefficient 0"
+    );
+    assert_eq!(&answer["pair"]["base"], base, "base package's column");
+    assert_eq!(
+        &answer["pair"]["steered"], steered,
+        "fixed steered package's column"
     );
     let png = std::fs::read(&screenshot).unwrap();
     assert!(

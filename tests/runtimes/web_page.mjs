@@ -1,13 +1,15 @@
 // web/index.html in a real headless Chromium (the system's, driven by playwright-core), for
 // tests/it/web_page.rs. Serves web/ with the runtime (node_modules) and a package under it from
-// 127.0.0.1 on a free port, loads the page, types the prompt, generates with the package's
-// coefficients, then with the first coefficient at 0, and reports what the page showed.
+// 127.0.0.1 on a free port, loads the page with a sweepable package, types the prompt, generates
+// with the package's coefficients, then with the first coefficient at 0; then loads it with a
+// steered package and a base package (?model=…&base=…) and generates once more. Reports what
+// the page showed each time.
 //
 // Reads a JSON request on stdin:
-//   {"web": DIR, "node_modules": DIR, "package": DIR, "chromium": EXE, "prompt": TEXT,
-//    "max_new_tokens": N, "screenshot": PNG}
-// and writes {"transformers_js", "playwright", "chromium", "coefficients": [names],
-// "steered": {"base", "steered"}, "zero": {"base", "steered"}}: the columns' text each time.
+//   {"web": DIR, "node_modules": DIR, "packages": {"sweep": DIR, "fixed": DIR, "base": DIR},
+//    "chromium": EXE, "prompt": TEXT, "max_new_tokens": N, "screenshot": PNG}
+// (each package served as models/NAME) and writes {"transformers_js", "playwright", "chromium",
+// "coefficients": [names], "steered", "zero", "pair"}, each {"base", "steered"}: the columns' text.
 // The server, the browser and its profile folder go whatever happens; only 127.0.0.1 is used.
 
 import { createRequire } from "node:module";
@@ -30,10 +32,10 @@ const TYPES = {
   ".json": "application/json",
   ".wasm": "application/wasm",
 };
-// URL prefix -> folder; the longest prefix wins. The page finds the package as models/demo.
+// URL prefix -> folder, the first match wins (so "/" comes last).
 const MOUNTS = [
   ["/node_modules/", request.node_modules],
-  ["/models/demo/", request.package],
+  ...Object.entries(request.packages).map(([name, dir]) => [`/models/${name}/`, dir]),
   ["/", request.web],
 ];
 
@@ -96,14 +98,19 @@ try {
     steered: await page.textContent("#steered-text"),
   });
 
-  await page.goto(`${origin}/?model=models/demo`);
+  /** Loads the page, sets the prompt and length, generates, returns the columns. */
+  const generate = async () => {
+    await page.getByLabel("Prompt").fill(request.prompt);
+    await page.getByLabel("New tokens").fill(String(request.max_new_tokens));
+    await page.getByRole("button", { name: "Generate" }).click();
+    await waitFor("done");
+    return columns();
+  };
+
+  await page.goto(`${origin}/?model=models/sweep`);
   await waitFor("ready");
   const coefficients = await page.$$eval("#coefficients input[type=number]", (xs) => xs.map((x) => x.getAttribute("aria-label")));
-  await page.getByLabel("Prompt").fill(request.prompt);
-  await page.getByLabel("New tokens").fill(String(request.max_new_tokens));
-  await page.getByRole("button", { name: "Generate" }).click();
-  await waitFor("done");
-  const steered = await columns();
+  const steered = await generate();
   await page.screenshot({ path: request.screenshot });
 
   // The coefficient to 0 in its number box (the slider follows), then Generate by keyboard.
@@ -112,6 +119,11 @@ try {
   await waitFor("done");
   const zero = await columns();
   const sliderValue = await page.inputValue("#coeff-0");
+
+  // A steered package without coefficient inputs, beside a package of its base model.
+  await page.goto(`${origin}/?model=models/fixed&base=models/base`);
+  await waitFor("ready");
+  const pair = await generate();
 
   if (problems.length) throw new Error(problems.join("; "));
   process.stdout.write(JSON.stringify({
@@ -123,6 +135,7 @@ try {
     slider_after_zero: sliderValue,
     steered,
     zero,
+    pair,
   }));
 } finally {
   await context?.close();
