@@ -41,7 +41,10 @@ if [ "$(uname -sm)" = "Linux x86_64" ]; then
         tar xzf "$llama_dir/pack/node-llama-cpp-linux-x64-$llama_version.tgz" -C "$llama_dir/pack" package/bins/linux-x64
         mv "$llama_dir/pack/package/bins/linux-x64" "$llama_dir/lib"
         tar xzf "$llama_dir/pack/node-llama-cpp-$llama_version.tgz" -C "$llama_dir/pack" package/llama/gitRelease.bundle
-        git -c advice.detachedHead=false clone --quiet "$llama_dir/pack/package/llama/gitRelease.bundle" "$llama_dir/src" >&2
+        # Only what the driver compiles against and tests/fixtures/llama_cpp/make_llama_cpp_golden.py
+        # runs (the converter and gguf-py), not the whole tree.
+        git -c advice.detachedHead=false -c init.defaultBranch=main clone --quiet --no-checkout "$llama_dir/pack/package/llama/gitRelease.bundle" "$llama_dir/src" >&2
+        git -C "$llama_dir/src" checkout --quiet HEAD -- include common ggml/include gguf-py conversion convert_hf_to_gguf.py >&2
         rm -rf "$llama_dir/pack"
         g++ -std=c++17 -O2 tests/runtimes/llama_cpp_logits.cpp -o "$llama_driver" \
             -I"$llama_dir/src/include" -I"$llama_dir/src/common" -I"$llama_dir/src/ggml/include" \

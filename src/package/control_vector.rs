@@ -293,7 +293,7 @@ fn decode_floats(dtype: DataType, bytes: &[u8]) -> Result<Vec<f32>> {
         DataType::Bfloat16 => (2, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()),
         other => bail!("element type {other:?}: steering constants are float32, float16 or bfloat16"),
     };
-    if bytes.len() % width != 0 {
+    if !bytes.len().is_multiple_of(width) {
         bail!("{} bytes is not a whole number of {dtype:?} values", bytes.len());
     }
     Ok(bytes.chunks_exact(width).map(decode).collect())
