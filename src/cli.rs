@@ -3,7 +3,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::eval::options::BatchSize;
@@ -316,7 +316,11 @@ impl From<OpsArg> for Ops {
   node -e 'const t = require(\"@huggingface/transformers\"); t.env.localModelPath = \".\";
            t.AutoModelForCausalLM.from_pretrained(\"dogs-js\")'
 
-Both formats take decoding graphs only (`export --kv-cache`).
+  sae-onnx package dogs.onnx --format llama.cpp -o dogs.gguf
+  llama-cli -m gemma-2-2b.gguf --control-vector dogs.gguf   (a GGUF from llama.cpp's convert_hf_to_gguf.py)
+  sae-onnx package gemma.onnx --format llama.cpp --csv dog_steer.csv -o dogs.gguf
+
+genai and transformers.js take decoding graphs only (`export --kv-cache`).
 genai: the folder holds model.onnx + model.onnx.data
 (hard links to the model's data file when on the same filesystem), genai_config.json (from the
 checkpoint's config.json and generation_config.json) and the tokenizer files. With the default
@@ -326,16 +330,26 @@ until generation ends (genai reads it on every step, it does not copy it).
 transformers.js: config.json (the checkpoint's, with a transformers.js_config section naming the
 file and its data), generation_config.json, the tokenizer files, onnx/model.onnx and its data as
 onnx/model.onnx_data. Its generate() drops coefficient inputs: feed them to the model's forward
-call step by step (web/app.js does), or package with --coefficients fixed.")]
+call step by step (web/app.js does), or package with --coefficients fixed.
+llama.cpp: one control-vector GGUF file (any graph, full-sequence or decoding): the steering
+recorded in MODEL, or --csv's, as float32 `direction.L` vectors that llama.cpp adds to decoder
+layer L's output (blocks.L.hook_resid_post) at every position. Only that is expressible: `add`
+rows (normalize none or unit) with fixed coefficients at blocks.L.hook_resid_post, L >= 1,
+positions all; other steering, and sweepable models (use --csv), are refused.")]
 pub struct PackageArgs {
     /// The model to package (`export --kv-cache`, steered or not).
     pub model: PathBuf,
     /// The runtime to package for.
     #[arg(long, value_enum)]
     pub format: PackageFormat,
-    /// The package folder (written under a temporary name beside it, then renamed into place).
+    /// The package folder, or file for llama.cpp (written under a temporary name beside it, then
+    /// renamed into place).
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
+    /// llama.cpp only: package this steer.csv's vectors instead of the steering recorded in the
+    /// model (the model then gives the architecture, layer count and width).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
     /// The checkpoint folder with config.json, generation_config.json and the tokenizer files.
     /// Default: where the model's metadata says it was exported from.
     #[arg(long, value_name = "DIR")]
@@ -357,6 +371,9 @@ pub enum PackageFormat {
     /// transformers.js 3.8 (Node, browser): `AutoModelForCausalLM.from_pretrained(OUT)`.
     #[value(name = "transformers.js")]
     TransformersJs,
+    /// llama.cpp: a control vector, `llama-cli --control-vector OUT`.
+    #[value(name = "llama.cpp")]
+    LlamaCpp,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -1169,17 +1186,25 @@ fn list_saes(args: &SaesArgs) -> Result<()> {
     Ok(())
 }
 
-/// `inspect`: the model's report as text, or as JSON with `--json`.
+/// `package` for genai and transformers.js: the folder, its files and what the caller must feed.
 fn package(args: &PackageArgs, hub: crate::hub::Hub) -> Result<()> {
     use crate::package::{Coefficients, Format, PackageOptions, graph::Placement};
+    let format = match args.format {
+        PackageFormat::Genai => Format::Genai,
+        PackageFormat::TransformersJs => Format::TransformersJs,
+        PackageFormat::LlamaCpp => return package_control_vector(args, hub),
+    };
+    if args.csv.is_some() {
+        bail!(
+            "--csv is for --format llama.cpp; for --format {} patch the CSV into the model first (`sae-onnx patch`)",
+            format.name()
+        );
+    }
     let report = crate::package::package(
         &hub,
         &PackageOptions {
             model: args.model.clone(),
-            format: match args.format {
-                PackageFormat::Genai => Format::Genai,
-                PackageFormat::TransformersJs => Format::TransformersJs,
-            },
+            format,
             output: args.output.clone(),
             checkpoint: args.checkpoint.clone(),
             coefficients: match args.coefficients {
@@ -1235,6 +1260,39 @@ fn print_transformers_js_usage(output: &Path, sweepable: bool) {
          then open http://127.0.0.1:8000/?model=models/{name}",
         absolute.display()
     );
+}
+
+/// `package --format llama.cpp`: one control-vector file.
+fn package_control_vector(args: &PackageArgs, hub: crate::hub::Hub) -> Result<()> {
+    if args.checkpoint.is_some() {
+        bail!(
+            "--checkpoint is not read by --format llama.cpp: a control vector holds no tokenizer or config"
+        );
+    }
+    let report = crate::package::control_vector::control_vector(
+        &hub,
+        &crate::package::control_vector::ControlVectorOptions {
+            model: args.model.clone(),
+            csv: args.csv.clone(),
+            output: args.output.clone(),
+            force: args.force,
+        },
+    )?;
+    for (layer, norm) in &report.norms {
+        eprintln!("  direction.{layer:<4} (blocks.{layer}.hook_resid_post)  norm {norm:.4}");
+    }
+    eprintln!(
+        "packaged {} -> {} (llama.cpp control vector, model_hint {}, layer_count {}, {}) in {:.2}s\n\
+         use it with: llama-cli -m MODEL.gguf --control-vector {}",
+        args.model.display(),
+        report.output.display(),
+        report.model_hint,
+        report.layer_count,
+        inspect::human_bytes(report.bytes),
+        report.seconds,
+        report.output.display()
+    );
+    Ok(())
 }
 
 fn inspect_model(args: &InspectArgs) -> Result<()> {
