@@ -1174,7 +1174,11 @@ fn list_saes(args: &SaesArgs) -> Result<()> {
     for entry in &found[..shown] {
         println!(
             "{:<44} {:<40} {:<28} {:>7} {:>8}",
-            entry.release.release, entry.sae.id, entry.sae.hook, entry.sae.d_in, entry.sae.d_sae
+            entry.release.release,
+            entry.sae.id,
+            entry.sae.hook,
+            entry.sae.d_in,
+            entry.sae.d_sae.map_or_else(|| "-".to_owned(), |d| d.to_string())
         );
     }
     if shown < found.len() {
