@@ -51,8 +51,10 @@ import glob, json, os, sys
 worst, flags, docs = 0.0, 0, 0
 for point in sorted(glob.glob(os.path.join(sys.argv[1], "sweep_*"))):
     other = os.path.join(sys.argv[2], os.path.basename(point))
-    for f in sorted(glob.glob(os.path.join(point, "samples_*.jsonl"))):
-        g = glob.glob(os.path.join(other, os.path.basename(f).rsplit("_", 1)[0] + "_*.jsonl"))[0]
+    # Samples lie in a folder named after the model, one level down.
+    for f in sorted(glob.glob(os.path.join(point, "*", "samples_*.jsonl"))):
+        task = os.path.basename(f).rsplit("_", 1)[0]
+        g = glob.glob(os.path.join(other, "*", task + "_*.jsonl"))[0]
         a = sorted((json.loads(l) for l in open(f)), key=lambda s: s["doc_id"])
         b = sorted((json.loads(l) for l in open(g)), key=lambda s: s["doc_id"])
         for x, y in zip(a, b):

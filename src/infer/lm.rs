@@ -195,7 +195,7 @@ struct PrefixGroup {
 /// (the part below it once per batch, the part above once per value).
 enum Engine {
     Whole(Session),
-    FannedOut(FanOut),
+    FannedOut(Box<FanOut>),
 }
 
 /// What [`ScoringModel::open_fanned_out`] found.
@@ -258,7 +258,7 @@ impl ScoringModel {
         Ok(FanOutOpening::Opened(Self::with_engine(
             &model,
             cache,
-            Engine::FannedOut(fan_out),
+            Engine::FannedOut(Box::new(fan_out)),
             runtime::SessionOrigin::Built,
             options,
             max_length,
