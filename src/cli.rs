@@ -584,6 +584,12 @@ pub struct EvalArgs {
     /// results go to <output-path>/sweep_<input>_<value>/; a table of all values is printed last.
     #[arg(long, value_name = "[INPUT=]VALUES", allow_hyphen_values = true)]
     pub sweep: Option<crate::eval::sweep::SweepSpec>,
+    /// With --sweep, score each value in a pass of its own. By default the loglikelihood
+    /// requests are fanned out: each batch runs what does not depend on the swept coefficient
+    /// (the layers below its hook) once and the layers above once per value, with the same
+    /// scores. Decoding graphs (--kv-cache) and generate_until tasks always run one pass a value.
+    #[arg(long, requires = "sweep")]
+    pub no_fan_out: bool,
     /// Score only the K-th (from 0) of N slices of every task's documents (document i belongs to
     /// shard i % N, lm-eval's split across ranks; few-shot examples stay the unsharded run's),
     /// e.g. `--shard $SLURM_ARRAY_TASK_ID/8`. Needs --output-path: besides results and samples,
@@ -830,6 +836,7 @@ impl Cli {
             progress: self.show_progress(),
             force: args.force,
             shard: args.shard,
+            fan_out: !args.no_fan_out,
             hub,
         };
         if let Some(spec) = &args.sweep {

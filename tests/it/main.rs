@@ -16,6 +16,7 @@ mod compare_trust;
 mod decoder_map;
 mod demo_steering;
 mod eval_cli;
+mod eval_fan_out;
 mod eval_lm_eval;
 mod eval_rolling_gen;
 mod eval_shard;
