@@ -100,21 +100,8 @@ impl FanOut {
         drop(lowered);
         let mut per_value = Vec::with_capacity(values.len());
         for feeds in values {
-            let fed: Vec<(String, DynValue)> = feeds
-                .iter()
-                .map(|f| Ok((f.name.clone(), f.tensor()?)))
-                .collect::<Result<_>>()?;
-            let overridden = |name: &str| fed.iter().any(|(n, _)| n == name);
-            let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = common
-                .iter()
-                .filter(|(name, _)| self.upper_inputs.contains(name) && !overridden(name))
-                .map(|(name, value)| (Cow::from(name.as_str()), value.into()))
-                .collect();
-            inputs.extend(
-                fed.iter()
-                    .filter(|(name, _)| self.upper_inputs.contains(name))
-                    .map(|(name, value)| (Cow::from(name.as_str()), value.into())),
-            );
+            let fed = value_feeds(feeds)?;
+            let mut inputs = value_inputs(common, &fed, |name| self.upper_inputs.contains(name));
             inputs.extend(
                 self.cut
                     .iter()
@@ -137,6 +124,28 @@ impl FanOut {
         }
         Ok(per_value)
     }
+}
+
+/// One value's coefficient feeds as runtime values.
+pub(super) fn value_feeds(feeds: &[ScalarFeed]) -> Result<Vec<(String, DynValue)>> {
+    feeds.iter().map(|f| Ok((f.name.clone(), f.tensor()?))).collect()
+}
+
+/// The inputs of one value's run that a session `reads`: the batch's `common` inputs except those
+/// the value's `fed` coefficients override, then the coefficients.
+pub(super) fn value_inputs<'a>(
+    common: &'a [(String, DynValue)],
+    fed: &'a [(String, DynValue)],
+    reads: impl Fn(&str) -> bool,
+) -> Vec<(Cow<'a, str>, SessionInputValue<'a>)> {
+    let overridden = |name: &str| fed.iter().any(|(n, _)| n == name);
+    common
+        .iter()
+        .filter(|(name, _)| !overridden(name))
+        .chain(fed)
+        .filter(|(name, _)| reads(name))
+        .map(|(name, value)| (Cow::from(name.as_str()), value.into()))
+        .collect()
 }
 
 /// The ONNX element type of a tensor the runtime describes (its enumeration is ONNX's).

@@ -20,12 +20,12 @@ use std::path::Path;
 use std::borrow::Cow;
 
 use anyhow::{Context, Result, bail};
-use ort::session::{Session, SessionInputValue};
+use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, PROMPT_LENGTH, past_name, present_name};
-use crate::infer::fan_out::FanOut;
+use crate::infer::fan_out::{FanOut, value_feeds, value_inputs};
 use crate::infer::kv_cache::CacheLayout;
 use crate::infer::runtime::{self, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
@@ -586,16 +586,8 @@ impl ScoringModel {
             Engine::Whole(session) => {
                 let mut per_value = Vec::with_capacity(values.len());
                 for feeds in values {
-                    let fed: Vec<(String, DynValue)> = feeds
-                        .iter()
-                        .map(|f| Ok((f.name.clone(), f.tensor()?)))
-                        .collect::<Result<_>>()?;
-                    let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = common
-                        .iter()
-                        .filter(|(name, _)| !fed.iter().any(|(n, _)| n == name))
-                        .chain(&fed)
-                        .map(|(name, value)| (Cow::from(name.as_str()), value.into()))
-                        .collect();
+                    let fed = value_feeds(feeds)?;
+                    let mut inputs = value_inputs(&common, &fed, |_| true);
                     inputs.extend(
                         past.iter()
                             .map(|(name, value)| (Cow::from(name.as_str()), (*value).into())),
