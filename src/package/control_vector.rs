@@ -17,8 +17,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use super::llama_cpp::ControlVector;
-use crate::contract::is_steering_add;
 use crate::contract::meta;
+use crate::contract::{STEER_TENSOR_PREFIX, is_steering_add};
 use crate::files::Inputs;
 use crate::hook::{HookPoint, Site};
 use crate::hub::Hub;
@@ -277,7 +277,7 @@ fn graph_constants(model: &Model, path: &Path) -> Result<BTreeMap<u32, Vec<f32>>
 
 /// `sae_onnx.steer.{hook}`, with the `_N` a second patch at the same hook gets.
 fn constant_hook(name: &str) -> Option<HookPoint> {
-    let rest = name.strip_prefix("sae_onnx.steer.")?;
+    let rest = name.strip_prefix(STEER_TENSOR_PREFIX)?;
     HookPoint::parse(rest).ok().or_else(|| {
         let (base, n) = rest.rsplit_once('_')?;
         n.parse::<u32>().ok()?;
