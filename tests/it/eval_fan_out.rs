@@ -159,16 +159,15 @@ fn one_hook_fanned_out_equals_one_pass_per_value() {
     assert_fan_out_matches_passes(&model, &inputs[0], &[0.0, 8.0, 32.0, -16.0], &options);
 }
 
-/// The demo model patched with tests/fixtures/steer_actions/mixed.csv: `add`, `clamp`,
-/// `add_if_active` and `clamp_projection` rows at `blocks.1.hook_mlp_out` and
-/// `blocks.2.hook_resid_post`, each coefficient an input.
-fn mixed_actions_model(dir: &Path) -> PathBuf {
+/// The demo model exported with `export_options` and patched `--sweepable` with the fixture
+/// `csv` (each coefficient an input).
+fn sweepable_demo(dir: &Path, csv: &str, export_options: &ExportOptions) -> PathBuf {
     let base = dir.join("demo.onnx");
-    export::export("models/tiny-gemma2", &base, &ExportOptions::default()).unwrap();
-    let out = dir.join("mixed.onnx");
+    export::export("models/tiny-gemma2", &base, export_options).unwrap();
+    let out = dir.join("steered.onnx");
     patch_with_output(
         &PatchOptions {
-            csv: common::fixture("steer_actions/mixed.csv"),
+            csv: common::fixture(csv),
             output: out.clone(),
             model: Some(base.display().to_string()),
             replace: false,
@@ -186,7 +185,9 @@ fn mixed_actions_model(dir: &Path) -> PathBuf {
 #[test]
 fn several_hooks_and_non_additive_rows_fanned_out_equal_one_pass_per_value() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = mixed_actions_model(tmp.path());
+    // tests/fixtures/steer_actions/mixed.csv: `add`, `clamp`, `add_if_active` and
+    // `clamp_projection` rows at `blocks.1.hook_mlp_out` and `blocks.2.hook_resid_post`.
+    let model = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &ExportOptions::default());
     let inputs = coefficient_inputs(&Model::load(&model).unwrap().proto).unwrap();
     let options = EvalOptions {
         tasks: vec!["demo_mc".into()],
@@ -224,27 +225,11 @@ fn several_hooks_and_non_additive_rows_fanned_out_equal_one_pass_per_value() {
 #[test]
 fn a_decoding_graph_is_not_split_and_says_why() {
     let tmp = tempfile::tempdir().unwrap();
-    let base = tmp.path().join("demo.kv.onnx");
     let export_options = ExportOptions {
         kv_cache: true,
         ..Default::default()
     };
-    export::export("models/tiny-gemma2", &base, &export_options).unwrap();
-    let steered = tmp.path().join("steered.kv.onnx");
-    patch_with_output(
-        &PatchOptions {
-            csv: common::fixture("steer_actions/clamp.csv"),
-            output: steered.clone(),
-            model: Some(base.display().to_string()),
-            replace: false,
-            progress: false,
-        },
-        &PatchOutput {
-            sweepable: true,
-            force: false,
-        },
-    )
-    .unwrap();
+    let steered = sweepable_demo(tmp.path(), "steer_actions/clamp.csv", &export_options);
     let opening =
         ScoringModel::open_fanned_out(&steered, &SessionOptions::default(), 64, 4, "steer.coeff.0").unwrap();
     let FanOutOpening::NotSplit(reason) = opening else {

@@ -75,35 +75,27 @@ fn demo_models(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf
     (base, steered)
 }
 
+/// `package MODEL --format llama.cpp [EXTRA] -o OUT`, which must succeed.
+fn package_control_vector(model: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
+    let mut args = vec!["package", path(model), "--format", "llama.cpp"];
+    args.extend_from_slice(extra);
+    args.extend(["-o", path(out)]);
+    common::succeeded(&sae_onnx(&args));
+}
+
 #[test]
 fn package_writes_the_demo_vector_gguf_py_wrote_from_the_model_or_the_csv() {
     let tmp = tempfile::tempdir().unwrap();
     let (base, steered) = demo_models(tmp.path());
     let golden = std::fs::read(fixture("llama_cpp/demo_steer.gguf")).unwrap();
     let out = tmp.path().join("steer.gguf");
-    common::succeeded(&sae_onnx(&[
-        "package",
-        path(&steered),
-        "--format",
-        "llama.cpp",
-        "-o",
-        path(&out),
-    ]));
+    package_control_vector(&steered, &out, &[]);
     assert!(
         std::fs::read(&out).unwrap() == golden,
         "from the model's steering"
     );
     let from_csv = tmp.path().join("csv.gguf");
-    common::succeeded(&sae_onnx(&[
-        "package",
-        path(&base),
-        "--format",
-        "llama.cpp",
-        "--csv",
-        "models/tiny-gemma2/steer.csv",
-        "-o",
-        path(&from_csv),
-    ]));
+    package_control_vector(&base, &from_csv, &["--csv", "models/tiny-gemma2/steer.csv"]);
     assert!(std::fs::read(&from_csv).unwrap() == golden, "from --csv");
 }
 
@@ -180,14 +172,7 @@ fn llama_cpp_adds_our_control_vector_where_transformers_adds_the_steering() {
     let tmp = tempfile::tempdir().unwrap();
     let (_, steered) = demo_models(tmp.path());
     let cvec = tmp.path().join("steer.gguf");
-    common::succeeded(&sae_onnx(&[
-        "package",
-        path(&steered),
-        "--format",
-        "llama.cpp",
-        "-o",
-        path(&cvec),
-    ]));
+    package_control_vector(&steered, &cvec, &[]);
     let golden = llama_golden();
     let plain = llama_cpp_logits(&driver, &golden.tokens, None);
     let diff = max_abs_diff(&plain, &golden.plain);
