@@ -194,8 +194,10 @@ fn from_model(model: &Model, path: &Path) -> Result<BTreeMap<u32, Vec<f32>>> {
     }
     let mut recorded_layers = BTreeMap::new();
     for row in rows {
+        // The model is the input here: the plan's line only says which recorded row.
         let at = format!(
-            "'{}' line {}",
+            "'{}': the steering recorded from '{}' line {}",
+            path.display(),
             row["csv"].as_str().unwrap_or("steer.csv"),
             row["line"].as_u64().unwrap_or(0)
         );
@@ -209,8 +211,8 @@ fn from_model(model: &Model, path: &Path) -> Result<BTreeMap<u32, Vec<f32>>> {
         }
         if text("action") != SteerAction::Add.name() {
             bail!(
-                "{at}: action {} reads the residual stream; {EXPRESSIBLE}",
-                text("action")
+                "{at}: action {} is not a fixed addition; {EXPRESSIBLE}",
+                crate::files::printable(text("action"), 40)
             );
         }
         if let Some(positions) = row["positions"].as_str() {

@@ -312,6 +312,57 @@ fn external_data() {
     .fuzz();
 }
 
+/// The steering record (`sae_onnx.steering` in `metadata_props`) of a steered model, mutated as
+/// text: `inspect` and `package --format llama.cpp` read it back, and a record that no longer
+/// agrees with the graph's steering constants must be refused, never packaged.
+fn mutate_steering_record(seed: &[u8], rng: &mut mutate::Rng) -> Vec<u8> {
+    let mut model = ModelProto::decode(seed).expect("seed decodes");
+    let record = model
+        .metadata_props
+        .iter_mut()
+        .find(|e| e.key.as_deref() == Some(sae_onnx::contract::meta::STEERING))
+        .expect("seed carries a steering record");
+    let text = record.value.take().unwrap_or_default();
+    // The record is its own splice donor: there is one seed.
+    let donors = [text.clone().into_bytes()];
+    let mutated = mutate::mutate(text.as_bytes(), &donors, rng, true, 0, 1 << 16);
+    record.value = Some(String::from_utf8_lossy(&mutated).into_owned());
+    model.encode_to_vec()
+}
+
+#[test]
+fn steering_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let steered = dir.path().join("steered.onnx");
+    patch(
+        &repo("models/tiny-gemma2/steer.csv"),
+        &demo_export().join("base.onnx"),
+        &steered,
+        &repo("models/tiny-gemma2"),
+    )
+    .expect("patching the demo model");
+    let seeds = vec![std::fs::read(&steered).unwrap()];
+    let case = dir.path().join("fuzz-case.onnx");
+    // The case keeps the steered model's weights file, which its graph names.
+    let out = dir.path().join("control.gguf");
+    Target::new("steering_record", seeds, case.clone(), |path| {
+        sae_onnx::inspect::inspect(path).map(drop).map_err(err_text)?;
+        let args = [
+            os("-q"),
+            os("package"),
+            path.as_os_str(),
+            os("--format"),
+            os("llama.cpp"),
+            os("-o"),
+            out.as_os_str(),
+            os("--force"),
+        ];
+        run_binary(&args, dir.path())
+    })
+    .mutator(mutate_steering_record)
+    .fuzz();
+}
+
 /// Reads an SAE array the way steering does: a few elements, never the whole (a 1m-wide SAE's
 /// W_dec is 9 GB): the first and last element, and the first row of a matrix.
 fn read_ends(array: &sae_onnx::sae::weights::StoredArray) -> Result<(), String> {
