@@ -275,6 +275,20 @@ fn config_fields_we_do_not_build_are_refused() {
         |c| c["partial_rotary_factor"] = 0.5.into(),
         &["partial_rotary_factor"],
     );
+    // transformers' Llama does not read layer_types; its Qwen has no window without use_sliding_window.
+    refused(
+        "llama",
+        |c| c["layer_types"] = serde_json::json!(["sliding_attention", "full_attention"]),
+        &["layer_types", "LlamaForCausalLM"],
+    );
+    refused(
+        "qwen2",
+        |c| {
+            c["layer_types"] = serde_json::json!(["full_attention", "sliding_attention"]);
+            c["sliding_window"] = 4.into();
+        },
+        &["use_sliding_window"],
+    );
 }
 
 /// Dropping what sets a family apart (Llama 3's RoPE scaling, Mistral's window) gives logits
@@ -351,4 +365,42 @@ fn families_float16_is_within_its_bound() {
             "{family} float16 cannot be as exact as float32 ({worst}): is the dtype applied?"
         );
     }
+}
+
+/// Qwen 2 with its sliding window on (qwen2/config_sliding.json, as transformers writes it:
+/// layer 1 sees its last 4 keys) matches transformers in both profiles and in the decoding graph.
+#[test]
+fn qwen2_sliding_window_matches_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qwen2_sliding");
+    std::fs::create_dir(&dir).unwrap();
+    let source = fixture_dir("qwen2");
+    for (from, to) in [
+        ("model.safetensors", "model.safetensors"),
+        ("tokenizer.json", "tokenizer.json"),
+        ("config_sliding.json", "config.json"),
+        ("golden_sliding.safetensors", "golden.safetensors"),
+    ] {
+        std::fs::copy(source.join(from), dir.join(to)).unwrap();
+    }
+    let golden = Golden::load(&dir.join("golden.safetensors"));
+    for ops in [Ops::Portable, Ops::Ort] {
+        let options = ExportOptions {
+            ops: Some(ops),
+            ..Default::default()
+        };
+        let out = export_with(&dir, &tmp.path().join(format!("{}.onnx", ops.name())), &options);
+        let diff = compare(&out, &golden, &logits(), None, None)["logits"];
+        assert!(diff <= TOLERANCE, "--ops {}: max |Δlogit| = {diff}", ops.name());
+    }
+    let options = ExportOptions {
+        kv_cache: true,
+        ..Default::default()
+    };
+    let model = export_with(&dir, &tmp.path().join("kv.onnx"), &options);
+    let worst = crate::kv_cache::cached_steps_worst(&model, &dir);
+    assert!(
+        worst <= TOLERANCE,
+        "cached logits differ from transformers by {worst}"
+    );
 }
