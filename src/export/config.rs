@@ -1,11 +1,13 @@
-//! `config.json` of the Gemma family, with Hugging Face's field names (as candle does), and the
-//! per-layer facts transformers derives from it: attention kind, RoPE base and scaling.
+//! `config.json` of the families we export, with Hugging Face's field names (as candle does), and
+//! the per-layer facts transformers derives from it: attention kind, RoPE base and scaling. What
+//! each family makes of the rest is in its own file (gemma.rs, llama.rs, qwen.rs).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use super::family::Family;
 use super::weights::{Checkpoint, PREFIXES};
 
 /// config.json is a few kilobytes; a bound keeps a wrong path (`/dev/zero`) from filling memory.
@@ -20,10 +22,15 @@ pub enum Arch {
     Gemma,
     Gemma2,
     Gemma3,
+    Llama,
+    Mistral,
+    Qwen2,
+    Qwen3,
 }
 
-pub const SUPPORTED: &str =
-    "GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3ForConditionalGeneration (its text model)";
+pub const SUPPORTED: &str = "GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, \
+     Gemma3ForConditionalGeneration (its text model), LlamaForCausalLM, MistralForCausalLM, \
+     Qwen2ForCausalLM, Qwen3ForCausalLM";
 
 impl Arch {
     pub fn hf_name(self) -> &'static str {
@@ -31,15 +38,25 @@ impl Arch {
             Self::Gemma => "GemmaForCausalLM",
             Self::Gemma2 => "Gemma2ForCausalLM",
             Self::Gemma3 => "Gemma3ForCausalLM",
+            Self::Llama => "LlamaForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
         }
     }
-}
 
-/// GeGLU's gate activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    GeluTanh,
-    GeluExact,
+    fn from_hf_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "GemmaForCausalLM" => Self::Gemma,
+            "Gemma2ForCausalLM" => Self::Gemma2,
+            "Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration" => Self::Gemma3,
+            "LlamaForCausalLM" => Self::Llama,
+            "MistralForCausalLM" => Self::Mistral,
+            "Qwen2ForCausalLM" => Self::Qwen2,
+            "Qwen3ForCausalLM" => Self::Qwen3,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +65,83 @@ pub struct RopeScaling {
     #[serde(rename = "type")]
     pub legacy_type: Option<String>,
     pub factor: Option<f64>,
+    /// `llama3` scaling's bands and the context length it was trained at.
+    pub low_freq_factor: Option<f64>,
+    pub high_freq_factor: Option<f64>,
+    pub original_max_position_embeddings: Option<f64>,
+}
+
+/// The `rope_scaling` types the graph builds (transformers' `ROPE_INIT_FUNCTIONS` names).
+const ROPE_TYPES: &str = "default, linear, llama3";
+
+impl RopeScaling {
+    fn kind(&self) -> &str {
+        self.rope_type
+            .as_deref()
+            .or(self.legacy_type.as_deref())
+            .unwrap_or("default")
+    }
+}
+
+/// How a layer's rotary inverse frequencies are computed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rope {
+    pub base: f64,
+    pub scaling: RopeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RopeKind {
+    /// Linear scaling divides the inverse frequencies by this factor (1: none).
+    Linear(f64),
+    /// Llama 3.1's: low frequencies divided by `factor`, high ones kept, a smooth blend between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+impl Rope {
+    /// The `head_dim / 2` inverse frequencies in float32, as transformers' rope init functions
+    /// compute them.
+    pub fn inv_freq(&self, head_dim: usize) -> Vec<f32> {
+        let base = self.base as f32;
+        let plain = (0..head_dim)
+            .step_by(2)
+            .map(move |i| 1.0 / base.powf(i as f32 / head_dim as f32));
+        match self.scaling {
+            RopeKind::Linear(factor) => plain.map(|f| f / factor as f32).collect(),
+            RopeKind::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: context,
+            } => {
+                let (factor, low, high, context) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                    context as f32,
+                );
+                let (low_freq_wavelen, high_freq_wavelen) = (context / low, context / high);
+                plain
+                    .map(|f| {
+                        let wavelen = 2.0 * std::f32::consts::PI / f;
+                        if wavelen > low_freq_wavelen {
+                            f / factor
+                        } else if wavelen < high_freq_wavelen {
+                            f
+                        } else {
+                            let smooth = (context / wavelen - low) / (high - low);
+                            (1.0 - smooth) * f / factor + smooth * f
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// The text-model fields we read. Names are exactly those of config.json.
@@ -90,8 +184,19 @@ pub struct Config {
     pub hidden_activation: Option<String>,
     #[serde(default)]
     pub hidden_act: Option<String>,
-    #[serde(default = "default_true")]
-    pub tie_word_embeddings: bool,
+    /// transformers' default differs by family (Gemma: true, Llama/Mistral/Qwen: false).
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(default)]
+    pub mlp_bias: Option<bool>,
+    #[serde(default)]
+    pub use_sliding_window: Option<bool>,
+    #[serde(default)]
+    pub max_window_layers: Option<usize>,
+    #[serde(default)]
+    pub partial_rotary_factor: Option<f64>,
     #[serde(default)]
     pub torch_dtype: Option<String>,
     #[serde(default)]
@@ -109,18 +214,13 @@ fn default_eps() -> f64 {
 fn default_rope_theta() -> f64 {
     10000.0
 }
-fn default_true() -> bool {
-    true
-}
 
 /// How one decoder layer attends.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerAttention {
     /// `Some(w)`: each query sees only the last `w` keys (itself included).
     pub sliding_window: Option<usize>,
-    pub rope_base: f64,
-    /// Linear RoPE scaling divides the inverse frequencies by this factor.
-    pub rope_linear_factor: f64,
+    pub rope: Rope,
 }
 
 impl Config {
@@ -134,9 +234,7 @@ impl Config {
             .and_then(|a| serde_json::from_value(a.clone()).ok())
             .unwrap_or_default();
         let arch = match architectures.first().map(String::as_str) {
-            Some("GemmaForCausalLM") => Arch::Gemma,
-            Some("Gemma2ForCausalLM") => Arch::Gemma2,
-            Some("Gemma3ForCausalLM" | "Gemma3ForConditionalGeneration") => Arch::Gemma3,
+            Some(name) if Arch::from_hf_name(name).is_some() => Arch::from_hf_name(name).expect("matched"),
             Some(other) => bail!(
                 "'{}': architecture {} is not supported; sae-onnx exports {SUPPORTED}",
                 path.display(),
@@ -171,7 +269,6 @@ impl Config {
     fn validate(&self, arch: Arch) -> Result<()> {
         self.validate_sizes()?;
         self.validate_scalars()?;
-        self.activation(arch)?;
         self.validate_layers(arch)
     }
 
@@ -250,20 +347,58 @@ impl Config {
     /// The rotary scaling, sliding window and layer types are ones the graph builds.
     fn validate_layers(&self, arch: Arch) -> Result<()> {
         if let Some(scaling) = &self.rope_scaling {
-            let kind = scaling
-                .rope_type
-                .as_deref()
-                .or(scaling.legacy_type.as_deref())
-                .unwrap_or("default");
-            if !matches!(kind, "default" | "linear") {
-                bail!(
-                    "rope_scaling type '{}' is not supported (default and linear are)",
+            match scaling.kind() {
+                "default" | "linear" => {}
+                "llama3" => {
+                    let fields = [
+                        ("low_freq_factor", scaling.low_freq_factor),
+                        ("high_freq_factor", scaling.high_freq_factor),
+                        (
+                            "original_max_position_embeddings",
+                            scaling.original_max_position_embeddings,
+                        ),
+                        ("factor", scaling.factor),
+                    ];
+                    for (field, value) in fields {
+                        match value {
+                            Some(v) if v.is_finite() && v > 0.0 => {}
+                            Some(v) => bail!("rope_scaling.{field} is {v}; it must be a positive number"),
+                            None => bail!("rope_scaling type llama3 needs rope_scaling.{field}"),
+                        }
+                    }
+                    if scaling.high_freq_factor <= scaling.low_freq_factor {
+                        bail!("rope_scaling.high_freq_factor must be larger than low_freq_factor");
+                    }
+                }
+                kind => bail!(
+                    "rope_scaling type '{}' is not supported (sae-onnx builds {ROPE_TYPES})",
                     crate::files::printable(kind, 100)
-                );
+                ),
             }
         }
-        if arch != Arch::Gemma && self.uses_sliding_window(arch) && self.sliding_window.is_none() {
-            bail!("the config has sliding-window layers but no `sliding_window`");
+        if let Some(factor) = self.partial_rotary_factor
+            && factor != 1.0
+        {
+            bail!("partial_rotary_factor {factor} is not supported (only 1: every dimension rotates)");
+        }
+        // transformers' Llama and Mistral do not read layer_types: a config with them describes
+        // another model (Mistral's alternating variant is Ministral).
+        if matches!(arch, Arch::Llama | Arch::Mistral) && self.layer_types.is_some() {
+            bail!(
+                "a {} config with layer_types (per-layer attention kinds) is not supported: \
+                 transformers' {} ignores them",
+                arch.hf_name(),
+                arch.hf_name()
+            );
+        }
+        if arch != Arch::Gemma && self.uses_sliding_window(arch) && self.window(arch).is_none() {
+            bail!(match arch {
+                Arch::Qwen2 | Arch::Qwen3 => {
+                    "layer_types has sliding_attention layers but use_sliding_window is not true \
+                     (transformers' Qwen then has no window size): set use_sliding_window and sliding_window"
+                }
+                _ => "the config has sliding-window layers but no `sliding_window`",
+            });
         }
         if let Some(types) = &self.layer_types {
             if types.len() != self.num_hidden_layers {
@@ -289,7 +424,7 @@ impl Config {
     /// Checks the shape of every weight the export reads against what this config implies,
     /// before anything is written: a config that contradicts its checkpoint would otherwise
     /// export a graph that fails inside ONNX Runtime, or computes with the wrong head split.
-    pub fn check_weights(&self, arch: Arch, ckpt: &Checkpoint, path: &Path) -> Result<()> {
+    pub fn check_weights(&self, arch: Arch, family: &Family, ckpt: &Checkpoint, path: &Path) -> Result<()> {
         let (vocab, hidden, inter) = (self.vocab_size, self.hidden_size, self.intermediate_size);
         let (heads, kv, head_dim) = (self.num_attention_heads, self.kv_heads(), self.head_dim());
         // `validate` bounds every factor by MAX_SIZE, so these products fit in a usize.
@@ -336,7 +471,7 @@ impl Config {
             "[vocab_size, hidden_size]",
         )?;
         check(&PREFIXES, "norm.weight", &[hidden], "[hidden_size]")?;
-        if !self.tie_word_embeddings && ckpt.contains("lm_head.weight") {
+        if !family.tied_embeddings && (ckpt.contains("lm_head.weight") || !family.lm_head_optional) {
             check(
                 &[""],
                 "lm_head.weight",
@@ -344,7 +479,7 @@ impl Config {
                 "[vocab_size, hidden_size]",
             )?;
         }
-        let norms: &[&str] = if Self::has_post_norms(arch) {
+        let norms: &[&str] = if family.post_norms {
             &[
                 "input_layernorm",
                 "post_attention_layernorm",
@@ -370,9 +505,17 @@ impl Config {
                 &[hidden, q_rows],
                 "[hidden_size, num_attention_heads × head_dim]",
             )?;
-            if arch == Arch::Gemma3 {
+            if family.qk_norms {
                 at("self_attn.q_norm", &[head_dim], "[head_dim]")?;
                 at("self_attn.k_norm", &[head_dim], "[head_dim]")?;
+            }
+            if family.qkv_bias {
+                let bias = |name: &str, want: &[usize], fields: &str| {
+                    check(&PREFIXES, &format!("layers.{layer}.{name}.bias"), want, fields)
+                };
+                bias("self_attn.q_proj", &[q_rows], "[num_attention_heads × head_dim]")?;
+                bias("self_attn.k_proj", &[kv_rows], "[num_key_value_heads × head_dim]")?;
+                bias("self_attn.v_proj", &[kv_rows], "[num_key_value_heads × head_dim]")?;
             }
             at("mlp.gate_proj", &[inter, hidden], up)?;
             at("mlp.up_proj", &[inter, hidden], up)?;
@@ -385,24 +528,6 @@ impl Config {
         Ok(())
     }
 
-    /// The MLP activation as transformers 4.57 picks it: Gemma 1 reads `hidden_act`, Gemma 2 and 3
-    /// read `hidden_activation`.
-    pub fn activation(&self, arch: Arch) -> Result<Activation> {
-        let name = match arch {
-            Arch::Gemma => self.hidden_act.as_deref(),
-            Arch::Gemma2 | Arch::Gemma3 => self.hidden_activation.as_deref(),
-        }
-        .unwrap_or("gelu_pytorch_tanh");
-        match name {
-            "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
-            "gelu" => Ok(Activation::GeluExact),
-            other => bail!(
-                "activation '{}' is not supported (Gemma uses gelu_pytorch_tanh)",
-                crate::files::printable(other, 100)
-            ),
-        }
-    }
-
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
@@ -412,43 +537,49 @@ impl Config {
             .unwrap_or(self.hidden_size / self.num_attention_heads)
     }
 
-    /// Attention scores are multiplied by this: `query_pre_attn_scalar^-0.5` (Gemma 2/3), else `head_dim^-0.5`.
-    pub fn attention_scale(&self, arch: Arch) -> f64 {
-        match (arch, self.query_pre_attn_scalar) {
-            (Arch::Gemma, _) | (_, None) => (self.head_dim() as f64).powf(-0.5),
-            (_, Some(s)) => s.powf(-0.5),
-        }
-    }
-
-    /// Attention-logit softcap as transformers applies it: Gemma 2 only (4.57 ignores it for Gemma 3).
-    pub fn attention_softcap(&self, arch: Arch) -> Option<f64> {
-        match arch {
-            Arch::Gemma2 => self.attn_logit_softcapping,
-            Arch::Gemma | Arch::Gemma3 => None,
-        }
-    }
-
-    pub fn final_softcap(&self, arch: Arch) -> Option<f64> {
-        match arch {
-            Arch::Gemma => None,
-            Arch::Gemma2 | Arch::Gemma3 => self.final_logit_softcapping,
-        }
-    }
-
     fn uses_sliding_window(&self, arch: Arch) -> bool {
         (0..self.num_hidden_layers).any(|i| self.is_sliding(arch, i))
     }
 
     /// Whether layer `i` uses sliding-window attention: `layer_types` when given, else the
-    /// model's default pattern (Gemma 2: even layers; Gemma 3: all but every `pattern`-th).
+    /// model's default pattern (Gemma 2: even layers; Gemma 3: all but every `pattern`-th;
+    /// Mistral: all layers when it has a window; Qwen: layers from `max_window_layers` on when
+    /// `use_sliding_window`).
     fn is_sliding(&self, arch: Arch, i: usize) -> bool {
         if let Some(types) = &self.layer_types {
             return types.get(i).is_some_and(|t| t == "sliding_attention");
         }
         match arch {
-            Arch::Gemma => false,
+            Arch::Gemma | Arch::Llama => false,
             Arch::Gemma2 => i.is_multiple_of(2),
             Arch::Gemma3 => !(i + 1).is_multiple_of(self.sliding_window_pattern.unwrap_or(6)),
+            Arch::Mistral => self.sliding_window.is_some(),
+            Arch::Qwen2 | Arch::Qwen3 => {
+                self.window(arch).is_some() && i >= self.max_window_layers.unwrap_or(28)
+            }
+        }
+    }
+
+    /// The sliding layers' window: `sliding_window`, which transformers' Qwen configs set to
+    /// None unless `use_sliding_window` (released Qwen 2.5 configs give a window they do not use).
+    fn window(&self, arch: Arch) -> Option<usize> {
+        match arch {
+            Arch::Qwen2 | Arch::Qwen3 if self.use_sliding_window != Some(true) => None,
+            _ => self.sliding_window,
+        }
+    }
+
+    /// The rotary scaling of `rope_scaling` (validated in `validate_layers`).
+    fn rope_kind(&self) -> RopeKind {
+        match &self.rope_scaling {
+            Some(s) if s.kind() == "linear" => RopeKind::Linear(s.factor.unwrap_or(1.0)),
+            Some(s) if s.kind() == "llama3" => RopeKind::Llama3 {
+                factor: s.factor.unwrap_or(1.0),
+                low_freq_factor: s.low_freq_factor.unwrap_or(1.0),
+                high_freq_factor: s.high_freq_factor.unwrap_or(4.0),
+                original_max_position_embeddings: s.original_max_position_embeddings.unwrap_or(8192.0),
+            },
+            _ => RopeKind::Linear(1.0),
         }
     }
 
@@ -456,28 +587,21 @@ impl Config {
     /// scaling; its global layers use `rope_theta` with `rope_scaling`.
     pub fn layer_attention(&self, arch: Arch, i: usize) -> LayerAttention {
         let sliding = self.is_sliding(arch, i);
-        let linear_factor = self
-            .rope_scaling
-            .as_ref()
-            .filter(|s| s.rope_type.as_deref().or(s.legacy_type.as_deref()) == Some("linear"))
-            .and_then(|s| s.factor)
-            .unwrap_or(1.0);
         match arch {
             Arch::Gemma3 if sliding => LayerAttention {
                 sliding_window: self.sliding_window,
-                rope_base: self.rope_local_base_freq.unwrap_or(10000.0),
-                rope_linear_factor: 1.0,
+                rope: Rope {
+                    base: self.rope_local_base_freq.unwrap_or(10000.0),
+                    scaling: RopeKind::Linear(1.0),
+                },
             },
             _ => LayerAttention {
-                sliding_window: if sliding { self.sliding_window } else { None },
-                rope_base: self.rope_theta,
-                rope_linear_factor: linear_factor,
+                sliding_window: if sliding { self.window(arch) } else { None },
+                rope: Rope {
+                    base: self.rope_theta,
+                    scaling: self.rope_kind(),
+                },
             },
         }
-    }
-
-    /// Gemma 2 and 3 norm the attention and MLP outputs before adding them to the residual.
-    pub fn has_post_norms(arch: Arch) -> bool {
-        arch != Arch::Gemma
     }
 }

@@ -1,9 +1,14 @@
-//! `sae-onnx export`: a Hugging Face Gemma checkpoint (hub id or local folder) to an ONNX model
-//! whose weights stream from the memory-mapped safetensors into one external data file.
+//! `sae-onnx export`: a Hugging Face checkpoint (hub id or local folder) of a family in
+//! [`config::SUPPORTED`] to an ONNX model whose weights stream from the memory-mapped safetensors
+//! into one external data file.
 
 pub mod config;
+pub mod decoder;
+pub mod family;
 pub mod gemma;
+pub mod llama;
 pub mod ops;
+pub mod qwen;
 pub mod weight_sink;
 pub mod weights;
 
@@ -14,7 +19,8 @@ use anyhow::{Context, Result, bail};
 use tempfile::NamedTempFile;
 
 use self::config::{Arch, Config};
-use self::gemma::{GemmaGraph, LAYER_HOOKS, hook_name};
+use self::decoder::{DecoderGraph, LAYER_HOOKS, hook_name};
+use self::family::Family;
 use self::weight_sink::{WeightSink, data_tempfile};
 use self::weights::Checkpoint;
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, meta, past_name, present_name};
@@ -128,6 +134,7 @@ struct CheckedCheckpoint {
     source: Source,
     config: Config,
     arch: Arch,
+    family: Family,
     weights: Checkpoint,
 }
 
@@ -146,16 +153,27 @@ fn open_checkpoint(model: &str, out: &Path, options: &ExportOptions) -> Result<C
     let source = resolve_source(&options.hub, model, &options.revision)?;
     let config_path = source.dir.join("config.json");
     let (config, arch) = Config::load(&config_path)?;
+    let family = family_of(&config, arch).with_context(|| format!("in '{}'", config_path.display()))?;
     let weights = Checkpoint::open(&source.dir)?;
     inputs.add_tree(&source.dir);
     check_outputs(&inputs)?;
-    config.check_weights(arch, &weights, &config_path)?;
+    config.check_weights(arch, &family, &weights, &config_path)?;
     Ok(CheckedCheckpoint {
         source,
         config,
         arch,
+        family,
         weights,
     })
+}
+
+/// What the decoder of `arch` does differently, from its family's file.
+pub fn family_of(config: &Config, arch: Arch) -> Result<Family> {
+    match arch {
+        Arch::Gemma | Arch::Gemma2 | Arch::Gemma3 => gemma::family(config, arch),
+        Arch::Llama | Arch::Mistral => llama::family(config, arch),
+        Arch::Qwen2 | Arch::Qwen3 => qwen::family(config, arch),
+    }
 }
 
 /// Where an export writes: the graph, and its data file beside it.
@@ -197,7 +215,7 @@ struct BuiltGraph {
     data_record: DataRecord,
 }
 
-/// Builds the Gemma graph, streaming each weight from the checkpoint into the data file.
+/// Builds the decoder graph, streaming each weight from the checkpoint into the data file.
 fn build_graph(
     checkpoint: &CheckedCheckpoint,
     ops: Ops,
@@ -212,9 +230,10 @@ fn build_graph(
     );
     let mut sink = WeightSink::new(data.as_file().try_clone()?, &files.data_name, bar);
     let mut builder = GraphBuilder::with_store(&mut sink);
-    GemmaGraph {
+    DecoderGraph {
         config: &checkpoint.config,
         arch: checkpoint.arch,
+        family: &checkpoint.family,
         dtype: options.dtype,
         ops,
         kv_cache: options.kv_cache,
