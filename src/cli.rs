@@ -457,7 +457,9 @@ pub struct GenerateArgs {
     /// Stop when this text appears (repeatable); it is not printed.
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Wrap each prompt in Gemma's chat template (user turn, then the model's turn).
+    /// Wrap each prompt in the model's chat template from tokenizer_config.json (a user turn, then the
+    /// model's turn), as transformers' apply_chat_template renders it; Gemma tokenizers without
+    /// one get Gemma's turn markers.
     #[arg(long)]
     pub chat: bool,
     /// Also generate with this (unsteered) model and show both.

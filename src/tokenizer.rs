@@ -162,6 +162,28 @@ fn token_content(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// The `tokenizer_config.json` beside `tokenizer` (the one [`Tokenizer::for_model`] found for
+/// `model`), fetched from the hub first when the tokenizer came from there; it may not exist.
+pub fn config_path(hub: &Hub, model: &Model, tokenizer: &Tokenizer, explicit: Option<&str>) -> PathBuf {
+    let path = tokenizer.path.with_file_name("tokenizer_config.json");
+    let source = explicit.or_else(|| model.metadata(meta::TOKENIZER));
+    if !path.is_file()
+        && let Some(source) = source
+        && !Path::new(source).exists()
+        && looks_like_repo_id(source)
+    {
+        let revision = model
+            .metadata(meta::REVISION)
+            .filter(|_| explicit.is_none())
+            .unwrap_or("main");
+        // A repository without one has no chat template: the caller says so, naming the path.
+        if let Ok(fetched) = hub.file(source, RepoKind::Model, revision, "tokenizer_config.json") {
+            return fetched;
+        }
+    }
+    path
+}
+
 /// The special token ids of `model`'s tokenizer ([`Tokenizer::all_special_ids`]); for a tokenizer
 /// from the hub, its two configuration files are fetched beside it first (a repository without
 /// them has none).
