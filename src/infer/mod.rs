@@ -5,6 +5,7 @@
 //! [`lm`] on graphs without a KV cache.
 
 pub mod chat_template;
+pub mod fan_out;
 pub mod generate;
 pub mod kv_cache;
 pub mod lm;
