@@ -1,19 +1,29 @@
 //! A model's own chat template (`tokenizer_config.json`'s `chat_template`), rendered as
-//! transformers' `apply_chat_template(messages, add_generation_prompt=True, tokenize=False)`
-//! renders it (transformers 4.57 `utils/chat_template_utils.py`):
+//! transformers' `apply_chat_template(messages, add_generation_prompt=..., tokenize=False)`
+//! renders it (transformers 4.57 `utils/chat_template_utils.py`, `_compile_jinja_template`):
 //! - Jinja with `trim_blocks` and `lstrip_blocks`, a single trailing newline of the template
-//!   dropped (Jinja2's default), loop controls (`break`/`continue`), lenient undefined values;
+//!   dropped (Jinja2's default), loop controls (`break`/`continue`), lenient undefined values
+//!   (printed as nothing);
+//! - `{{ value }}` prints Python's `str(value)`: `True`, `None`, `['a', 1]`, `{'k': 'v'}`;
 //! - globals `raise_exception(message)` (an error carrying the message) and
-//!   `strftime_now(format)` (the local time, as `datetime.now().strftime`);
-//! - a `tojson` filter that writes what `json.dumps(x, ensure_ascii=False, indent=...)` writes;
+//!   `strftime_now(format)` (`datetime.now().strftime(format)`: the local time, naive);
+//! - a `tojson` filter that writes what `json.dumps(x, ensure_ascii=False, indent=...,
+//!   separators=..., sort_keys=...)` writes;
 //! - variables `messages`, `add_generation_prompt`, `tools` and `documents` (none), and the
 //!   special tokens of the config (`bos_token`, `eos_token`, ...), as strings;
 //! - Python's `str` methods (`strip`, `startswith`, `split`, ...) through
 //!   `minijinja_contrib::pycompat`.
 //!
+//! Not supported: transformers' `{% generation %}` tag (it marks assistant tokens for training
+//! masks; a template that uses it fails to parse, naming the line).
+//!
 //! The `chat_template` field is a string, or a list of `{"name", "template"}` of which
 //! transformers uses the one named `default`. The text is then tokenized without adding special
 //! tokens: a template writes its own BOS (`{{ bos_token }}`).
+//!
+//! The tests render the real templates of Gemma 2, Llama 3.3, Qwen 3 and Mistral, and
+//! templates of single features, against what transformers renders
+//! (`tests/fixtures/chat/make_chat.py`).
 
 use std::path::{Path, PathBuf};
 
@@ -131,7 +141,7 @@ impl ChatTemplate {
             .map_err(|e| render_error(&self.path, &e))?;
         let messages: Vec<Value> = messages
             .iter()
-            .map(|m| Value::from_iter([("role", m.role.as_str()), ("content", m.content.as_str())]))
+            .map(|m| Value::from_pairs([("role", m.role.as_str()), ("content", m.content.as_str())]))
             .collect();
         let mut vars: Vec<(String, Value)> = vec![
             ("messages".into(), Value::from(messages)),
@@ -146,7 +156,7 @@ impl ChatTemplate {
         );
         vars.extend(extra.iter().map(|(n, v)| ((*n).to_owned(), from_json(v))));
         template
-            .render(Value::from_iter(vars))
+            .render(Value::from_pairs(vars))
             .map_err(|e| render_error(&self.path, &e))
     }
 }
@@ -180,6 +190,14 @@ fn environment() -> Environment<'static> {
             .expect("default delimiters"),
     );
     env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_formatter(|out, _state, value| {
+        // Jinja2's default Undefined prints as ''; everything else as Python's str().
+        if value.is_undefined() {
+            return Ok(());
+        }
+        out.write_str(&crate::pycompat::value::py_str(value))
+            .map_err(Error::from)
+    });
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
         Err(Error::new(
@@ -188,23 +206,29 @@ fn environment() -> Environment<'static> {
         ))
     });
     env.add_function("strftime_now", |format: String| -> Result<Value, Error> {
-        use std::fmt::Write as _;
-        let mut out = String::new();
-        write!(out, "{}", jiff::ZonedDateTime::now().strftime(&format)).map_err(|_| {
-            Error::new(
-                ErrorKind::InvalidOperation,
-                format!("strftime_now cannot format {format:?}"),
-            )
-        })?;
-        Ok(Value::from(out))
+        strftime(jiff::ZonedDateTime::now().datetime(), &format).map(Value::from)
     });
     env.add_filter("tojson", tojson);
     env
 }
 
-/// transformers' `tojson`: `json.dumps(x, ensure_ascii=False, indent=indent, separators=separators,
-/// sort_keys=sort_keys)`.
+/// Python's `datetime.strftime(format)` of a naive `time` (what `strftime_now` formats).
+fn strftime(time: jiff::civil::DateTime, format: &str) -> Result<String, Error> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    write!(out, "{}", time.strftime(format)).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now cannot format {format:?}"),
+        )
+    })?;
+    Ok(out)
+}
+
+/// transformers' `tojson`: `json.dumps(x, ensure_ascii=ensure_ascii, indent=indent,
+/// separators=separators, sort_keys=sort_keys)`, `ensure_ascii` false unless given.
 fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
     let indent: Option<usize> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
@@ -234,7 +258,27 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
         0,
         &mut out,
     );
+    if ensure_ascii == Some(true) {
+        out = escape_non_ascii(&out);
+    }
     Ok(Value::from(out))
+}
+
+/// `ensure_ascii`: every character past ASCII as `\uXXXX` (UTF-16 units, as Python writes them).
+/// Only strings hold such characters, so escaping the written JSON is escaping its strings.
+fn escape_non_ascii(json: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0; 2]) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        }
+    }
+    out
 }
 
 /// A JSON value as the Python value `json.loads` gives a template.
@@ -249,7 +293,7 @@ fn from_json(v: &Json) -> Value {
         },
         Json::String(s) => Value::from(s.as_str()),
         Json::Array(items) => Value::from(items.iter().map(from_json).collect::<Vec<_>>()),
-        Json::Object(map) => Value::from_iter(map.iter().map(|(k, x)| (k.as_str(), from_json(x)))),
+        Json::Object(map) => Value::from_pairs(map.iter().map(|(k, x)| (k.as_str(), from_json(x)))),
     }
 }
 
@@ -260,7 +304,7 @@ fn to_json(v: &Value) -> Result<Json, Error> {
         ValueKind::Undefined | ValueKind::None => Json::Null,
         ValueKind::Bool => Json::Bool(v.is_true()),
         ValueKind::Number => {
-            if let Some(i) = v.as_i64() {
+            if let Some(i) = v.as_i64().filter(|_| v.is_integer()) {
                 Json::from(i)
             } else {
                 let f = f64::try_from(v.clone()).unwrap_or(f64::NAN);
@@ -345,5 +389,190 @@ fn python_json(v: &Json, style: &Style<'_>, level: usize, out: &mut String) {
             out.push_str(&crate::pycompat::repr::repr_float(n.as_f64().unwrap_or(f64::NAN)))
         }
         other => out.push_str(&other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+    /// What transformers rendered (`tests/fixtures/chat/make_chat.py`).
+    fn golden() -> Json {
+        let path = format!("{FIXTURES}/chat/golden.json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read golden.json"))
+            .expect("parse golden.json")
+    }
+
+    fn template(source: String, name: &str, special_tokens: &Json) -> ChatTemplate {
+        let special_tokens = special_tokens
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.as_str().expect("token string").to_owned()))
+            .collect();
+        ChatTemplate {
+            source,
+            path: PathBuf::from(name),
+            special_tokens,
+        }
+    }
+
+    fn extra(kwargs: &Json) -> Vec<(&str, Json)> {
+        kwargs
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn real_templates_render_as_transformers_apply_chat_template() {
+        let golden = golden();
+        let tokenizer = crate::tokenizer::Tokenizer::from_file(Path::new(&format!(
+            "{FIXTURES}/tokenizer/tokenizer.json"
+        )))
+        .unwrap();
+        let (mut rendered, mut refused) = (0, 0);
+        for case in golden["cases"].as_array().unwrap() {
+            let name = case["template"].as_str().unwrap();
+            let source = std::fs::read_to_string(format!("{FIXTURES}/chat/templates/{name}")).unwrap();
+            let chat = template(source, name, &case["special_tokens"]);
+            let messages: Vec<Message> = case["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| Message {
+                    role: m["role"].as_str().unwrap().into(),
+                    content: m["content"].as_str().unwrap().into(),
+                })
+                .collect();
+            let prompt = case["add_generation_prompt"].as_bool().unwrap();
+            let what = format!("{name} {} add_generation_prompt={prompt}", case["conversation"]);
+            let result = chat.render(&messages, prompt, &extra(&case["kwargs"]));
+            match case["error"].as_str() {
+                Some(message) => {
+                    let error = result.expect_err(&what).to_string();
+                    assert_eq!(
+                        error,
+                        format!("the chat template of '{name}' refuses the conversation: {message}"),
+                        "{what}"
+                    );
+                    refused += 1;
+                }
+                None => {
+                    let text = result.unwrap_or_else(|e| panic!("{what}: {e:#}"));
+                    assert_eq!(text, case["text"].as_str().unwrap(), "{what}");
+                    let ids: Vec<u64> = tokenizer
+                        .encode(&text, false)
+                        .unwrap()
+                        .into_iter()
+                        .map(u64::from)
+                        .collect();
+                    let expected: Vec<u64> = case["ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| i.as_u64().unwrap())
+                        .collect();
+                    assert_eq!(ids, expected, "{what}");
+                    rendered += 1;
+                }
+            }
+        }
+        assert!(
+            rendered >= 20 && refused >= 6,
+            "{rendered} rendered, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn template_features_render_as_transformers_environment() {
+        let golden = golden();
+        let features = golden["features"].as_array().unwrap();
+        assert!(features.len() >= 20);
+        for feature in features {
+            let name = feature["name"].as_str().unwrap();
+            let chat = template(feature["template"].as_str().unwrap().into(), name, &Json::Null);
+            let result = chat.render(&[], false, &extra(&feature["vars"]));
+            match feature["error"].as_str() {
+                Some(message) => assert_eq!(
+                    result.expect_err(name).to_string(),
+                    format!("the chat template of '{name}' refuses the conversation: {message}")
+                ),
+                None => assert_eq!(
+                    result.unwrap_or_else(|e| panic!("{name}: {e:#}")),
+                    feature["text"].as_str().unwrap(),
+                    "{name}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn strftime_formats_as_python_datetime() {
+        let golden = golden();
+        let time: jiff::civil::DateTime = golden["dates"]["time"].as_str().unwrap().parse().unwrap();
+        let formats = golden["dates"]["formats"].as_object().unwrap();
+        assert!(formats.len() >= 5);
+        for (format, expected) in formats {
+            assert_eq!(
+                strftime(time, format).unwrap(),
+                expected.as_str().unwrap(),
+                "{format}"
+            );
+        }
+    }
+
+    fn config(json: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokenizer_config.json");
+        std::fs::write(&path, json).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn the_config_names_the_template_and_its_special_tokens() {
+        let (_dir, path) = config(
+            r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ bos_token }}D"}],
+                "bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>"}"#,
+        );
+        let chat = ChatTemplate::from_tokenizer_config(&path).unwrap().unwrap();
+        assert_eq!(chat.render(&[], true, &[]).unwrap(), "<s>D");
+        assert_eq!(chat.special_token("eos_token"), Some("</s>"));
+    }
+
+    #[test]
+    fn a_config_without_a_usable_template_says_so() {
+        let (_dir, path) = config(r#"{"bos_token": "<s>"}"#);
+        assert!(ChatTemplate::from_tokenizer_config(&path).unwrap().is_none());
+        let (_dir, path) = config(r#"{"chat_template": [{"name": "tool_use", "template": "T"}]}"#);
+        let error = ChatTemplate::from_tokenizer_config(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("without one named \"default\""), "{error}");
+        let (_dir, path) = config(r#"{"chat_template": 3}"#);
+        let error = ChatTemplate::from_tokenizer_config(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a string or a list"), "{error}");
+    }
+
+    #[test]
+    fn a_broken_template_is_an_error_naming_its_file_and_line() {
+        let chat = template("ok\n{% if %}".into(), "tokenizer_config.json", &Json::Null);
+        let error = chat.render(&[], true, &[]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("the chat template of 'tokenizer_config.json' fails (line 2)"),
+            "{error}"
+        );
+        let endless = template(
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}".into(),
+            "t",
+            &Json::Null,
+        );
+        assert!(endless.render(&[], true, &[]).is_err());
     }
 }
