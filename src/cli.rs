@@ -727,6 +727,9 @@ impl Cli {
                 force: args.force,
             },
         )?;
+        for warning in &report.warnings {
+            eprintln!("warning: {warning}");
+        }
         if report.splice.removed > 0 {
             eprintln!("removed {} earlier steering Add(s)", report.splice.removed);
         }
