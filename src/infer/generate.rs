@@ -27,6 +27,9 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Wrap each prompt in the model's chat template (a user turn, then the model's turn).
     pub chat: bool,
+    /// Start every prompt with the tokenizer's BOS token when its encoding does not (GPT-2's
+    /// tokenizer adds none), as TransformerLens's `prepend_bos` does and SAEs trained with it saw.
+    pub prepend_bos: bool,
     pub session: SessionOptions,
     pub tokenizer: Option<String>,
     /// Where a hub tokenizer comes from (the command's one [`Hub`]).
@@ -43,6 +46,7 @@ impl Default for GenerateOptions {
             seed: 0,
             stop: Vec::new(),
             chat: false,
+            prepend_bos: false,
             session: SessionOptions::default(),
             tokenizer: None,
             hub: Hub::from_env(),
@@ -97,6 +101,8 @@ pub struct Generator {
     pub context: usize,
     /// How `--chat` wraps a prompt (set when the options ask for chat).
     chat: Option<ChatFormat>,
+    /// The BOS token `--prepend-bos` puts first.
+    prepend_bos: Option<u32>,
 }
 
 /// How a prompt becomes a chat conversation.
@@ -202,6 +208,17 @@ impl Generator {
         .collect();
         eos.sort_unstable();
         eos.dedup();
+        let prepend_bos = if options.prepend_bos {
+            Some(tokenizer.bos_token_id()?.with_context(|| {
+                format!(
+                    "--prepend-bos: the tokenizer '{}' has no BOS token (no bos_token in its configuration, \
+                     no <bos> or <s>)",
+                    tokenizer.path.display()
+                )
+            })?)
+        } else {
+            None
+        };
         Ok(Self {
             backend,
             tokenizer,
@@ -209,6 +226,7 @@ impl Generator {
             eos,
             context,
             chat,
+            prepend_bos,
         })
     }
 
@@ -249,19 +267,32 @@ impl Generator {
     /// The prompt's tokens: BOS by the tokenizer's post-processor; with `chat`, the model's chat
     /// template around it as a user turn, then tokenized without adding special tokens again
     /// (transformers' `apply_chat_template(..., tokenize=True)`: the template writes its own BOS).
+    /// With `prepend_bos`, BOS first where it is not already.
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
+        let (text, add_special_tokens) = self.prompt_text(prompt, chat)?;
+        let mut ids = self.tokenizer.encode(&text, add_special_tokens)?;
+        if let Some(bos) = self.prepend_bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+
+    /// The text a prompt is tokenized as (with `chat`, the conversation the template writes), and
+    /// whether the tokenizer adds its special tokens to it.
+    pub fn prompt_text(&self, prompt: &str, chat: bool) -> Result<(String, bool)> {
         if !chat {
-            return self.tokenizer.encode(prompt, true);
+            return Ok((prompt.to_owned(), true));
         }
         match &self.chat {
             Some(ChatFormat::Template(template)) => {
-                let text = template.render(&[Message::user(prompt)], true, &[])?;
-                self.tokenizer.encode(&text, false)
+                Ok((template.render(&[Message::user(prompt)], true, &[])?, false))
             }
-            Some(ChatFormat::Gemma) => self.tokenizer.encode(
-                &format!("<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n"),
+            Some(ChatFormat::Gemma) => Ok((
+                format!("<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n"),
                 true,
-            ),
+            )),
             None => bail!("the generator was opened without chat; open it with GenerateOptions::chat"),
         }
     }

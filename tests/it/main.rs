@@ -28,6 +28,7 @@ mod eval_winogrande;
 mod export_gemma;
 mod export_hub;
 mod export_trust;
+mod generate_chat;
 mod generate_greedy;
 mod generate_trust;
 mod graph_edit;
