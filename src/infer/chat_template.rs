@@ -14,8 +14,8 @@
 //! - Python's `str` methods (`strip`, `startswith`, `split`, ...) through
 //!   `minijinja_contrib::pycompat`.
 //!
-//! Not supported: transformers' `{% generation %}` tag (it marks assistant tokens for training
-//! masks; a template that uses it fails to parse, naming the line).
+//! - transformers' `{% generation %}...{% endgeneration %}` block (it marks the assistant's tokens
+//!   for `return_assistant_tokens_mask`), which renders its body: read as an `if true` block.
 //!
 //! The `chat_template` field is a string, or a list of `{"name", "template"}` of which
 //! transformers uses the one named `default`. The text is then tokenized without adding special
@@ -136,8 +136,9 @@ impl ChatTemplate {
         extra: &[(&str, Json)],
     ) -> Result<String> {
         let env = environment();
+        let source = generation_blocks_as_ifs(&self.source);
         let template = env
-            .template_from_str(&self.source)
+            .template_from_str(&source)
             .map_err(|e| render_error(&self.path, &e))?;
         let messages: Vec<Value> = messages
             .iter()
@@ -159,6 +160,18 @@ impl ChatTemplate {
             .render(Value::from_pairs(vars))
             .map_err(|e| render_error(&self.path, &e))
     }
+}
+
+/// `{% generation %}` and `{% endgeneration %}` (with their whitespace control) as `{% if true %}`
+/// and `{% endif %}`: the same text, the same lines, in a syntax MiniJinja knows.
+fn generation_blocks_as_ifs(source: &str) -> std::borrow::Cow<'_, str> {
+    static TAG: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"\{%([-+]?)\s*(end)?generation\s*([-+]?)%\}").expect("valid pattern")
+    });
+    TAG.replace_all(source, |c: &regex::Captures<'_>| {
+        let tag = if c.get(2).is_some() { "endif" } else { "if true" };
+        format!("{{%{} {tag} {}%}}", &c[1], &c[3])
+    })
 }
 
 fn render_error(path: &Path, e: &Error) -> anyhow::Error {
