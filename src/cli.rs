@@ -476,9 +476,16 @@ pub struct GenerateArgs {
     /// Stop when this text appears (repeatable); it is not printed.
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Wrap each prompt in Gemma's chat template (user turn, then the model's turn).
+    /// Wrap each prompt in the model's chat template from tokenizer_config.json (a user turn, then the
+    /// model's turn), as transformers' apply_chat_template renders it; Gemma tokenizers without
+    /// one get Gemma's turn markers.
     #[arg(long)]
     pub chat: bool,
+    /// Start each prompt with the tokenizer's BOS token where its encoding does not (GPT-2's adds
+    /// none), as SAEs trained with TransformerLens's prepend_bos saw their text; `patch` warns when
+    /// an SAE needs it.
+    #[arg(long)]
+    pub prepend_bos: bool,
     /// Also generate with this (unsteered) model and show both.
     #[arg(long, value_name = "BASE.onnx")]
     pub compare: Option<PathBuf>,
@@ -727,6 +734,9 @@ impl Cli {
                 force: args.force,
             },
         )?;
+        for warning in &report.warnings {
+            eprintln!("warning: {warning}");
+        }
         if report.splice.removed > 0 {
             eprintln!("removed {} earlier steering Add(s)", report.splice.removed);
         }
@@ -1003,6 +1013,7 @@ impl Cli {
             seed: args.seed,
             stop: args.stop.clone(),
             chat: args.chat,
+            prepend_bos: args.prepend_bos,
             session: crate::infer::runtime::SessionOptions {
                 device: args.device.parse()?,
                 ort_lib: self.ort_lib.clone(),
@@ -1018,6 +1029,14 @@ impl Cli {
             Some(path) => Some(Generator::open(path, &options)?),
             None => None,
         };
+        if self.verbose > 0 {
+            // What the model is fed, so that a chat template's output or BOS can be checked.
+            for prompt in &prompts {
+                let (text, _) = steered.prompt_text(prompt, args.chat)?;
+                let ids = steered.encode_prompt(prompt, args.chat)?;
+                eprintln!("[prompt of {} tokens {ids:?}: {text:?}]", ids.len());
+            }
+        }
         if base.is_none() && prompts.len() > 1 {
             return self.print_batch(&mut steered, &prompts, &options);
         }

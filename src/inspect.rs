@@ -572,7 +572,18 @@ impl Report {
                         || format!("{} bytes", sae["size"]),
                         |h| format!("sha256 {}", &h[..16.min(h.len())]),
                     );
-                    writeln!(f, "    SAE file {} ({hash})", sae["file"].as_str().unwrap_or(""))?;
+                    // Records older than prepend_bos have no key: nothing is shown for them.
+                    let bos = match sae.get("prepend_bos") {
+                        Some(serde_json::Value::Bool(true)) => ", trained with BOS first (prepend_bos)",
+                        Some(serde_json::Value::Bool(false)) => ", trained without BOS (prepend_bos false)",
+                        Some(_) => ", prepend_bos not stated",
+                        None => "",
+                    };
+                    writeln!(
+                        f,
+                        "    SAE file {} ({hash}{bos})",
+                        sae["file"].as_str().unwrap_or("")
+                    )?;
                 }
             }
         }

@@ -97,24 +97,7 @@ impl Tokenizer {
     /// `from_pretrained` reads them). A token missing from the vocabulary is `<unk>`'s id, as
     /// `convert_tokens_to_ids` gives it.
     pub fn all_special_ids(&self) -> Result<Vec<u32>> {
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        let mut named: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
-        for file in ["tokenizer_config.json", "special_tokens_map.json"] {
-            let path = dir.join(file);
-            if !path.is_file() {
-                continue;
-            }
-            let text = crate::files::read_text(&path, "tokenizer configuration", 64 << 20)?;
-            let value: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not valid JSON", path.display()))?;
-            if let serde_json::Value::Object(map) = value {
-                for (k, v) in map {
-                    if SPECIAL_TOKEN_KEYS.contains(&k.as_str()) && !v.is_null() {
-                        named.insert(k, v);
-                    }
-                }
-            }
-        }
+        let named = self.named_special_tokens()?;
         let mut tokens: Vec<String> = Vec::new();
         for key in SPECIAL_TOKEN_KEYS {
             let Some(value) = named.get(*key) else { continue };
@@ -136,6 +119,55 @@ impl Tokenizer {
         ids.sort_unstable();
         ids.dedup();
         Ok(ids)
+    }
+
+    /// The special tokens `tokenizer_config.json` and `special_tokens_map.json` beside the
+    /// tokenizer name, by attribute (the map overrides the config, as `from_pretrained` reads
+    /// them); absent files name none.
+    fn named_special_tokens(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let mut named = serde_json::Map::new();
+        for file in ["tokenizer_config.json", "special_tokens_map.json"] {
+            let path = dir.join(file);
+            if !path.is_file() {
+                continue;
+            }
+            let text = crate::files::read_text(&path, "tokenizer configuration", 64 << 20)?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid JSON", path.display()))?;
+            if let serde_json::Value::Object(map) = value {
+                for (k, v) in map {
+                    if SPECIAL_TOKEN_KEYS.contains(&k.as_str()) && !v.is_null() {
+                        named.insert(k, v);
+                    }
+                }
+            }
+        }
+        Ok(named)
+    }
+
+    /// transformers' `bos_token_id`: the configuration's `bos_token` (GPT-2: `<|endoftext|>`), else
+    /// `<bos>` or `<s>` when no configuration names one.
+    pub fn bos_token_id(&self) -> Result<Option<u32>> {
+        match self
+            .named_special_tokens()?
+            .get("bos_token")
+            .and_then(token_content)
+        {
+            Some(token) => Ok(self.token_id(&token)),
+            None => Ok(self.bos_id),
+        }
+    }
+
+    /// Whether encoding with special tokens starts the text with BOS, as Gemma's and Llama's
+    /// tokenizers do and GPT-2's and Qwen's do not.
+    pub fn adds_bos(&self) -> Result<bool> {
+        let Some(bos) = self.bos_token_id()? else {
+            return Ok(false);
+        };
+        let with = self.encode("a", true)?;
+        let without = self.encode("a", false)?;
+        Ok(with.first() == Some(&bos) && without.first() != Some(&bos))
     }
 }
 
@@ -162,6 +194,28 @@ fn token_content(value: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// The `tokenizer_config.json` beside `tokenizer` (the one [`Tokenizer::for_model`] found for
+/// `model`), fetched from the hub first when the tokenizer came from there; it may not exist.
+pub fn config_path(hub: &Hub, model: &Model, tokenizer: &Tokenizer, explicit: Option<&str>) -> PathBuf {
+    let path = tokenizer.path.with_file_name("tokenizer_config.json");
+    let source = explicit.or_else(|| model.metadata(meta::TOKENIZER));
+    if !path.is_file()
+        && let Some(source) = source
+        && !Path::new(source).exists()
+        && looks_like_repo_id(source)
+    {
+        let revision = model
+            .metadata(meta::REVISION)
+            .filter(|_| explicit.is_none())
+            .unwrap_or("main");
+        // A repository without one has no chat template: the caller says so, naming the path.
+        if let Ok(fetched) = hub.file(source, RepoKind::Model, revision, "tokenizer_config.json") {
+            return fetched;
+        }
+    }
+    path
+}
+
 /// The special token ids of `model`'s tokenizer ([`Tokenizer::all_special_ids`]); for a tokenizer
 /// from the hub, its two configuration files are fetched beside it first (a repository without
 /// them has none).
@@ -178,4 +232,45 @@ pub fn special_token_ids(hub: &Hub, model: &Model) -> Result<Vec<u32>> {
         }
     }
     tokenizer.all_special_ids()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test tokenizer, beside `config` as its tokenizer_config.json, with its post-processor
+    /// (which adds `<bos>`) kept or dropped.
+    fn tokenizer(post_processor: bool, config: &str) -> (tempfile::TempDir, Tokenizer) {
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tokenizer/tokenizer.json"
+        );
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+        if !post_processor {
+            json["post_processor"] = serde_json::Value::Null;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), json.to_string()).unwrap();
+        std::fs::write(dir.path().join("tokenizer_config.json"), config).unwrap();
+        let t = Tokenizer::from_file(&dir.path().join("tokenizer.json")).unwrap();
+        (dir, t)
+    }
+
+    #[test]
+    fn adds_bos_tells_a_gemma_tokenizer_from_one_without_a_bos_template() {
+        let (_d, gemma) = tokenizer(true, r#"{"bos_token": "<bos>"}"#);
+        assert!(gemma.adds_bos().unwrap());
+        let (_d, plain) = tokenizer(false, r#"{"bos_token": "<bos>"}"#);
+        assert!(!plain.adds_bos().unwrap());
+        assert_eq!(plain.bos_token_id().unwrap(), gemma.bos_id);
+    }
+
+    #[test]
+    fn the_configured_bos_token_wins_over_the_usual_spellings() {
+        let (_d, t) = tokenizer(false, r#"{"bos_token": {"content": "<eos>"}}"#);
+        assert_eq!(t.bos_token_id().unwrap(), t.eos_id);
+        let (_d, t) = tokenizer(false, "{}");
+        assert_eq!(t.bos_token_id().unwrap(), t.bos_id);
+    }
 }

@@ -42,9 +42,9 @@ use minijinja::value::{Kwargs, ValueKind, from_args};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, State, UndefinedBehavior, Value};
 
 use crate::pycompat::re as pyre;
-use crate::pycompat::repr as pyrepr;
 use crate::pycompat::str as pystr;
 use crate::pycompat::unicode;
+pub use crate::pycompat::value::{py_repr, py_str};
 
 /// The work one render may do: about one unit per instruction or per 64 bytes created, so
 /// at most ~640 MB and a few seconds.
@@ -192,80 +192,6 @@ fn defined(value: &Value) -> Result<&Value, Error> {
             .unwrap_or_else(|| Error::from(ErrorKind::UndefinedError)));
     }
     Ok(value)
-}
-
-/// Python's `str(value)`.
-pub fn py_str(value: &Value) -> String {
-    match value.as_str() {
-        Some(s) if value.kind() == ValueKind::String => s.to_owned(),
-        _ => {
-            let mut out = String::new();
-            py_repr_into(value, &mut out);
-            out
-        }
-    }
-}
-
-/// Python's `repr(value)`.
-pub fn py_repr(value: &Value) -> String {
-    let mut out = String::new();
-    py_repr_into(value, &mut out);
-    out
-}
-
-fn py_repr_into(value: &Value, out: &mut String) {
-    match value.kind() {
-        // `repr()` of Jinja2's undefined, as a list shows it (`[Undefined]`).
-        ValueKind::Undefined => out.push_str("Undefined"),
-        ValueKind::None => out.push_str("None"),
-        ValueKind::Bool => out.push_str(if value.is_true() { "True" } else { "False" }),
-        ValueKind::Number if value.is_integer() => {
-            let _ = write!(out, "{value}");
-        }
-        ValueKind::Number => match f64::try_from(value.clone()) {
-            Ok(x) => out.push_str(&pyrepr::repr_float(x)),
-            Err(_) => {
-                let _ = write!(out, "{value}");
-            }
-        },
-        ValueKind::String => out.push_str(&pyrepr::repr_str(value.as_str().unwrap_or_default())),
-        ValueKind::Seq => {
-            let tuple = value.is_tuple();
-            out.push(if tuple { '(' } else { '[' });
-            let mut n = 0;
-            if let Ok(items) = value.try_iter() {
-                for (i, item) in items.enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    py_repr_into(&item, out);
-                    n += 1;
-                }
-            }
-            if tuple && n == 1 {
-                out.push(',');
-            }
-            out.push(if tuple { ')' } else { ']' });
-        }
-        ValueKind::Map => {
-            out.push('{');
-            if let Ok(keys) = value.try_iter() {
-                for (i, key) in keys.enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    py_repr_into(&key, out);
-                    out.push_str(": ");
-                    let item = value.get_item(&key).unwrap_or_default();
-                    py_repr_into(&item, out);
-                }
-            }
-            out.push('}');
-        }
-        _ => {
-            let _ = write!(out, "{value}");
-        }
-    }
 }
 
 /// Python's `a == b` for template values: numbers (and bools, which are ints) by value.

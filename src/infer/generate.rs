@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use crate::contract::meta;
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::hub::Hub;
+use crate::infer::chat_template::{ChatTemplate, Message};
 use crate::infer::lm::ScoringModel;
 use crate::infer::runtime::{Device, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
@@ -24,8 +25,11 @@ pub struct GenerateOptions {
     pub top_p: Option<f32>,
     pub seed: u64,
     pub stop: Vec<String>,
-    /// Wrap each prompt in Gemma's chat template.
+    /// Wrap each prompt in the model's chat template (a user turn, then the model's turn).
     pub chat: bool,
+    /// Start every prompt with the tokenizer's BOS token when its encoding does not (GPT-2's
+    /// tokenizer adds none), as TransformerLens's `prepend_bos` does and SAEs trained with it saw.
+    pub prepend_bos: bool,
     pub session: SessionOptions,
     pub tokenizer: Option<String>,
     /// Where a hub tokenizer comes from (the command's one [`Hub`]).
@@ -42,6 +46,7 @@ impl Default for GenerateOptions {
             seed: 0,
             stop: Vec::new(),
             chat: false,
+            prepend_bos: false,
             session: SessionOptions::default(),
             tokenizer: None,
             hub: Hub::from_env(),
@@ -94,6 +99,44 @@ pub struct Generator {
     /// Past it positions are ones the model never saw, and memory grows with the square of the
     /// length, so a prompt longer than this is refused and generation stops at it.
     pub context: usize,
+    /// How `--chat` wraps a prompt (set when the options ask for chat).
+    chat: Option<ChatFormat>,
+    /// The BOS token `--prepend-bos` puts first.
+    prepend_bos: Option<u32>,
+}
+
+/// How a prompt becomes a chat conversation.
+enum ChatFormat {
+    /// The model's own template from `tokenizer_config.json`.
+    Template(ChatTemplate),
+    /// Gemma's turn markers, for Gemma tokenizers whose config has no template (as Gemma's
+    /// base-model configs before the template was added to them).
+    Gemma,
+}
+
+impl ChatFormat {
+    fn open(options: &GenerateOptions, model: &Model, tokenizer: &Tokenizer) -> Result<Self> {
+        let config =
+            crate::tokenizer::config_path(&options.hub, model, tokenizer, options.tokenizer.as_deref());
+        if config.is_file()
+            && let Some(template) = ChatTemplate::from_tokenizer_config(&config)?
+        {
+            return Ok(Self::Template(template));
+        }
+        if tokenizer.token_id("<start_of_turn>").is_some() {
+            return Ok(Self::Gemma);
+        }
+        bail!(
+            "--chat needs the model's chat template, and '{}' {}. Pass --tokenizer with the instruct model's \
+             tokenizer folder or id, or leave out --chat",
+            config.display(),
+            if config.is_file() {
+                "has no chat_template"
+            } else {
+                "does not exist"
+            }
+        )
+    }
 }
 
 /// The context assumed for a graph that does not record one (other exporters): Gemma 1 and 2's.
@@ -144,17 +187,46 @@ impl Generator {
         } else {
             Backend::Recompute(ScoringModel::open(path, &options.session, context, 1)?)
         };
-        // Gemma stops at <eos>, and chat turns end with <end_of_turn>.
-        let eos = [tokenizer.eos_id, tokenizer.token_id("<end_of_turn>")]
-            .into_iter()
-            .flatten()
-            .collect();
+        let chat = if options.chat {
+            Some(ChatFormat::open(options, &model, &tokenizer)?)
+        } else {
+            None
+        };
+        // Gemma stops at <eos>, and chat turns end with <end_of_turn>; a template's model ends its
+        // turn with the config's eos_token (Llama 3 Instruct: <|eot_id|>, Qwen: <|im_end|>).
+        let template_eos = match &chat {
+            Some(ChatFormat::Template(t)) => t.special_token("eos_token").and_then(|e| tokenizer.token_id(e)),
+            _ => None,
+        };
+        let mut eos: Vec<u32> = [
+            tokenizer.eos_id,
+            tokenizer.token_id("<end_of_turn>"),
+            template_eos,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        eos.sort_unstable();
+        eos.dedup();
+        let prepend_bos = if options.prepend_bos {
+            Some(tokenizer.bos_token_id()?.with_context(|| {
+                format!(
+                    "--prepend-bos: the tokenizer '{}' has no BOS token (no bos_token in its configuration, \
+                     no <bos> or <s>)",
+                    tokenizer.path.display()
+                )
+            })?)
+        } else {
+            None
+        };
         Ok(Self {
             backend,
             tokenizer,
             vocab,
             eos,
             context,
+            chat,
+            prepend_bos,
         })
     }
 
@@ -192,14 +264,37 @@ impl Generator {
         }
     }
 
-    /// The prompt's tokens: BOS by the tokenizer's template, Gemma's chat turn around it with `chat`.
+    /// The prompt's tokens: BOS by the tokenizer's post-processor; with `chat`, the model's chat
+    /// template around it as a user turn, then tokenized without adding special tokens again
+    /// (transformers' `apply_chat_template(..., tokenize=True)`: the template writes its own BOS).
+    /// With `prepend_bos`, BOS first where it is not already.
     pub fn encode_prompt(&self, prompt: &str, chat: bool) -> Result<Vec<u32>> {
-        let text = if chat {
-            format!("<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n")
-        } else {
-            prompt.to_owned()
-        };
-        self.tokenizer.encode(&text, true)
+        let (text, add_special_tokens) = self.prompt_text(prompt, chat)?;
+        let mut ids = self.tokenizer.encode(&text, add_special_tokens)?;
+        if let Some(bos) = self.prepend_bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
+    }
+
+    /// The text a prompt is tokenized as (with `chat`, the conversation the template writes), and
+    /// whether the tokenizer adds its special tokens to it.
+    pub fn prompt_text(&self, prompt: &str, chat: bool) -> Result<(String, bool)> {
+        if !chat {
+            return Ok((prompt.to_owned(), true));
+        }
+        match &self.chat {
+            Some(ChatFormat::Template(template)) => {
+                Ok((template.render(&[Message::user(prompt)], true, &[])?, false))
+            }
+            Some(ChatFormat::Gemma) => Ok((
+                format!("<start_of_turn>user\n{prompt}<end_of_turn>\n<start_of_turn>model\n"),
+                true,
+            )),
+            None => bail!("the generator was opened without chat; open it with GenerateOptions::chat"),
+        }
     }
 
     /// Generates from several prompts at once: one left-padded batch on a decoding graph (as

@@ -1,7 +1,8 @@
 //! What we must compute exactly as CPython does, for lm-eval's semantics: `ast.literal_eval`
 //! ([`literal`]), `repr()` ([`repr`]), the `str` predicates on CPython's Unicode tables
 //! ([`unicode`]), the `str` methods and number parsing of task templates ([`str`]), the `re`
-//! patterns and `re.sub` that tasks use ([`re`]), and `random.Random` bit for bit ([`random`]).
+//! patterns and `re.sub` that tasks use ([`re`]), `random.Random` bit for bit ([`random`]), and
+//! `str()`/`repr()` of template values as Jinja2 prints them ([`value`]).
 
 pub mod literal;
 pub mod random;
@@ -9,6 +10,7 @@ pub mod re;
 pub mod repr;
 pub mod str;
 pub mod unicode;
+pub mod value;
 
 /// CPython's answers that `literal`, `repr` and `unicode` are tested against
 /// (`tests/fixtures/python_compat/literals.json`, from `make_literals.py`).

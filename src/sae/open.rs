@@ -51,7 +51,7 @@ impl Sae {
             .chain(desc.config.clone())
             .collect();
         let weights = SaeWeights::open(&weights_file, desc.dims.as_ref())?;
-        let provenance = SaeProvenance::record(&weights_file, desc.format, &origin)?;
+        let provenance = SaeProvenance::record(&weights_file, desc.format, &origin, desc.prepend_bos)?;
         Ok(Self {
             hook: desc.hook,
             head_index: desc.head_index,

@@ -31,6 +31,8 @@ pub struct SaeProvenance {
     pub sha256: Option<String>,
     /// Modification time (seconds since the Unix epoch), recorded instead of a hash for larger files.
     pub mtime_unix: Option<u64>,
+    /// SAELens's `prepend_bos`: whether the SAE's training text started with BOS (null: unstated).
+    pub prepend_bos: Option<bool>,
 }
 
 /// Files at least this large are not hashed: hashing streams the whole file (a 1m-wide Gemma Scope
@@ -38,8 +40,14 @@ pub struct SaeProvenance {
 pub const HASH_LIMIT: u64 = 1 << 30;
 
 impl SaeProvenance {
-    /// The provenance of weights `file` in `format`, found where `origin` says.
-    pub(super) fn record(file: &Path, format: SaeFormat, origin: &Origin) -> Result<Self> {
+    /// The provenance of weights `file` in `format`, found where `origin` says, of an SAE trained
+    /// with `prepend_bos`.
+    pub(super) fn record(
+        file: &Path,
+        format: SaeFormat,
+        origin: &Origin,
+        prepend_bos: Option<bool>,
+    ) -> Result<Self> {
         let meta = std::fs::metadata(file).with_context(|| format!("cannot stat '{}'", file.display()))?;
         let size = meta.len();
         let (sha256, mtime_unix) = if size < HASH_LIMIT {
@@ -64,6 +72,7 @@ impl SaeProvenance {
             size,
             sha256,
             mtime_unix,
+            prepend_bos,
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Steering: plans (CSV files naming SAE latents, coefficients and actions), splicing them into
 //! ONNX graphs (the coefficient inputs of sweepable patches are `contract::sweep`).
 
+mod bos;
 mod hook_builder;
 mod hook_nodes;
 pub mod patch;

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+use super::bos;
 use super::plan::{PlanField, SteeringPlan};
 use super::rules::PositionRule;
 use super::splice::{self, SpliceOptions, SpliceReport};
@@ -32,6 +33,8 @@ pub struct PatchReport {
     pub splice: SpliceReport,
     pub save: SaveReport,
     pub seconds: f64,
+    /// Where an SAE's `prepend_bos` and the model's tokenizer disagree (see [`super::bos`]).
+    pub warnings: Vec<String>,
 }
 
 /// Patches with fixed coefficients, never over an existing file (see [`patch_with_output`]).
@@ -91,6 +94,9 @@ pub fn patch_in(hub: &Hub, options: &PatchOptions, output: &PatchOutput) -> Resu
         inputs.add(&crate::onnx::external::resolve(&model.dir, &location)?);
     }
     let (hooks, provenance) = steering::steering(&plan, hub, output.sweepable, &mut inputs)?;
+    let warnings = bos::warnings(&provenance, || {
+        bos::TokenizerStart::of(&crate::tokenizer::Tokenizer::for_model(hub, &model, None)?)
+    });
     let special_ids = match plan.rows.iter().find(|r| r.steer_at == PositionRule::NoSpecial) {
         Some(row) => Some(special_ids(hub, &model).with_context(|| {
             format!(
@@ -124,6 +130,7 @@ pub fn patch_in(hub: &Hub, options: &PatchOptions, output: &PatchOutput) -> Resu
         splice: report,
         save,
         seconds: start.elapsed().as_secs_f64(),
+        warnings,
     })
 }
 

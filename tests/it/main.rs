@@ -29,6 +29,7 @@ mod export_families;
 mod export_gemma;
 mod export_hub;
 mod export_trust;
+mod generate_chat;
 mod generate_greedy;
 mod generate_trust;
 mod graph_edit;

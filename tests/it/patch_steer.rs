@@ -371,3 +371,83 @@ fn the_cli_reports_bad_plans_with_file_and_line() {
     );
     assert!(!out.exists(), "nothing is written on error");
 }
+
+/// An SAE trained with BOS first (`prepend_bos: true`): no warning on a model whose tokenizer adds
+/// `<bos>`; on the same model pointed at a tokenizer that adds none, `patch` warns and names
+/// `generate --prepend-bos`. The record keeps the flag either way.
+#[test]
+fn prepend_bos_saes_warn_where_the_tokenizer_adds_no_bos() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = export_base(tmp.path());
+    let sae = tmp.path().join("sae");
+    std::fs::create_dir(&sae).unwrap();
+    std::fs::copy(
+        steer_fixture("sae_res/sae_weights.safetensors"),
+        sae.join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(steer_fixture("sae_res/cfg.json")).unwrap()).unwrap();
+    cfg["metadata"]["prepend_bos"] = serde_json::Value::Bool(true);
+    std::fs::write(sae.join("cfg.json"), cfg.to_string()).unwrap();
+    let csv = tmp.path().join("plan.csv");
+    std::fs::write(
+        &csv,
+        "latent_idx,steering_coefficient,sae_release,sae_id,description\n17,8.0,sae,,x\n",
+    )
+    .unwrap();
+    let run = |model: &Path, out: &str| {
+        patch(&PatchOptions {
+            csv: csv.clone(),
+            output: tmp.path().join(out),
+            model: Some(model.display().to_string()),
+            replace: false,
+            progress: false,
+        })
+        .unwrap()
+    };
+    let report = run(&base, "with_bos.onnx");
+    assert_eq!(report.warnings, Vec::<String>::new());
+    let steering: serde_json::Value = serde_json::from_str(
+        Model::load(&tmp.path().join("with_bos.onnx"))
+            .unwrap()
+            .metadata("sae_onnx.steering")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(steering[0]["saes"][0]["prepend_bos"], true);
+    let shown = sae_onnx::inspect::inspect(&tmp.path().join("with_bos.onnx"))
+        .unwrap()
+        .to_string();
+    assert!(
+        shown.contains(", trained with BOS first (prepend_bos))"),
+        "{shown}"
+    );
+
+    // The fixture's tokenizer without its post-processor (the template that adds <bos>).
+    let plain = tmp.path().join("plain_tokenizer");
+    std::fs::create_dir(&plain).unwrap();
+    let mut tokenizer: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("tests/fixtures/gemma/gemma2/tokenizer.json").unwrap())
+            .unwrap();
+    tokenizer["post_processor"] = serde_json::Value::Null;
+    std::fs::write(plain.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::copy(
+        "tests/fixtures/gemma/gemma2/tokenizer_config.json",
+        plain.join("tokenizer_config.json"),
+    )
+    .unwrap();
+    let mut model = Model::load(&base).unwrap();
+    model.set_metadata("sae_onnx.tokenizer", &plain.display().to_string());
+    let plain_base = tmp.path().join("plain_base.onnx");
+    model.save(&plain_base, &Default::default()).unwrap();
+    let report = run(&plain_base, "without_bos.onnx");
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let warning = &report.warnings[0];
+    assert!(
+        warning.contains("prepend_bos: true")
+            && warning.contains("adds none")
+            && warning.contains("`generate --prepend-bos` puts \"<bos>\" first"),
+        "{warning}"
+    );
+}

@@ -235,6 +235,8 @@ fn gemma_scope_2_safetensors() {
     );
     assert_eq!(rows.hook, HookPoint::new(3, Site::AttnZ));
     assert_eq!(rows.provenance.format, SaeFormat::GemmaScope2Safetensors);
+    // As SAELens's gemma_3 loader says.
+    assert_eq!(rows.provenance.prepend_bos, Some(true));
 }
 
 #[test]
@@ -246,12 +248,17 @@ fn saelens_folders_v6_and_pre_6() {
     );
     assert_eq!(rows.provenance.format, SaeFormat::SaeLens);
     assert_eq!(enc.architecture, SaeArchitecture::JumpRelu);
-    let (_, enc) = check_against_golden(
+    assert_eq!(
+        rows.provenance.prepend_bos, None,
+        "a 6.x cfg.json without prepend_bos does not say"
+    );
+    let (rows, enc) = check_against_golden(
         &SaeSource::Folder(fixtures().join("local/saelens_old")),
         "",
         "saelens_old",
     );
     assert_eq!(enc.architecture, SaeArchitecture::Standard);
+    assert_eq!(rows.provenance.prepend_bos, Some(true));
     assert!(
         enc.apply_b_dec_to_input,
         "pre-6.0 configs default apply_b_dec_to_input to true"

@@ -43,6 +43,8 @@ pub(in crate::sae) fn description(
         apply_b_dec_to_input: false,
         scales,
         centered_input: false,
+        // SAELens's gemma_2 and gemma_3 loaders say prepend_bos: true (Gemma's tokenizer adds it).
+        prepend_bos: Some(true),
         config: None,
     }
 }

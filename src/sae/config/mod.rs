@@ -28,6 +28,9 @@ pub(super) struct Description {
     /// write to the residual stream has zero mean over d_model, so the SAE reads `x - mean(x)`
     /// where the Hugging Face model has `x` (see [`crate::sae::Sae::encoder_parts`]).
     pub centered_input: bool,
+    /// SAELens's `prepend_bos`: the SAE was trained on activations of text that starts with BOS
+    /// (`Some(true)`), or without it; `None` where the config does not say.
+    pub prepend_bos: Option<bool>,
     /// The config file the description was read from, if any.
     pub config: Option<PathBuf>,
 }

@@ -52,6 +52,7 @@ pub(in crate::sae) fn description(
         .unwrap_or(true);
     let scales = scales(&v, norm_factor, &at)?;
     let centered_input = centered_input(&v, hook, &at)?;
+    let prepend_bos = prepend_bos(&v, &at)?;
     Ok(Description {
         format: SaeFormat::SaeLens,
         hook,
@@ -65,21 +66,44 @@ pub(in crate::sae) fn description(
         apply_b_dec_to_input,
         scales,
         centered_input,
+        prepend_bos,
         config: Some(cfg_path.to_path_buf()),
     })
+}
+
+/// A config written before SAELens 6.0 (or without a version), which SAELens reads with
+/// `handle_pre_6_0_config`'s defaults.
+fn pre_6(v: &Value) -> bool {
+    let version =
+        string_at(v, &["sae_lens_version"]).or_else(|| string_at(v, &["metadata", "sae_lens_version"]));
+    version.is_none_or(|ver| {
+        ver.split(['.', '-'])
+            .next()
+            .and_then(|m| m.parse::<u32>().ok())
+            .is_none_or(|m| m < 6)
+    })
+}
+
+/// `metadata.prepend_bos` (SAELens 6) or `prepend_bos`; a config before 6.0 without one gets
+/// SAELens's default, true. `None`: a 6.x config that does not say (SAELens then refuses to
+/// build an activation store for it).
+fn prepend_bos(v: &Value, at: &dyn Fn() -> String) -> Result<Option<bool>> {
+    let stated = v
+        .get("metadata")
+        .and_then(|m| m.get("prepend_bos"))
+        .filter(|x| !x.is_null())
+        .or_else(|| v.get("prepend_bos").filter(|x| !x.is_null()));
+    match stated {
+        None => Ok(pre_6(v).then_some(true)),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => bail!("{}: prepend_bos {other} is neither true nor false", at()),
+    }
 }
 
 /// `architecture`, or for configs before 6.0 without one, `topk` when the activation is, else
 /// `standard`.
 fn architecture(v: &Value, at: &dyn Fn() -> String) -> Result<SaeArchitecture> {
-    let version =
-        string_at(v, &["sae_lens_version"]).or_else(|| string_at(v, &["metadata", "sae_lens_version"]));
-    let pre_6 = version.is_none_or(|ver| {
-        ver.split(['.', '-'])
-            .next()
-            .and_then(|m| m.parse::<u32>().ok())
-            .is_none_or(|m| m < 6)
-    });
+    let pre_6 = pre_6(v);
     let activation = string_at(v, &["activation_fn"]).or_else(|| string_at(v, &["activation_fn_str"]));
     let name = match string_at(v, &["architecture"]) {
         Some(a) => a,
@@ -195,4 +219,42 @@ fn centered_input(v: &Value, hook: HookPoint, at: &dyn Fn() -> String) -> Result
         return Ok(false);
     }
     Ok(centered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prepend_bos_of(cfg: &str) -> Result<Option<bool>> {
+        let v: Value = serde_json::from_str(cfg).unwrap();
+        prepend_bos(&v, &|| "SAE t".to_owned())
+    }
+
+    #[test]
+    fn prepend_bos_is_read_where_saelens_reads_it() {
+        let v6 = r#""sae_lens_version": "6.54.12""#;
+        assert_eq!(prepend_bos_of(r#"{"prepend_bos": false}"#).unwrap(), Some(false));
+        assert_eq!(
+            prepend_bos_of(&format!(r#"{{{v6}, "metadata": {{"prepend_bos": false}}}}"#)).unwrap(),
+            Some(false)
+        );
+        assert_eq!(
+            prepend_bos_of(&format!(r#"{{"metadata": {{{v6}, "prepend_bos": true}}}}"#)).unwrap(),
+            Some(true)
+        );
+        // handle_pre_6_0_config: setdefault("prepend_bos", True).
+        assert_eq!(
+            prepend_bos_of(r#"{"sae_lens_version": "3.1.0"}"#).unwrap(),
+            Some(true)
+        );
+        assert_eq!(prepend_bos_of("{}").unwrap(), Some(true));
+        assert_eq!(prepend_bos_of(&format!("{{{v6}}}")).unwrap(), None);
+        let error = prepend_bos_of(r#"{"prepend_bos": "yes"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("prepend_bos \"yes\" is neither true nor false"),
+            "{error}"
+        );
+    }
 }
