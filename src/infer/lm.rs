@@ -454,33 +454,7 @@ impl ScoringModel {
         let session = match &mut self.engine {
             Engine::Whole(session) => session,
             Engine::FannedOut(fan_out) => {
-                let (below, above): (Vec<_>, Vec<_>) = presents
-                    .iter()
-                    .partition(|(present, _)| fan_out.makes_below(present));
-                let below_names: Vec<&str> = below.iter().map(|(p, _)| p.as_str()).collect();
-                let above_names: Vec<&str> = above.iter().map(|(p, _)| p.as_str()).collect();
-                let fed: Vec<Vec<(String, DynValue)>> = values
-                    .iter()
-                    .map(|feeds| value_feeds(feeds))
-                    .collect::<Result<_>>()?;
-                let common: Vec<Feed<'_>> = inputs.iter().map(|(name, v)| (name.as_str(), v)).collect();
-                let per_value: Vec<Vec<Feed<'_>>> = fed
-                    .iter()
-                    .map(|f| f.iter().map(|(name, v)| (name.as_str(), v)).collect())
-                    .collect();
-                let (shared, per_value) = fan_out
-                    .run(&common, &per_value, &below_names, &above_names)
-                    .context("computing a shared prefix")?;
-                let pasts = |side: &[&(String, String)], values: Vec<DynValue>| {
-                    side.iter()
-                        .map(|(_, past)| past.clone())
-                        .zip(values)
-                        .collect::<Vec<_>>()
-                };
-                return Ok(PrefixCache {
-                    shared: pasts(&below, shared),
-                    per_value: per_value.into_iter().map(|v| pasts(&above, v)).collect(),
-                });
+                return fanned_out_prefix_cache(fan_out, &inputs, &presents, values);
             }
         };
         let mut binding = session.create_binding()?;
@@ -692,6 +666,45 @@ impl ScoringModel {
             .map(|out| unit_scores(&units, &out[0], &out[1], k, c))
             .collect()
     }
+}
+
+/// A prefix's cache on a fanned-out model: the lower part once (the caches of the layers below
+/// the cut, shared by every value), the upper part once per feed set of `values` (the caches
+/// above it). `presents` pairs each cache output with the input it is fed back as.
+fn fanned_out_prefix_cache(
+    fan_out: &mut FanOut,
+    inputs: &[(String, DynValue)],
+    presents: &[(String, String)],
+    values: &[Vec<ScalarFeed>],
+) -> Result<PrefixCache> {
+    fn outputs<'a>(side: &[&'a (String, String)]) -> Vec<&'a str> {
+        side.iter().map(|(present, _)| present.as_str()).collect()
+    }
+    let (below, above): (Vec<_>, Vec<_>) = presents
+        .iter()
+        .partition(|(present, _)| fan_out.makes_below(present));
+    let fed: Vec<Vec<(String, DynValue)>> = values
+        .iter()
+        .map(|feeds| value_feeds(feeds))
+        .collect::<Result<_>>()?;
+    let common: Vec<Feed<'_>> = inputs.iter().map(|(name, v)| (name.as_str(), v)).collect();
+    let per_value: Vec<Vec<Feed<'_>>> = fed
+        .iter()
+        .map(|f| f.iter().map(|(name, v)| (name.as_str(), v)).collect())
+        .collect();
+    let (shared, per_value) = fan_out
+        .run(&common, &per_value, &outputs(&below), &outputs(&above))
+        .context("computing a shared prefix")?;
+    let as_pasts = |side: &[&(String, String)], values: Vec<DynValue>| {
+        side.iter()
+            .map(|(_, past)| past.clone())
+            .zip(values)
+            .collect::<Vec<_>>()
+    };
+    Ok(PrefixCache {
+        shared: as_pasts(&below, shared),
+        per_value: per_value.into_iter().map(|v| as_pasts(&above, v)).collect(),
+    })
 }
 
 /// Each unit's scores from one forward's `[batch, k, c]` log-probabilities and `[batch, k]`
