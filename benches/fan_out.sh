@@ -5,16 +5,26 @@
 # steered at blocks.9.hook_resid_post (a random SAE, benches/make_sae.py; 10 of 12 layers below the
 # hook, the seed's 21 of 26 for gemma-2-2b), on bench_mmlu 0-shot and 5-shot (--limit LIMIT
 # questions per subject), timed as:
-#   fan-out   eval --sweep (the default): below the hook once per batch, above it once per value
-#   passes    eval --sweep --no-fan-out: one full pass per value
-# Both runs' per-value samples are compared (largest loglikelihood difference, differing greedy
-# flags). The arithmetic floor of fan-out, in forwards of the whole model: (10 + 8 * 2) / 12 = 2.17
-# instead of 8, a 3.7x ratio at most (the LM head and the scoring are above the hook too).
-# Appends one JSON object per case to benches/results/fan_out.jsonl (previous file kept as .prev).
+#   fan-out     eval --sweep (the default): below the hook once per batch, above it once per value
+#   passes      eval --sweep --no-fan-out: one full pass per value
+#   kv fan-out  the same sweep on the decoding graph (export --kv-cache): each subject's shared
+#   kv passes   few-shot prefix computed once below the hook (once per value above it), and the
+#               same graph one pass per value (its prefixes shared within each pass)
+#   lm-eval     lm-eval's own `steered` model (HF, float32, eager attention) at the same 8 values,
+#               8 runs (a .pt file per value: W_dec[latent] at layers.9, the value as coefficient);
+#               both the whole commands and their scoring loops alone (benches/lmeval_timed.py)
+# Per value, the fan-out samples are compared with the passes' and with lm-eval's (largest
+# loglikelihood difference, differing greedy flags / argmax). The arithmetic floor of fan-out, in
+# forwards of the whole model: (10 + 8 * 2) / 12 = 2.17 instead of 8, a 3.7x ratio at most (the LM
+# head and the scoring are above the hook too).
+# Appends one JSON object per case to benches/results/fan_out.jsonl (previous file kept as .prev),
+# with the load average before each case and after the last.
 #
 # Knobs: BENCH_TMP (checkpoint and models, default ${TMPDIR:-/tmp}/sae-onnx-bench), BENCH_PYTHON
-# (numpy, safetensors, torch, transformers: default python3), SAE_ONNX (default
-# target/release/sae-onnx), LIMIT (default 10), EVAL_BS (default 16), SHOTS (default "0 5").
+# (numpy, safetensors, torch, transformers, lm_eval: default python3; benches/setup_baselines.sh
+# makes one), SAE_ONNX (default target/release/sae-onnx), LIMIT (default 10), EVAL_BS (default
+# 16), SHOTS (default "0 5"), LMEVAL (default 1; 0 skips the lm-eval runs), KV (default 1; 0 skips
+# the decoding graph).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -24,6 +34,8 @@ BIN=${SAE_ONNX:-target/release/sae-onnx}
 LIMIT=${LIMIT:-10}
 EVAL_BS=${EVAL_BS:-16}
 SHOTS=${SHOTS:-0 5}
+LMEVAL=${LMEVAL:-1}
+KV=${KV:-1}
 VALUES=0,4,8,16,32,64,-8,-32
 mkdir -p "$T" benches/results
 [ -x "$BIN" ] || cargo build --release --quiet
@@ -33,20 +45,42 @@ ckpt=$T/ckpt/gemma2-100m
 [ -f "$T/fanout/sae/steer.csv" ] || "$PY" benches/make_sae.py "$T/fanout/sae" --d-in 768 --hook blocks.9.hook_resid_post
 $BIN -q patch --csv "$T/fanout/sae/steer.csv" --model "$T/fanout/100m.onnx" -o "$T/fanout/sweep.onnx" \
     --sweepable --force >/dev/null
+if [ "$KV" = 1 ]; then
+    [ -f "$T/fanout/100m.kv.onnx" ] || $BIN -q export "$ckpt" -o "$T/fanout/100m.kv.onnx" --kv-cache
+    $BIN -q patch --csv "$T/fanout/sae/steer.csv" --model "$T/fanout/100m.kv.onnx" \
+        -o "$T/fanout/sweep.kv.onnx" --sweepable --force >/dev/null
+fi
+if [ "$LMEVAL" = 1 ]; then
+    # lm-eval's `steered` .pt format: {hookpoint: {steering_vector, steering_coefficient, action,
+    # bias, head_index}}; hookpoints are module names under the HF base model (layers.9 is
+    # blocks.9.hook_resid_post: the output of decoder layer 9).
+    "$PY" - "$T/fanout" "$VALUES" <<'PY'
+import os, sys
+import torch
+from safetensors.torch import load_file
+out, values = sys.argv[1], sys.argv[2].split(",")
+row = load_file(os.path.join(out, "sae", "sae", "sae_weights.safetensors"))["W_dec"][3].clone()
+for v in values:
+    cfg = {"layers.9": {"steering_vector": row, "steering_coefficient": float(v), "action": "add",
+                        "bias": None, "head_index": None}}
+    torch.save(cfg, os.path.join(out, f"steer_{v}.pt"))
+PY
+fi
 out=benches/results/fan_out.jsonl
 [ -f "$out" ] && mv "$out" benches/results/fan_out.prev.jsonl
 seconds() { local s; s=$(date +%s.%N); "$@" >/dev/null 2>"$T/fanout/last.log" || { cat "$T/fanout/last.log" >&2; exit 1; }
     printf '%.2f' "$(echo "$(date +%s.%N) - $s" | bc -l)"; }
 for shots in $SHOTS; do
-    run() { # run NAME [FLAGS]
+    run() { # run NAME MODEL [FLAGS]
         rm -rf "$T/fanout/$1-$shots"
-        seconds $BIN -q eval "$T/fanout/sweep.onnx" --task bench_mmlu --include-path benches/tasks \
+        seconds $BIN -q eval "$2" --task bench_mmlu --include-path benches/tasks \
             --num-fewshot "$shots" --limit "$LIMIT" --batch-size "$EVAL_BS" --sweep "$VALUES" \
-            --output-path "$T/fanout/$1-$shots" --log-samples "${@:2}"
+            --output-path "$T/fanout/$1-$shots" --log-samples "${@:3}"
     }
-    fan=$(run fan)
-    passes=$(run passes --no-fan-out)
-    agree=$("$PY" - "$T/fanout/fan-$shots" "$T/fanout/passes-$shots" <<'PY'
+    load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+    fan=$(run fan "$T/fanout/sweep.onnx")
+    passes=$(run passes "$T/fanout/sweep.onnx" --no-fan-out)
+    agree() { "$PY" - "$@" <<'PY'
 import glob, json, os, sys
 worst, flags, docs = 0.0, 0, 0
 for point in sorted(glob.glob(os.path.join(sys.argv[1], "sweep_*"))):
@@ -64,8 +98,31 @@ for point in sorted(glob.glob(os.path.join(sys.argv[1], "sweep_*"))):
                 flags += gx != gy
 print(json.dumps({"documents": docs, "max_abs_loglikelihood_difference": worst, "greedy_flags_differing": flags}))
 PY
-)
-    ratio=$(echo "$passes / $fan" | bc -l | cut -c1-4)
-    line="{\"shots\": $shots, \"limit_per_subject\": $LIMIT, \"values\": 8, \"batch_size\": $EVAL_BS, \"fan_out_s\": $fan, \"passes_s\": $passes, \"passes_over_fan_out\": $ratio, \"agreement\": $agree, \"cores\": $(nproc), \"load_before\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"date\": \"$(date -u '+%F %T UTC')\"}"
+    }
+    ratio() { echo "$1 / $2" | bc -l | cut -c1-5; }
+    line="{\"shots\": $shots, \"limit_per_subject\": $LIMIT, \"values\": 8, \"batch_size\": $EVAL_BS, \"fan_out_s\": $fan, \"passes_s\": $passes, \"passes_over_fan_out\": $(ratio "$passes" "$fan"), \"agreement\": $(agree "$T/fanout/fan-$shots" "$T/fanout/passes-$shots")"
+    if [ "$KV" = 1 ]; then
+        kv_fan=$(run kv-fan "$T/fanout/sweep.kv.onnx")
+        kv_passes=$(run kv-passes "$T/fanout/sweep.kv.onnx" --no-fan-out)
+        line+=", \"kv_fan_out_s\": $kv_fan, \"kv_passes_s\": $kv_passes, \"kv_passes_over_kv_fan_out\": $(ratio "$kv_passes" "$kv_fan"), \"passes_over_kv_fan_out\": $(ratio "$passes" "$kv_fan"), \"kv_agreement\": $(agree "$T/fanout/kv-fan-$shots" "$T/fanout/kv-passes-$shots")"
+    fi
+    if [ "$LMEVAL" = 1 ]; then
+        lm_total=0 lm_scoring=0 worst=""
+        for v in ${VALUES//,/ }; do
+            o=$T/fanout/lmeval-$shots/$v
+            rm -rf "$o"
+            s=$(BENCH_SCORING_JSON="$T/fanout/scoring.json" seconds "$PY" benches/lmeval_timed.py run --model steered \
+                --model_args "pretrained=$ckpt,steer_path=$T/fanout/steer_$v.pt,dtype=float32,attn_implementation=eager" \
+                --tasks bench_mmlu --include_path benches/tasks --num_fewshot "$shots" --limit "$LIMIT" \
+                --batch_size "$EVAL_BS" --device cpu --output_path "$o" --log_samples)
+            lm_total=$(echo "$lm_total + $s" | bc -l)
+            lm_scoring=$(echo "$lm_scoring + $("$PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["scoring_s"])' "$T/fanout/scoring.json")" | bc -l)
+            # Ours (fanned out) against lm-eval at this value: the correctness half of the ratio.
+            worst+="$(python3 benches/compare_samples.py "$T/fanout/fan-$shots/sweep_steer.coeff.0_$v" "$o" \
+                --name "value $v" --tol 1e-4 || true); "
+        done
+        line+=", \"lm_eval_8_runs_s\": $(printf '%.2f' "$lm_total"), \"lm_eval_8_scoring_loops_s\": $(printf '%.2f' "$lm_scoring"), \"lm_eval_over_fan_out\": $(ratio "$lm_total" "$fan"), \"lm_eval_scoring_over_fan_out\": $(ratio "$lm_scoring" "$fan"), \"ours_vs_lm_eval\": \"${worst%; }\""
+    fi
+    line+=", \"cores\": $(nproc), \"load_before\": \"$load_before\", \"load_after\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"date\": \"$(date -u '+%F %T UTC')\"}"
     echo "$line" | tee -a "$out"
 done

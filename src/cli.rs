@@ -596,7 +596,8 @@ pub struct EvalArgs {
     /// With --sweep, score each value in a pass of its own. By default the loglikelihood
     /// requests are fanned out: each batch runs what does not depend on the swept coefficient
     /// (the layers below its hook) once and the layers above once per value, with the same
-    /// scores. Decoding graphs (--kv-cache) and generate_until tasks always run one pass a value.
+    /// scores; on a decoding graph (--kv-cache) a shared few-shot prefix's cache below the hook is
+    /// computed once for all values. generate_until tasks always run one pass a value.
     #[arg(long, requires = "sweep")]
     pub no_fan_out: bool,
     /// Score only the K-th (from 0) of N slices of every task's documents (document i belongs to

@@ -8,6 +8,8 @@
 //! length, right-padded. On a decoding graph (`export --kv-cache`), sequences that share a long
 //! prefix (MMLU's k-shot block: the same for every question of a subject) compute it once: the
 //! prefix's key/value cache is computed once and repeated for each batch of their suffixes.
+//! Fanned out at a swept coefficient, the prefix's cache below the steered hook is computed once
+//! for every value, the cache above it once per value.
 //!
 //! A steered graph with `prompt` / `generated` rows reads each row's prompt boundary
 //! ([`PROMPT_LENGTH`]): the context is the prompt, so a request's boundary is the number of its
@@ -17,15 +19,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use std::borrow::Cow;
-
 use anyhow::{Context, Result, bail};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, PROMPT_LENGTH, past_name, present_name};
-use crate::infer::fan_out::{FanOut, value_feeds, value_inputs};
+use crate::infer::fan_out::{FanOut, Feed, value_feeds, value_inputs};
 use crate::infer::kv_cache::CacheLayout;
 use crate::infer::runtime::{self, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
@@ -59,8 +59,15 @@ struct TokenScore {
 /// repeats for the batch.
 #[derive(Clone, Copy)]
 struct SharedPrefix<'a> {
-    cache: &'a [DynValue],
+    cache: &'a PrefixCache,
     len: usize,
+}
+
+/// One sequence's key/value cache, by cache input name: what every value shares (all of it on a
+/// whole graph; below the cut when fanned out), and what each value has of its own (above it).
+struct PrefixCache {
+    shared: Vec<(String, DynValue)>,
+    per_value: Vec<Vec<(String, DynValue)>>,
 }
 
 /// One forward: an input sequence and, for each scored position, its candidate tokens.
@@ -249,7 +256,13 @@ impl ScoringModel {
         swept: &str,
     ) -> Result<FanOutOpening> {
         let (model, cache) = Self::scoring_graph(path, max_length)?;
-        let fan_out = match FanOut::open(&model, swept, options)? {
+        // A decoding graph's caches are fed back: those that depend on the value vary with it.
+        let carried: HashMap<String, String> = cache
+            .iter()
+            .flat_map(|layout| 0..layout.layers)
+            .flat_map(|layer| KINDS.map(|kind| (present_name(layer, kind), past_name(layer, kind))))
+            .collect();
+        let fan_out = match FanOut::open(&model, swept, &carried, options)? {
             Ok(fan_out) => fan_out,
             Err(reason) => return Ok(FanOutOpening::NotSplit(reason)),
         };
@@ -331,9 +344,9 @@ impl ScoringModel {
         if values.is_empty() {
             bail!("no values to score the requests at");
         }
-        if values.len() > 1 && self.cache.is_some() {
+        if values.len() > 1 && self.cache.is_some() && matches!(self.engine, Engine::Whole(_)) {
             // A shared prefix's cache above the hook depends on the value.
-            bail!("a decoding graph scores one value at a time");
+            bail!("a decoding graph scores one value at a time unless fanned out");
         }
         let plan = ScoringPlan::new(requests, self.max_length, self.reads_prompt_length)?;
         let units = &plan.units;
@@ -347,7 +360,7 @@ impl ScoringModel {
         for group in &groups {
             let cache = match group.len {
                 0 => None,
-                len => Some(self.prefix_cache(&units[group.units[0]].input[..len])?),
+                len => Some(self.prefix_cache(&units[group.units[0]].input[..len], values)?),
             };
             for batch in group.units.chunks(self.batch_size) {
                 let scored = self.forward(
@@ -407,42 +420,69 @@ impl ScoringModel {
         }]
     }
 
-    /// The cache of one sequence's first tokens, kept on the session's device and fed as is under
-    /// each batch of suffixes (the graph broadcasts it to the batch).
-    fn prefix_cache(&mut self, prefix: &[u32]) -> Result<Vec<DynValue>> {
+    /// The cache of one sequence's first tokens at each feed set of `values`, kept on the
+    /// session's device and fed as is under each batch of suffixes (the graph broadcasts it to
+    /// the batch). Fanned out, the part below the cut is computed once for all values.
+    fn prefix_cache(&mut self, prefix: &[u32], values: &[Vec<ScalarFeed>]) -> Result<PrefixCache> {
         let layout = self.cache.expect("prefixes are shared on decoding graphs only");
         let n = prefix.len();
         let ids: Vec<i64> = prefix.iter().map(|&t| i64::from(t)).collect();
-        let Engine::Whole(session) = &mut self.engine else {
-            bail!("a fanned-out model has no decoding graph");
-        };
-        let mut binding = session.create_binding()?;
-        binding.bind_input(INPUT_IDS, &Tensor::from_array(([1, n], ids))?)?;
-        binding.bind_input(ATTENTION_MASK, &Tensor::from_array(([1, n], vec![1i64; n]))?)?;
-        binding.bind_input(POSITIONS, &Tensor::from_array(([1, 1], vec![0i64]))?)?;
-        binding.bind_input(TARGETS, &Tensor::from_array(([1, 1, 1], vec![0i64]))?)?;
-        for (k, value) in layout.empty(1)?.iter().enumerate() {
-            binding.bind_input(past_name(k / 2, KINDS[k % 2]), value)?;
+        let mut inputs: Vec<(String, DynValue)> = vec![
+            (INPUT_IDS.into(), Tensor::from_array(([1, n], ids))?.into_dyn()),
+            (
+                ATTENTION_MASK.into(),
+                Tensor::from_array(([1, n], vec![1i64; n]))?.into_dyn(),
+            ),
+            (
+                POSITIONS.into(),
+                Tensor::from_array(([1, 1], vec![0i64]))?.into_dyn(),
+            ),
+            (
+                TARGETS.into(),
+                Tensor::from_array(([1, 1, 1], vec![0i64]))?.into_dyn(),
+            ),
+        ];
+        for (k, value) in layout.empty(1)?.into_iter().enumerate() {
+            inputs.push((past_name(k / 2, KINDS[k % 2]), value));
         }
         for feed in &self.feeds {
-            binding.bind_input(feed.name.as_str(), &feed.tensor()?)?;
+            inputs.push((feed.name.clone(), feed.tensor()?));
+        }
+        let presents: Vec<(String, String)> = (0..2 * layout.layers)
+            .map(|k| (present_name(k / 2, KINDS[k % 2]), past_name(k / 2, KINDS[k % 2])))
+            .collect();
+        let session = match &mut self.engine {
+            Engine::Whole(session) => session,
+            Engine::FannedOut(fan_out) => {
+                return fanned_out_prefix_cache(fan_out, &inputs, &presents, values);
+            }
+        };
+        let mut binding = session.create_binding()?;
+        for (name, value) in &inputs {
+            binding.bind_input(name.as_str(), value)?;
         }
         let cpu = runtime::memory_info(runtime::Device::Cpu)?;
         binding.bind_output_to_device(TARGET_LOGPROBS, &cpu)?;
         binding.bind_output_to_device(GREEDY_TOKENS, &cpu)?;
-        for k in 0..2 * layout.layers {
-            binding.bind_output_to_device(present_name(k / 2, KINDS[k % 2]), &self.cache_memory)?;
+        for (present, _) in &presents {
+            binding.bind_output_to_device(present.as_str(), &self.cache_memory)?;
         }
         let mut outputs = session
             .run_binding(&binding)
             .context("computing a shared prefix")?;
-        (0..2 * layout.layers)
-            .map(|k| {
-                outputs
-                    .remove(present_name(k / 2, KINDS[k % 2]))
-                    .context("the decoding graph has no present output")
+        let shared = presents
+            .into_iter()
+            .map(|(present, past)| {
+                let value = outputs
+                    .remove(present.as_str())
+                    .context("the decoding graph has no present output")?;
+                Ok((past, value))
             })
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok(PrefixCache {
+            shared,
+            per_value: values.iter().map(|_| Vec::new()).collect(),
+        })
     }
 
     /// The next-token log-probabilities after each sequence (all `vocab` of them), in one
@@ -558,20 +598,6 @@ impl ScoringModel {
                 Tensor::from_array(([batch, k, c], targets))?.into_dyn(),
             ),
         ];
-        let mut past: Vec<(String, &DynValue)> = Vec::new();
-        let empty_cache;
-        if let Some(layout) = self.cache {
-            let cache = match prefix {
-                Some(prefix) => prefix.cache,
-                None => {
-                    empty_cache = layout.empty(1)?;
-                    &empty_cache
-                }
-            };
-            for (n, value) in cache.iter().enumerate() {
-                past.push((past_name(n / 2, KINDS[n % 2]), value));
-            }
-        }
         for feed in &self.feeds {
             common.push((feed.name.clone(), feed.tensor()?));
         }
@@ -582,33 +608,103 @@ impl ScoringModel {
                 Tensor::from_array(([batch], lengths))?.into_dyn(),
             ));
         }
+        // The cache every value reads (the prefix's shared part, or an empty one), then each
+        // value's coefficients and its own part of the prefix's cache.
+        let empty_cache: Vec<(String, DynValue)> = match (self.cache, prefix) {
+            (Some(layout), None) => layout
+                .empty(1)?
+                .into_iter()
+                .enumerate()
+                .map(|(n, value)| (past_name(n / 2, KINDS[n % 2]), value))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let shared = prefix.map_or(&empty_cache, |p| &p.cache.shared);
+        let common: Vec<Feed<'_>> = common
+            .iter()
+            .chain(shared)
+            .map(|(name, value)| (name.as_str(), value))
+            .collect();
+        let fed: Vec<Vec<(String, DynValue)>> = values
+            .iter()
+            .map(|feeds| value_feeds(feeds))
+            .collect::<Result<_>>()?;
+        let per_value: Vec<Vec<Feed<'_>>> = fed
+            .iter()
+            .enumerate()
+            .map(|(v, fed)| {
+                let own = prefix.map_or(&[][..], |p| &p.cache.per_value[v]);
+                fed.iter()
+                    .chain(own)
+                    .map(|(name, value)| (name.as_str(), value))
+                    .collect()
+            })
+            .collect();
         let outputs = match &mut self.engine {
             Engine::Whole(session) => {
-                let mut per_value = Vec::with_capacity(values.len());
-                for feeds in values {
-                    let fed = value_feeds(feeds)?;
-                    let mut inputs = value_inputs(&common, &fed, |_| true);
-                    inputs.extend(
-                        past.iter()
-                            .map(|(name, value)| (Cow::from(name.as_str()), (*value).into())),
-                    );
+                let mut outputs = Vec::with_capacity(values.len());
+                for value in &per_value {
+                    let inputs = value_inputs(&common, value, |_| true);
                     let mut ran = session.run(inputs).context("running the model")?;
-                    per_value.push(vec![
+                    outputs.push(vec![
                         ran.remove(TARGET_LOGPROBS)
                             .context("the model returned no log-probabilities")?,
                         ran.remove(GREEDY_TOKENS)
                             .context("the model returned no greedy tokens")?,
                     ]);
                 }
-                per_value
+                outputs
             }
-            Engine::FannedOut(fan_out) => fan_out.run(&common, values, &[TARGET_LOGPROBS, GREEDY_TOKENS])?,
+            Engine::FannedOut(fan_out) => {
+                fan_out
+                    .run(&common, &per_value, &[], &[TARGET_LOGPROBS, GREEDY_TOKENS])?
+                    .1
+            }
         };
         outputs
             .iter()
             .map(|out| unit_scores(&units, &out[0], &out[1], k, c))
             .collect()
     }
+}
+
+/// A prefix's cache on a fanned-out model: the lower part once (the caches of the layers below
+/// the cut, shared by every value), the upper part once per feed set of `values` (the caches
+/// above it). `presents` pairs each cache output with the input it is fed back as.
+fn fanned_out_prefix_cache(
+    fan_out: &mut FanOut,
+    inputs: &[(String, DynValue)],
+    presents: &[(String, String)],
+    values: &[Vec<ScalarFeed>],
+) -> Result<PrefixCache> {
+    fn outputs<'a>(side: &[&'a (String, String)]) -> Vec<&'a str> {
+        side.iter().map(|(present, _)| present.as_str()).collect()
+    }
+    let (below, above): (Vec<_>, Vec<_>) = presents
+        .iter()
+        .partition(|(present, _)| fan_out.makes_below(present));
+    let fed: Vec<Vec<(String, DynValue)>> = values
+        .iter()
+        .map(|feeds| value_feeds(feeds))
+        .collect::<Result<_>>()?;
+    let common: Vec<Feed<'_>> = inputs.iter().map(|(name, v)| (name.as_str(), v)).collect();
+    let per_value: Vec<Vec<Feed<'_>>> = fed
+        .iter()
+        .map(|f| f.iter().map(|(name, v)| (name.as_str(), v)).collect())
+        .collect();
+    let (shared, per_value) = fan_out
+        .run(&common, &per_value, &outputs(&below), &outputs(&above))
+        .context("computing a shared prefix")?;
+    let as_pasts = |side: &[&(String, String)], values: Vec<DynValue>| {
+        side.iter()
+            .map(|(_, past)| past.clone())
+            .zip(values)
+            .collect::<Vec<_>>()
+    };
+    Ok(PrefixCache {
+        shared: as_pasts(&below, shared),
+        per_value: per_value.into_iter().map(|v| as_pasts(&above, v)).collect(),
+    })
 }
 
 /// Each unit's scores from one forward's `[batch, k, c]` log-probabilities and `[batch, k]`

@@ -1,9 +1,12 @@
-//! A graph cut in two by what depends on one input: the lower graph holds every node whose value
-//! does not depend on it, the upper graph every node that does. The tensors the upper nodes read
+//! A graph cut in two by what depends on some inputs: the lower graph holds every node whose value
+//! does not depend on them, the upper graph every node that does. The tensors the upper nodes read
 //! from lower nodes (the cut) are the lower graph's outputs and the upper graph's inputs, so
 //! running the lower graph once and the upper graph on its outputs computes exactly what the
 //! whole graph computes: the same nodes on the same values. The lower result can be reused by any
-//! number of upper runs that differ only in that input (a coefficient sweep's shared layers).
+//! number of upper runs that differ only in those inputs (a coefficient sweep's shared layers).
+//!
+//! A graph output that does not depend on them is made by the lower graph (a decoding graph's
+//! caches of the layers below a steered hook); the upper graph makes the others.
 
 use std::collections::HashSet;
 
@@ -22,6 +25,8 @@ pub struct Split {
     pub lower: Model,
     /// The tensors upper nodes read from lower nodes, in the lower model's output order.
     pub cut: Vec<String>,
+    /// The whole graph's outputs that the lower model makes (after the cut in its outputs).
+    pub lower_outputs: Vec<String>,
     /// Nodes of the upper model, in the whole graph's order.
     upper: Model,
 }
@@ -53,13 +58,20 @@ impl Split {
     }
 }
 
-/// Splits `model` at the graph input `input`. Refused when no node reads it, when a graph output
-/// does not depend on it (the upper part would not make it), when nothing below it is shared, or
+/// Splits `model` at the graph inputs `inputs` (the first is the one the split is named after,
+/// the others vary with it: a decoding graph's caches of the layers above it). Refused when no
+/// node reads the first, when no graph output depends on it, when nothing below it is shared, or
 /// when nodes carry subgraphs (their implicit reads would cross the cut unseen).
-pub fn split_at_input(model: &Model, input: &str) -> Result<Split> {
+pub fn split_at_inputs(model: &Model, inputs: &[&str]) -> Result<Split> {
     let graph = model.graph();
-    if !graph.input.iter().any(|i| i.name() == input) {
-        bail!("the graph has no input '{input}' to split at");
+    let Some(&input) = inputs.first() else {
+        bail!("no input to split at");
+    };
+    if let Some(missing) = inputs
+        .iter()
+        .find(|&&i| !graph.input.iter().any(|g| g.name() == i))
+    {
+        bail!("the graph has no input '{missing}' to split at");
     }
     if let Some(node) = graph
         .node
@@ -78,8 +90,11 @@ pub fn split_at_input(model: &Model, input: &str) -> Result<Split> {
         .toposort()
         .map_err(|e| e.context("ordering the graph before splitting it"))?;
     let graph = whole.graph();
-    // Forward from the input: a node depends on it when any of its inputs does.
-    let mut depends: HashSet<&str> = HashSet::from([input]);
+    if !graph.node.iter().any(|n| n.input.iter().any(|t| t == input)) {
+        bail!("no node reads the input '{input}'");
+    }
+    // Forward from the inputs: a node depends on them when any of its inputs does.
+    let mut depends: HashSet<&str> = inputs.iter().copied().collect();
     let mut upper_nodes = vec![false; graph.node.len()];
     for (i, node) in graph.node.iter().enumerate() {
         if node.input.iter().any(|t| depends.contains(t.as_str())) {
@@ -87,14 +102,13 @@ pub fn split_at_input(model: &Model, input: &str) -> Result<Split> {
             depends.extend(node.output.iter().map(String::as_str));
         }
     }
-    if !upper_nodes.contains(&true) {
-        bail!("no node reads the input '{input}'");
-    }
-    if let Some(output) = graph.output.iter().find(|o| !depends.contains(o.name())) {
-        bail!(
-            "the output '{}' does not depend on '{input}': the graph is not split at it",
-            output.name()
-        );
+    let (upper_outputs, lower_outputs): (Vec<ValueInfoProto>, Vec<ValueInfoProto>) = graph
+        .output
+        .iter()
+        .cloned()
+        .partition(|o| depends.contains(o.name()));
+    if upper_outputs.is_empty() {
+        bail!("no output of the graph depends on '{input}'");
     }
     let sources: HashSet<&str> = graph
         .input
@@ -119,14 +133,25 @@ pub fn split_at_input(model: &Model, input: &str) -> Result<Split> {
     if cut.is_empty() {
         bail!("nothing below '{input}' is computed: there is nothing to share");
     }
+    // The whole graph's own lower outputs, after the cut (once each: a cut tensor can be one).
+    let lower_outputs: Vec<String> = lower_outputs
+        .iter()
+        .map(|o| o.name().to_owned())
+        .filter(|name| !cut.contains(name))
+        .collect();
     let lower = part(
         &whole,
         &upper_nodes,
         false,
-        cut.iter().map(|t| make_output(t)).collect(),
+        cut.iter().chain(&lower_outputs).map(|t| make_output(t)).collect(),
     );
-    let upper = part(&whole, &upper_nodes, true, graph.output.clone());
-    Ok(Split { lower, cut, upper })
+    let upper = part(&whole, &upper_nodes, true, upper_outputs);
+    Ok(Split {
+        lower,
+        cut,
+        lower_outputs,
+        upper,
+    })
 }
 
 /// A lower-model output, typed by the runtime when it opens the model.
@@ -177,7 +202,7 @@ mod tests {
 
     #[test]
     fn the_cut_is_what_upper_nodes_read_from_lower_ones() {
-        let split = split_at_input(&model(), "c").unwrap();
+        let split = split_at_inputs(&model(), &["c"]).unwrap();
         assert_eq!(split.cut, ["r", "s"]);
         let lower = split.lower.graph();
         let names = |g: &GraphProto| g.node.iter().map(|n| n.name().to_owned()).collect::<Vec<_>>();
@@ -200,24 +225,58 @@ mod tests {
 
     #[test]
     fn unsplittable_graphs_are_refused_with_the_reason() {
-        let err = split_at_input(&model(), "nope").unwrap_err().to_string();
+        let err = split_at_inputs(&model(), &["nope"]).unwrap_err().to_string();
         assert!(err.contains("no input 'nope'"), "{err}");
         // Split at the first input, nothing is computed below it.
-        let err = split_at_input(&model(), "x").unwrap_err().to_string();
+        let err = split_at_inputs(&model(), &["x"]).unwrap_err().to_string();
         assert!(err.contains("nothing below 'x'"), "{err}");
         let mut unread = model();
         unread
             .graph_mut()
             .input
             .push(make_tensor_value_info("unused", DataType::Float, &[]));
-        let err = split_at_input(&unread, "unused").unwrap_err().to_string();
+        let err = split_at_inputs(&unread, &["unused"]).unwrap_err().to_string();
         assert!(err.contains("no node reads"), "{err}");
-        let mut side_output = model();
-        side_output
-            .graph_mut()
+        let mut lower_only = model();
+        let graph = lower_only.graph_mut();
+        graph.output = vec![make_tensor_value_info("s", DataType::Int64, &[])];
+        let err = split_at_inputs(&lower_only, &["c"]).unwrap_err().to_string();
+        assert!(err.contains("no output of the graph depends on 'c'"), "{err}");
+    }
+
+    /// A graph output that does not depend on the split inputs is the lower model's; an input
+    /// that varies with the first takes what it reads above the cut.
+    #[test]
+    fn outputs_below_the_cut_are_the_lower_models_and_varying_inputs_go_above() {
+        let mut m = model();
+        let graph = m.graph_mut();
+        graph
+            .input
+            .push(make_tensor_value_info("p", DataType::Float, &[]));
+        graph.node.push(make_node("Relu", &["x"], &["below"], "below"));
+        graph
+            .node
+            .push(make_node("Mul", &["p", "r"], &["above"], "above"));
+        graph
             .output
-            .push(make_tensor_value_info("s", DataType::Int64, &[]));
-        let err = split_at_input(&side_output, "c").unwrap_err().to_string();
-        assert!(err.contains("'s' does not depend on 'c'"), "{err}");
+            .push(make_tensor_value_info("below", DataType::Float, &[]));
+        graph
+            .output
+            .push(make_tensor_value_info("r", DataType::Float, &[]));
+        graph
+            .output
+            .push(make_tensor_value_info("above", DataType::Float, &[]));
+        let split = split_at_inputs(&m, &["c", "p"]).unwrap();
+        assert_eq!(split.cut, ["r", "s"]);
+        // `r` is cut and output both: listed once, with the cut.
+        assert_eq!(split.lower_outputs, ["below"]);
+        let outputs = |g: &GraphProto| g.output.iter().map(|o| o.name().to_owned()).collect::<Vec<_>>();
+        assert_eq!(outputs(split.lower.graph()), ["r", "s", "below"]);
+        let upper = split.upper(&[DataType::Float, DataType::Int64]).unwrap();
+        assert_eq!(outputs(upper.graph()), ["y", "above"]);
+        assert!(upper.graph().node.iter().any(|n| n.name() == "above"));
+        // Split at `c` alone, `p` is not varying: `above` does not depend on it.
+        let split = split_at_inputs(&m, &["c"]).unwrap();
+        assert_eq!(split.lower_outputs, ["below", "above"]);
     }
 }

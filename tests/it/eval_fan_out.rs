@@ -4,7 +4,8 @@
 //! each loglikelihood within 1e-5, the same greedy flags and metrics, the same results files but
 //! for their timings. Covered: one hook (lm-eval's vector); several hooks at different layers with
 //! `clamp`, `add_if_active` and `clamp_projection` rows, swept at the lowest, a middle and the
-//! highest row; batches the units do not fill; a decoding graph, which is not split.
+//! highest row; batches the units do not fill; a decoding graph with shared few-shot prefixes (its
+//! caches below the hook computed once, above it once per value).
 
 use crate::common;
 
@@ -114,13 +115,13 @@ fn results_without_timings(point: &SweepPoint) -> Value {
 }
 
 /// Fan-out and one pass per value agree at every point, and a wrong pairing of values would be
-/// seen (the check can fail).
+/// seen (the check can fail). Returns the fanned-out points.
 fn assert_fan_out_matches_passes(
     model: &Path,
     input: &CoefficientInput,
     values: &[f64],
     options: &EvalOptions,
-) {
+) -> Vec<SweepPoint> {
     let fanned = sweep(model, input, values, options, true);
     let passes = sweep(model, input, values, options, false);
     for (f, p) in fanned.iter().zip(&passes) {
@@ -129,6 +130,10 @@ fn assert_fan_out_matches_passes(
         assert!(difference <= TOLERANCE, "{what}: fan-out differs by {difference}");
         assert_eq!(results_without_timings(f), results_without_timings(p), "{what}");
         assert_eq!(f.outcome.stats.forwards, p.outcome.stats.forwards, "{what}");
+        assert_eq!(
+            f.outcome.stats.shared_prefix_tokens, p.outcome.stats.shared_prefix_tokens,
+            "{what}"
+        );
     }
     let swapped = largest_difference(&fanned[0], &passes[values.len() - 1], "swapped values");
     assert!(
@@ -136,6 +141,7 @@ fn assert_fan_out_matches_passes(
         "{}: the first and last values score alike ({swapped}); the test could not fail",
         input.input
     );
+    fanned
 }
 
 #[test]
@@ -222,34 +228,59 @@ fn several_hooks_and_non_additive_rows_fanned_out_equal_one_pass_per_value() {
     }
 }
 
+/// A decoding graph (`export --kv-cache`) splits too, the caches of the layers below the hook
+/// made by the lower part; 1-shot MMLU-format prompts share a prefix per subject, whose cache is
+/// computed below the hook once and above it once per value. Swept at the lowest hook (every
+/// layer above it varies) and at the higher one.
 #[test]
-fn a_decoding_graph_is_not_split_and_says_why() {
+fn a_decoding_graph_with_shared_prefixes_fanned_out_equals_one_pass_per_value() {
     let tmp = tempfile::tempdir().unwrap();
     let export_options = ExportOptions {
         kv_cache: true,
         ..Default::default()
     };
-    let steered = sweepable_demo(tmp.path(), "steer_actions/clamp.csv", &export_options);
-    let opening =
-        ScoringModel::open_fanned_out(&steered, &SessionOptions::default(), 64, 4, "steer.coeff.0").unwrap();
-    let FanOutOpening::NotSplit(reason) = opening else {
-        panic!("a decoding graph was split");
-    };
-    assert!(
-        reason.contains("present.0.key") && reason.contains("does not depend"),
-        "{reason}"
-    );
-    // The sweep still runs, one pass per value.
+    let steered = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &export_options);
     let inputs = coefficient_inputs(&Model::load(&steered).unwrap().proto).unwrap();
+    let row = |action: &str, hook: &str| {
+        inputs
+            .iter()
+            .find(|c| c.action == action && c.hook == hook)
+            .unwrap_or_else(|| panic!("no {action} row at {hook}"))
+    };
     let options = EvalOptions {
-        tasks: vec!["demo_mc".into()],
-        num_fewshot: Some(0),
-        limit: Some(6.0),
-        include_paths: vec![PathBuf::from("models/tiny-gemma2")],
-        output_path: Some(tmp.path().join("out")),
+        tasks: vec!["tiny_mmlu_format".into()],
+        num_fewshot: Some(1),
+        include_paths: vec![PathBuf::from("tests/fixtures/lm_eval/tasks")],
         log_samples: true,
+        batch_size: BatchSize::Fixed(3),
         ..Default::default()
     };
-    let points = sweep(&steered, &inputs[0], &[0.0, 43.0], &options, true);
-    assert_eq!(points.len(), 2);
+    for (input, values) in [
+        (row("clamp", "blocks.1.hook_mlp_out"), [0.0, 19.0, 60.0]),
+        (
+            row("add_if_active", "blocks.2.hook_resid_post"),
+            [0.0, 16.0, 80.0],
+        ),
+    ] {
+        let opening =
+            ScoringModel::open_fanned_out(&steered, &SessionOptions::default(), 64, 4, &input.input).unwrap();
+        assert!(
+            matches!(opening, FanOutOpening::Opened(_)),
+            "{}: the decoding graph was not split",
+            input.input
+        );
+        let options = EvalOptions {
+            output_path: Some(tmp.path().join(&input.input)),
+            ..options.clone()
+        };
+        let fanned = assert_fan_out_matches_passes(&steered, input, &values, &options);
+        let stats = fanned[0].outcome.stats;
+        assert!(
+            stats.shared_prefix_tokens > stats.tokens / 4,
+            "{}: {} of {} tokens came from shared prefixes",
+            input.input,
+            stats.shared_prefix_tokens,
+            stats.tokens
+        );
+    }
 }
