@@ -1,9 +1,9 @@
 //! Command-line interface: clap commands turned into validated calls into the library.
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::eval::options::BatchSize;
@@ -316,7 +316,11 @@ impl From<OpsArg> for Ops {
   node -e 'const t = require(\"@huggingface/transformers\"); t.env.localModelPath = \".\";
            t.AutoModelForCausalLM.from_pretrained(\"dogs-js\")'
 
-Both formats take decoding graphs only (`export --kv-cache`).
+  sae-onnx package dogs.onnx --format llama.cpp -o dogs.gguf
+  llama-cli -m gemma-2-2b.gguf --control-vector dogs.gguf   (a GGUF from llama.cpp's convert_hf_to_gguf.py)
+  sae-onnx package gemma.onnx --format llama.cpp --csv dog_steer.csv -o dogs.gguf
+
+genai and transformers.js take decoding graphs only (`export --kv-cache`).
 genai: the folder holds model.onnx + model.onnx.data
 (hard links to the model's data file when on the same filesystem), genai_config.json (from the
 checkpoint's config.json and generation_config.json) and the tokenizer files. With the default
@@ -325,17 +329,27 @@ Generator.set_model_input(\"steer.coeff.0\", array) before append_tokens, and ke
 until generation ends (genai reads it on every step, it does not copy it).
 transformers.js: config.json (the checkpoint's, with a transformers.js_config section naming the
 file and its data), generation_config.json, the tokenizer files, onnx/model.onnx and its data as
-onnx/model.onnx_data. Its generate() cannot feed coefficient inputs: a sweepable model needs
---coefficients fixed.")]
+onnx/model.onnx_data. Its generate() drops coefficient inputs: feed them to the model's forward
+call step by step (web/app.js does), or package with --coefficients fixed.
+llama.cpp: one control-vector GGUF file (any graph, full-sequence or decoding): the steering
+recorded in MODEL, or --csv's, as float32 `direction.L` vectors that llama.cpp adds to decoder
+layer L's output (blocks.L.hook_resid_post) at every position. Only that is expressible: `add`
+rows (normalize none or unit) with fixed coefficients at blocks.L.hook_resid_post, L >= 1,
+positions all; other steering, and sweepable models (use --csv), are refused.")]
 pub struct PackageArgs {
     /// The model to package (`export --kv-cache`, steered or not).
     pub model: PathBuf,
     /// The runtime to package for.
     #[arg(long, value_enum)]
     pub format: PackageFormat,
-    /// The package folder (written under a temporary name beside it, then renamed into place).
+    /// The package folder, or file for llama.cpp (written under a temporary name beside it, then
+    /// renamed into place).
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
+    /// llama.cpp only: package this steer.csv's vectors instead of the steering recorded in the
+    /// model (the model then gives the architecture, layer count and width).
+    #[arg(long, value_name = "FILE")]
+    pub csv: Option<PathBuf>,
     /// The checkpoint folder with config.json, generation_config.json and the tokenizer files.
     /// Default: where the model's metadata says it was exported from.
     #[arg(long, value_name = "DIR")]
@@ -357,6 +371,9 @@ pub enum PackageFormat {
     /// transformers.js 3.8 (Node, browser): `AutoModelForCausalLM.from_pretrained(OUT)`.
     #[value(name = "transformers.js")]
     TransformersJs,
+    /// llama.cpp: a control vector, `llama-cli --control-vector OUT`.
+    #[value(name = "llama.cpp")]
+    LlamaCpp,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -567,6 +584,12 @@ pub struct EvalArgs {
     /// results go to <output-path>/sweep_<input>_<value>/; a table of all values is printed last.
     #[arg(long, value_name = "[INPUT=]VALUES", allow_hyphen_values = true)]
     pub sweep: Option<crate::eval::sweep::SweepSpec>,
+    /// With --sweep, score each value in a pass of its own. By default the loglikelihood
+    /// requests are fanned out: each batch runs what does not depend on the swept coefficient
+    /// (the layers below its hook) once and the layers above once per value, with the same
+    /// scores. Decoding graphs (--kv-cache) and generate_until tasks always run one pass a value.
+    #[arg(long, requires = "sweep")]
+    pub no_fan_out: bool,
     /// Score only the K-th (from 0) of N slices of every task's documents (document i belongs to
     /// shard i % N, lm-eval's split across ranks; few-shot examples stay the unsharded run's),
     /// e.g. `--shard $SLURM_ARRAY_TASK_ID/8`. Needs --output-path: besides results and samples,
@@ -813,6 +836,7 @@ impl Cli {
             progress: self.show_progress(),
             force: args.force,
             shard: args.shard,
+            fan_out: !args.no_fan_out,
             hub,
         };
         if let Some(spec) = &args.sweep {
@@ -1157,7 +1181,11 @@ fn list_saes(args: &SaesArgs) -> Result<()> {
     for entry in &found[..shown] {
         println!(
             "{:<44} {:<40} {:<28} {:>7} {:>8}",
-            entry.release.release, entry.sae.id, entry.sae.hook, entry.sae.d_in, entry.sae.d_sae
+            entry.release.release,
+            entry.sae.id,
+            entry.sae.hook,
+            entry.sae.d_in,
+            entry.sae.d_sae.map_or_else(|| "-".to_owned(), |d| d.to_string())
         );
     }
     if shown < found.len() {
@@ -1169,17 +1197,25 @@ fn list_saes(args: &SaesArgs) -> Result<()> {
     Ok(())
 }
 
-/// `inspect`: the model's report as text, or as JSON with `--json`.
+/// `package` for genai and transformers.js: the folder, its files and what the caller must feed.
 fn package(args: &PackageArgs, hub: crate::hub::Hub) -> Result<()> {
     use crate::package::{Coefficients, Format, PackageOptions, graph::Placement};
+    let format = match args.format {
+        PackageFormat::Genai => Format::Genai,
+        PackageFormat::TransformersJs => Format::TransformersJs,
+        PackageFormat::LlamaCpp => return package_control_vector(args, hub),
+    };
+    if args.csv.is_some() {
+        bail!(
+            "--csv is for --format llama.cpp; for --format {} patch the CSV into the model first (`sae-onnx patch`)",
+            format.name()
+        );
+    }
     let report = crate::package::package(
         &hub,
         &PackageOptions {
             model: args.model.clone(),
-            format: match args.format {
-                PackageFormat::Genai => Format::Genai,
-                PackageFormat::TransformersJs => Format::TransformersJs,
-            },
+            format,
             output: args.output.clone(),
             checkpoint: args.checkpoint.clone(),
             coefficients: match args.coefficients {
@@ -1207,18 +1243,66 @@ fn package(args: &PackageArgs, hub: crate::hub::Hub) -> Result<()> {
         eprintln!("  feed {input} (float32 scalar; the steer.csv value is {default}) on every run");
     }
     if let PackageFormat::TransformersJs = args.format {
-        let parent = crate::files::parent_dir(&args.output).display().to_string();
-        let name = args
-            .output
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        eprintln!(
-            "load it with transformers.js: env.localModelPath = \"{parent}/\"; await AutoModelForCausalLM.from_pretrained(\"{name}\")\n\
-             in a browser, serve the folder above it over HTTP, e.g. `python3 -m http.server 8000 --bind 127.0.0.1 -d {parent}`, \
-             and set env.localModelPath = \"/\""
+        print_transformers_js_usage(&args.output, !report.coefficient_inputs.is_empty());
+    }
+    Ok(())
+}
+
+/// How to load a transformers.js package in Node, and how to show it in the web page (web/ of
+/// the sources), which the page finds by a path under its own folder.
+fn print_transformers_js_usage(output: &Path, sweepable: bool) {
+    let parent = crate::files::parent_dir(output).display().to_string();
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let absolute = std::path::absolute(output).unwrap_or_else(|_| output.to_path_buf());
+    eprintln!(
+        "load it in Node: env.localModelPath = \"{parent}/\"; await AutoModelForCausalLM.from_pretrained(\"{name}\")"
+    );
+    let base = if sweepable {
+        "the base column is coefficient 0, a slider sets the steered one"
+    } else {
+        "no coefficient inputs: add &base=models/BASE (a package of the unsteered model) for the base column"
+    };
+    eprintln!(
+        "show it in a browser, base and steered side by side, with web/ of the sae-onnx sources ({base}):\n  \
+         cd web && npm install && mkdir -p models && ln -sfn '{}' models/{name} && python3 -m http.server 8000 --bind 127.0.0.1\n  \
+         then open http://127.0.0.1:8000/?model=models/{name}",
+        absolute.display()
+    );
+}
+
+/// `package --format llama.cpp`: one control-vector file.
+fn package_control_vector(args: &PackageArgs, hub: crate::hub::Hub) -> Result<()> {
+    if args.checkpoint.is_some() {
+        bail!(
+            "--checkpoint is not read by --format llama.cpp: a control vector holds no tokenizer or config"
         );
     }
+    let report = crate::package::control_vector::control_vector(
+        &hub,
+        &crate::package::control_vector::ControlVectorOptions {
+            model: args.model.clone(),
+            csv: args.csv.clone(),
+            output: args.output.clone(),
+            force: args.force,
+        },
+    )?;
+    for (layer, norm) in &report.norms {
+        eprintln!("  direction.{layer:<4} (blocks.{layer}.hook_resid_post)  norm {norm:.4}");
+    }
+    eprintln!(
+        "packaged {} -> {} (llama.cpp control vector, model_hint {}, layer_count {}, {}) in {:.2}s\n\
+         use it with: llama-cli -m MODEL.gguf --control-vector {}",
+        args.model.display(),
+        report.output.display(),
+        report.model_hint,
+        report.layer_count,
+        inspect::human_bytes(report.bytes),
+        report.seconds,
+        report.output.display()
+    );
     Ok(())
 }
 

@@ -41,6 +41,11 @@ pub const MAX_CONTEXT: usize = 1 << 24;
 /// `{STEER_NODE_PREFIX}{hook}/...`.
 pub const STEER_NODE_PREFIX: &str = "/sae_onnx/steer/";
 
+/// Name prefix of the tensors `patch` adds: a hook's constant is `{STEER_TENSOR_PREFIX}{hook}`
+/// (with `_N` when a second patch steers the same hook), the others `{STEER_TENSOR_PREFIX}{hook}/...`
+/// (how `--replace` and `package --format llama.cpp` find them).
+pub const STEER_TENSOR_PREFIX: &str = "sae_onnx.steer.";
+
 /// The node that adds a patch's change to its hook, input 0 (not one of the nodes computing the
 /// change).
 pub fn is_steering_add(node: &NodeProto) -> bool {

@@ -15,7 +15,7 @@ use super::requests::{Document, RequestEncoder};
 use super::task::{OutputType, Task};
 use super::task_output::Generations;
 use crate::infer::generate::{GenerateOptions, Generator};
-use crate::infer::lm::{ScoringModel, ScoringStats, TokenRequest};
+use crate::infer::lm::{FanOutOpening, ScoringModel, ScoringStats, TokenRequest};
 use crate::infer::runtime::ScalarFeed;
 use crate::progress;
 
@@ -27,7 +27,7 @@ pub struct Sessions {
 }
 
 /// What answering the loglikelihood requests cost.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ScoringReport {
     pub stats: ScoringStats,
     /// Opening the session (weights to the device included), when this pass opened it.
@@ -71,11 +71,7 @@ pub fn score_missing(
     let scorer = sessions.scorer.as_mut().expect("opened above");
     scorer.feeds = feeds.to_vec();
     if fresh && options.batch_size == BatchSize::Auto {
-        let longest = missing
-            .iter()
-            .map(|r| (r.context.len() + r.continuation.len()).min(max_length + 1) - 1)
-            .max()
-            .unwrap_or(1);
+        let longest = longest_input(&missing, max_length);
         scorer.batch_size = scorer.largest_batch_that_runs(longest, AUTO_BATCH_CAP)?;
         eprintln!(
             "batch size auto: {} (sequences of up to {longest} tokens)",
@@ -105,6 +101,99 @@ pub fn score_missing(
         cache.answers.insert(request, answer);
     }
     Ok(report)
+}
+
+/// A sweep's loglikelihoods for all its points at once, fanned out: the scoring graph split at
+/// the coefficient input `swept`, each batch runs below it once and above it once per point's
+/// feeds. Each point's cache gets the windows it lacks. `None` (with the reason on stderr) when
+/// the graph does not split there: the points are then scored one pass each.
+pub fn score_missing_fanned_out(
+    model_path: &Path,
+    options: &EvalOptions,
+    prepared: &PreparedEval,
+    swept: &str,
+    points: &mut [(&[ScalarFeed], &mut ResultCache)],
+) -> Result<Option<Vec<ScoringReport>>> {
+    let mut seen = HashSet::new();
+    let missing: Vec<TokenRequest> = points
+        .iter()
+        .flat_map(|(_, cache)| missing_windows(prepared, cache))
+        .filter(|r| seen.insert(r.clone()))
+        .collect();
+    if missing.is_empty() {
+        return Ok(Some(vec![ScoringReport::default(); points.len()]));
+    }
+    let opening = Instant::now();
+    let fixed = match options.batch_size {
+        BatchSize::Fixed(n) => n,
+        BatchSize::Auto => AUTO_BATCH_CAP,
+    };
+    let max_length = prepared.max_length;
+    let mut scorer =
+        match ScoringModel::open_fanned_out(model_path, &options.session, max_length, fixed, swept)? {
+            FanOutOpening::Opened(scorer) => scorer,
+            FanOutOpening::NotSplit(reason) => {
+                eprintln!("sweep: one pass per value (the graph does not fan out at '{swept}': {reason})");
+                return Ok(None);
+            }
+        };
+    let session_seconds = opening.elapsed().as_secs_f64();
+    if options.batch_size == BatchSize::Auto {
+        // The probe runs both parts, holding what crosses the cut: what a batch needs here.
+        let longest = longest_input(&missing, max_length);
+        scorer.batch_size = scorer.largest_batch_that_runs(longest, AUTO_BATCH_CAP)?;
+        eprintln!(
+            "batch size auto: {} (sequences of up to {longest} tokens, fanned out)",
+            scorer.batch_size
+        );
+    }
+    let values: Vec<Vec<ScalarFeed>> = points.iter().map(|(feeds, _)| feeds.to_vec()).collect();
+    let bar = progress::items_bar(
+        missing.len() as u64,
+        "loglikelihood (fanned out)",
+        options.progress,
+    );
+    let start = Instant::now();
+    let (answers, stats) = scorer.loglikelihood_per_value(&missing, &values, |v, done, batch_answers| {
+        if v == 0 {
+            bar.inc(done as u64);
+        }
+        let cache = &mut points[v].1;
+        let lacking: Vec<_> = batch_answers
+            .iter()
+            .filter(|(request, _)| !cache.answers.contains_key(*request))
+            .copied()
+            .collect();
+        cache.append(&lacking)
+    })?;
+    bar.finish_and_clear();
+    let scoring_seconds = start.elapsed().as_secs_f64();
+    let mut reports = Vec::with_capacity(points.len());
+    for (v, ((_, cache), answers)) in points.iter_mut().zip(answers).enumerate() {
+        for (request, answer) in missing.iter().zip(answers) {
+            cache.answers.entry(request.clone()).or_insert(answer);
+        }
+        reports.push(ScoringReport {
+            stats,
+            // The shared costs are the first point's; the scoring time is shared out evenly.
+            session_seconds: if v == 0 { session_seconds } else { 0.0 },
+            scoring_seconds: scoring_seconds / values.len() as f64,
+            batch_sizes: match options.batch_size {
+                BatchSize::Auto => vec![scorer.batch_size],
+                BatchSize::Fixed(_) => Vec::new(),
+            },
+        });
+    }
+    Ok(Some(reports))
+}
+
+/// The longest sequence the model reads for any of `requests`.
+fn longest_input(requests: &[TokenRequest], max_length: usize) -> usize {
+    requests
+        .iter()
+        .map(|r| (r.context.len() + r.continuation.len()).min(max_length + 1) - 1)
+        .max()
+        .unwrap_or(1)
 }
 
 /// The token windows of every document's requests without an answer in `cache`, each once.

@@ -162,6 +162,20 @@ pub fn evaluate_sweep(
         });
         evaluations.push((value, label, evaluation));
     }
+    let fanning = Instant::now();
+    let mut scored: Vec<Option<ScoringReport>> = vec![None; evaluations.len()];
+    if options.fan_out && evaluations.len() > 1 {
+        let mut points: Vec<(&[ScalarFeed], &mut ResultCache)> = evaluations
+            .iter_mut()
+            .map(|(_, _, e)| (e.feeds.as_slice(), &mut e.cache))
+            .collect();
+        if let Some(reports) =
+            answers::score_missing_fanned_out(model_path, options, &prepared, &input.input, &mut points)?
+        {
+            scored = reports.into_iter().map(Some).collect();
+        }
+    }
+    let share = fanning.elapsed() / u32::try_from(evaluations.len()).unwrap_or(u32::MAX).max(1);
     let mut run = Run {
         model_path,
         options,
@@ -169,11 +183,16 @@ pub fn evaluate_sweep(
         sessions: &mut Sessions::default(),
     };
     let mut points = Vec::with_capacity(values.len());
-    for (value, label, mut evaluation) in evaluations {
-        let start = Instant::now();
+    for ((value, label, mut evaluation), scored) in evaluations.into_iter().zip(scored) {
+        // A fanned-out point was scored with the others: its share of that time is its own.
+        let now = Instant::now();
+        let start = match scored {
+            Some(_) => now.checked_sub(share).unwrap_or(now),
+            None => now,
+        };
         eprintln!("sweep: {label}");
         let outcome = run
-            .evaluate(&mut evaluation, start)
+            .evaluate_scored(&mut evaluation, start, scored)
             .with_context(|| format!("sweep point {label}"))?;
         points.push(SweepPoint { value, outcome });
     }
@@ -211,15 +230,28 @@ struct Run<'a> {
 impl Run<'_> {
     /// One pass: answer, score, pool, write.
     fn evaluate(&mut self, evaluation: &mut Evaluation, start: Instant) -> Result<EvalOutcome> {
+        self.evaluate_scored(evaluation, start, None)
+    }
+
+    /// [`Run::evaluate`], the loglikelihoods already in the cache when `scored` says what they cost.
+    fn evaluate_scored(
+        &mut self,
+        evaluation: &mut Evaluation,
+        start: Instant,
+        scored: Option<ScoringReport>,
+    ) -> Result<EvalOutcome> {
         let (model_path, options, prepared) = (self.model_path, self.options, self.prepared);
-        let scoring = answers::score_missing(
-            model_path,
-            options,
-            prepared,
-            self.sessions,
-            &evaluation.feeds,
-            &mut evaluation.cache,
-        )?;
+        let scoring = match scored {
+            Some(report) => report,
+            None => answers::score_missing(
+                model_path,
+                options,
+                prepared,
+                self.sessions,
+                &evaluation.feeds,
+                &mut evaluation.cache,
+            )?,
+        };
         let generations =
             answers::generate_all(model_path, options, prepared, self.sessions, &evaluation.feeds)?;
         let TaskResults {

@@ -32,6 +32,8 @@ pub struct EvalOptions {
     pub force: bool,
     /// Score only this slice of every task's documents, and write the record a merge reads.
     pub shard: Option<Shard>,
+    /// A sweep's loglikelihoods scored fanned out (`infer::fan_out`) where the graph splits.
+    pub fan_out: bool,
     /// Where hub tokenizers and datasets come from (the command's one [`Hub`]).
     pub hub: Hub,
 }
@@ -54,6 +56,7 @@ impl Default for EvalOptions {
             progress: false,
             force: false,
             shard: None,
+            fan_out: true,
             hub: Hub::from_env(),
         }
     }

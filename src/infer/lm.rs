@@ -17,12 +17,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
+use std::borrow::Cow;
+
 use anyhow::{Context, Result, bail};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
 use super::scoring::{self, GREEDY_TOKENS, POSITIONS, TARGET_LOGPROBS, TARGETS};
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, PROMPT_LENGTH, past_name, present_name};
+use crate::infer::fan_out::{FanOut, value_feeds, value_inputs};
 use crate::infer::kv_cache::CacheLayout;
 use crate::infer::runtime::{self, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
@@ -188,8 +191,22 @@ struct PrefixGroup {
     units: Vec<usize>,
 }
 
+/// How a forward runs: the whole scoring graph in one session, or split at a swept coefficient
+/// (the part below it once per batch, the part above once per value).
+enum Engine {
+    Whole(Session),
+    FannedOut(Box<FanOut>),
+}
+
+/// What [`ScoringModel::open_fanned_out`] found.
+pub enum FanOutOpening {
+    Opened(ScoringModel),
+    /// The graph does not split at the coefficient: why.
+    NotSplit(String),
+}
+
 pub struct ScoringModel {
-    session: Session,
+    engine: Engine,
     /// Whether the session was optimised now or loaded from the session cache.
     pub session_origin: runtime::SessionOrigin,
     /// The cache layout of a decoding graph, which lets shared prefixes be computed once.
@@ -208,11 +225,53 @@ pub struct ScoringModel {
 impl ScoringModel {
     /// Opens `path`, rewrites its LM head into the scoring form in memory, and starts a session.
     pub fn open(path: &Path, options: &SessionOptions, max_length: usize, batch_size: usize) -> Result<Self> {
+        let (model, cache) = Self::scoring_graph(path, max_length)?;
+        let opened = runtime::session_from_model_with_origin(&model, options)?;
+        Self::with_engine(
+            &model,
+            cache,
+            Engine::Whole(opened.session),
+            opened.origin,
+            options,
+            max_length,
+            batch_size,
+        )
+    }
+
+    /// [`ScoringModel::open`] with the scoring graph split at the coefficient input `swept`, for
+    /// [`ScoringModel::loglikelihood_per_value`] to score many values of it at the cost of one
+    /// pass below it. Opened without the session cache (the two parts are not the model).
+    pub fn open_fanned_out(
+        path: &Path,
+        options: &SessionOptions,
+        max_length: usize,
+        batch_size: usize,
+        swept: &str,
+    ) -> Result<FanOutOpening> {
+        let (model, cache) = Self::scoring_graph(path, max_length)?;
+        let fan_out = match FanOut::open(&model, swept, options)? {
+            Ok(fan_out) => fan_out,
+            Err(reason) => return Ok(FanOutOpening::NotSplit(reason)),
+        };
+        let (lower, upper) = fan_out.node_counts;
+        tracing::info!("fan-out at '{swept}': {lower} nodes below, {upper} above");
+        Ok(FanOutOpening::Opened(Self::with_engine(
+            &model,
+            cache,
+            Engine::FannedOut(Box::new(fan_out)),
+            runtime::SessionOrigin::Built,
+            options,
+            max_length,
+            batch_size,
+        )?))
+    }
+
+    /// `path` rewritten into the scoring form, and its cache layout if it is a decoding graph.
+    fn scoring_graph(path: &Path, max_length: usize) -> Result<(Model, Option<CacheLayout>)> {
         if max_length == 0 {
             bail!("a context length of 0 tokens scores nothing; give at least 1");
         }
         let mut model = Model::load(path)?;
-        let reads_prompt_length = model.graph().input.iter().any(|i| i.name() == PROMPT_LENGTH);
         let cache = CacheLayout::of(&model)?;
         if let Some(layout) = &cache {
             crate::infer::kv_cache::broadcast_cache_inputs(&mut model, layout)
@@ -220,14 +279,25 @@ impl ScoringModel {
         }
         scoring::add_scoring_head(&mut model, LOGITS)
             .with_context(|| format!("preparing '{}' for scoring", path.display()))?;
-        let opened = runtime::session_from_model_with_origin(&model, options)?;
+        Ok((model, cache))
+    }
+
+    fn with_engine(
+        model: &Model,
+        cache: Option<CacheLayout>,
+        engine: Engine,
+        session_origin: runtime::SessionOrigin,
+        options: &SessionOptions,
+        max_length: usize,
+        batch_size: usize,
+    ) -> Result<Self> {
         Ok(Self {
-            session: opened.session,
-            session_origin: opened.origin,
+            engine,
+            session_origin,
             cache,
             cache_memory: runtime::memory_info(options.device)?,
-            feeds: ScalarFeed::coefficient_defaults(&model)?,
-            reads_prompt_length,
+            feeds: ScalarFeed::coefficient_defaults(model)?,
+            reads_prompt_length: model.graph().input.iter().any(|i| i.name() == PROMPT_LENGTH),
             max_length,
             batch_size: batch_size.max(1),
             pad_id: 0,
@@ -241,6 +311,30 @@ impl ScoringModel {
         requests: &[TokenRequest],
         mut on_batch: impl FnMut(usize, &[(&TokenRequest, Loglikelihood)]) -> Result<()>,
     ) -> Result<(Vec<Loglikelihood>, ScoringStats)> {
+        let (mut answers, stats) =
+            self.loglikelihood_per_value(requests, &[Vec::new()], |_, done, answers| {
+                on_batch(done, answers)
+            })?;
+        Ok((answers.remove(0), stats))
+    }
+
+    /// Scores every request once per feed set of `values` (each fed over [`ScoringModel::feeds`]),
+    /// batch by batch: on a model opened fanned out, what does not depend on the swept coefficient
+    /// runs once per batch. After each batch, `on_batch` gets each value's index, how many
+    /// requests the batch finished and their answers for that value.
+    pub fn loglikelihood_per_value(
+        &mut self,
+        requests: &[TokenRequest],
+        values: &[Vec<ScalarFeed>],
+        mut on_batch: impl FnMut(usize, usize, &[(&TokenRequest, Loglikelihood)]) -> Result<()>,
+    ) -> Result<(Vec<Vec<Loglikelihood>>, ScoringStats)> {
+        if values.is_empty() {
+            bail!("no values to score the requests at");
+        }
+        if values.len() > 1 && self.cache.is_some() {
+            // A shared prefix's cache above the hook depends on the value.
+            bail!("a decoding graph scores one value at a time");
+        }
         let plan = ScoringPlan::new(requests, self.max_length, self.reads_prompt_length)?;
         let units = &plan.units;
         let mut stats = ScoringStats {
@@ -249,19 +343,20 @@ impl ScoringModel {
             ..Default::default()
         };
         let groups = self.prefix_groups_to_run(units, &mut stats);
-        let mut answers: Vec<Option<Loglikelihood>> = vec![None; requests.len()];
+        let mut answers: Vec<Vec<Option<Loglikelihood>>> = vec![vec![None; requests.len()]; values.len()];
         for group in &groups {
             let cache = match group.len {
                 0 => None,
                 len => Some(self.prefix_cache(&units[group.units[0]].input[..len])?),
             };
             for batch in group.units.chunks(self.batch_size) {
-                let scored = self.run_batch(
+                let scored = self.forward(
                     batch.iter().map(|&u| &units[u]).collect(),
                     cache.as_ref().map(|cache| SharedPrefix {
                         cache,
                         len: group.len,
                     }),
+                    values,
                 )?;
                 stats.shared_prefix_tokens += group.len
                     * batch
@@ -270,20 +365,27 @@ impl ScoringModel {
                 for &u in batch {
                     stats.tokens += units[u].input.len();
                 }
-                let mut finished = Vec::new();
-                for (&u, unit_scores) in batch.iter().zip(scored) {
-                    for &i in &plan.requests_of_unit[u] {
-                        let answer = plan.answer(i, &unit_scores);
-                        answers[i] = Some(answer);
-                        finished.push((&requests[i], answer));
+                for (v, scored) in scored.into_iter().enumerate() {
+                    let mut finished = Vec::new();
+                    for (&u, unit_scores) in batch.iter().zip(scored) {
+                        for &i in &plan.requests_of_unit[u] {
+                            let answer = plan.answer(i, &unit_scores);
+                            answers[v][i] = Some(answer);
+                            finished.push((&requests[i], answer));
+                        }
                     }
+                    on_batch(v, finished.len(), &finished)?;
                 }
-                on_batch(finished.len(), &finished)?;
             }
         }
         let answers = answers
             .into_iter()
-            .map(|a| a.expect("every unit was scored"))
+            .map(|value| {
+                value
+                    .into_iter()
+                    .map(|a| a.expect("every unit was scored"))
+                    .collect()
+            })
             .collect();
         Ok((answers, stats))
     }
@@ -311,7 +413,10 @@ impl ScoringModel {
         let layout = self.cache.expect("prefixes are shared on decoding graphs only");
         let n = prefix.len();
         let ids: Vec<i64> = prefix.iter().map(|&t| i64::from(t)).collect();
-        let mut binding = self.session.create_binding()?;
+        let Engine::Whole(session) = &mut self.engine else {
+            bail!("a fanned-out model has no decoding graph");
+        };
+        let mut binding = session.create_binding()?;
         binding.bind_input(INPUT_IDS, &Tensor::from_array(([1, n], ids))?)?;
         binding.bind_input(ATTENTION_MASK, &Tensor::from_array(([1, n], vec![1i64; n]))?)?;
         binding.bind_input(POSITIONS, &Tensor::from_array(([1, 1], vec![0i64]))?)?;
@@ -328,8 +433,7 @@ impl ScoringModel {
         for k in 0..2 * layout.layers {
             binding.bind_output_to_device(present_name(k / 2, KINDS[k % 2]), &self.cache_memory)?;
         }
-        let mut outputs = self
-            .session
+        let mut outputs = session
             .run_binding(&binding)
             .context("computing a shared prefix")?;
         (0..2 * layout.layers)
@@ -392,9 +496,20 @@ impl ScoringModel {
         }
     }
 
-    /// One forward over `units`; returns each unit's scores. With `prefix`, every unit starts with
-    /// those tokens: only the rest is fed, after the cache repeated for the batch.
+    /// One forward over `units` at the feeds of [`ScoringModel::feeds`]; returns each unit's scores.
     fn run_batch(&mut self, units: Vec<&Unit>, prefix: Option<SharedPrefix>) -> Result<Vec<UnitScores>> {
+        Ok(self.forward(units, prefix, &[Vec::new()])?.remove(0))
+    }
+
+    /// One forward over `units` per feed set of `values`; returns, per value, each unit's scores.
+    /// With `prefix`, every unit starts with those tokens: only the rest is fed, after the cache
+    /// repeated for the batch.
+    fn forward(
+        &mut self,
+        units: Vec<&Unit>,
+        prefix: Option<SharedPrefix>,
+        values: &[Vec<ScalarFeed>],
+    ) -> Result<Vec<Vec<UnitScores>>> {
         let batch = units.len();
         let skip = prefix.map_or(0, |p| p.len);
         let seq = units.iter().map(|u| u.input.len() - skip).max().unwrap_or(1);
@@ -425,68 +540,117 @@ impl ScoringModel {
             .chunks(seq)
             .flat_map(|row| std::iter::repeat_n(1, skip).chain(row.iter().copied()))
             .collect();
-        let mut inputs = ort::inputs![
-            INPUT_IDS => Tensor::from_array(([batch, seq], ids))?,
-            ATTENTION_MASK => Tensor::from_array(([batch, skip + seq], mask))?,
-            POSITIONS => Tensor::from_array(([batch, k], positions))?,
-            TARGETS => Tensor::from_array(([batch, k, c], targets))?,
+        let mut common: Vec<(String, DynValue)> = vec![
+            (
+                INPUT_IDS.into(),
+                Tensor::from_array(([batch, seq], ids))?.into_dyn(),
+            ),
+            (
+                ATTENTION_MASK.into(),
+                Tensor::from_array(([batch, skip + seq], mask))?.into_dyn(),
+            ),
+            (
+                POSITIONS.into(),
+                Tensor::from_array(([batch, k], positions))?.into_dyn(),
+            ),
+            (
+                TARGETS.into(),
+                Tensor::from_array(([batch, k, c], targets))?.into_dyn(),
+            ),
         ];
+        let mut past: Vec<(String, &DynValue)> = Vec::new();
+        let empty_cache;
         if let Some(layout) = self.cache {
-            match prefix {
-                Some(prefix) => {
-                    for (n, value) in prefix.cache.iter().enumerate() {
-                        inputs.push((past_name(n / 2, KINDS[n % 2]).into(), value.into()));
-                    }
-                }
+            let cache = match prefix {
+                Some(prefix) => prefix.cache,
                 None => {
-                    for (n, value) in layout.empty(1)?.into_iter().enumerate() {
-                        inputs.push((past_name(n / 2, KINDS[n % 2]).into(), value.into()));
-                    }
+                    empty_cache = layout.empty(1)?;
+                    &empty_cache
                 }
+            };
+            for (n, value) in cache.iter().enumerate() {
+                past.push((past_name(n / 2, KINDS[n % 2]), value));
             }
         }
         for feed in &self.feeds {
-            inputs.push((feed.name.clone().into(), feed.tensor()?.into()));
+            common.push((feed.name.clone(), feed.tensor()?));
         }
         if self.reads_prompt_length {
             let lengths: Vec<i64> = units.iter().map(|u| u.prompt_length as i64).collect();
-            inputs.push((
+            common.push((
                 PROMPT_LENGTH.into(),
-                Tensor::from_array(([batch], lengths))?.into(),
+                Tensor::from_array(([batch], lengths))?.into_dyn(),
             ));
         }
-        let outputs = self.session.run(inputs).context("running the model")?;
-        let (_, logprobs) = outputs[TARGET_LOGPROBS].try_extract_tensor::<f32>()?;
-        let (_, greedy) = outputs[GREEDY_TOKENS].try_extract_tensor::<i64>()?;
-        if logprobs.len() != batch * k * c || greedy.len() != batch * k {
-            bail!(
-                "the scoring graph returned {} log-probabilities and {} greedy tokens for a [{batch}, {k}, {c}] request",
-                logprobs.len(),
-                greedy.len()
-            );
-        }
-        let mut results = Vec::with_capacity(batch);
-        for (b, unit) in units.iter().enumerate() {
-            let mut scored = HashMap::new();
-            for (j, (&position, candidates)) in unit.candidates.iter().enumerate() {
-                for (m, &token) in candidates.iter().enumerate() {
-                    let lp = logprobs[(b * k + j) * c + m];
-                    if !lp.is_finite() {
-                        bail!(
-                            "the model produced a non-finite log-probability ({lp}) at position {position}: NaN or infinite logits"
-                        );
-                    }
-                    let score = TokenScore {
-                        logprob: lp,
-                        is_greedy: greedy[b * k + j] == i64::from(token),
-                    };
-                    scored.insert((position, token), score);
+        let outputs = match &mut self.engine {
+            Engine::Whole(session) => {
+                let mut per_value = Vec::with_capacity(values.len());
+                for feeds in values {
+                    let fed = value_feeds(feeds)?;
+                    let mut inputs = value_inputs(&common, &fed, |_| true);
+                    inputs.extend(
+                        past.iter()
+                            .map(|(name, value)| (Cow::from(name.as_str()), (*value).into())),
+                    );
+                    let mut ran = session.run(inputs).context("running the model")?;
+                    per_value.push(vec![
+                        ran.remove(TARGET_LOGPROBS)
+                            .context("the model returned no log-probabilities")?,
+                        ran.remove(GREEDY_TOKENS)
+                            .context("the model returned no greedy tokens")?,
+                    ]);
                 }
+                per_value
             }
-            results.push(scored);
-        }
-        Ok(results)
+            Engine::FannedOut(fan_out) => fan_out.run(&common, values, &[TARGET_LOGPROBS, GREEDY_TOKENS])?,
+        };
+        outputs
+            .iter()
+            .map(|out| unit_scores(&units, &out[0], &out[1], k, c))
+            .collect()
     }
+}
+
+/// Each unit's scores from one forward's `[batch, k, c]` log-probabilities and `[batch, k]`
+/// greedy tokens.
+fn unit_scores(
+    units: &[&Unit],
+    logprobs: &DynValue,
+    greedy: &DynValue,
+    k: usize,
+    c: usize,
+) -> Result<Vec<UnitScores>> {
+    let batch = units.len();
+    let (_, logprobs) = logprobs.try_extract_tensor::<f32>()?;
+    let (_, greedy) = greedy.try_extract_tensor::<i64>()?;
+    if logprobs.len() != batch * k * c || greedy.len() != batch * k {
+        bail!(
+            "the scoring graph returned {} log-probabilities and {} greedy tokens for a [{batch}, {k}, {c}] request",
+            logprobs.len(),
+            greedy.len()
+        );
+    }
+    let mut results = Vec::with_capacity(batch);
+    for (b, unit) in units.iter().enumerate() {
+        let mut scored = HashMap::new();
+        for (j, (&position, candidates)) in unit.candidates.iter().enumerate() {
+            for (m, &token) in candidates.iter().enumerate() {
+                let lp = logprobs[(b * k + j) * c + m];
+                if !lp.is_finite() {
+                    bail!(
+                        "the model produced a non-finite log-probability ({lp}) at position {position}: NaN or infinite logits"
+                    );
+                }
+                let score = TokenScore {
+                    logprob: lp,
+                    is_greedy: greedy[b * k + j] == i64::from(token),
+                };
+                scored.insert((position, token), score);
+            }
+        }
+        results.push(scored);
+    }
+    Ok(results)
 }
 
 /// A cache input's two kinds, in the graph's order per layer.

@@ -4,6 +4,7 @@
 //! ([`generate`]: the `generate` command, and `eval`'s generate_until tasks), which scores with
 //! [`lm`] on graphs without a KV cache.
 
+pub mod fan_out;
 pub mod generate;
 pub mod kv_cache;
 pub mod lm;

@@ -10,6 +10,7 @@ pub mod model;
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 #[rustfmt::skip]
 pub mod pb;
+pub mod split;
 pub mod tensor;
 
 pub use model::{ExternalDataPolicy, Model, SaveOptions, SaveReport};

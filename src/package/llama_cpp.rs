@@ -1,13 +1,17 @@
 //! `--format llama.cpp`: a control-vector GGUF file (`llama-cli --control-vector OUT`).
 //!
-//! Layer convention, from llama.cpp's source (vendored in llama-cpp-python 0.3.36):
-//! `common_control_vector_load_one` (common/common.cpp) reads tensors named `direction.<k>`,
-//! F32 and 1-D, refuses k = 0 and stores `direction.k` at `data[(k - 1) * n_embd]`;
-//! `llama_adapter_cvec::apply` (src/llama-adapter.cpp) copies offset `n_embd * (il - 1)` into
-//! `tensors[il]` for 1 <= il < n_layer; `apply_to` adds `tensors[il]` in `build_cvec(cur, il)`,
-//! which src/models/gemma.cpp, gemma2.cpp and gemma3.cpp call at the end of decoder layer `il`
-//! (0-based), after the residual add. So `direction.k` is added to `blocks.k.hook_resid_post`,
-//! and `blocks.0.hook_resid_post` cannot be reached.
+//! Layer convention, from llama.cpp's source (commit de3ff815, the one npm node-llama-cpp 3.22.1
+//! bundles): `common_control_vector_load_one` (common/common.cpp:2002-2085) reads tensors named
+//! `direction.<k>`, F32 and 1-D, refuses k = 0 and adds `direction.k` at
+//! `data[(k - 1) * n_embd]`; `common_init_from_params` (common/common.cpp:1462-1478), the
+//! `--control-vector` path of llama-cli, applies it over layers 1..n_layer;
+//! `llama_adapter_cvec::apply` (src/llama-adapter.cpp:96-130) copies offset `n_embd * (il - 1)`
+//! into `tensors[il]` for 1 <= il < n_layer; `apply_to` adds `tensors[il]` in
+//! `build_cvec(cur, il)` (src/llama-graph.cpp:1508), which src/models/gemma.cpp:117,
+//! gemma2.cpp:148 and gemma3.cpp:192 call at the end of decoder layer `il` (0-based), after the
+//! residual add. So `direction.k` is added to `blocks.k.hook_resid_post`, and
+//! `blocks.0.hook_resid_post` cannot be reached. tests/it/package_llama_cpp.rs checks this in
+//! llama.cpp itself.
 //!
 //! The file is GGUF version 3 (ggml/include/gguf.h, docs/gguf.md): little-endian header, typed
 //! metadata, tensor infos, then tensor data, each tensor aligned to 32 bytes (the default

@@ -2,8 +2,10 @@
 //! file per target format; the shared parts are the checkpoint files the model came from
 //! ([`checkpoint_files`]), the graph with its data file under the runtime's name
 //! ([`graph`]), and the output folder built beside OUT and renamed into place ([`folder`]).
+//! `--format llama.cpp` writes one file instead, a control vector ([`control_vector`]).
 
 pub mod checkpoint_files;
+pub mod control_vector;
 pub mod folder;
 pub mod genai;
 pub mod graph;

@@ -7,6 +7,11 @@
 //! file to load (`dtype`: fp32 is `model.onnx`, fp16 `model_fp16.onnx`; without it the browser
 //! would ask for the 8-bit `model_quantized.onnx`) and how many data files it has
 //! (`use_external_data_format`: without it the weights are not fetched in the browser).
+//!
+//! A sweepable model keeps its coefficients as inputs (`--coefficients inputs`), listed with
+//! their steer.csv values in config.json's `sae_onnx.coefficient_inputs` (the web page's slider
+//! starts there). transformers.js's `generate()` drops inputs it does not know, so they are fed
+//! through the model's forward call, step by step, as `web/app.js` does.
 
 use std::path::Path;
 
@@ -16,7 +21,6 @@ use serde_json::{Value, json};
 use super::checkpoint_files::CheckpointFiles;
 use super::{Coefficients, Written, graph};
 use crate::contract::meta;
-use crate::contract::sweep::coefficient_inputs;
 use crate::onnx::Model;
 
 const CONFIG_MAX_BYTES: u64 = 1 << 20;
@@ -34,12 +38,6 @@ pub fn write(
             "transformers.js runs float32 and float16 graphs, not {other}: export with --dtype float32 (or float16)"
         ),
     };
-    if coefficients == Coefficients::Inputs && !coefficient_inputs(&model.proto)?.is_empty() {
-        bail!(
-            "transformers.js's generate() feeds a model only the inputs it knows, not steer.coeff.*: \
-             package this sweepable model with --coefficients fixed (the steer.csv values), or patch it without --sweepable"
-        );
-    }
     let data_name = format!(
         "{}_data",
         Path::new(graph_name).file_name().unwrap().to_string_lossy()
@@ -63,6 +61,17 @@ pub fn write(
     };
     section.insert("dtype".into(), json!(dtype));
     section.insert("use_external_data_format".into(), json!(data_files));
+    if !packaged.coefficient_inputs.is_empty() {
+        let inputs: serde_json::Map<String, Value> = packaged
+            .coefficient_inputs
+            .iter()
+            .map(|(name, value)| (name.clone(), json!(value)))
+            .collect();
+        config
+            .as_object_mut()
+            .unwrap()
+            .insert("sae_onnx".into(), json!({ "coefficient_inputs": inputs }));
+    }
 
     let mut written = packaged.files;
     crate::files::write_atomic(

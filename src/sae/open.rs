@@ -31,6 +31,8 @@ pub struct Sae {
     pub files: Vec<PathBuf>,
     weights: SaeWeights,
     scales: Scales,
+    /// Trained on TransformerLens's centered residual stream (`center_writing_weights`).
+    centered_input: bool,
 }
 
 impl Sae {
@@ -62,6 +64,7 @@ impl Sae {
             files,
             weights,
             scales: desc.scales,
+            centered_input: desc.centered_input,
         })
     }
 
@@ -109,10 +112,14 @@ impl Sae {
         for (b, &latent) in b_enc.iter().zip(latents) {
             self.check_finite(&names.b_enc, Some(latent), std::slice::from_ref(b))?;
         }
+        let mut b_enc = b_enc;
         let threshold = self.thresholds(latents)?;
         let mut b_dec = self.vector(&names.b_dec, self.d_in)?.to_vec()?;
         self.scales.b_dec.apply(&mut b_dec);
         self.check_finite(&names.b_dec, None, &b_dec)?;
+        if self.centered_input {
+            fold_centering(&mut w_enc_cols, &mut b_enc, &b_dec, self.apply_b_dec_to_input);
+        }
         Ok(EncoderParts {
             hook: self.hook,
             head_index: self.head_index,
@@ -177,6 +184,23 @@ impl Sae {
             a.shape
         );
         Ok(a)
+    }
+}
+
+/// Folds TransformerLens's centering into the encoder, exactly: the SAE computes
+/// `(P x - b_dec) · w + b_enc` with `P x = x - mean(x)`, and since `P` is symmetric and
+/// `P b_dec = b_dec - mean(b_dec)`, that is `(x - b_dec) · (P w) + b_enc - mean(b_dec) · sum(w)`
+/// (without `apply_b_dec_to_input`: `x · (P w) + b_enc`). Sums in f64, stored in f32.
+fn fold_centering(w_enc_cols: &mut [Vec<f32>], b_enc: &mut [f32], b_dec: &[f32], apply_b_dec_to_input: bool) {
+    let mean = |v: &[f32]| v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len().max(1) as f64;
+    let b_dec_mean = mean(b_dec);
+    for (col, b) in w_enc_cols.iter_mut().zip(b_enc.iter_mut()) {
+        let col_mean = mean(col);
+        if apply_b_dec_to_input {
+            *b = (f64::from(*b) - b_dec_mean * col_mean * col.len() as f64) as f32;
+        }
+        col.iter_mut()
+            .for_each(|x| *x = (f64::from(*x) - col_mean) as f32);
     }
 }
 
@@ -300,7 +324,7 @@ mod tests {
                 .as_f64()
                 .unwrap();
         let dir = fixture("local/saelens_norm");
-        let desc = saelens::description(&dir.join("cfg.json"), Some(factor), "test").unwrap();
+        let desc = saelens::description(&dir.join("cfg.json"), Some(factor), None, "test").unwrap();
         let origin = Origin {
             source: SaeSource::Folder(dir.clone()),
             release: None,
@@ -332,7 +356,7 @@ mod tests {
         assert_eq!(enc.b_dec, f32s(&want["b_dec"]));
         assert!(enc.apply_b_dec_to_input);
         // Without a factor the same folder is refused, never loaded unscaled.
-        let err = saelens::description(&dir.join("cfg.json"), None, "test")
+        let err = saelens::description(&dir.join("cfg.json"), None, None, "test")
             .err()
             .unwrap();
         assert!(format!("{err:#}").contains("expected_average_only_in"), "{err:#}");

@@ -31,8 +31,9 @@ pub struct Release {
     pub base_model_hf: String,
     pub conversion_func: Option<String>,
     pub format: SaeFormat,
-    /// The weights file in each SAE's folder (`params.npz`, `params.safetensors`, ...).
-    pub weights_file: String,
+    /// The weights file in each SAE's folder (`params.npz`, `params.safetensors`, ...); `None`:
+    /// each SAE's `path` is its weights file (single-file pickles).
+    pub weights_file: Option<String>,
     pub config_overrides: Option<serde_json::Value>,
     pub saes: Vec<RegistrySae>,
 }
@@ -49,7 +50,8 @@ pub struct RegistrySae {
     pub layer: Option<usize>,
     pub site: String,
     pub d_in: usize,
-    pub d_sae: usize,
+    /// `None` where neither the yaml nor the names say it (the SAE's cfg.json does).
+    pub d_sae: Option<usize>,
     pub neuronpedia: Option<String>,
     pub l0: Option<f64>,
     /// SAELens folds this into the weights when the SAE's cfg says
@@ -169,9 +171,12 @@ impl Release {
         )
     }
 
-    /// The weights file of `sae` inside the repository: `{path}/{weights_file}`.
+    /// The weights file of `sae` inside the repository: `{path}/{weights_file}`, or `path` itself.
     pub fn weights_path(&self, sae: &RegistrySae) -> String {
-        format!("{}/{}", sae.path, self.weights_file)
+        match &self.weights_file {
+            Some(file) => format!("{}/{file}", sae.path),
+            None => sae.path.clone(),
+        }
     }
 }
 
@@ -224,7 +229,7 @@ mod tests {
     fn registry_parses_and_hooks_are_valid() {
         let reg = registry();
         assert!(reg.source.contains("sae-lens"));
-        assert_eq!(reg.releases.len(), 87);
+        assert_eq!(reg.releases.len(), 141);
         let mut n = 0;
         for release in &reg.releases {
             for sae in &release.saes {
@@ -234,7 +239,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert_eq!(n, 8793);
+        assert_eq!(n, 10018);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use serde::Serialize;
 
 use super::config::{Description, gemma_scope, saelens};
@@ -166,10 +166,22 @@ fn locate_in_registry(hub: &Hub, source: &SaeSource, entry: SaeEntry<'_>, sae_id
         path: Some(sae.path.clone()),
         label: label.clone(),
     };
-    if release.format == SaeFormat::DictionaryLearning {
+    let unreadable = match release.format {
+        SaeFormat::DictionaryLearning => Some("the dictionary_learning format (`ae.pt`, a PyTorch pickle)"),
+        SaeFormat::TorchPickle => Some("a PyTorch pickle"),
+        SaeFormat::LlamaScope => {
+            Some("the Llama Scope layout (hyperparams.json + checkpoints/final.safetensors)")
+        }
+        SaeFormat::LlamaScopeR1 => Some("the Llama Scope R1 layout (config.json + final.safetensors)"),
+        SaeFormat::GemmaScopeNpz | SaeFormat::GemmaScope2Safetensors | SaeFormat::SaeLens => None,
+    };
+    if let Some(what) = unreadable {
         bail!(
-            "SAE {label} is stored in the dictionary_learning format (`ae.pt`, a PyTorch pickle), which sae-onnx \
-             cannot read. Convert it to a SAELens folder (cfg.json + sae_weights.safetensors) and give that folder"
+            "SAE {label} is stored in {what} ('{}' in {}), which sae-onnx cannot read yet. Convert it to a \
+             SAELens folder (cfg.json + sae_weights.safetensors, e.g. with SAELens's `SAE.from_pretrained(...)` \
+             then `save_model`) and give that folder",
+            release.weights_path(sae),
+            release.repo_id
         );
     }
     let weights = hub.file(
@@ -178,15 +190,21 @@ fn locate_in_registry(hub: &Hub, source: &SaeSource, entry: SaeEntry<'_>, sae_id
         REVISION,
         &release.weights_path(sae),
     )?;
-    let registry_dims = Some(ExpectedDims {
-        d_in: sae.d_in,
-        d_sae: sae.d_sae,
-        stated_by: format!("the registry entry {label}"),
-    });
     let description = match release.format {
-        SaeFormat::DictionaryLearning => unreachable!("refused above"),
+        SaeFormat::DictionaryLearning
+        | SaeFormat::TorchPickle
+        | SaeFormat::LlamaScope
+        | SaeFormat::LlamaScopeR1 => unreachable!("refused above"),
         SaeFormat::GemmaScopeNpz | SaeFormat::GemmaScope2Safetensors => {
             let hook = sae.hook_point()?;
+            let d_sae = sae
+                .d_sae
+                .with_context(|| format!("the registry entry {label} gives no d_sae"))?;
+            let registry_dims = Some(ExpectedDims {
+                d_in: sae.d_in,
+                d_sae,
+                stated_by: format!("the registry entry {label}"),
+            });
             gemma_scope::description(release.format, hook, None, registry_dims)
         }
         SaeFormat::SaeLens => {
@@ -196,7 +214,12 @@ fn locate_in_registry(hub: &Hub, source: &SaeSource, entry: SaeEntry<'_>, sae_id
                 REVISION,
                 &format!("{}/cfg.json", sae.path),
             )?;
-            saelens::description(&cfg, sae.norm_scaling_factor, &label)?
+            saelens::description(
+                &cfg,
+                sae.norm_scaling_factor,
+                release.config_overrides.as_ref(),
+                &label,
+            )?
         }
     };
     Ok(Located::new(&weights, description, origin))
@@ -226,7 +249,7 @@ fn locate_in_hub_folder(hub: &Hub, source: &SaeSource, repo: &str, sae_id: &str)
     match get("cfg.json") {
         Ok(cfg) => {
             let weights = get("sae_weights.safetensors")?;
-            let description = saelens::description(&cfg, None, &format!("{repo}/{sae_id}"))?;
+            let description = saelens::description(&cfg, None, None, &format!("{repo}/{sae_id}"))?;
             return Ok(Located::new(&weights, description, origin()));
         }
         Err(e) => tried.push(format!("SAELens cfg.json: {e:#}")),
@@ -260,7 +283,7 @@ fn locate_in_folder(dir: &Path, origin: Origin) -> Result<Located> {
     ensure!(dir.is_dir(), "SAE folder '{}' does not exist", dir.display());
     let has = |f: &str| dir.join(f).is_file();
     if has("cfg.json") && has("sae_weights.safetensors") {
-        let description = saelens::description(&dir.join("cfg.json"), None, &origin.label)?;
+        let description = saelens::description(&dir.join("cfg.json"), None, None, &origin.label)?;
         return Ok(Located::new(
             &dir.join("sae_weights.safetensors"),
             description,

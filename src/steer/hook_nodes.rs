@@ -3,7 +3,7 @@
 //! `K`, `Δ = K @ write`, scaled by `‖x_t‖` for `normalize residual` and by the position mask of its
 //! rule, see [`super::position_mask`]), the constant of the fixed `add` rows, and the final `Add` into the hook.
 //! Nodes are named `{STEER_NODE_PREFIX}{hook}/...` ([`crate::contract::STEER_NODE_PREFIX`]),
-//! tensors `sae_onnx.steer.{hook}/...`.
+//! tensors `{STEER_TENSOR_PREFIX}{hook}/...`.
 
 use anyhow::{Context, Result, bail};
 
@@ -12,6 +12,7 @@ use super::plan::{SteerAction, SteeringPlan};
 use super::position_mask::{MaskInputs, Masks};
 use super::rules::{Normalize, PositionRule};
 use super::steering::{HookSteering, Term};
+use crate::contract::STEER_TENSOR_PREFIX;
 use crate::onnx::DataType;
 use crate::onnx::builder::{GraphBuilder, GraphFragment};
 use crate::onnx::make::{make_tensor, make_tensor_value_info};
@@ -53,7 +54,7 @@ pub(super) fn hook_nodes(
     let mut b = HookBuilder {
         b: GraphBuilder::extending(graph),
         node_scope: value.node_name.clone(),
-        tensor_scope: format!("sae_onnx.steer.{name}"),
+        tensor_scope: format!("{STEER_TENSOR_PREFIX}{name}"),
         dtype: value.dtype,
         width: value.width,
     };
@@ -98,7 +99,7 @@ pub(super) fn hook_nodes(
         Some(v) => {
             let v = b.fit(v);
             // The name the constant-only splice has always used.
-            let c = b.b.fresh(&format!("sae_onnx.steer.{name}"));
+            let c = b.b.fresh(&format!("{STEER_TENSOR_PREFIX}{name}"));
             let c = b.b.initializer(make_tensor(
                 &c,
                 value.dtype,

@@ -13,7 +13,7 @@ use super::rules::{Normalize, PositionRule};
 use super::steering::HookSteering;
 use crate::contract::meta::STEERING;
 use crate::contract::sweep::COEFFICIENT_INPUTS;
-use crate::contract::{STEER_NODE_PREFIX, is_steering_add};
+use crate::contract::{STEER_NODE_PREFIX, STEER_TENSOR_PREFIX, is_steering_add};
 use crate::onnx::Model;
 use crate::onnx::pb::NodeProto;
 use crate::sae::SaeProvenance;
@@ -65,7 +65,7 @@ pub(super) fn remove_steering(model: &mut Model) -> usize {
         graph
             .initializer
             .iter()
-            .filter(|t| t.name().starts_with("sae_onnx.steer."))
+            .filter(|t| t.name().starts_with(STEER_TENSOR_PREFIX))
             .map(|t| t.name().to_owned()),
     );
     let still_read: HashSet<String> = graph

@@ -69,31 +69,6 @@ fn package_refuses_bad_input_and_writes_nothing() {
     );
     assert_only(dir, &files);
 
-    // A sweepable model for transformers.js, whose generate() cannot feed its coefficients.
-    let sweepable = dir.join("sweep.onnx");
-    let csv = "tests/fixtures/steer/case_a.csv";
-    common::succeeded(&sae_onnx(&[
-        "patch",
-        "--csv",
-        csv,
-        "--model",
-        path(&kv),
-        "-o",
-        path(&sweepable),
-        "--sweepable",
-    ]));
-    let run = sae_onnx(&[
-        "package",
-        path(&sweepable),
-        "--format",
-        "transformers.js",
-        "-o",
-        path(&out),
-    ]);
-    common::failed(&run, &["steer.coeff", "--coefficients fixed"]);
-    std::fs::remove_file(&sweepable).unwrap();
-    assert_only(dir, &files);
-
     // Rows steered by the prompt boundary, an input neither runtime's generator feeds.
     let boundary = dir.join("boundary.onnx");
     common::succeeded(&sae_onnx(&[
@@ -250,4 +225,141 @@ fn generate_feeds_a_packaged_models_coefficients_their_steer_csv_values() {
             assert_eq!(generation.tokens, expected, "{name} prompt {p}");
         }
     }
+}
+
+/// `--format llama.cpp` refuses steering a control vector cannot express (a fixed vector added
+/// to decoder layer L's output, L >= 1, at every position), from the model's record and from
+/// --csv alike, and writes nothing.
+#[test]
+fn llama_cpp_refuses_steering_it_cannot_express_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let base = dir.join("base.onnx");
+    common::succeeded(&sae_onnx(&["export", "models/tiny-gemma2", "-o", path(&base)]));
+    let out = dir.join("out.gguf");
+    let sae = "models/tiny-gemma2/sae";
+    let seed = "latent_idx,steering_coefficient,sae_release,sae_id,description";
+    let lm_eval = "loader,action,sparse_model,hookpoint,feature_index,steering_coefficient,head_index,sae_id,description";
+    let cases = [
+        (
+            format!("{seed},action\n7,5.0,{sae},,x,clamp\n"),
+            vec!["action clamp", "only `add` rows"],
+        ),
+        (
+            format!("{lm_eval}\nsae_lens,add,{sae},blocks.2.hook_resid_pre,7,5.0,,,x\n"),
+            vec!["blocks.2.hook_resid_pre", "blocks.L.hook_resid_post"],
+        ),
+        (
+            format!("{lm_eval}\nsae_lens,add,{sae},layers.0,7,5.0,,,x\n"),
+            vec![
+                "blocks.0.hook_resid_post",
+                "cannot steer decoder layer 0",
+                "layers 1..n_layer-1",
+            ],
+        ),
+        (
+            format!("{seed},positions\n7,5.0,{sae},,x,2:5\n"),
+            vec!["positions 2:5", "every position"],
+        ),
+        (
+            format!("{seed},normalize\n7,5.0,{sae},,x,residual\n"),
+            vec!["normalize residual", "normalize none or unit"],
+        ),
+    ];
+    for (i, (csv_text, wanted)) in cases.iter().enumerate() {
+        let csv = dir.join(format!("case{i}.csv"));
+        std::fs::write(&csv, csv_text).unwrap();
+        let steered = dir.join(format!("case{i}.onnx"));
+        common::succeeded(&sae_onnx(&[
+            "patch",
+            "--csv",
+            path(&csv),
+            "--model",
+            path(&base),
+            "-o",
+            path(&steered),
+        ]));
+        let run = sae_onnx(&[
+            "package",
+            path(&steered),
+            "--format",
+            "llama.cpp",
+            "-o",
+            path(&out),
+        ]);
+        common::failed(&run, wanted);
+        let run = sae_onnx(&[
+            "package",
+            path(&base),
+            "--format",
+            "llama.cpp",
+            "--csv",
+            path(&csv),
+            "-o",
+            path(&out),
+        ]);
+        common::failed(&run, wanted);
+        assert!(!out.exists(), "case {i} wrote {}", out.display());
+    }
+
+    let run = sae_onnx(&["package", path(&base), "--format", "llama.cpp", "-o", path(&out)]);
+    common::failed(&run, &["no steering to package", "patch", "--csv"]);
+
+    let sweepable = dir.join("sweepable.onnx");
+    common::succeeded(&sae_onnx(&[
+        "patch",
+        "--csv",
+        "models/tiny-gemma2/steer.csv",
+        "--model",
+        path(&base),
+        "-o",
+        path(&sweepable),
+        "--sweepable",
+    ]));
+    let run = sae_onnx(&[
+        "package",
+        path(&sweepable),
+        "--format",
+        "llama.cpp",
+        "-o",
+        path(&out),
+    ]);
+    common::failed(&run, &["sweepable", "steer.coeff.0", "--csv"]);
+    assert!(!out.exists());
+
+    let run = sae_onnx(&[
+        "package",
+        path(&base),
+        "--format",
+        "genai",
+        "--csv",
+        "models/tiny-gemma2/steer.csv",
+        "-o",
+        path(&out),
+    ]);
+    common::failed(&run, &["--csv is for --format llama.cpp"]);
+
+    // An existing OUT is kept without --force, replaced with it; the model itself never.
+    std::fs::write(&out, "keep").unwrap();
+    let package = |force: bool, to: &std::path::Path| {
+        let mut args = vec![
+            "package",
+            path(&base),
+            "--format",
+            "llama.cpp",
+            "--csv",
+            "models/tiny-gemma2/steer.csv",
+            "-o",
+            path(to),
+        ];
+        if force {
+            args.push("--force");
+        }
+        sae_onnx(&args)
+    };
+    common::failed(&package(false, &out), &["already exists", "--force"]);
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep");
+    common::failed(&package(true, &base), &["an input of this command"]);
+    common::succeeded(&package(true, &out));
+    assert_eq!(&std::fs::read(&out).unwrap()[..4], b"GGUF");
 }

@@ -125,7 +125,7 @@ fn the_canonical_example_resolves_in_the_registry() {
     assert_eq!(entry.release.base_model_hf, "google/gemma-2-2b");
     assert_eq!(entry.sae.path, "layer_20/width_16k/average_l0_71");
     assert_eq!(entry.sae.hook_point().unwrap(), HookPoint::resid_post(20));
-    assert_eq!((entry.sae.d_in, entry.sae.d_sae), (2304, 16384));
+    assert_eq!((entry.sae.d_in, entry.sae.d_sae), (2304, Some(16384)));
     assert_eq!(
         entry.release.weights_path(entry.sae),
         "layer_20/width_16k/average_l0_71/params.npz"
@@ -268,6 +268,150 @@ fn unfoldable_activation_normalization_is_refused() {
     );
 }
 
+/// jbloom's GPT-2 SAEs were trained on TransformerLens's centered residual stream
+/// (`center_writing_weights`); fed the Hugging Face activation x, the folded encoder must give the
+/// features SAELens computes from `x - mean(x)` (expected_centered.json, by make_centered.py).
+#[test]
+fn center_writing_weights_is_folded_into_the_encoder_as_saelens_sees_it() {
+    let text = std::fs::read_to_string(fixtures().join("expected_centered.json")).unwrap();
+    let want: Value = serde_json::from_str(&text).unwrap();
+    let latents = usizes(&want["latents"]);
+    let source = SaeSource::Folder(fixtures().join("local/saelens_centered"));
+    let enc = load_encoder_parts(&hub(), &source, "", &latents).unwrap();
+    assert_eq!(enc.hook.to_string(), want["hook"].as_str().unwrap());
+    assert!(enc.apply_b_dec_to_input);
+    let xs: Vec<Vec<f32>> = want["x"].as_array().unwrap().iter().map(f32s).collect();
+    let mut differs_from_uncentered = false;
+    for (t, x) in xs.iter().enumerate() {
+        let feats = f32s(&want["features"][t]);
+        let raw = f32s(&want["features_uncentered"][t]);
+        for (k, col) in enc.w_enc_cols.iter().enumerate() {
+            let pre: f64 = x
+                .iter()
+                .zip(&enc.b_dec)
+                .zip(col)
+                .map(|((&x, &b), &w)| (f64::from(x) - f64::from(b)) * f64::from(w))
+                .sum::<f64>()
+                + f64::from(enc.b_enc[k]);
+            let got = pre.max(0.0) as f32;
+            assert!(
+                (got - feats[k]).abs() <= 1e-4 * (1.0 + feats[k].abs()),
+                "token {t} latent {}: {got} vs SAELens {}",
+                latents[k],
+                feats[k]
+            );
+            differs_from_uncentered |= (raw[k] - feats[k]).abs() > 1e-2;
+        }
+    }
+    assert!(differs_from_uncentered, "the fixture must tell centered from raw");
+}
+
+/// An SAELens folder with `cfg` (a pre-6.0 config on top of saelens_old's) in a temp dir.
+fn saelens_folder_with(cfg_changes: Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let old = fixtures().join("local/saelens_old");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(old.join("cfg.json")).unwrap()).unwrap();
+    for (k, v) in cfg_changes.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    std::fs::write(dir.path().join("cfg.json"), cfg.to_string()).unwrap();
+    std::fs::copy(
+        old.join("sae_weights.safetensors"),
+        dir.path().join("sae_weights.safetensors"),
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn run_time_normalization_and_unknown_model_kwargs_are_refused() {
+    for (mode, says) in [
+        ("constant_norm_rescale", "per token"),
+        ("layer_norm", "per token"),
+        ("covariance_whitening", "whitening statistics"),
+        ("sqrt_d_model", "not one SAELens knows"),
+    ] {
+        let dir = saelens_folder_with(serde_json::json!({ "normalize_activations": mode }));
+        let source = SaeSource::Folder(dir.path().to_path_buf());
+        let msg = format!("{:#}", Sae::open(&hub(), &source, "").unwrap_err());
+        assert!(
+            msg.contains(mode) && msg.contains(says) && msg.contains("cfg.json"),
+            "{msg}"
+        );
+    }
+    let dir = saelens_folder_with(serde_json::json!({
+        "model_from_pretrained_kwargs": {"center_writing_weights": false, "refactor_factored_attn_matrices": true}
+    }));
+    let source = SaeSource::Folder(dir.path().to_path_buf());
+    let msg = format!("{:#}", Sae::open(&hub(), &source, "").unwrap_err());
+    assert!(msg.contains("refactor_factored_attn_matrices"), "{msg}");
+    // fold_ln leaves the residual stream as it is: accepted, and nothing is centered.
+    let dir = saelens_folder_with(serde_json::json!({
+        "model_from_pretrained_kwargs": {"center_writing_weights": false, "fold_ln": true}
+    }));
+    let source = SaeSource::Folder(dir.path().to_path_buf());
+    let plain = load_encoder_parts(
+        &hub(),
+        &SaeSource::Folder(fixtures().join("local/saelens_old")),
+        "",
+        &[1],
+    )
+    .unwrap();
+    let same = load_encoder_parts(&hub(), &source, "", &[1]).unwrap();
+    assert_eq!(plain.w_enc_cols, same.w_enc_cols);
+}
+
+#[test]
+fn other_families_are_in_the_registry_with_their_hooks_and_settings() {
+    let reg = registry();
+    let jb = reg.sae("gpt2-small-res-jb", "blocks.8.hook_resid_pre").unwrap();
+    assert_eq!(jb.release.base_model_hf, "openai-community/gpt2");
+    assert_eq!((jb.sae.d_in, jb.sae.d_sae), (768, None));
+    assert_eq!(
+        jb.release.config_overrides.as_ref().unwrap()["model_from_pretrained_kwargs"]["center_writing_weights"],
+        Value::Bool(true)
+    );
+    let mistral = reg.release("mistral-7b-res-wg").unwrap();
+    assert_eq!(mistral.base_model_hf, "mistralai/Mistral-7B-v0.1");
+    assert_eq!(
+        mistral.config_overrides.as_ref().unwrap()["normalize_activations"],
+        "constant_norm_rescale"
+    );
+    let ls = reg.sae("llama_scope_lxr_8x", "l15r_8x").unwrap();
+    assert_eq!(ls.sae.hook, "blocks.15.hook_resid_post");
+    assert_eq!((ls.sae.d_in, ls.sae.d_sae), (4096, Some(32768)));
+    assert_eq!(ls.release.format, SaeFormat::LlamaScope);
+    let kk = reg.sae("gpt2-small-hook-z-kk", "blocks.3.hook_z").unwrap();
+    assert_eq!(kk.sae.hook_point().unwrap().site, Site::AttnZ);
+    assert_eq!(
+        kk.release.weights_path(kk.sae),
+        kk.sae.path,
+        "single-file pickles"
+    );
+    let qwen = registry().search("qwen2.5-7b");
+    assert!(
+        !qwen.is_empty()
+            && qwen
+                .iter()
+                .all(|e| e.release.base_model_hf == "Qwen/Qwen2.5-7B-Instruct")
+    );
+    // Formats sae-onnx does not read are refused before any download, naming the file.
+    for release in [
+        "llama_scope_lxr_8x",
+        "goodfire-llama-3.1-8b-instruct",
+        "qwen-scope-3-8b-base-w64k-l50",
+    ] {
+        let r = reg.release(release).unwrap();
+        let source = SaeSource::Release(release.into());
+        let msg = format!("{:#}", Sae::open(&hub(), &source, &r.saes[0].id).unwrap_err());
+        assert!(
+            msg.contains("cannot read yet") && msg.contains(&r.weights_path(&r.saes[0])),
+            "{msg}"
+        );
+    }
+}
+
 #[test]
 fn latents_out_of_range_are_errors_that_carry_latent_and_width() {
     let source = SaeSource::Release("gemma-scope-2b-pt-res-canonical".into());
@@ -332,7 +476,7 @@ fn unknown_releases_and_ids_suggest_the_nearest() {
 #[test]
 fn registry_search_filters_by_words() {
     let all = registry().search("");
-    assert_eq!(all.len(), 8793);
+    assert_eq!(all.len(), 10018);
     let hits = registry().search("2b-pt-res-canonical LAYER_20/");
     assert!(hits.iter().any(|e| e.sae.id == "layer_20/width_16k/canonical"));
     assert!(

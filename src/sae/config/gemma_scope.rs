@@ -42,6 +42,7 @@ pub(in crate::sae) fn description(
         architecture: SaeArchitecture::JumpRelu,
         apply_b_dec_to_input: false,
         scales,
+        centered_input: false,
         config: None,
     }
 }

@@ -24,6 +24,10 @@ pub(super) struct Description {
     pub architecture: SaeArchitecture,
     pub apply_b_dec_to_input: bool,
     pub scales: Scales,
+    /// The SAE was trained on TransformerLens activations with `center_writing_weights`: every
+    /// write to the residual stream has zero mean over d_model, so the SAE reads `x - mean(x)`
+    /// where the Hugging Face model has `x` (see [`crate::sae::Sae::encoder_parts`]).
+    pub centered_input: bool,
     /// The config file the description was read from, if any.
     pub config: Option<PathBuf>,
 }

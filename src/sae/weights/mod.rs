@@ -30,6 +30,13 @@ pub enum SaeFormat {
     SaeLens,
     /// dictionary_learning: `ae.pt`, a PyTorch pickle (not readable here).
     DictionaryLearning,
+    /// Llama Scope: `hyperparams.json` + `checkpoints/final.safetensors` (not read yet).
+    LlamaScope,
+    /// Llama Scope R1 distill: `config.json` + `final.safetensors` (not read yet).
+    #[serde(rename = "llama_scope_r1")]
+    LlamaScopeR1,
+    /// One PyTorch pickle per SAE (Goodfire, Qwen Scope, DeepSeek R1, GPT-2 hook_z): not readable here.
+    TorchPickle,
 }
 
 impl fmt::Display for SaeFormat {
@@ -39,6 +46,9 @@ impl fmt::Display for SaeFormat {
             SaeFormat::GemmaScope2Safetensors => "gemma_scope_2_safetensors",
             SaeFormat::SaeLens => "saelens",
             SaeFormat::DictionaryLearning => "dictionary_learning",
+            SaeFormat::LlamaScope => "llama_scope",
+            SaeFormat::LlamaScopeR1 => "llama_scope_r1",
+            SaeFormat::TorchPickle => "torch_pickle",
         })
     }
 }

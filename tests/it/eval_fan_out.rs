@@ -1,0 +1,255 @@
+//! Sweep fan-out (`eval --sweep` without `--no-fan-out`): the scoring graph split at the swept
+//! coefficient, the part below it run once per batch. Every point's results and samples must be
+//! those of one pass per value (`--no-fan-out`, which the lm-eval goldens of eval_sweep.rs pin):
+//! each loglikelihood within 1e-5, the same greedy flags and metrics, the same results files but
+//! for their timings. Covered: one hook (lm-eval's vector); several hooks at different layers with
+//! `clamp`, `add_if_active` and `clamp_projection` rows, swept at the lowest, a middle and the
+//! highest row; batches the units do not fill; a decoding graph, which is not split.
+
+use crate::common;
+
+use std::path::{Path, PathBuf};
+
+use sae_onnx::contract::sweep::{CoefficientInput, coefficient_inputs};
+use sae_onnx::eval::evaluator::{self, SweepPoint};
+use sae_onnx::eval::options::{BatchSize, EvalOptions};
+use sae_onnx::export::{self, ExportOptions};
+use sae_onnx::infer::lm::{FanOutOpening, ScoringModel};
+use sae_onnx::infer::runtime::SessionOptions;
+use sae_onnx::onnx::Model;
+use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch_with_output};
+use serde_json::Value;
+
+const TOLERANCE: f64 = 1e-5;
+
+fn sweep(
+    model: &Path,
+    input: &CoefficientInput,
+    values: &[f64],
+    options: &EvalOptions,
+    fan_out: bool,
+) -> Vec<SweepPoint> {
+    let options =
+        EvalOptions {
+            fan_out,
+            output_path: Some(options.output_path.as_ref().unwrap().join(if fan_out {
+                "fan"
+            } else {
+                "passes"
+            })),
+            ..options.clone()
+        };
+    evaluator::evaluate_sweep(model, &options, input, values).unwrap()
+}
+
+/// Every loglikelihood (or rolling total) a samples line holds, and its greedy flags.
+fn responses(sample: &Value) -> Vec<(f64, Option<String>)> {
+    let number = |v: &Value| match v {
+        Value::String(text) => text.parse::<f64>().unwrap(),
+        other => other.as_f64().unwrap(),
+    };
+    sample["filtered_resps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| match r {
+            Value::Array(pair) => (number(&pair[0]), Some(pair[1].to_string())),
+            other => (number(other), None),
+        })
+        .collect()
+}
+
+/// The samples lines of every task in a point's folder, by file prefix and doc_id.
+fn samples(point: &SweepPoint) -> Vec<(String, Vec<Value>)> {
+    let dir = point.outcome.results_path.as_ref().unwrap().parent().unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("samples_"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no samples in {}", dir.display());
+    files
+        .into_iter()
+        .map(|f| {
+            let name = f.file_name().unwrap().to_string_lossy();
+            let task = name.rsplit_once('_').unwrap().0.to_owned();
+            let mut lines = common::read_jsonl(&f);
+            lines.sort_by_key(|s| s["doc_id"].as_u64());
+            (task, lines)
+        })
+        .collect()
+}
+
+/// The largest difference between two points' loglikelihoods; greedy flags and per-document
+/// metrics must agree exactly.
+fn largest_difference(a: &SweepPoint, b: &SweepPoint, what: &str) -> f64 {
+    let mut largest = 0.0f64;
+    for ((task_a, lines_a), (task_b, lines_b)) in samples(a).iter().zip(samples(b)) {
+        assert_eq!(*task_a, task_b, "{what}");
+        assert_eq!(lines_a.len(), lines_b.len(), "{what}: {task_a}");
+        for (x, y) in lines_a.iter().zip(&lines_b) {
+            let (rx, ry) = (responses(x), responses(y));
+            assert_eq!(rx.len(), ry.len());
+            for ((lx, gx), (ly, gy)) in rx.iter().zip(&ry) {
+                largest = largest.max((lx - ly).abs() / ly.abs().max(1.0));
+                assert_eq!(gx, gy, "{what}: {task_a} doc {}: greedy flags", x["doc_id"]);
+            }
+        }
+    }
+    largest
+}
+
+/// The results file without what differs between two runs of the same scores: timings and the
+/// output folder.
+fn results_without_timings(point: &SweepPoint) -> Value {
+    let mut file: Value =
+        serde_json::from_str(&std::fs::read_to_string(point.outcome.results_path.as_ref().unwrap()).unwrap())
+            .unwrap();
+    let map = file.as_object_mut().unwrap();
+    for key in ["total_evaluation_time_seconds", "date", "start_time", "end_time"] {
+        map.remove(key);
+    }
+    file
+}
+
+/// Fan-out and one pass per value agree at every point, and a wrong pairing of values would be
+/// seen (the check can fail).
+fn assert_fan_out_matches_passes(
+    model: &Path,
+    input: &CoefficientInput,
+    values: &[f64],
+    options: &EvalOptions,
+) {
+    let fanned = sweep(model, input, values, options, true);
+    let passes = sweep(model, input, values, options, false);
+    for (f, p) in fanned.iter().zip(&passes) {
+        let what = format!("{} = {}", input.input, f.value);
+        let difference = largest_difference(f, p, &what);
+        assert!(difference <= TOLERANCE, "{what}: fan-out differs by {difference}");
+        assert_eq!(results_without_timings(f), results_without_timings(p), "{what}");
+        assert_eq!(f.outcome.stats.forwards, p.outcome.stats.forwards, "{what}");
+    }
+    let swapped = largest_difference(&fanned[0], &passes[values.len() - 1], "swapped values");
+    assert!(
+        swapped > 100.0 * TOLERANCE,
+        "{}: the first and last values score alike ({swapped}); the test could not fail",
+        input.input
+    );
+}
+
+#[test]
+fn one_hook_fanned_out_equals_one_pass_per_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = crate::eval_sweep::sweepable_steered_model(tmp.path());
+    let inputs = coefficient_inputs(&Model::load(&model).unwrap().proto).unwrap();
+    let options = EvalOptions {
+        tasks: vec!["tiny_mc".into(), "tiny_mmlu_format".into(), "tiny_text".into()],
+        num_fewshot: Some(0),
+        include_paths: vec![
+            PathBuf::from("tests/fixtures/lm_eval/tasks"),
+            PathBuf::from("tests/fixtures/lm_eval_gen/tasks"),
+        ],
+        output_path: Some(tmp.path().join("out")),
+        log_samples: true,
+        // Three units a batch: the last batch of each length group is short.
+        batch_size: BatchSize::Fixed(3),
+        ..Default::default()
+    };
+    assert_fan_out_matches_passes(&model, &inputs[0], &[0.0, 8.0, 32.0, -16.0], &options);
+}
+
+/// The demo model exported with `export_options` and patched `--sweepable` with the fixture
+/// `csv` (each coefficient an input).
+fn sweepable_demo(dir: &Path, csv: &str, export_options: &ExportOptions) -> PathBuf {
+    let base = dir.join("demo.onnx");
+    export::export("models/tiny-gemma2", &base, export_options).unwrap();
+    let out = dir.join("steered.onnx");
+    patch_with_output(
+        &PatchOptions {
+            csv: common::fixture(csv),
+            output: out.clone(),
+            model: Some(base.display().to_string()),
+            replace: false,
+            progress: false,
+        },
+        &PatchOutput {
+            sweepable: true,
+            force: false,
+        },
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn several_hooks_and_non_additive_rows_fanned_out_equal_one_pass_per_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    // tests/fixtures/steer_actions/mixed.csv: `add`, `clamp`, `add_if_active` and
+    // `clamp_projection` rows at `blocks.1.hook_mlp_out` and `blocks.2.hook_resid_post`.
+    let model = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &ExportOptions::default());
+    let inputs = coefficient_inputs(&Model::load(&model).unwrap().proto).unwrap();
+    let options = EvalOptions {
+        tasks: vec!["demo_mc".into()],
+        num_fewshot: Some(1),
+        include_paths: vec![PathBuf::from("models/tiny-gemma2")],
+        output_path: Some(tmp.path().join("out")),
+        log_samples: true,
+        batch_size: BatchSize::Fixed(5),
+        ..Default::default()
+    };
+    let row = |action: &str, hook: &str| {
+        inputs
+            .iter()
+            .find(|c| c.action == action && c.hook == hook)
+            .unwrap_or_else(|| panic!("no {action} row at {hook}"))
+    };
+    // The lowest hook (rows above it, at the higher hook, read it), then rows at the higher hook
+    // whose scale depends on the hook's value: the other rows keep their plan values.
+    for (input, values) in [
+        (row("clamp", "blocks.1.hook_mlp_out"), [0.0, 19.0, 60.0]),
+        (row("clamp", "blocks.2.hook_resid_post"), [0.0, 43.0, -30.0]),
+        (
+            row("add_if_active", "blocks.2.hook_resid_post"),
+            [0.0, 16.0, 80.0],
+        ),
+    ] {
+        let options = EvalOptions {
+            output_path: Some(tmp.path().join(&input.input)),
+            ..options.clone()
+        };
+        assert_fan_out_matches_passes(&model, input, &values, &options);
+    }
+}
+
+#[test]
+fn a_decoding_graph_is_not_split_and_says_why() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export_options = ExportOptions {
+        kv_cache: true,
+        ..Default::default()
+    };
+    let steered = sweepable_demo(tmp.path(), "steer_actions/clamp.csv", &export_options);
+    let opening =
+        ScoringModel::open_fanned_out(&steered, &SessionOptions::default(), 64, 4, "steer.coeff.0").unwrap();
+    let FanOutOpening::NotSplit(reason) = opening else {
+        panic!("a decoding graph was split");
+    };
+    assert!(
+        reason.contains("present.0.key") && reason.contains("does not depend"),
+        "{reason}"
+    );
+    // The sweep still runs, one pass per value.
+    let inputs = coefficient_inputs(&Model::load(&steered).unwrap().proto).unwrap();
+    let options = EvalOptions {
+        tasks: vec!["demo_mc".into()],
+        num_fewshot: Some(0),
+        limit: Some(6.0),
+        include_paths: vec![PathBuf::from("models/tiny-gemma2")],
+        output_path: Some(tmp.path().join("out")),
+        log_samples: true,
+        ..Default::default()
+    };
+    let points = sweep(&steered, &inputs[0], &[0.0, 43.0], &options, true);
+    assert_eq!(points.len(), 2);
+}
