@@ -43,7 +43,8 @@ const EXAMPLES: &str = "Examples:
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Export a Gemma checkpoint (Hugging Face id or local folder) to ONNX: pure Rust, no torch.
+    /// Export a Gemma, Llama, Mistral or Qwen 2/3 checkpoint (Hugging Face id or local folder) to
+    /// ONNX: pure Rust, no torch.
     /// Weights stream into `OUT.data` beside the model; residual-stream tensors carry their
     /// TransformerLens hook names (blocks.L.hook_resid_post, ...) so `patch` can find them.
     Export(ExportArgs),
@@ -268,7 +269,8 @@ pub struct ExportArgs {
     /// transformers. f16/bf16 need a GPU execution provider: ONNX Runtime's CPU kernels are f32.
     #[arg(long, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
-    /// Operators the graph may use: `ort`, ONNX Runtime's fused RMSNorm (all dtypes) and, in f32,
+    /// Operators the graph may use: `ort`, ONNX Runtime's fused RMSNorm (f32; f16/bf16 for Gemma
+    /// only: the other families multiply the norm weight after the cast) and, in f32,
     /// fused attention (com.microsoft GroupQueryAttention), faster on ONNX Runtime's CPU and CUDA
     /// providers; `portable`, standard ONNX operators only, for any runtime. Same model, same
     /// hooks. Default: `ort` for f32 and bf16, `portable` for f16.

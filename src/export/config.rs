@@ -61,10 +61,6 @@ impl Arch {
             _ => return None,
         })
     }
-
-    pub fn is_gemma(self) -> bool {
-        matches!(self, Self::Gemma | Self::Gemma2 | Self::Gemma3)
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -408,14 +404,24 @@ impl Config {
         {
             bail!("partial_rotary_factor {factor} is not supported (only 1: every dimension rotates)");
         }
-        if arch == Arch::Mistral && self.layer_types.is_some() {
+        // transformers' Llama and Mistral do not read layer_types: a config with them describes
+        // another model (Mistral's alternating variant is Ministral).
+        if matches!(arch, Arch::Llama | Arch::Mistral) && self.layer_types.is_some() {
             bail!(
-                "a MistralForCausalLM config with layer_types (alternating attention) is not supported; \
-                 transformers builds such models as Ministral"
+                "a {} config with layer_types (per-layer attention kinds) is not supported: \
+                 transformers' {} ignores them",
+                arch.hf_name(),
+                arch.hf_name()
             );
         }
-        if arch != Arch::Gemma && self.uses_sliding_window(arch) && self.sliding_window.is_none() {
-            bail!("the config has sliding-window layers but no `sliding_window`");
+        if arch != Arch::Gemma && self.uses_sliding_window(arch) && self.window(arch).is_none() {
+            bail!(match arch {
+                Arch::Qwen2 | Arch::Qwen3 => {
+                    "layer_types has sliding_attention layers but use_sliding_window is not true \
+                     (transformers' Qwen then has no window size): set use_sliding_window and sliding_window"
+                }
+                _ => "the config has sliding-window layers but no `sliding_window`",
+            });
         }
         if let Some(types) = &self.layer_types {
             if types.len() != self.num_hidden_layers {
@@ -575,8 +581,17 @@ impl Config {
             Arch::Gemma3 => !(i + 1).is_multiple_of(self.sliding_window_pattern.unwrap_or(6)),
             Arch::Mistral => self.sliding_window.is_some(),
             Arch::Qwen2 | Arch::Qwen3 => {
-                self.use_sliding_window == Some(true) && i >= self.max_window_layers.unwrap_or(28)
+                self.window(arch).is_some() && i >= self.max_window_layers.unwrap_or(28)
             }
+        }
+    }
+
+    /// The sliding layers' window: `sliding_window`, which transformers' Qwen configs set to
+    /// None unless `use_sliding_window` (released Qwen 2.5 configs give a window they do not use).
+    fn window(&self, arch: Arch) -> Option<usize> {
+        match arch {
+            Arch::Qwen2 | Arch::Qwen3 if self.use_sliding_window != Some(true) => None,
+            _ => self.sliding_window,
         }
     }
 
@@ -607,7 +622,7 @@ impl Config {
                 },
             },
             _ => LayerAttention {
-                sliding_window: if sliding { self.sliding_window } else { None },
+                sliding_window: if sliding { self.window(arch) } else { None },
                 rope: Rope {
                     base: self.rope_theta,
                     scaling: self.rope_kind(),

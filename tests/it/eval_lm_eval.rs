@@ -1,6 +1,7 @@
 //! `eval` against lm-evaluation-harness 0.4.13 itself (HF backend, float32, eager attention):
 //! every request's tokens and loglikelihood, the metrics, the results JSON keys and the samples
-//! (tests/fixtures/lm_eval/make_goldens.py made the goldens on the same tiny models).
+//! (tests/fixtures/lm_eval/make_goldens.py made the goldens on the same tiny models: Gemma 2 and
+//! 3, the demo model, and one other family, Llama).
 
 use crate::common;
 
@@ -177,6 +178,24 @@ fn decoding_graphs_compute_shared_prefixes_once_and_match_lm_eval() {
 #[test]
 fn gemma3_matches_lm_eval() {
     check_run("gemma3", "gemma3_tiny_mc_2shot", "tiny_mc", 2, 1234, &["tiny_mc"]);
+}
+
+/// Another family (the tiny Llama of tests/fixtures/families, llama3 RoPE scaling): the same
+/// requests, loglikelihoods and metrics as lm-eval's HF backend on it.
+#[test]
+fn llama_matches_lm_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("llama.onnx");
+    export::export("tests/fixtures/families/llama", &model, &ExportOptions::default()).unwrap();
+    check_model_run(
+        &model,
+        tmp.path(),
+        "llama_tiny_mc_2shot",
+        "tiny_mc",
+        2,
+        1234,
+        &["tiny_mc"],
+    );
 }
 
 /// lm-eval's `steered` model (a `.pt` adding 4·v at `layers.1`) against our patch of the same

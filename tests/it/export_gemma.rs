@@ -34,7 +34,7 @@ fn export_fixture(dir: &Path, out_dir: &Path, ops: Ops) -> PathBuf {
 }
 
 /// A copy of the model that also outputs the given hook tensors.
-fn with_outputs(model: &Path, names: &[String], out_dir: &Path) -> PathBuf {
+pub(crate) fn with_outputs(model: &Path, names: &[String], out_dir: &Path) -> PathBuf {
     let mut m = Model::load(model).unwrap();
     for name in names {
         m.graph_mut()
@@ -62,7 +62,7 @@ fn op_counts(model: &Model) -> HashMap<String, usize> {
 
 /// The profile is recorded, and the graph is made of the operators it promises: in `ort`, fused
 /// RMSNorms, and GroupQueryAttention in every layer unless attention is softcapped (Gemma 2).
-fn check_profile(model: &Model, ops: Ops, layers: usize, softcapped_attention: bool) {
+pub(crate) fn check_profile(model: &Model, ops: Ops, layers: usize, softcapped_attention: bool) {
     assert_eq!(model.metadata(meta::OPS), Some(ops.name()));
     let counts = op_counts(model);
     let contrib: usize = counts
@@ -296,11 +296,11 @@ fn a_model_without_softcap_is_caught_ort() {
 #[test]
 fn unsupported_architectures_and_existing_outputs_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("llama");
+    let dir = tmp.path().join("falcon");
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(
         dir.join("config.json"),
-        r#"{"architectures": ["LlamaForCausalLM"]}"#,
+        r#"{"architectures": ["FalconForCausalLM"]}"#,
     )
     .unwrap();
     let err = export::export(
@@ -311,7 +311,7 @@ fn unsupported_architectures_and_existing_outputs_are_refused() {
     .unwrap_err();
     let msg = format!("{err:#}");
     assert!(
-        msg.contains("LlamaForCausalLM") && msg.contains("Gemma2ForCausalLM"),
+        msg.contains("FalconForCausalLM") && msg.contains("Gemma2ForCausalLM"),
         "{msg}"
     );
 

@@ -28,11 +28,18 @@ fn export_kv(source: &str, dir: &Path, name: &str) -> PathBuf {
     out
 }
 
-/// Checks every prompt of a golden file; returns how many tokens were compared.
+/// Checks every prompt of a golden file of tests/fixtures/generate (24 new tokens); returns how
+/// many tokens were compared.
 fn check(model: &Path, golden: &str) -> usize {
-    let golden = Golden::load(&common::fixture(&format!("generate/{golden}")));
+    check_golden(model, &common::fixture(&format!("generate/{golden}")), 24)
+}
+
+/// Checks every prompt `p{k}.prompt_ids` of `golden` against its `p{k}.generated_ids`, which
+/// transformers generated with `max_new_tokens`; returns how many tokens were compared.
+pub(crate) fn check_golden(model: &Path, golden: &Path, max_new_tokens: usize) -> usize {
+    let golden = Golden::load(golden);
     let options = GenerateOptions {
-        max_new_tokens: 24,
+        max_new_tokens,
         ..Default::default()
     };
     let mut generator = Generator::open(model, &options).unwrap();

@@ -27,69 +27,75 @@ fn export(arch: &str, dir: &Path, kv_cache: bool) -> PathBuf {
 fn cached_steps_equal_transformers_full_sequence_logits() {
     let tmp = tempfile::tempdir().unwrap();
     for arch in ["gemma", "gemma2", "gemma3"] {
-        let config: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("tests/fixtures/gemma/{arch}/config.json")).unwrap(),
-        )
-        .unwrap();
-        let (layers, kv_heads, head_dim) = (
-            config["num_hidden_layers"].as_u64().unwrap() as usize,
-            config["num_key_value_heads"].as_u64().unwrap() as usize,
-            config["head_dim"].as_u64().unwrap() as usize,
-        );
         let model = export(arch, tmp.path(), true);
-        let mut session = runtime::session(&model, &SessionOptions::default()).unwrap();
-        let golden = Golden::load(&common::fixture(&format!("gemma/{arch}/golden.safetensors")));
-        // case2: 12 tokens, three times the sliding window (4).
-        let (shape, ids) = golden.i64s("case2.input_ids");
-        let expected = golden.f32s("case2.logits");
-        let vocab = expected.len() / shape[1];
-        let mut past: HashMap<String, DynValue> = HashMap::new();
-        for l in 0..layers {
-            for kind in ["key", "value"] {
-                let empty = Tensor::from_array(([1, kv_heads, 0, head_dim], Vec::<f32>::new())).unwrap();
-                past.insert(format!("past_key_values.{l}.{kind}"), empty.into_dyn());
-            }
-        }
-        let mut position = 0;
-        let mut worst = 0.0f32;
-        for chunk in std::iter::once(5).chain(std::iter::repeat_n(1, shape[1] - 5)) {
-            let new = ids[position..position + chunk].to_vec();
-            let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![
-                (
-                    "input_ids".into(),
-                    Tensor::from_array(([1, chunk], new)).unwrap().into(),
-                ),
-                (
-                    "attention_mask".into(),
-                    Tensor::from_array(([1, position + chunk], vec![1i64; position + chunk]))
-                        .unwrap()
-                        .into(),
-                ),
-            ];
-            for (name, value) in past.drain() {
-                inputs.push((name.into(), value.into()));
-            }
-            let mut outputs = session.run(inputs).unwrap();
-            let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
-            let want = &expected[position * vocab..(position + chunk) * vocab];
-            worst = logits
-                .iter()
-                .zip(want)
-                .map(|(a, e)| (a - e).abs())
-                .fold(worst, f32::max);
-            for l in 0..layers {
-                for kind in ["key", "value"] {
-                    let present = outputs.remove(format!("present.{l}.{kind}")).unwrap();
-                    past.insert(format!("past_key_values.{l}.{kind}"), present);
-                }
-            }
-            position += chunk;
-        }
+        let worst = cached_steps_worst(&model, &common::fixture(&format!("gemma/{arch}")));
         assert!(
             worst <= 1e-4,
             "{arch}: cached logits differ from transformers by {worst}"
         );
     }
+}
+
+/// Runs the decoding graph `model` of the checkpoint folder `checkpoint` on its golden's `case2`
+/// (12 tokens, three times a sliding window of 4): a 5-token prefill, then one token per call,
+/// each call's `present` fed back as `past`. Returns the largest |Δlogit| from transformers'
+/// full-sequence logits.
+pub(crate) fn cached_steps_worst(model: &Path, checkpoint: &Path) -> f32 {
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).unwrap()).unwrap();
+    let (layers, kv_heads, head_dim) = (
+        config["num_hidden_layers"].as_u64().unwrap() as usize,
+        config["num_key_value_heads"].as_u64().unwrap() as usize,
+        config["head_dim"].as_u64().unwrap() as usize,
+    );
+    let mut session = runtime::session(model, &SessionOptions::default()).unwrap();
+    let golden = Golden::load(&checkpoint.join("golden.safetensors"));
+    let (shape, ids) = golden.i64s("case2.input_ids");
+    let expected = golden.f32s("case2.logits");
+    let vocab = expected.len() / shape[1];
+    let mut past: HashMap<String, DynValue> = HashMap::new();
+    for l in 0..layers {
+        for kind in ["key", "value"] {
+            let empty = Tensor::from_array(([1, kv_heads, 0, head_dim], Vec::<f32>::new())).unwrap();
+            past.insert(format!("past_key_values.{l}.{kind}"), empty.into_dyn());
+        }
+    }
+    let mut position = 0;
+    let mut worst = 0.0f32;
+    for chunk in std::iter::once(5).chain(std::iter::repeat_n(1, shape[1] - 5)) {
+        let new = ids[position..position + chunk].to_vec();
+        let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![
+            (
+                "input_ids".into(),
+                Tensor::from_array(([1, chunk], new)).unwrap().into(),
+            ),
+            (
+                "attention_mask".into(),
+                Tensor::from_array(([1, position + chunk], vec![1i64; position + chunk]))
+                    .unwrap()
+                    .into(),
+            ),
+        ];
+        for (name, value) in past.drain() {
+            inputs.push((name.into(), value.into()));
+        }
+        let mut outputs = session.run(inputs).unwrap();
+        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
+        let want = &expected[position * vocab..(position + chunk) * vocab];
+        worst = logits
+            .iter()
+            .zip(want)
+            .map(|(a, e)| (a - e).abs())
+            .fold(worst, f32::max);
+        for l in 0..layers {
+            for kind in ["key", "value"] {
+                let present = outputs.remove(format!("present.{l}.{kind}")).unwrap();
+                past.insert(format!("past_key_values.{l}.{kind}"), present);
+            }
+        }
+        position += chunk;
+    }
+    worst
 }
 
 #[test]

@@ -25,6 +25,7 @@ mod eval_table;
 mod eval_tasks;
 mod eval_trust;
 mod eval_winogrande;
+mod export_families;
 mod export_gemma;
 mod export_gpt2;
 mod export_hub;
