@@ -15,7 +15,6 @@ use ort::value::{DynValue, Tensor};
 use sae_onnx::contract::decoder_map::DecoderMap;
 use sae_onnx::contract::meta;
 use sae_onnx::export::{self, ExportOptions, Ops};
-use sae_onnx::infer::generate::{GenerateOptions, Generator};
 use sae_onnx::infer::runtime::{self, SessionOptions};
 use sae_onnx::onnx::make::make_tensor_value_info_unshaped;
 use sae_onnx::onnx::{DataType, MS_DOMAIN, Model, SaveOptions};
@@ -25,7 +24,7 @@ const TOLERANCE: f32 = 1e-4;
 const LAYERS: usize = 2;
 const HEADS: usize = 4;
 const HEAD_DIM: usize = 16;
-const EOS: u32 = 1;
+const MAX_NEW_TOKENS: usize = 16;
 
 fn fixture() -> PathBuf {
     common::fixture("families/gpt2")
@@ -257,11 +256,6 @@ fn gpt2_steered_residuals_match_torch_hooks() {
 #[test]
 fn gpt2_greedy_tokens_equal_transformers_generate() {
     let tmp = tempfile::tempdir().unwrap();
-    let golden = Golden::load(&fixture().join("golden_generate.safetensors"));
-    let options = GenerateOptions {
-        max_new_tokens: 16,
-        ..Default::default()
-    };
     for kv_cache in [true, false] {
         let model = export_with(
             tmp.path(),
@@ -271,34 +265,25 @@ fn gpt2_greedy_tokens_equal_transformers_generate() {
                 ..Default::default()
             },
         );
-        let mut generator = Generator::open(&model, &options).unwrap();
-        let mut compared = 0;
-        for p in 0..3 {
-            let ids = |name: &str| -> Vec<u32> {
-                golden
-                    .i64s(&format!("p{p}.{name}"))
-                    .1
-                    .iter()
-                    .map(|&t| t as u32)
-                    .collect()
-            };
-            let mut expected = ids("generated_ids");
-            // transformers keeps the EOS it stopped at; generate stops before it.
-            if expected.last() == Some(&EOS) {
-                expected.pop();
-            }
-            let generation = generator.generate(&ids("prompt_ids"), &options, |_| {}).unwrap();
-            assert_eq!(generation.tokens, expected, "prompt {p}, kv_cache {kv_cache}");
-            compared += expected.len();
-        }
-        assert!(compared >= 30, "only {compared} tokens compared");
+        let golden = fixture().join("golden_generate.safetensors");
+        let compared = crate::generate_greedy::check_golden(&model, &golden, MAX_NEW_TOKENS);
+        assert_eq!(
+            compared,
+            3 * MAX_NEW_TOKENS,
+            "kv_cache {kv_cache}: no prompt stopped early"
+        );
     }
 }
 
-/// A float16 export stays within a bound measured against the float32 goldens: 0.0078 max
-/// |Δlogit| on this fixture (ONNX Runtime 1.31.1 CPU), bounded at 0.02.
+/// How many times transformers' own float16 drift from its float32 logits (make_gpt2.py records
+/// it in cases.json: 0.0083) a float16 export's may be, as for the other families
+/// (export_families.rs). Measured here: 0.0078.
+const DRIFT_FACTOR: f32 = 2.0;
+
+/// A float16 export (ONNX Runtime's CPU provider) stays within [`DRIFT_FACTOR`] × transformers'
+/// own float16 drift, and is not float32-exact (the dtype is applied).
 #[test]
-fn gpt2_float16_is_within_its_measured_bound() {
+fn gpt2_float16_is_within_its_bound() {
     let tmp = tempfile::tempdir().unwrap();
     let model = export_with(
         tmp.path(),
@@ -308,11 +293,22 @@ fn gpt2_float16_is_within_its_measured_bound() {
             ..Default::default()
         },
     );
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("cases.json")).unwrap()).unwrap();
+    let theirs = cases["transformers_half_precision_max_abs_logit_diff"]["float16"]
+        .as_f64()
+        .unwrap() as f32;
     let golden = Golden::load(&fixture().join("golden.safetensors"));
-    let diff = compare(&model, &golden, &["logits".to_owned()], None, None)["logits"];
-    eprintln!("gpt2 float16: max |Δlogit| = {diff}");
-    assert!(diff.is_finite() && diff <= 0.02, "max |Δlogit| = {diff}");
-    assert!(diff > 0.0, "not rounded at all: is this float16?");
+    let worst = compare(&model, &golden, &["logits".to_owned()], None, None)["logits"];
+    eprintln!("gpt2 float16: max |Δlogit| = {worst:e} (transformers' own float16: {theirs:e})");
+    assert!(
+        worst <= DRIFT_FACTOR * theirs,
+        "max |Δlogit| = {worst} > {DRIFT_FACTOR} × {theirs}"
+    );
+    assert!(
+        worst > TOLERANCE,
+        "float16 cannot be as exact as float32 ({worst}): is the dtype applied?"
+    );
 }
 
 /// ONNX Runtime's CPU provider has no bfloat16 kernels (`Where`), so a bfloat16 export is checked
