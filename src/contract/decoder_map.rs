@@ -1,8 +1,9 @@
 //! The decoder of any exporter's graph, recovered from its data flow alone: the embedding lookup
-//! (and Gemma's √d scale, or GPT-2's learned position lookup added to it), the chain of residual sums from it to the LM head (two per layer: after
-//! attention, after the MLP), and per layer the block outputs and the attention's output
-//! projection input. Names play no part, so graphs from torch.onnx (any module nesting),
-//! onnxruntime-genai, ONNX Runtime's offline optimizer, or a renaming tool all map the same way.
+//! (and Gemma's √d scale, or GPT-2's learned position lookup added to it), the chain of residual
+//! sums from it to the LM head (two per layer: after attention, after the MLP), and per layer the
+//! block outputs and the attention's output projection input. Names play no part, so graphs from
+//! torch.onnx (any module nesting), onnxruntime-genai, ONNX Runtime's offline optimizer, or a
+//! renaming tool all map the same way.
 //!
 //! A residual sum is a node that adds the running stream to a block output computed from that
 //! same stream: a plain `Add`, or the `input`/`skip` pair of a fused `Skip…LayerNormalization`
