@@ -151,6 +151,48 @@ fn families_greedy_tokens_equal_transformers_generate() {
     }
 }
 
+/// `base` patched with tests/fixtures/steer/case_a.csv (8·W_dec[17] at blocks.1.hook_resid_post)
+/// into `out`.
+fn steer(base: &Path, out: &Path) -> PathBuf {
+    patch_with_output(
+        &PatchOptions {
+            csv: common::fixture("steer/case_a.csv"),
+            output: out.to_path_buf(),
+            model: Some(base.display().to_string()),
+            replace: false,
+            progress: false,
+        },
+        &PatchOutput {
+            sweepable: false,
+            force: true,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{}: {e:#}", base.display()));
+    out.to_path_buf()
+}
+
+/// The steered decoding graph generates transformers' greedy tokens with the same vector added
+/// by a forward hook (make_families.py checks that steering changes some generation).
+#[test]
+fn families_steered_greedy_tokens_equal_transformers_with_a_hook() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = ExportOptions {
+        kv_cache: true,
+        ..Default::default()
+    };
+    for family in FAMILIES {
+        let base = export_with(
+            &fixture_dir(family),
+            &tmp.path().join(format!("{family}_kv.onnx")),
+            &options,
+        );
+        let steered = steer(&base, &tmp.path().join(format!("{family}_kv_steered.onnx")));
+        let golden = fixture_dir(family).join("golden_generate_steered.safetensors");
+        let compared = crate::generate_greedy::check_golden(&steered, &golden, MAX_NEW_TOKENS);
+        assert!(compared > 0, "{family}: no token compared");
+    }
+}
+
 /// `patch` with tests/fixtures/steer/case_a.csv (8·W_dec[17] at blocks.1.hook_resid_post) gives
 /// the logits of a PyTorch forward hook adding that vector to layer 1's output, in both profiles;
 /// the unsteered export is far from them, so the check can fail.
@@ -161,21 +203,10 @@ fn families_steered_exports_match_transformers_hooks() {
         let golden = Golden::load(&fixture_dir(family).join("golden_steered.safetensors"));
         for ops in [Ops::Portable, Ops::Ort] {
             let base = export_profile(family, tmp.path(), ops);
-            let steered = tmp.path().join(format!("{family}_{}_steered.onnx", ops.name()));
-            patch_with_output(
-                &PatchOptions {
-                    csv: common::fixture("steer/case_a.csv"),
-                    output: steered.clone(),
-                    model: Some(base.display().to_string()),
-                    replace: false,
-                    progress: false,
-                },
-                &PatchOutput {
-                    sweepable: false,
-                    force: true,
-                },
-            )
-            .unwrap_or_else(|e| panic!("{family}: {e:#}"));
+            let steered = steer(
+                &base,
+                &tmp.path().join(format!("{family}_{}_steered.onnx", ops.name())),
+            );
             let diff = compare(&steered, &golden, &logits(), None, None)["logits"];
             assert!(
                 diff <= TOLERANCE,
