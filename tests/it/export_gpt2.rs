@@ -441,13 +441,27 @@ fn gpt2_checkpoint_contradicting_its_config_is_refused() {
 
 /// `patch`'s structural map (what it steers foreign graphs by) finds our GPT-2 graph's decoder by
 /// data flow alone: the token and position lookups summed into the stream, two residual sums per
-/// layer, each attention's output projection.
+/// layer, each attention's output projection; in both profiles and the decoding graph (whose
+/// positions come from the mask).
 #[test]
 fn gpt2_decoder_map_recovers_the_hooks_structurally() {
     let tmp = tempfile::tempdir().unwrap();
-    for ops in [Ops::Portable, Ops::Ort] {
-        let model = Model::load(&export_ops(tmp.path(), ops)).unwrap();
-        let map = DecoderMap::recover(&model).unwrap_or_else(|e| panic!("{}: {e:#}", ops.name()));
+    let decoding = export_with(
+        tmp.path(),
+        "kv",
+        ExportOptions {
+            kv_cache: true,
+            ..Default::default()
+        },
+    );
+    let graphs = [
+        export_ops(tmp.path(), Ops::Portable),
+        export_ops(tmp.path(), Ops::Ort),
+        decoding,
+    ];
+    for path in &graphs {
+        let model = Model::load(path).unwrap();
+        let map = DecoderMap::recover(&model).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         assert_eq!(map.embed, "hook_embed");
         assert_eq!(map.stream_start, "blocks.0.hook_resid_pre");
         assert_eq!(map.layers.len(), LAYERS);
