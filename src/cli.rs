@@ -43,8 +43,8 @@ const EXAMPLES: &str = "Examples:
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Export a Gemma, Llama, Mistral or Qwen 2/3 checkpoint (Hugging Face id or local folder) to
-    /// ONNX: pure Rust, no torch.
+    /// Export a Gemma, Llama, Mistral, Qwen 2/3 or GPT-2 checkpoint (Hugging Face id or local
+    /// folder) to ONNX: pure Rust, no torch.
     /// Weights stream into `OUT.data` beside the model; residual-stream tensors carry their
     /// TransformerLens hook names (blocks.L.hook_resid_post, ...) so `patch` can find them.
     Export(ExportArgs),

@@ -1,8 +1,9 @@
 //! The decoder of any exporter's graph, recovered from its data flow alone: the embedding lookup
-//! (and Gemma's √d scale), the chain of residual sums from it to the LM head (two per layer: after
-//! attention, after the MLP), and per layer the block outputs and the attention's output
-//! projection input. Names play no part, so graphs from torch.onnx (any module nesting),
-//! onnxruntime-genai, ONNX Runtime's offline optimizer, or a renaming tool all map the same way.
+//! (and Gemma's √d scale, or GPT-2's learned position lookup added to it), the chain of residual
+//! sums from it to the LM head (two per layer: after attention, after the MLP), and per layer the
+//! block outputs and the attention's output projection input. Names play no part, so graphs from
+//! torch.onnx (any module nesting), onnxruntime-genai, ONNX Runtime's offline optimizer, or a
+//! renaming tool all map the same way.
 //!
 //! A residual sum is a node that adds the running stream to a block output computed from that
 //! same stream: a plain `Add`, or the `input`/`skip` pair of a fused `Skip…LayerNormalization`
@@ -245,12 +246,14 @@ impl DecoderMap {
         let index = Index::new(model.graph());
         let mut chains: Vec<(usize, Chain)> = Vec::new();
         let mut failures = Vec::new();
-        for gather in embedding_lookups(&index) {
-            match Chain::walk(&index, gather) {
+        let lookups = embedding_lookups(&index);
+        for &gather in &lookups {
+            match Chain::walk(&index, gather, &lookups) {
                 Ok(chain) => chains.push((gather, chain)),
                 Err(e) => failures.push(format!("{}: {e}", index.describe(gather))),
             }
         }
+        let mut chains = merge_summed_lookups(&index, chains);
         let (gather, chain) = match chains.len() {
             1 => chains.remove(0),
             0 if failures.is_empty() => bail!(
@@ -367,9 +370,10 @@ impl<'g> Stream<'g> {
 }
 
 impl Chain {
-    fn walk(index: &Index, gather: usize) -> Result<Self> {
+    fn walk(index: &Index, gather: usize, lookups: &[usize]) -> Result<Self> {
         let embed = index.node(gather).output[0].as_str();
         let start = scaled(index, embed).unwrap_or(embed);
+        let start = plus_positions(index, start, lookups).unwrap_or(start);
         let mut sums: Vec<ResidualSum> = Vec::new();
         let mut stream = Some(Stream::at(index, start));
         while let Some(s) = stream {
@@ -433,11 +437,11 @@ impl Chain {
     }
 }
 
-/// The √d scale right after the lookup: its one reader of values (Shape/Size read only the
-/// shape, as torch's mask code does), a Mul by a constant.
-fn scaled<'g>(index: &Index<'g>, embed: &str) -> Option<&'g str> {
+/// The one node reading `tensor`'s values (Shape/Size read only the shape, as torch's mask code
+/// does), with the input it reads it at, and that node's other input of two.
+fn one_binary_reader<'g>(index: &Index<'g>, tensor: &str) -> Option<(&'g NodeProto, &'g str)> {
     let value_readers: Vec<&(usize, usize)> = index
-        .readers(embed)
+        .readers(tensor)
         .iter()
         .filter(|(r, _)| !matches!(index.node(*r).op_type(), "Shape" | "Size"))
         .collect();
@@ -445,8 +449,49 @@ fn scaled<'g>(index: &Index<'g>, embed: &str) -> Option<&'g str> {
         return None;
     };
     let node = index.node(*r);
-    let other = node.input.get(1 - k)?;
-    (node.op_type() == "Mul" && index.constant.contains(other.as_str())).then(|| node.output[0].as_str())
+    let other = node.input.get(1usize.checked_sub(*k)?)?;
+    Some((node, other.as_str()))
+}
+
+/// The √d scale right after the lookup: its one reader of values, a Mul by a constant.
+fn scaled<'g>(index: &Index<'g>, embed: &str) -> Option<&'g str> {
+    let (node, other) = one_binary_reader(index, embed)?;
+    (node.op_type() == "Mul" && index.constant.contains(other)).then(|| node.output[0].as_str())
+}
+
+/// GPT-2's learned positions: the lookup's one reader of values, an Add of another lookup's
+/// output (`wte(ids) + wpe(positions)`), where the stream starts.
+fn plus_positions<'g>(index: &Index<'g>, embed: &str, lookups: &[usize]) -> Option<&'g str> {
+    let (node, other) = one_binary_reader(index, embed)?;
+    let other_is_lookup = index.producer.get(other).is_some_and(|p| lookups.contains(p));
+    (node.op_type() == "Add" && other_is_lookup).then(|| node.output[0].as_str())
+}
+
+/// A token and a position lookup summed into one stream are found by both their walks: one
+/// stream, whose embedding is the lookup of the larger table (a vocabulary outnumbers a context).
+fn merge_summed_lookups(index: &Index, chains: Vec<(usize, Chain)>) -> Vec<(usize, Chain)> {
+    let rows = |gather: usize| {
+        let table = index.node(gather).input[0].as_str();
+        index
+            .graph
+            .initializer
+            .iter()
+            .find(|t| t.name() == table)
+            .and_then(|t| t.dims.first().copied())
+            .unwrap_or(0)
+    };
+    let mut kept: Vec<(usize, Chain)> = Vec::new();
+    for (gather, chain) in chains {
+        match kept
+            .iter_mut()
+            .find(|(_, k)| k.start == chain.start && k.start != k.embed)
+        {
+            Some(slot) if rows(gather) > rows(slot.0) => *slot = (gather, chain),
+            Some(_) => {}
+            None => kept.push((gather, chain)),
+        }
+    }
+    kept
 }
 
 /// The residual sums that read the stream, each with a block output computed from it.

@@ -1,13 +1,14 @@
 //! `config.json` of the families we export, with Hugging Face's field names (as candle does), and
 //! the per-layer facts transformers derives from it: attention kind, RoPE base and scaling. What
-//! each family makes of the rest is in its own file (gemma.rs, llama.rs, qwen.rs).
+//! each family makes of the rest is in its own file (gemma.rs, llama.rs, qwen.rs, gpt2.rs; GPT-2's
+//! own field names are translated to these by gpt2.rs).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use super::family::Family;
+use super::family::{Family, Layout};
 use super::weights::{Checkpoint, PREFIXES};
 
 /// config.json is a few kilobytes; a bound keeps a wrong path (`/dev/zero`) from filling memory.
@@ -26,11 +27,12 @@ pub enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    Gpt2,
 }
 
 pub const SUPPORTED: &str = "GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM, \
      Gemma3ForConditionalGeneration (its text model), LlamaForCausalLM, MistralForCausalLM, \
-     Qwen2ForCausalLM, Qwen3ForCausalLM";
+     Qwen2ForCausalLM, Qwen3ForCausalLM, GPT2LMHeadModel";
 
 impl Arch {
     pub fn hf_name(self) -> &'static str {
@@ -42,6 +44,7 @@ impl Arch {
             Self::Mistral => "MistralForCausalLM",
             Self::Qwen2 => "Qwen2ForCausalLM",
             Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::Gpt2 => "GPT2LMHeadModel",
         }
     }
 
@@ -54,6 +57,7 @@ impl Arch {
             "MistralForCausalLM" => Self::Mistral,
             "Qwen2ForCausalLM" => Self::Qwen2,
             "Qwen3ForCausalLM" => Self::Qwen3,
+            "GPT2LMHeadModel" => Self::Gpt2,
             _ => return None,
         })
     }
@@ -162,6 +166,9 @@ pub struct Config {
     pub head_dim: Option<usize>,
     #[serde(default = "default_eps")]
     pub rms_norm_eps: f64,
+    /// GPT-2's LayerNorm epsilon (its config's own name; gpt2.rs sets its default).
+    #[serde(default)]
+    pub layer_norm_epsilon: Option<f64>,
     #[serde(default = "default_rope_theta")]
     pub rope_theta: f64,
     #[serde(default)]
@@ -205,6 +212,11 @@ pub struct Config {
     pub model_type: Option<String>,
 }
 
+/// Whether the architecture's attention uses RoPE (GPT-2 learns absolute positions instead).
+fn arch_rotates(arch: Arch) -> bool {
+    arch != Arch::Gpt2
+}
+
 fn default_max_positions() -> usize {
     8192
 }
@@ -245,10 +257,14 @@ impl Config {
                 path.display()
             ),
         };
-        let text_value = match value.get("text_config") {
+        let mut text_value = match value.get("text_config") {
             Some(text_config) if architectures[0] == "Gemma3ForConditionalGeneration" => text_config.clone(),
             _ => value,
         };
+        if arch == Arch::Gpt2 {
+            super::gpt2::translate_config(&mut text_value)
+                .with_context(|| format!("in '{}'", path.display()))?;
+        }
         let mut config: Config = serde_json::from_value(text_value).with_context(|| {
             format!(
                 "'{}' is not a {} config: a field is missing or not of its type",
@@ -267,13 +283,13 @@ impl Config {
     /// so a bad config.json is an error naming the field and not a panic or a graph that fails
     /// inside ONNX Runtime.
     fn validate(&self, arch: Arch) -> Result<()> {
-        self.validate_sizes()?;
+        self.validate_sizes(arch)?;
         self.validate_scalars()?;
         self.validate_layers(arch)
     }
 
     /// Sizes are at least 1 and at most [`MAX_SIZE`], and the heads split the model evenly.
-    fn validate_sizes(&self) -> Result<()> {
+    fn validate_sizes(&self, arch: Arch) -> Result<()> {
         let sizes = [
             ("vocab_size", Some(self.vocab_size)),
             ("hidden_size", Some(self.hidden_size)),
@@ -302,7 +318,7 @@ impl Config {
                 self.num_attention_heads
             );
         }
-        if !self.head_dim().is_multiple_of(2) {
+        if arch_rotates(arch) && !self.head_dim().is_multiple_of(2) {
             bail!(
                 "head_dim {} is odd; rotary embeddings rotate pairs of dimensions",
                 self.head_dim()
@@ -338,8 +354,15 @@ impl Config {
                 bail!("{field} is {v}; it must be a positive number");
             }
         }
-        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
-            bail!("rms_norm_eps is {}; it must be a number >= 0", self.rms_norm_eps);
+        for (field, eps) in [
+            ("rms_norm_eps", Some(self.rms_norm_eps)),
+            ("layer_norm_epsilon", self.layer_norm_epsilon),
+        ] {
+            if let Some(eps) = eps
+                && !(eps.is_finite() && eps >= 0.0)
+            {
+                bail!("{field} is {eps}; it must be a number >= 0");
+            }
         }
         Ok(())
     }
@@ -425,6 +448,9 @@ impl Config {
     /// before anything is written: a config that contradicts its checkpoint would otherwise
     /// export a graph that fails inside ONNX Runtime, or computes with the wrong head split.
     pub fn check_weights(&self, arch: Arch, family: &Family, ckpt: &Checkpoint, path: &Path) -> Result<()> {
+        if family.layout == Layout::Gpt2 {
+            return super::gpt2::check_weights(self, family, ckpt, path);
+        }
         let (vocab, hidden, inter) = (self.vocab_size, self.hidden_size, self.intermediate_size);
         let (heads, kv, head_dim) = (self.num_attention_heads, self.kv_heads(), self.head_dim());
         // `validate` bounds every factor by MAX_SIZE, so these products fit in a usize.
@@ -550,7 +576,7 @@ impl Config {
             return types.get(i).is_some_and(|t| t == "sliding_attention");
         }
         match arch {
-            Arch::Gemma | Arch::Llama => false,
+            Arch::Gemma | Arch::Llama | Arch::Gpt2 => false,
             Arch::Gemma2 => i.is_multiple_of(2),
             Arch::Gemma3 => !(i + 1).is_multiple_of(self.sliding_window_pattern.unwrap_or(6)),
             Arch::Mistral => self.sliding_window.is_some(),

@@ -4,6 +4,8 @@
 //! then the final norm and the LM head. What differs between families (the embedding scale, the
 //! RMSNorm's scale, post norms, q/k norms, projection biases, the activation, softcaps, which layers
 //! slide) is a [`Family`], which `gemma.rs`, `llama.rs` and `qwen.rs` derive from the config.
+//! GPT-2's block (LayerNorms, Conv1D projections, learned positions: [`Layout::Gpt2`]) is built
+//! by gpt2.rs on the same masks, attention and KV cache.
 //!
 //! Residual-stream tensors carry their TransformerLens hook names (`blocks.L.hook_resid_post`, ...).
 //!
@@ -33,7 +35,7 @@ use std::collections::HashMap;
 use anyhow::Result;
 
 use super::config::{Arch, Config, Rope};
-use super::family::{Activation, Family, NormScale};
+use super::family::{Activation, Family, Layout, NormScale};
 use super::ops::Ops;
 use super::weight_sink::ExportBuilder;
 use super::weights::{Checkpoint, PREFIXES};
@@ -56,9 +58,12 @@ pub fn hook_name(layer: usize, site: &str) -> String {
 }
 
 /// Tensors every decoder layer reads, computed once per graph.
-struct LayerInputs {
+pub(super) struct LayerInputs {
     /// `[batch, seq]` as an int64 vector.
-    batch_seq: String,
+    pub(super) batch_seq: String,
+    /// The new tokens' positions, int64: `[seq]` (0..seq), or `[batch, seq]` from the mask in
+    /// decoding graphs (GPT-2's learned position embeddings look them up).
+    pub(super) position_ids: String,
     /// Additive attention biases `[batch, 1, seq, seq]`: full causal, and per sliding window size.
     causal_bias: String,
     sliding_bias: Option<(usize, String)>,
@@ -123,6 +128,9 @@ impl DecoderGraph<'_> {
         let c = self.config;
         let dt = self.dtype;
         let inputs = self.layer_inputs(b)?;
+        if self.family.layout == Layout::Gpt2 {
+            return self.build_gpt2(b, ckpt, &inputs);
+        }
 
         let embed = b.weight(
             "model.embed_tokens.weight",
@@ -162,26 +170,54 @@ impl DecoderGraph<'_> {
                 Some(cap) => self.softcap(b, &logits, cap as f32),
                 None => logits,
             };
-            if self.dtype == DataType::Float {
-                // Already float32: name the tensor rather than copy it through a Cast.
-                b.rename_output(&logits, LOGITS);
-            } else {
-                b.op_named(
-                    "Cast",
-                    &[&logits],
-                    vec![("to", AttrValue::Int(DataType::Float as i64))],
-                    LOGITS,
-                );
-            }
+            self.name_logits(b, &logits);
             Ok(())
         })
+    }
+
+    /// GPT-2: its embeddings and blocks (gpt2.rs), `ln_f`, the LM head.
+    fn build_gpt2(&self, b: &mut ExportBuilder, ckpt: &Checkpoint, inputs: &LayerInputs) -> Result<()> {
+        let c = self.config;
+        let (mut h, wte) = self.gpt2_embedding(b, ckpt, inputs)?;
+        for layer in 0..c.num_hidden_layers {
+            h = b.scoped(&format!("transformer/h.{layer}"), |b| {
+                self.gpt2_layer(b, ckpt, inputs, layer, &h)
+            })?;
+        }
+        let normed = b.scoped("transformer/ln_f", |b| self.gpt2_final_norm(b, ckpt, &h))?;
+        let lm_head = if self.family.tied_embeddings {
+            wte
+        } else {
+            b.weight("lm_head.weight", &ckpt.get(&[""], "lm_head.weight")?, self.dtype)?
+        };
+        let logits = b.scoped("lm_head", |b| {
+            Ok(self.linear(b, &normed, &lm_head, None, (c.hidden_size, c.vocab_size), inputs))
+        })?;
+        self.name_logits(b, &logits);
+        Ok(())
+    }
+
+    /// The graph's float32 `logits` output from the model-dtype ones.
+    fn name_logits(&self, b: &mut ExportBuilder, logits: &str) {
+        if self.dtype == DataType::Float {
+            // Already float32: name the tensor rather than copy it through a Cast.
+            b.rename_output(logits, LOGITS);
+        } else {
+            b.op_named(
+                "Cast",
+                &[logits],
+                vec![("to", AttrValue::Int(DataType::Float as i64))],
+                LOGITS,
+            );
+        }
     }
 
     fn layer_inputs(&self, b: &mut ExportBuilder) -> Result<LayerInputs> {
         b.scoped("model/mask", |b| {
             let tokens = self.token_positions(b);
             let (causal_bias, sliding_bias) = self.attention_biases(b, &tokens);
-            let positions = self.rope_positions(b, &tokens);
+            let position_ids = self.position_ids(b, &tokens);
+            let positions = rope_positions(b, &position_ids);
             let gqa_lengths = self.fused_attention().then(|| {
                 // Every row counts all `seq` keys; the bias hides the padding.
                 let int32 = || vec![("to", AttrValue::Int(DataType::Int32 as i64))];
@@ -198,6 +234,7 @@ impl DecoderGraph<'_> {
             });
             Ok(LayerInputs {
                 batch_seq: tokens.batch_seq,
+                position_ids,
                 causal_bias,
                 sliding_bias,
                 positions,
@@ -285,11 +322,11 @@ impl DecoderGraph<'_> {
         (causal_bias, sliding_bias)
     }
 
-    /// RoPE positions as float32. Decoding graphs take them from the mask (left-padded prompts
-    /// start at 0, as transformers' generate counts them): `[batch, seq, 1]`. Full graphs use
-    /// 0..seq: `[seq, 1]`.
-    fn rope_positions(&self, b: &mut ExportBuilder, tokens: &TokenPositions) -> String {
-        let rope_positions = if self.kv_cache {
+    /// The new tokens' positions. Decoding graphs take them from the mask (left-padded prompts
+    /// start at 0, as transformers' generate counts them): `[batch, seq]`. Full graphs use
+    /// 0..seq: `[seq]`.
+    fn position_ids(&self, b: &mut ExportBuilder, tokens: &TokenPositions) -> String {
+        if self.kv_cache {
             let counted = b.op("CumSum", &[ATTENTION_MASK, &b.const_scalar_i64(1)], vec![]);
             let counted = b.op("Sub", &[&counted, &tokens.one], vec![]);
             let past_1d = b.op("Unsqueeze", &[&tokens.past, &b.const_i64(&[0])], vec![]);
@@ -301,13 +338,7 @@ impl DecoderGraph<'_> {
             )
         } else {
             tokens.queries.clone()
-        };
-        let positions_f32 = b.op(
-            "Cast",
-            &[&rope_positions],
-            vec![("to", AttrValue::Int(DataType::Float as i64))],
-        );
-        b.op("Unsqueeze", &[&positions_f32, &b.const_i64(&[-1])], vec![])
+        }
     }
 
     fn decoder_layer(
@@ -450,14 +481,32 @@ impl DecoderGraph<'_> {
         } else {
             None
         };
-        let z = if self.fused_attention() {
-            self.attention_gqa(b, inputs, layer, (&q, &k, &v), qk_norms)?
-        } else {
-            self.attention_portable(b, inputs, layer, (&q, &k, &v), qk_norms)?
-        };
+        let z = self.attention_core(b, inputs, layer, (&q, &k, &v), qk_norms)?;
         b.scoped("o_proj", |b| {
             Ok(self.linear(b, &z, &wo, None, (q_width, c.hidden_size), inputs))
         })
+    }
+
+    /// `attn.hook_z` (`[batch, seq, heads*head_dim]`) from the projected q, k and v: GroupQueryAttention
+    /// or standard operators (see [`Self::fused_attention`]).
+    pub(super) fn attention_core(
+        &self,
+        b: &mut ExportBuilder,
+        inputs: &LayerInputs,
+        layer: usize,
+        qkv: (&str, &str, &str),
+        qk_norms: Option<(String, String)>,
+    ) -> Result<String> {
+        if self.fused_attention() {
+            self.attention_gqa(b, inputs, layer, qkv, qk_norms)
+        } else {
+            self.attention_portable(b, inputs, layer, qkv, qk_norms)
+        }
+    }
+
+    /// Whether q and k are rotated (RoPE); GPT-2 adds learned positions to the embeddings instead.
+    fn rotary(&self) -> bool {
+        self.family.layout == Layout::Rotary
     }
 
     /// Query heads, key/value heads and head size, as ONNX shape values.
@@ -514,11 +563,13 @@ impl DecoderGraph<'_> {
             q = b.scoped("q_norm", |b| Ok(self.rms_norm(b, &q, &wqn)))?;
             k = b.scoped("k_norm", |b| Ok(self.rms_norm(b, &k, &wkn)))?;
         }
-        let (cos, sin) = b.scoped("rotary_emb", |b| {
-            self.rope_tables(b, inputs, &layer_attention.rope, RopeLayout::Full)
-        })?;
-        let q = b.scoped("rope_q", |b| Ok(apply_rope(b, &q, &cos, &sin, head_dim)))?;
-        let k = b.scoped("rope_k", |b| Ok(apply_rope(b, &k, &cos, &sin, head_dim)))?;
+        if self.rotary() {
+            let (cos, sin) = b.scoped("rotary_emb", |b| {
+                self.rope_tables(b, inputs, &layer_attention.rope, RopeLayout::Full)
+            })?;
+            q = b.scoped("rope_q", |b| Ok(apply_rope(b, &q, &cos, &sin, head_dim)))?;
+            k = b.scoped("rope_k", |b| Ok(apply_rope(b, &k, &cos, &sin, head_dim)))?;
+        }
         let (k, v) = if self.kv_cache {
             append_to_cache(b, layer, &k, &v)
         } else {
@@ -630,8 +681,10 @@ impl DecoderGraph<'_> {
             })?;
         }
         let rope = &layer_attention.rope;
-        let rotary_inside = c.head_dim().is_multiple_of(GQA_ROTARY_MULTIPLE);
-        let (cos, sin) = if rotary_inside {
+        let rotary_inside = self.rotary() && c.head_dim().is_multiple_of(GQA_ROTARY_MULTIPLE);
+        let (cos, sin) = if !self.rotary() {
+            (String::new(), String::new())
+        } else if rotary_inside {
             b.scoped("rotary_emb", |b| {
                 self.rope_tables(b, inputs, rope, RopeLayout::Half)
             })?
@@ -904,6 +957,16 @@ impl DecoderGraph<'_> {
         inputs.rope.borrow_mut().insert(key, (cos.clone(), sin.clone()));
         Ok((cos, sin))
     }
+}
+
+/// RoPE positions as float32, `[seq, 1]` or `[batch, seq, 1]`, from [`LayerInputs::position_ids`].
+fn rope_positions(b: &mut ExportBuilder, position_ids: &str) -> String {
+    let positions_f32 = b.op(
+        "Cast",
+        &[position_ids],
+        vec![("to", AttrValue::Int(DataType::Float as i64))],
+    );
+    b.op("Unsqueeze", &[&positions_f32, &b.const_i64(&[-1])], vec![])
 }
 
 /// `[batch, seq, n*head_dim]` -> `[batch, n, seq, head_dim]`.

@@ -5,7 +5,7 @@
 use anyhow::{Result, bail};
 
 use super::config::{Arch, Config};
-use super::family::{Activation, Family, NormScale};
+use super::family::{Activation, Family, Layout, NormScale};
 
 pub fn family(config: &Config, arch: Arch) -> Result<Family> {
     if config.attention_bias == Some(true) {
@@ -40,6 +40,7 @@ pub fn family(config: &Config, arch: Arch) -> Result<Family> {
         },
         tied_embeddings: config.tie_word_embeddings.unwrap_or(true),
         lm_head_optional: true,
+        layout: Layout::Rotary,
     })
 }
 

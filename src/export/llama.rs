@@ -6,7 +6,7 @@
 use anyhow::{Result, bail};
 
 use super::config::{Arch, Config};
-use super::family::{Activation, Family, NormScale};
+use super::family::{Activation, Family, Layout, NormScale};
 
 pub fn family(config: &Config, arch: Arch) -> Result<Family> {
     if config.attention_bias == Some(true) {
@@ -33,6 +33,7 @@ pub fn family(config: &Config, arch: Arch) -> Result<Family> {
         final_softcap: None,
         tied_embeddings: config.tie_word_embeddings.unwrap_or(false),
         lm_head_optional: false,
+        layout: Layout::Rotary,
     })
 }
 

@@ -6,6 +6,7 @@ pub mod config;
 pub mod decoder;
 pub mod family;
 pub mod gemma;
+pub mod gpt2;
 pub mod llama;
 pub mod ops;
 pub mod qwen;
@@ -173,6 +174,7 @@ pub fn family_of(config: &Config, arch: Arch) -> Result<Family> {
         Arch::Gemma | Arch::Gemma2 | Arch::Gemma3 => gemma::family(config, arch),
         Arch::Llama | Arch::Mistral => llama::family(config, arch),
         Arch::Qwen2 | Arch::Qwen3 => qwen::family(config, arch),
+        Arch::Gpt2 => gpt2::family(config),
     }
 }
 
@@ -315,7 +317,14 @@ fn record_metadata(
 ) -> Result<()> {
     let config = &checkpoint.config;
     let source = &checkpoint.source;
-    let hooks: Vec<String> = std::iter::once("hook_embed".to_owned())
+    // GPT-2 adds its learned position embeddings (TransformerLens' `hook_pos_embed`).
+    let embeddings: &[&str] = match checkpoint.family.layout {
+        self::family::Layout::Rotary => &["hook_embed"],
+        self::family::Layout::Gpt2 => &["hook_embed", "hook_pos_embed"],
+    };
+    let hooks: Vec<String> = embeddings
+        .iter()
+        .map(|&hook| hook.to_owned())
         .chain(
             (0..config.num_hidden_layers)
                 .flat_map(|l| LAYER_HOOKS.iter().map(move |site| hook_name(l, site))),

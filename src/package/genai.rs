@@ -74,6 +74,7 @@ pub fn genai_config(files: &CheckpointFiles) -> Result<Value> {
                 Arch::Mistral => "mistral",
                 Arch::Qwen2 => "qwen2",
                 Arch::Qwen3 => "qwen3",
+                Arch::Gpt2 => "gpt2",
             },
             "bos_token_id": token("bos_token_id"),
             "eos_token_id": token("eos_token_id"),

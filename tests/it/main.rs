@@ -27,6 +27,7 @@ mod eval_trust;
 mod eval_winogrande;
 mod export_families;
 mod export_gemma;
+mod export_gpt2;
 mod export_hub;
 mod export_trust;
 mod generate_chat;
