@@ -1,8 +1,9 @@
 //! The decoder of any exporter's graph, recovered from its data flow alone: the embedding lookup
-//! (and Gemma's √d scale), the chain of residual sums from it to the LM head (two per layer: after
-//! attention, after the MLP), and per layer the block outputs and the attention's output
-//! projection input. Names play no part, so graphs from torch.onnx (any module nesting),
-//! onnxruntime-genai, ONNX Runtime's offline optimizer, or a renaming tool all map the same way.
+//! (and Gemma's √d scale, or GPT-2's learned positions added to it), the chain of residual sums
+//! from it to the LM head (two per layer: after attention, after the MLP), and per layer the
+//! block outputs and the attention's output projection input. Names play no part, so graphs
+//! from torch.onnx (any module nesting), onnxruntime-genai, ONNX Runtime's offline optimizer, or
+//! a renaming tool all map the same way.
 //!
 //! A residual sum is a node that adds the running stream to a block output computed from that
 //! same stream: a plain `Add`, or the `input`/`skip` pair of a fused `Skip…LayerNormalization`
@@ -46,9 +47,10 @@ pub struct DecoderLayer {
 /// The decoder recovered from a graph.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderMap {
-    /// The embedding lookup's output (hook_embed).
+    /// The token embedding lookup's output (hook_embed).
     pub embed: String,
-    /// The residual stream entering layer 0 (after the √d scale where there is one).
+    /// The residual stream entering layer 0 (after the √d scale, or the position embedding's
+    /// sum, where there is one).
     pub stream_start: String,
     pub layers: Vec<DecoderLayer>,
     /// The LM head's input (the final norm's output) and the head node.
@@ -138,6 +140,20 @@ impl<'g> Index<'g> {
             i += 1;
         }
         out
+    }
+
+    /// The tensor `tensor` copies, back through Identity and same-type Cast nodes (torch's
+    /// `.to(device)` on GPT-2's position embedding is such a Cast).
+    fn origin(&self, tensor: &'g str) -> &'g str {
+        match self.producer.get(tensor).map(|&p| self.node(p)) {
+            Some(node)
+                if node.op_type() == "Identity"
+                    || (node.op_type() == "Cast" && self.is_same_type_cast(node)) =>
+            {
+                self.origin(&node.input[0])
+            }
+            _ => tensor,
+        }
     }
 
     /// The value an earlier patch steered, where `tensor` is its steered copy.
@@ -297,16 +313,39 @@ fn check_layer_count(model: &Model, found: usize) -> Result<()> {
 /// int4 `GatherBlockQuantized`) and whose indices come from a graph input.
 fn embedding_lookups(index: &Index) -> Vec<usize> {
     (0..index.graph.node.len())
-        .filter(|&i| {
-            let n = index.node(i);
-            let table = match n.op_type() {
-                "Gather" => constant_rank(index, &n.input[0]) == Some(2),
-                "GatherBlockQuantized" => index.constant.contains(n.input[0].as_str()),
-                _ => false,
-            };
-            table && n.input.len() >= 2 && !index.constant.contains(n.input[1].as_str())
-        })
+        .filter(|&i| is_lookup(index, i))
         .collect()
+}
+
+/// True when node `i` looks up rows of a constant table at computed indices.
+fn is_lookup(index: &Index, i: usize) -> bool {
+    let n = index.node(i);
+    let table = match n.op_type() {
+        "Gather" => constant_rank(index, &n.input[0]) == Some(2),
+        "GatherBlockQuantized" => index.constant.contains(n.input[0].as_str()),
+        _ => false,
+    };
+    table && n.input.len() >= 2 && !index.constant.contains(n.input[1].as_str())
+}
+
+/// True when `tensor` depends on the values of a graph input, not only on its shape (position
+/// indices computed from `Shape(input_ids)` do not; token indices, reshaped or not, do).
+fn reads_input_values(index: &Index, tensor: &str) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack = vec![index.interned(tensor)];
+    while let Some(t) = stack.pop() {
+        if index.constant.contains(t) || !seen.insert(t) {
+            continue;
+        }
+        let Some(&p) = index.producer.get(t) else {
+            return true; // a graph input
+        };
+        let node = index.node(p);
+        if !matches!(node.op_type(), "Shape" | "Size") {
+            stack.extend(node.input.iter().filter(|x| !x.is_empty()).map(String::as_str));
+        }
+    }
+    false
 }
 
 /// The rank of a constant tensor: an initializer's, or through a Transpose / Cast / Identity.
@@ -369,7 +408,7 @@ impl<'g> Stream<'g> {
 impl Chain {
     fn walk(index: &Index, gather: usize) -> Result<Self> {
         let embed = index.node(gather).output[0].as_str();
-        let start = scaled(index, embed).unwrap_or(embed);
+        let start = with_positions(index, gather, scaled(index, embed).unwrap_or(embed))?;
         let mut sums: Vec<ResidualSum> = Vec::new();
         let mut stream = Some(Stream::at(index, start));
         while let Some(s) = stream {
@@ -433,20 +472,55 @@ impl Chain {
     }
 }
 
-/// The √d scale right after the lookup: its one reader of values (Shape/Size read only the
-/// shape, as torch's mask code does), a Mul by a constant.
-fn scaled<'g>(index: &Index<'g>, embed: &str) -> Option<&'g str> {
+/// The one node reading `tensor`'s values (Shape/Size read only the shape, as torch's mask code
+/// does), with the input it reads it at.
+fn one_value_reader(index: &Index, tensor: &str) -> Option<(usize, usize)> {
     let value_readers: Vec<&(usize, usize)> = index
-        .readers(embed)
+        .readers(tensor)
         .iter()
         .filter(|(r, _)| !matches!(index.node(*r).op_type(), "Shape" | "Size"))
         .collect();
-    let [(r, k)] = value_readers.as_slice() else {
-        return None;
-    };
-    let node = index.node(*r);
+    match value_readers.as_slice() {
+        [one] => Some(**one),
+        _ => None,
+    }
+}
+
+/// The √d scale right after the lookup: its one reader of values, a Mul by a constant.
+fn scaled<'g>(index: &Index<'g>, embed: &str) -> Option<&'g str> {
+    let (r, k) = one_value_reader(index, embed)?;
+    let node = index.node(r);
     let other = node.input.get(1 - k)?;
     (node.op_type() == "Mul" && index.constant.contains(other.as_str())).then(|| node.output[0].as_str())
+}
+
+/// GPT-2's learned positions: where the lookup's one value reader is an `Add` of a second
+/// lookup, the stream starts at the sum. The token lookup is the one whose indices are the
+/// input's values; the position lookup's come from its shape alone. Walking from the position
+/// lookup is refused (so one stream qualifies), and so is a sum where that cannot be told.
+fn with_positions<'g>(index: &Index<'g>, gather: usize, start: &'g str) -> Result<&'g str> {
+    let Some((r, k)) = one_value_reader(index, start) else {
+        return Ok(start);
+    };
+    let node = index.node(r);
+    let other = index.origin(node.input.get(1 - k).map_or("", String::as_str));
+    let partner = index.producer.get(other).copied();
+    let Some(partner) = partner.filter(|&p| node.op_type() == "Add" && k <= 1 && is_lookup(index, p)) else {
+        return Ok(start);
+    };
+    let tokens = |g: usize| reads_input_values(index, &index.node(g).input[1]);
+    match (tokens(gather), tokens(partner)) {
+        (true, false) => Ok(node.output[0].as_str()),
+        (false, true) => bail!(
+            "it is a position embedding, added to the token embedding {}",
+            index.describe(partner)
+        ),
+        _ => bail!(
+            "it is added to a second embedding lookup ({}) and both (or neither) read the input's \
+             values, so which is the token embedding cannot be told; refusing to guess",
+            index.describe(partner)
+        ),
+    }
 }
 
 /// The residual sums that read the stream, each with a block output computed from it.
@@ -670,6 +744,43 @@ mod tests {
         let mut toy = Toy::new();
         let last = two_layers(&mut toy, "embed", "x");
         assert!(DecoderMap::recover(&toy.model(&last, &[(meta::NUM_LAYERS, "2")])).is_ok());
+    }
+
+    /// GPT-2's embedding: token lookup + position lookup at `position_indices`.
+    fn with_position_lookup(toy: &mut Toy, position_indices: &str) -> String {
+        toy.weights.extend(["embed", "epos"]);
+        toy.op("Shape", &["input_ids"], "shape")
+            .op("Gather", &["embed", "input_ids"], "tok")
+            .op("Gather", &["epos", position_indices], "pos")
+            .op("Add", &["tok", "pos"], "x_s");
+        let mut x = "x_s".to_owned();
+        for (i, w) in ["wa", "wm"].into_iter().enumerate() {
+            x = toy.layer(&x, w, &format!("x{i}"));
+        }
+        x
+    }
+
+    #[test]
+    fn learned_positions_added_to_the_token_lookup_start_the_stream() {
+        let mut toy = Toy::new();
+        let last = with_position_lookup(&mut toy, "shape");
+        let map = DecoderMap::recover(&toy.model(&last, &[])).unwrap();
+        assert_eq!(map.embed, "tok");
+        assert_eq!(map.stream_start, "x_s");
+        assert_eq!(map.layers.len(), 1);
+        assert_eq!(map.layers[0].attn_z.as_deref(), Ok("x0_n"));
+    }
+
+    #[test]
+    fn two_summed_lookups_that_both_read_the_input_are_refused() {
+        let mut toy = Toy::new();
+        let last = with_position_lookup(&mut toy, "input_ids");
+        let err = format!("{:#}", DecoderMap::recover(&toy.model(&last, &[])).unwrap_err());
+        assert!(
+            err.contains("which is the token embedding cannot be told"),
+            "{err}"
+        );
+        assert!(err.contains("-> tok") && err.contains("-> pos"), "{err}");
     }
 
     #[test]
