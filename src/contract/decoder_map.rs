@@ -1,9 +1,9 @@
 //! The decoder of any exporter's graph, recovered from its data flow alone: the embedding lookup
-//! (and Gemma's √d scale, or GPT-2's learned position lookup added to it), the chain of residual
-//! sums from it to the LM head (two per layer: after attention, after the MLP), and per layer the
-//! block outputs and the attention's output projection input. Names play no part, so graphs from
-//! torch.onnx (any module nesting), onnxruntime-genai, ONNX Runtime's offline optimizer, or a
-//! renaming tool all map the same way.
+//! (and Gemma's √d scale, or GPT-2's learned positions added to it), the chain of residual sums
+//! from it to the LM head (two per layer: after attention, after the MLP), and per layer the
+//! block outputs and the attention's output projection input. Names play no part, so graphs
+//! from torch.onnx (any module nesting), onnxruntime-genai, ONNX Runtime's offline optimizer, or
+//! a renaming tool all map the same way.
 //!
 //! A residual sum is a node that adds the running stream to a block output computed from that
 //! same stream: a plain `Add`, or the `input`/`skip` pair of a fused `Skip…LayerNormalization`
@@ -47,9 +47,10 @@ pub struct DecoderLayer {
 /// The decoder recovered from a graph.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderMap {
-    /// The embedding lookup's output (hook_embed).
+    /// The token embedding lookup's output (hook_embed).
     pub embed: String,
-    /// The residual stream entering layer 0 (after the √d scale where there is one).
+    /// The residual stream entering layer 0 (after the √d scale, or the position embedding's
+    /// sum, where there is one).
     pub stream_start: String,
     pub layers: Vec<DecoderLayer>,
     /// The LM head's input (the final norm's output) and the head node.
@@ -139,6 +140,20 @@ impl<'g> Index<'g> {
             i += 1;
         }
         out
+    }
+
+    /// The tensor `tensor` copies, back through Identity and same-type Cast nodes (torch's
+    /// `.to(device)` on GPT-2's position embedding is such a Cast).
+    fn origin(&self, tensor: &'g str) -> &'g str {
+        match self.producer.get(tensor).map(|&p| self.node(p)) {
+            Some(node)
+                if node.op_type() == "Identity"
+                    || (node.op_type() == "Cast" && self.is_same_type_cast(node)) =>
+            {
+                self.origin(&node.input[0])
+            }
+            _ => tensor,
+        }
     }
 
     /// The value an earlier patch steered, where `tensor` is its steered copy.
@@ -246,14 +261,12 @@ impl DecoderMap {
         let index = Index::new(model.graph());
         let mut chains: Vec<(usize, Chain)> = Vec::new();
         let mut failures = Vec::new();
-        let lookups = embedding_lookups(&index);
-        for &gather in &lookups {
-            match Chain::walk(&index, gather, &lookups) {
+        for gather in embedding_lookups(&index) {
+            match Chain::walk(&index, gather) {
                 Ok(chain) => chains.push((gather, chain)),
                 Err(e) => failures.push(format!("{}: {e}", index.describe(gather))),
             }
         }
-        let mut chains = merge_summed_lookups(&index, chains);
         let (gather, chain) = match chains.len() {
             1 => chains.remove(0),
             0 if failures.is_empty() => bail!(
@@ -300,16 +313,39 @@ fn check_layer_count(model: &Model, found: usize) -> Result<()> {
 /// int4 `GatherBlockQuantized`) and whose indices come from a graph input.
 fn embedding_lookups(index: &Index) -> Vec<usize> {
     (0..index.graph.node.len())
-        .filter(|&i| {
-            let n = index.node(i);
-            let table = match n.op_type() {
-                "Gather" => constant_rank(index, &n.input[0]) == Some(2),
-                "GatherBlockQuantized" => index.constant.contains(n.input[0].as_str()),
-                _ => false,
-            };
-            table && n.input.len() >= 2 && !index.constant.contains(n.input[1].as_str())
-        })
+        .filter(|&i| is_lookup(index, i))
         .collect()
+}
+
+/// True when node `i` looks up rows of a constant table at computed indices.
+fn is_lookup(index: &Index, i: usize) -> bool {
+    let n = index.node(i);
+    let table = match n.op_type() {
+        "Gather" => constant_rank(index, &n.input[0]) == Some(2),
+        "GatherBlockQuantized" => index.constant.contains(n.input[0].as_str()),
+        _ => false,
+    };
+    table && n.input.len() >= 2 && !index.constant.contains(n.input[1].as_str())
+}
+
+/// True when `tensor` depends on the values of a graph input, not only on its shape (position
+/// indices computed from `Shape(input_ids)` do not; token indices, reshaped or not, do).
+fn reads_input_values(index: &Index, tensor: &str) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack = vec![index.interned(tensor)];
+    while let Some(t) = stack.pop() {
+        if index.constant.contains(t) || !seen.insert(t) {
+            continue;
+        }
+        let Some(&p) = index.producer.get(t) else {
+            return true; // a graph input
+        };
+        let node = index.node(p);
+        if !matches!(node.op_type(), "Shape" | "Size") {
+            stack.extend(node.input.iter().filter(|x| !x.is_empty()).map(String::as_str));
+        }
+    }
+    false
 }
 
 /// The rank of a constant tensor: an initializer's, or through a Transpose / Cast / Identity.
@@ -370,10 +406,9 @@ impl<'g> Stream<'g> {
 }
 
 impl Chain {
-    fn walk(index: &Index, gather: usize, lookups: &[usize]) -> Result<Self> {
+    fn walk(index: &Index, gather: usize) -> Result<Self> {
         let embed = index.node(gather).output[0].as_str();
-        let start = scaled(index, embed).unwrap_or(embed);
-        let start = plus_positions(index, start, lookups).unwrap_or(start);
+        let start = with_positions(index, gather, scaled(index, embed).unwrap_or(embed))?;
         let mut sums: Vec<ResidualSum> = Vec::new();
         let mut stream = Some(Stream::at(index, start));
         while let Some(s) = stream {
@@ -438,60 +473,81 @@ impl Chain {
 }
 
 /// The one node reading `tensor`'s values (Shape/Size read only the shape, as torch's mask code
-/// does), with the input it reads it at, and that node's other input of two.
-fn one_binary_reader<'g>(index: &Index<'g>, tensor: &str) -> Option<(&'g NodeProto, &'g str)> {
+/// does), with the input it reads it at.
+fn one_value_reader(index: &Index, tensor: &str) -> Option<(usize, usize)> {
     let value_readers: Vec<&(usize, usize)> = index
         .readers(tensor)
         .iter()
         .filter(|(r, _)| !matches!(index.node(*r).op_type(), "Shape" | "Size"))
         .collect();
-    let [(r, k)] = value_readers.as_slice() else {
-        return None;
-    };
-    let node = index.node(*r);
-    let other = node.input.get(1usize.checked_sub(*k)?)?;
-    Some((node, other.as_str()))
+    match value_readers.as_slice() {
+        [one] => Some(**one),
+        _ => None,
+    }
 }
 
 /// The √d scale right after the lookup: its one reader of values, a Mul by a constant.
 fn scaled<'g>(index: &Index<'g>, embed: &str) -> Option<&'g str> {
-    let (node, other) = one_binary_reader(index, embed)?;
-    (node.op_type() == "Mul" && index.constant.contains(other)).then(|| node.output[0].as_str())
+    let (r, k) = one_value_reader(index, embed)?;
+    let node = index.node(r);
+    let other = node.input.get(1 - k)?;
+    (node.op_type() == "Mul" && index.constant.contains(other.as_str())).then(|| node.output[0].as_str())
 }
 
-/// GPT-2's learned positions: the lookup's one reader of values, an Add of another lookup's
-/// output (`wte(ids) + wpe(positions)`), where the stream starts.
-fn plus_positions<'g>(index: &Index<'g>, embed: &str, lookups: &[usize]) -> Option<&'g str> {
-    let (node, other) = one_binary_reader(index, embed)?;
-    let other_is_lookup = index.producer.get(other).is_some_and(|p| lookups.contains(p));
-    (node.op_type() == "Add" && other_is_lookup).then(|| node.output[0].as_str())
-}
-
-/// A token and a position lookup summed into one stream are found by both their walks: one
-/// stream, whose embedding is the lookup of the larger table (a vocabulary outnumbers a context).
-fn merge_summed_lookups(index: &Index, chains: Vec<(usize, Chain)>) -> Vec<(usize, Chain)> {
-    let rows = |gather: usize| {
-        let table = index.node(gather).input[0].as_str();
-        index
-            .graph
-            .initializer
-            .iter()
-            .find(|t| t.name() == table)
-            .and_then(|t| t.dims.first().copied())
-            .unwrap_or(0)
+/// GPT-2's learned positions: where the lookup's one value reader is an `Add` of a second
+/// lookup, the stream starts at the sum. The token lookup is the one whose indices are the
+/// input's values; the position lookup's come from its shape alone (torch.onnx's `arange`), or,
+/// where both read input values (positions counted from the attention mask in a decoding graph),
+/// the token lookup's indices are a graph input as fed and the position lookup's are computed.
+/// Walking from the position lookup is refused (so one stream qualifies), and so is a sum where
+/// neither rule tells them apart (e.g. `position_ids` fed as a second input).
+fn with_positions<'g>(index: &Index<'g>, gather: usize, start: &'g str) -> Result<&'g str> {
+    let Some((r, k)) = one_value_reader(index, start) else {
+        return Ok(start);
     };
-    let mut kept: Vec<(usize, Chain)> = Vec::new();
-    for (gather, chain) in chains {
-        match kept
-            .iter_mut()
-            .find(|(_, k)| k.start == chain.start && k.start != k.embed)
-        {
-            Some(slot) if rows(gather) > rows(slot.0) => *slot = (gather, chain),
-            Some(_) => {}
-            None => kept.push((gather, chain)),
+    let node = index.node(r);
+    let other = index.origin(node.input.get(1 - k).map_or("", String::as_str));
+    let partner = index.producer.get(other).copied();
+    let Some(partner) = partner.filter(|&p| node.op_type() == "Add" && k <= 1 && is_lookup(index, p)) else {
+        return Ok(start);
+    };
+    let indices = |g: usize| index.node(g).input[1].as_str();
+    let reads = |g: usize| reads_input_values(index, indices(g));
+    let fed = |g: usize| is_fed_input(index, indices(g));
+    let token = match (reads(gather), reads(partner)) {
+        (true, false) => Some(true),
+        (false, true) => Some(false),
+        (true, true) if fed(gather) != fed(partner) => Some(fed(gather)),
+        _ => None,
+    };
+    match token {
+        Some(true) => Ok(node.output[0].as_str()),
+        Some(false) => bail!(
+            "it is a position embedding, added to the token embedding {}",
+            index.describe(partner)
+        ),
+        None => bail!(
+            "it is added to a second embedding lookup ({}) and which of the two is the token \
+             embedding cannot be told from the graph (both or neither read the input's values, \
+             and both or neither are fed a graph input as it is); refusing to guess",
+            index.describe(partner)
+        ),
+    }
+}
+
+/// True where `tensor` is a graph input passed on unchanged in value (through casts, identities
+/// and reshapes), as token ids reach their lookup; computed indices (a cumulative sum of the
+/// mask, an `arange`) are not.
+fn is_fed_input(index: &Index, tensor: &str) -> bool {
+    match index.producer.get(tensor).map(|&p| index.node(p)) {
+        None => !index.constant.contains(tensor),
+        Some(node) => {
+            matches!(
+                node.op_type(),
+                "Cast" | "Identity" | "Reshape" | "Unsqueeze" | "Squeeze" | "Flatten"
+            ) && is_fed_input(index, &node.input[0])
         }
     }
-    kept
 }
 
 /// The residual sums that read the stream, each with a block output computed from it.
@@ -715,6 +771,43 @@ mod tests {
         let mut toy = Toy::new();
         let last = two_layers(&mut toy, "embed", "x");
         assert!(DecoderMap::recover(&toy.model(&last, &[(meta::NUM_LAYERS, "2")])).is_ok());
+    }
+
+    /// GPT-2's embedding: token lookup + position lookup at `position_indices`.
+    fn with_position_lookup(toy: &mut Toy, position_indices: &str) -> String {
+        toy.weights.extend(["embed", "epos"]);
+        toy.op("Shape", &["input_ids"], "shape")
+            .op("Gather", &["embed", "input_ids"], "tok")
+            .op("Gather", &["epos", position_indices], "pos")
+            .op("Add", &["tok", "pos"], "x_s");
+        let mut x = "x_s".to_owned();
+        for (i, w) in ["wa", "wm"].into_iter().enumerate() {
+            x = toy.layer(&x, w, &format!("x{i}"));
+        }
+        x
+    }
+
+    #[test]
+    fn learned_positions_added_to_the_token_lookup_start_the_stream() {
+        let mut toy = Toy::new();
+        let last = with_position_lookup(&mut toy, "shape");
+        let map = DecoderMap::recover(&toy.model(&last, &[])).unwrap();
+        assert_eq!(map.embed, "tok");
+        assert_eq!(map.stream_start, "x_s");
+        assert_eq!(map.layers.len(), 1);
+        assert_eq!(map.layers[0].attn_z.as_deref(), Ok("x0_n"));
+    }
+
+    #[test]
+    fn two_summed_lookups_that_both_read_the_input_are_refused() {
+        let mut toy = Toy::new();
+        let last = with_position_lookup(&mut toy, "input_ids");
+        let err = format!("{:#}", DecoderMap::recover(&toy.model(&last, &[])).unwrap_err());
+        assert!(
+            err.contains("which is the token embedding cannot be told"),
+            "{err}"
+        );
+        assert!(err.contains("-> tok") && err.contains("-> pos"), "{err}");
     }
 
     #[test]

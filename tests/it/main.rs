@@ -42,6 +42,7 @@ mod package_genai;
 mod package_llama_cpp;
 mod package_transformers_js;
 mod package_trust;
+mod patch_families_foreign;
 mod patch_steer;
 mod patch_trust;
 mod sae_loaders;
