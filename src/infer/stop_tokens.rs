@@ -54,11 +54,17 @@ fn eos_field(path: &Path) -> Result<Option<Vec<u32>>> {
     let text = crate::files::read_text(path, "model configuration", 16 << 20)?;
     let value: serde_json::Value = match serde_json::from_str(&text) {
         Ok(v) => v,
-        Err(e) => bail!("'{}' is not valid JSON ({e}); fix or delete the file", path.display()),
+        Err(e) => bail!(
+            "'{}' is not valid JSON ({e}); fix or delete the file",
+            path.display()
+        ),
     };
     let field = match &value {
         serde_json::Value::Object(o) => o.get("eos_token_id"),
-        _ => bail!("'{}' is not a JSON object; fix or delete the file", path.display()),
+        _ => bail!(
+            "'{}' is not a JSON object; fix or delete the file",
+            path.display()
+        ),
     };
     let listed: Vec<&serde_json::Value> = match field {
         None | Some(serde_json::Value::Null) => return Ok(None),
@@ -94,7 +100,10 @@ mod tests {
     #[test]
     fn eos_token_id_is_an_id_or_a_list_of_ids() {
         assert_eq!(field(r#"{"eos_token_id": 1}"#).unwrap(), Some(vec![1]));
-        assert_eq!(field(r#"{"eos_token_id": [1, 107]}"#).unwrap(), Some(vec![1, 107]));
+        assert_eq!(
+            field(r#"{"eos_token_id": [1, 107]}"#).unwrap(),
+            Some(vec![1, 107])
+        );
         assert_eq!(field(r#"{"eos_token_id": null}"#).unwrap(), None);
         assert_eq!(field(r#"{"eos_token_id": []}"#).unwrap(), None);
         assert_eq!(field(r#"{"bos_token_id": 2}"#).unwrap(), None);

@@ -654,6 +654,51 @@ fn jinja_template() {
     .fuzz();
 }
 
+/// A model's chat template (the real ones of tests/fixtures/chat/templates), mutated, read from
+/// a tokenizer_config.json named after the case and rendered for a fixed conversation, as
+/// `generate --chat` renders it.
+#[test]
+fn chat_template() {
+    use sae_onnx::infer::chat_template::{ChatTemplate, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let templates = repo("tests/fixtures/chat/templates");
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&templates)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 4, "seed templates in {}", templates.display());
+    let conversation = [
+        Message {
+            role: "system".into(),
+            content: "Answer briefly.".into(),
+        },
+        Message::user("What is 2 + 2?"),
+        Message {
+            role: "assistant".into(),
+            content: "4".into(),
+        },
+        Message::user("And 3 + 3?"),
+    ];
+    let case = dir.path().join("fuzz-case.jinja");
+    // The config that holds the case, named after it so that a refusal naming it names the case.
+    let config = dir.path().join("fuzz-case.jinja.tokenizer_config.json");
+    Target::new("chat_template", seeds, case, move |path| {
+        let source = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+        let json = serde_json::json!({"chat_template": source, "bos_token": "<bos>", "eos_token": "<eos>"});
+        std::fs::write(&config, json.to_string()).unwrap();
+        let template = ChatTemplate::from_tokenizer_config(&config)
+            .map_err(err_text)?
+            .expect("the config holds a template");
+        template
+            .render(&conversation, true, &[])
+            .map(drop)
+            .map_err(err_text)
+    })
+    .text()
+    .fuzz();
+}
+
 /// compare on a run whose results JSON (or one samples file) is the case, against the intact
 /// base run: loading, pairing documents, the tests and the plot's figure.
 #[test]
