@@ -668,6 +668,16 @@ fn chat_template() {
         .collect();
     seeds.sort();
     assert!(seeds.len() >= 4, "seed templates in {}", templates.display());
+    // Templates that would run or allocate without bound but for the render's fuel.
+    seeds.extend(
+        [
+            "{% for i in range(1000000000) %}{{ i }}{% endfor %}",
+            "{{ bos_token * 1000000000 }}",
+            "{% set s = namespace(t=eos_token) %}{% for i in range(64) %}{% set s.t = s.t ~ s.t %}{% endfor %}{{ s.t }}",
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        ]
+        .map(|s| s.as_bytes().to_vec()),
+    );
     let conversation = [
         Message {
             role: "system".into(),
@@ -685,7 +695,7 @@ fn chat_template() {
     let config = dir.path().join("fuzz-case.jinja.tokenizer_config.json");
     Target::new("chat_template", seeds, case, move |path| {
         let source = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
-        let json = serde_json::json!({"chat_template": source, "bos_token": "<bos>", "eos_token": "<eos>"});
+        let json = serde_json::json!({"chat_template": source, "bos_token": "<|begin_of_text|>", "eos_token": "<|im_end|>"});
         std::fs::write(&config, json.to_string()).unwrap();
         let template = ChatTemplate::from_tokenizer_config(&config)
             .map_err(err_text)?
