@@ -149,13 +149,21 @@ impl Tokenizer {
     /// transformers' `bos_token_id`: the configuration's `bos_token` (GPT-2: `<|endoftext|>`), else
     /// `<bos>` or `<s>` when no configuration names one.
     pub fn bos_token_id(&self) -> Result<Option<u32>> {
-        match self
-            .named_special_tokens()?
-            .get("bos_token")
-            .and_then(token_content)
-        {
+        self.configured_token_id("bos_token", self.bos_id)
+    }
+
+    /// transformers' `eos_token_id`: the configuration's `eos_token` (GPT-2 and Qwen:
+    /// `<|endoftext|>`, Llama 3: `<|end_of_text|>`), else `<eos>` or `</s>` when no configuration
+    /// names one.
+    pub fn eos_token_id(&self) -> Result<Option<u32>> {
+        self.configured_token_id("eos_token", self.eos_id)
+    }
+
+    /// The id of the special token the configuration names as `key`, else `usual`.
+    fn configured_token_id(&self, key: &str, usual: Option<u32>) -> Result<Option<u32>> {
+        match self.named_special_tokens()?.get(key).and_then(token_content) {
             Some(token) => Ok(self.token_id(&token)),
-            None => Ok(self.bos_id),
+            None => Ok(usual),
         }
     }
 
@@ -272,5 +280,13 @@ mod tests {
         assert_eq!(t.bos_token_id().unwrap(), t.eos_id);
         let (_d, t) = tokenizer(false, "{}");
         assert_eq!(t.bos_token_id().unwrap(), t.bos_id);
+    }
+
+    #[test]
+    fn the_configured_eos_token_wins_over_the_usual_spellings() {
+        let (_d, t) = tokenizer(false, r#"{"eos_token": {"content": "<bos>"}}"#);
+        assert_eq!(t.eos_token_id().unwrap(), t.bos_id);
+        let (_d, t) = tokenizer(false, "{}");
+        assert_eq!(t.eos_token_id().unwrap(), t.eos_id);
     }
 }

@@ -251,7 +251,9 @@ pub fn generate_all(
         let spec = super::generative::GenSpec::from_config(&task.config, &task.fewshot_delimiter())?;
         let mut until = spec.until.clone();
         let tokenizer = &prepared.tokenizer;
-        if let Some(eos) = tokenizer.eos_id.and_then(|e| tokenizer.decode_token(e))
+        // lm-eval appends the decoded `tokenizer.eos_token_id`: the configured eos_token
+        // (Llama 3: <|end_of_text|>, Qwen: <|endoftext|>), not only <eos> or </s>.
+        if let Some(eos) = tokenizer.eos_token_id()?.and_then(|e| tokenizer.decode_token(e))
             && !until.contains(&eos)
         {
             until.push(eos);

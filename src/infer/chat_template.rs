@@ -119,14 +119,6 @@ impl ChatTemplate {
         }))
     }
 
-    /// The config's special token `name` (`eos_token`), if it names one.
-    pub fn special_token(&self, name: &str) -> Option<&str> {
-        self.special_tokens
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, c)| c.as_str())
-    }
-
     /// The conversation as the template writes it. `extra` are further variables (transformers'
     /// `**kwargs` of `apply_chat_template`, e.g. Llama 3's `date_string`).
     pub fn render(
@@ -549,12 +541,11 @@ mod tests {
     #[test]
     fn the_config_names_the_template_and_its_special_tokens() {
         let (_dir, path) = config(
-            r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ bos_token }}D"}],
+            r#"{"chat_template": [{"name": "tool_use", "template": "T"}, {"name": "default", "template": "{{ bos_token }}D{{ eos_token }}"}],
                 "bos_token": {"content": "<s>", "lstrip": false}, "eos_token": "</s>"}"#,
         );
         let chat = ChatTemplate::from_tokenizer_config(&path).unwrap().unwrap();
-        assert_eq!(chat.render(&[], true, &[]).unwrap(), "<s>D");
-        assert_eq!(chat.special_token("eos_token"), Some("</s>"));
+        assert_eq!(chat.render(&[], true, &[]).unwrap(), "<s>D</s>");
     }
 
     #[test]

@@ -192,22 +192,9 @@ impl Generator {
         } else {
             None
         };
-        // Gemma stops at <eos>, and chat turns end with <end_of_turn>; a template's model ends its
-        // turn with the config's eos_token (Llama 3 Instruct: <|eot_id|>, Qwen: <|im_end|>).
-        let template_eos = match &chat {
-            Some(ChatFormat::Template(t)) => t.special_token("eos_token").and_then(|e| tokenizer.token_id(e)),
-            _ => None,
-        };
-        let mut eos: Vec<u32> = [
-            tokenizer.eos_id,
-            tokenizer.token_id("<end_of_turn>"),
-            template_eos,
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        eos.sort_unstable();
-        eos.dedup();
+        // As transformers' generate: the checkpoint's generation config (Gemma 2 IT adds
+        // <end_of_turn>, Llama 3 Instruct <|eot_id|>, Qwen <|im_end|>), with or without --chat.
+        let eos = crate::infer::stop_tokens::eos_token_ids(&options.hub, &model, &tokenizer)?;
         let prepend_bos = if options.prepend_bos {
             Some(tokenizer.bos_token_id()?.with_context(|| {
                 format!(

@@ -654,6 +654,61 @@ fn jinja_template() {
     .fuzz();
 }
 
+/// A model's chat template (the real ones of tests/fixtures/chat/templates), mutated, read from
+/// a tokenizer_config.json named after the case and rendered for a fixed conversation, as
+/// `generate --chat` renders it.
+#[test]
+fn chat_template() {
+    use sae_onnx::infer::chat_template::{ChatTemplate, Message};
+    let dir = tempfile::tempdir().unwrap();
+    let templates = repo("tests/fixtures/chat/templates");
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&templates)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    seeds.sort();
+    assert!(seeds.len() >= 4, "seed templates in {}", templates.display());
+    // Templates that would run or allocate without bound but for the render's fuel.
+    seeds.extend(
+        [
+            "{% for i in range(1000000000) %}{{ i }}{% endfor %}",
+            "{{ bos_token * 1000000000 }}",
+            "{% set s = namespace(t=eos_token) %}{% for i in range(64) %}{% set s.t = s.t ~ s.t %}{% endfor %}{{ s.t }}",
+            "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        ]
+        .map(|s| s.as_bytes().to_vec()),
+    );
+    let conversation = [
+        Message {
+            role: "system".into(),
+            content: "Answer briefly.".into(),
+        },
+        Message::user("What is 2 + 2?"),
+        Message {
+            role: "assistant".into(),
+            content: "4".into(),
+        },
+        Message::user("And 3 + 3?"),
+    ];
+    let case = dir.path().join("fuzz-case.jinja");
+    // The config that holds the case, named after it so that a refusal naming it names the case.
+    let config = dir.path().join("fuzz-case.jinja.tokenizer_config.json");
+    Target::new("chat_template", seeds, case, move |path| {
+        let source = String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned();
+        let json = serde_json::json!({"chat_template": source, "bos_token": "<|begin_of_text|>", "eos_token": "<|im_end|>"});
+        std::fs::write(&config, json.to_string()).unwrap();
+        let template = ChatTemplate::from_tokenizer_config(&config)
+            .map_err(err_text)?
+            .expect("the config holds a template");
+        template
+            .render(&conversation, true, &[])
+            .map(drop)
+            .map_err(err_text)
+    })
+    .text()
+    .fuzz();
+}
+
 /// compare on a run whose results JSON (or one samples file) is the case, against the intact
 /// base run: loading, pairing documents, the tests and the plot's figure.
 #[test]

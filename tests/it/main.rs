@@ -32,6 +32,7 @@ mod export_hub;
 mod export_trust;
 mod generate_chat;
 mod generate_greedy;
+mod generate_stop;
 mod generate_trust;
 mod graph_edit;
 mod inspect_cli;
