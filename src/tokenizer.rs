@@ -99,11 +99,11 @@ impl Tokenizer {
     pub fn all_special_ids(&self) -> Result<Vec<u32>> {
         let named = self.named_special_tokens()?;
         let mut tokens: Vec<String> = Vec::new();
-        for key in SPECIAL_TOKEN_KEYS {
-            let Some(value) = named.get(*key) else { continue };
+        for key in special_token_keys() {
+            let Some(value) = named.get(key) else { continue };
             let listed: Vec<&serde_json::Value> = match value {
                 serde_json::Value::Array(a) => a.iter().collect(),
-                serde_json::Value::Object(o) if *key == "extra_special_tokens" => o.values().collect(),
+                serde_json::Value::Object(o) if key == "extra_special_tokens" => o.values().collect(),
                 v => vec![v],
             };
             tokens.extend(listed.into_iter().filter_map(token_content));
@@ -137,7 +137,7 @@ impl Tokenizer {
                 .with_context(|| format!("{} is not valid JSON", path.display()))?;
             if let serde_json::Value::Object(map) = value {
                 for (k, v) in map {
-                    if SPECIAL_TOKEN_KEYS.contains(&k.as_str()) && !v.is_null() {
+                    if special_token_keys().any(|key| key == k) && !v.is_null() {
                         named.insert(k, v);
                     }
                 }
@@ -179,9 +179,9 @@ impl Tokenizer {
     }
 }
 
-/// The special-token attributes of transformers' tokenizers, in `SPECIAL_TOKENS_ATTRIBUTES` order,
-/// and the model-specific `extra_special_tokens`.
-const SPECIAL_TOKEN_KEYS: &[&str] = &[
+/// transformers' single-token special attributes, in `SPECIAL_TOKENS_ATTRIBUTES` order (what a
+/// chat template sees as variables).
+pub const SPECIAL_TOKEN_ATTRIBUTES: [&str; 7] = [
     "bos_token",
     "eos_token",
     "unk_token",
@@ -189,9 +189,14 @@ const SPECIAL_TOKEN_KEYS: &[&str] = &[
     "pad_token",
     "cls_token",
     "mask_token",
-    "additional_special_tokens",
-    "extra_special_tokens",
 ];
+
+/// After them, the lists: `additional_special_tokens` and the model-specific `extra_special_tokens`.
+const SPECIAL_TOKEN_LISTS: [&str; 2] = ["additional_special_tokens", "extra_special_tokens"];
+
+fn special_token_keys() -> impl Iterator<Item = &'static str> {
+    SPECIAL_TOKEN_ATTRIBUTES.into_iter().chain(SPECIAL_TOKEN_LISTS)
+}
 
 /// A special token as the files write it: `"<bos>"` or `{"content": "<bos>", ...}`.
 fn token_content(value: &serde_json::Value) -> Option<String> {

@@ -160,14 +160,7 @@ fn environment() -> Environment<'static> {
             .expect("default delimiters"),
     );
     env.set_auto_escape_callback(|_| AutoEscape::None);
-    env.set_formatter(|out, _state, value| {
-        // Strict undefined values error before reaching here; what remains is the silent
-        // undefined of an `if` expression without `else`, which Jinja2 prints as ''.
-        if value.is_undefined() {
-            return Ok(());
-        }
-        out.write_str(&py_str(value)).map_err(Error::from)
-    });
+    env.set_formatter(|out, _state, value| crate::pycompat::value::write_printed(out, value));
     env.set_unknown_method_callback(py_method);
     env.add_filter("regex_replace", regex_replace_filter);
     env.add_filter("string", string_filter);

@@ -57,6 +57,23 @@ pub fn hook_name(layer: usize, site: &str) -> String {
     format!("blocks.{layer}.{site}")
 }
 
+/// `value` as the hook tensor `site` of `layer`: an `Identity` named after the hook, whose
+/// readers steering rewires.
+pub(super) fn hook_identity(b: &mut ExportBuilder, value: &str, layer: usize, site: &str) -> String {
+    b.op_named("Identity", &[value], vec![], &hook_name(layer, site))
+}
+
+/// The residual sum `stream + block`, named as the hook `site` of `layer`.
+pub(super) fn residual_sum(
+    b: &mut ExportBuilder,
+    stream: &str,
+    block: &str,
+    layer: usize,
+    site: &str,
+) -> String {
+    b.op_named("Add", &[stream, block], vec![], &hook_name(layer, site))
+}
+
 /// Tensors every decoder layer reads, computed once per graph.
 pub(super) struct LayerInputs {
     /// `[batch, seq]` as an int64 vector.
@@ -349,75 +366,62 @@ impl DecoderGraph<'_> {
         layer: usize,
         input: &str,
     ) -> Result<String> {
-        let p = |name: &str| format!("layers.{layer}.{name}");
         let resid_pre = if layer == 0 {
             input.to_owned()
         } else {
-            b.op_named("Identity", &[input], vec![], &hook_name(layer, "hook_resid_pre"))
+            hook_identity(b, input, layer, "hook_resid_pre")
         };
-        let post_norms = self.family.post_norms;
-
-        let w = self.norm_weight(
-            b,
-            ckpt,
-            &p("input_layernorm.weight"),
-            &format!("model.{}", p("input_layernorm.weight")),
-        )?;
+        let w = self.layer_norm_weight(b, ckpt, layer, "input_layernorm")?;
         let x = b.scoped("input_layernorm", |b| Ok(self.rms_norm(b, &resid_pre, &w)))?;
         let attn = b.scoped("self_attn", |b| self.attention(b, ckpt, inputs, layer, &x))?;
-        let attn_out = if post_norms {
-            let w = self.norm_weight(
-                b,
-                ckpt,
-                &p("post_attention_layernorm.weight"),
-                &format!("model.{}", p("post_attention_layernorm.weight")),
-            )?;
-            b.scoped("post_attention_layernorm", |b| {
-                Ok(self.rms_norm_named(b, &attn, &w, &hook_name(layer, "hook_attn_out")))
-            })?
-        } else {
-            b.op_named("Identity", &[&attn], vec![], &hook_name(layer, "hook_attn_out"))
-        };
-        let resid_mid = b.op_named(
-            "Add",
-            &[&resid_pre, &attn_out],
-            vec![],
-            &hook_name(layer, "hook_resid_mid"),
-        );
+        let attn_out =
+            self.block_output(b, ckpt, layer, "post_attention_layernorm", &attn, "hook_attn_out")?;
+        let resid_mid = residual_sum(b, &resid_pre, &attn_out, layer, "hook_resid_mid");
 
         // Without post norms (Gemma 1, Llama, ...) the pre-MLP norm is `post_attention_layernorm`.
-        let pre_mlp = if post_norms {
+        let pre_mlp = if self.family.post_norms {
             "pre_feedforward_layernorm"
         } else {
             "post_attention_layernorm"
         };
-        let w = self.norm_weight(
-            b,
-            ckpt,
-            &p(&format!("{pre_mlp}.weight")),
-            &format!("model.{}", p(&format!("{pre_mlp}.weight"))),
-        )?;
+        let w = self.layer_norm_weight(b, ckpt, layer, pre_mlp)?;
         let x = b.scoped(pre_mlp, |b| Ok(self.rms_norm(b, &resid_mid, &w)))?;
         let mlp = b.scoped("mlp", |b| self.mlp(b, ckpt, inputs, layer, &x))?;
-        let mlp_out = if post_norms {
-            let w = self.norm_weight(
-                b,
-                ckpt,
-                &p("post_feedforward_layernorm.weight"),
-                &format!("model.{}", p("post_feedforward_layernorm.weight")),
-            )?;
-            b.scoped("post_feedforward_layernorm", |b| {
-                Ok(self.rms_norm_named(b, &mlp, &w, &hook_name(layer, "hook_mlp_out")))
-            })?
-        } else {
-            b.op_named("Identity", &[&mlp], vec![], &hook_name(layer, "hook_mlp_out"))
-        };
-        Ok(b.op_named(
-            "Add",
-            &[&resid_mid, &mlp_out],
-            vec![],
-            &hook_name(layer, "hook_resid_post"),
-        ))
+        let mlp_out =
+            self.block_output(b, ckpt, layer, "post_feedforward_layernorm", &mlp, "hook_mlp_out")?;
+        Ok(residual_sum(b, &resid_mid, &mlp_out, layer, "hook_resid_post"))
+    }
+
+    /// The weight of decoder layer `layer`'s RMSNorm `norm`, as the family scales it.
+    fn layer_norm_weight(
+        &self,
+        b: &mut ExportBuilder,
+        ckpt: &Checkpoint,
+        layer: usize,
+        norm: &str,
+    ) -> Result<String> {
+        let key = format!("layers.{layer}.{norm}.weight");
+        self.norm_weight(b, ckpt, &key, &format!("model.{key}"))
+    }
+
+    /// A block's output as the hook `site` of `layer`: through the post norm `norm` where the
+    /// family has post norms (Gemma 2/3), else as it is.
+    fn block_output(
+        &self,
+        b: &mut ExportBuilder,
+        ckpt: &Checkpoint,
+        layer: usize,
+        norm: &str,
+        block: &str,
+        site: &str,
+    ) -> Result<String> {
+        if !self.family.post_norms {
+            return Ok(hook_identity(b, block, layer, site));
+        }
+        let w = self.layer_norm_weight(b, ckpt, layer, norm)?;
+        b.scoped(norm, |b| {
+            Ok(self.rms_norm_named(b, block, &w, &hook_name(layer, site)))
+        })
     }
 
     fn attention(

@@ -15,7 +15,7 @@ use anyhow::{Result, bail};
 use serde_json::Value;
 
 use super::config::Config;
-use super::decoder::{DecoderGraph, LayerInputs, hook_name};
+use super::decoder::{DecoderGraph, LayerInputs, hook_identity, residual_sum};
 use super::family::{Activation, Family, Layout, NormScale};
 use super::weight_sink::ExportBuilder;
 use super::weights::Checkpoint;
@@ -200,12 +200,7 @@ impl DecoderGraph<'_> {
                 "hook_embed",
             );
             let positions = b.op_named("Gather", &[&wpe, &inputs.position_ids], vec![], "hook_pos_embed");
-            Ok(b.op_named(
-                "Add",
-                &[&tokens, &positions],
-                vec![],
-                &hook_name(0, "hook_resid_pre"),
-            ))
+            Ok(residual_sum(b, &tokens, &positions, 0, "hook_resid_pre"))
         })?;
         Ok((resid_pre, wte))
     }
@@ -222,19 +217,14 @@ impl DecoderGraph<'_> {
         let resid_pre = if layer == 0 {
             input.to_owned()
         } else {
-            b.op_named("Identity", &[input], vec![], &hook_name(layer, "hook_resid_pre"))
+            hook_identity(b, input, layer, "hook_resid_pre")
         };
         let x = b.scoped("ln_1", |b| {
             self.gpt2_layer_norm(b, ckpt, &format!("h.{layer}.ln_1"), &resid_pre)
         })?;
         let attn = b.scoped("attn", |b| self.gpt2_attention(b, ckpt, inputs, layer, &x))?;
-        let attn_out = b.op_named("Identity", &[&attn], vec![], &hook_name(layer, "hook_attn_out"));
-        let resid_mid = b.op_named(
-            "Add",
-            &[&resid_pre, &attn_out],
-            vec![],
-            &hook_name(layer, "hook_resid_mid"),
-        );
+        let attn_out = hook_identity(b, &attn, layer, "hook_attn_out");
+        let resid_mid = residual_sum(b, &resid_pre, &attn_out, layer, "hook_resid_mid");
         let x = b.scoped("ln_2", |b| {
             self.gpt2_layer_norm(b, ckpt, &format!("h.{layer}.ln_2"), &resid_mid)
         })?;
@@ -264,13 +254,8 @@ impl DecoderGraph<'_> {
                 c.hidden_size,
             )
         })?;
-        let mlp_out = b.op_named("Identity", &[&mlp], vec![], &hook_name(layer, "hook_mlp_out"));
-        Ok(b.op_named(
-            "Add",
-            &[&resid_mid, &mlp_out],
-            vec![],
-            &hook_name(layer, "hook_resid_post"),
-        ))
+        let mlp_out = hook_identity(b, &mlp, layer, "hook_mlp_out");
+        Ok(residual_sum(b, &resid_mid, &mlp_out, layer, "hook_resid_post"))
     }
 
     /// `c_attn` (q, k, v side by side), attention without RoPE, `c_proj`.

@@ -36,17 +36,6 @@ use serde_json::Value as Json;
 /// The work one render may do (a template is input from a file).
 const FUEL: u64 = 10_000_000;
 
-/// transformers' special-token attributes that a template sees as variables.
-const SPECIAL_TOKENS: &[&str] = &[
-    "bos_token",
-    "eos_token",
-    "unk_token",
-    "sep_token",
-    "pad_token",
-    "cls_token",
-    "mask_token",
-];
-
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -101,7 +90,7 @@ impl ChatTemplate {
                 crate::files::printable(&other.to_string(), 60)
             ),
         };
-        let special_tokens = SPECIAL_TOKENS
+        let special_tokens = crate::tokenizer::SPECIAL_TOKEN_ATTRIBUTES
             .iter()
             .filter_map(|&name| {
                 let content = match config.get(name)? {
@@ -195,14 +184,7 @@ fn environment() -> Environment<'static> {
             .expect("default delimiters"),
     );
     env.set_auto_escape_callback(|_| AutoEscape::None);
-    env.set_formatter(|out, _state, value| {
-        // Jinja2's default Undefined prints as ''; everything else as Python's str().
-        if value.is_undefined() {
-            return Ok(());
-        }
-        out.write_str(&crate::pycompat::value::py_str(value))
-            .map_err(Error::from)
-    });
+    env.set_formatter(|out, _state, value| crate::pycompat::value::write_printed(out, value));
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
         Err(Error::new(

@@ -21,6 +21,16 @@ pub fn py_str(value: &Value) -> String {
     }
 }
 
+/// What Jinja2 prints for `{{ value }}`: Python's `str()`, and nothing for an undefined value
+/// (Jinja2's default `Undefined`, and what a strict environment lets through: an `if` expression
+/// without `else`). A MiniJinja formatter.
+pub fn write_printed(out: &mut minijinja::Output, value: &Value) -> Result<(), minijinja::Error> {
+    if value.is_undefined() {
+        return Ok(());
+    }
+    out.write_str(&py_str(value)).map_err(minijinja::Error::from)
+}
+
 /// Python's `repr(value)`.
 pub fn py_repr(value: &Value) -> String {
     let mut out = String::new();
