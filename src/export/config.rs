@@ -1,14 +1,14 @@
 //! `config.json` of the families we export, with Hugging Face's field names (as candle does), and
 //! the per-layer facts transformers derives from it: attention kind, RoPE base and scaling. What
 //! each family makes of the rest is in its own file (gemma.rs, llama.rs, qwen.rs, gpt2.rs; GPT-2's
-//! own field names are translated to these by gpt2.rs).
+//! own field names are translated to these by gpt2_config.rs).
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use super::family::{Family, Layout};
+use super::family::Family;
 use super::weights::{Checkpoint, PREFIXES};
 
 /// config.json is a few kilobytes; a bound keeps a wrong path (`/dev/zero`) from filling memory.
@@ -262,7 +262,7 @@ impl Config {
             _ => value,
         };
         if arch == Arch::Gpt2 {
-            super::gpt2::translate_config(&mut text_value)
+            super::gpt2_config::translate_config(&mut text_value)
                 .with_context(|| format!("in '{}'", path.display()))?;
         }
         let mut config: Config = serde_json::from_value(text_value).with_context(|| {
@@ -448,9 +448,6 @@ impl Config {
     /// before anything is written: a config that contradicts its checkpoint would otherwise
     /// export a graph that fails inside ONNX Runtime, or computes with the wrong head split.
     pub fn check_weights(&self, arch: Arch, family: &Family, ckpt: &Checkpoint, path: &Path) -> Result<()> {
-        if family.layout == Layout::Gpt2 {
-            return super::gpt2::check_weights(self, family, ckpt, path);
-        }
         let (vocab, hidden, inter) = (self.vocab_size, self.hidden_size, self.intermediate_size);
         let (heads, kv, head_dim) = (self.num_attention_heads, self.kv_heads(), self.head_dim());
         // `validate` bounds every factor by MAX_SIZE, so these products fit in a usize.

@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod family;
 pub mod gemma;
 pub mod gpt2;
+pub mod gpt2_config;
 pub mod llama;
 pub mod ops;
 pub mod qwen;
@@ -158,7 +159,10 @@ fn open_checkpoint(model: &str, out: &Path, options: &ExportOptions) -> Result<C
     let weights = Checkpoint::open(&source.dir)?;
     inputs.add_tree(&source.dir);
     check_outputs(&inputs)?;
-    config.check_weights(arch, &family, &weights, &config_path)?;
+    match family.layout {
+        family::Layout::Gpt2 => gpt2::check_weights(&config, &family, &weights, &config_path)?,
+        family::Layout::Rotary => config.check_weights(arch, &family, &weights, &config_path)?,
+    }
     Ok(CheckedCheckpoint {
         source,
         config,
