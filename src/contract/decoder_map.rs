@@ -499,8 +499,10 @@ fn scaled<'g>(index: &Index<'g>, embed: &str) -> Option<&'g str> {
 /// input's values; the position lookup's come from its shape alone (torch.onnx's `arange`), or,
 /// where both read input values (positions counted from the attention mask in a decoding graph),
 /// the token lookup's indices are a graph input as fed and the position lookup's are computed.
-/// Walking from the position lookup is refused (so one stream qualifies), and so is a sum where
-/// neither rule tells them apart (e.g. `position_ids` fed as a second input).
+/// Where both are fed inputs as they are (optimum's export takes `position_ids`), the token
+/// lookup is the one whose table the tied LM head also multiplies by (GPT-2 ties its head to the
+/// token table; no head reads the position table). Walking from the position lookup is refused
+/// (so one stream qualifies), and so is a sum where no rule tells them apart (untied tables).
 fn with_positions<'g>(index: &Index<'g>, gather: usize, start: &'g str) -> Result<&'g str> {
     let Some((r, k)) = one_value_reader(index, start) else {
         return Ok(start);
@@ -518,6 +520,7 @@ fn with_positions<'g>(index: &Index<'g>, gather: usize, start: &'g str) -> Resul
         (true, false) => Some(true),
         (false, true) => Some(false),
         (true, true) if fed(gather) != fed(partner) => Some(fed(gather)),
+        (true, true) if tied(index, gather) != tied(index, partner) => Some(tied(index, gather)),
         _ => None,
     };
     match token {
@@ -529,10 +532,22 @@ fn with_positions<'g>(index: &Index<'g>, gather: usize, start: &'g str) -> Resul
         None => bail!(
             "it is added to a second embedding lookup ({}) and which of the two is the token \
              embedding cannot be told from the graph (both or neither read the input's values, \
-             and both or neither are fed a graph input as it is); refusing to guess",
+             both or neither are fed a graph input as it is, and both or neither tables are \
+             the tied LM head's weight); refusing to guess",
             index.describe(partner)
         ),
     }
+}
+
+/// True where lookup `gather`'s table is also the weight of a product (MatMul/Gemm input 1), as
+/// read or through one Transpose: an LM head tied to the table.
+fn tied(index: &Index, gather: usize) -> bool {
+    let is_weight = |&(r, k): &(usize, usize)| k == 1 && WEIGHT_PRODUCTS.contains(&index.node(r).op_type());
+    index.readers(&index.node(gather).input[0]).iter().any(|&(r, k)| {
+        is_weight(&(r, k))
+            || (index.node(r).op_type() == "Transpose"
+                && index.readers(&index.node(r).output[0]).iter().any(is_weight))
+    })
 }
 
 /// True where `tensor` is a graph input passed on unchanged in value (through casts, identities
@@ -805,6 +820,18 @@ mod tests {
         let err = format!("{:#}", DecoderMap::recover(&toy.model(&last, &[])).unwrap_err());
         assert!(err.contains("is the token embedding cannot be told"), "{err}");
         assert!(err.contains("-> tok") && err.contains("-> pos"), "{err}");
+    }
+
+    /// optimum's GPT-2 feeds `position_ids` as an input: the tied head tells the tables apart.
+    #[test]
+    fn of_two_fed_lookups_the_one_whose_table_a_head_multiplies_by_is_the_token_lookup() {
+        let mut toy = Toy::new();
+        let last = with_position_lookup(&mut toy, "input_ids");
+        toy.op("Transpose", &["embed"], "embed_t")
+            .op("MatMul", &[&last, "embed_t"], "tied_logits");
+        let map = DecoderMap::recover(&toy.model(&last, &[])).unwrap();
+        assert_eq!(map.embed, "tok");
+        assert_eq!(map.stream_start, "x_s");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `patch` on foreign graphs of Llama / Mistral / Qwen2 / Qwen3 and GPT-2
 //! (tests/fixtures/foreign/families/, made by make_families_foreign.py with torch.onnx and
-//! onnxruntime-genai's builder): the decoder map finds each hook where make_families_foreign.py
+//! onnxruntime-genai's builder, and optimum-onnx for Llama, Qwen3 and GPT-2, made by
+//! make_families_optimum.py): the decoder map finds each hook where make_families_foreign.py
 //! found it by VALUE, and the steered graph's logits equal transformers with a forward hook adding
 //! the same vector (families/<f>/golden_steered.safetensors; GPT-2's beside its graph).
 
@@ -10,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::golden::{Golden, compare_cases};
-use ort::value::Tensor;
+use ort::value::{DynValue, Tensor};
 use sae_onnx::contract::hook_site::locate;
 use sae_onnx::hook::HookPoint;
 use sae_onnx::onnx::Model;
@@ -19,11 +20,13 @@ use serde::Deserialize;
 
 const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gpt2"];
 
-/// The graphs a family must have; hooks.json may list more (`dynamo`). GPT-2 has torch.onnx's
-/// only (its goldens are made by the same script, from a GPT2LMHeadModel of its own).
+/// The graphs a family must have; hooks.json may list more (`dynamo`). GPT-2 has no genai graph
+/// (its goldens are made by the same script, from a GPT2LMHeadModel of its own). optimum's graphs
+/// of Mistral and Qwen2 were checked once and left out to keep the fixtures small.
 fn required_kinds(family: &str) -> &'static [&'static str] {
     match family {
-        "gpt2" => &["torchscript"],
+        "gpt2" => &["torchscript", "optimum"],
+        "llama" | "qwen3" => &["torchscript", "genai", "optimum"],
         _ => &["torchscript", "genai"],
     }
 }
@@ -82,8 +85,16 @@ fn foreign_family_hooks_are_the_tensors_found_by_value() {
     }
 }
 
+/// optimum's text-generation graphs also take `position_ids`: arange(seq) on every row, as
+/// transformers makes them for the goldens (given no position_ids).
+fn optimum_positions(batch: usize, seq: usize) -> Vec<(String, DynValue)> {
+    let positions: Vec<i64> = (0..batch).flat_map(|_| 0..seq as i64).collect();
+    let value = Tensor::from_array((vec![batch, seq], positions)).unwrap();
+    vec![("position_ids".to_owned(), value.into_dyn())]
+}
+
 /// The empty KV cache a genai graph's prompt step takes, sized from its genai_config.json.
-fn genai_past(family: &str) -> impl Fn(usize, usize) -> Vec<(String, Tensor<f32>)> {
+fn genai_past(family: &str) -> impl Fn(usize, usize) -> Vec<(String, DynValue)> {
     let text = std::fs::read_to_string(dir(family).join("genai/genai_config.json")).unwrap();
     let config: serde_json::Value = serde_json::from_str(&text).unwrap();
     let decoder = &config["model"]["decoder"];
@@ -100,7 +111,7 @@ fn genai_past(family: &str) -> impl Fn(usize, usize) -> Vec<(String, Tensor<f32>
                 let shape = vec![batch, heads, 0, head];
                 (
                     format!("past_key_values.{layer}.{kind}"),
-                    Tensor::from_array((shape, Vec::<f32>::new())).unwrap(),
+                    Tensor::from_array((shape, Vec::<f32>::new())).unwrap().into_dyn(),
                 )
             })
             .collect()
@@ -174,7 +185,10 @@ fn foreign_family_graphs_steer_like_transformers_hooks() {
             let (base, steered) = patch_copy(family, kind, tmp.path());
             let (golden, cases) = steered_golden(family, kind);
             let past = (kind == "genai").then(|| genai_past(family));
-            let extra = past.as_ref().map(|p| p as common::golden::ExtraInputs);
+            let extra = match kind.as_str() {
+                "optimum" => Some(&optimum_positions as common::golden::ExtraInputs),
+                _ => past.as_ref().map(|p| p as common::golden::ExtraInputs),
+            };
             let diff = compare_cases(&steered, &golden, &logits, cases, extra)["logits"];
             assert!(diff <= TOLERANCE, "{family}/{kind}: max |Δlogit| = {diff}");
             // The unsteered graph is far from the steered golden: the check can fail.

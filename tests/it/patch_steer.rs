@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::golden::{Golden, compare};
-use ort::value::Tensor;
+use ort::value::{DynValue, Tensor};
 use sae_onnx::export::{self, ExportOptions};
 use sae_onnx::onnx::Model;
 use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch, patch_with_output};
@@ -92,7 +92,7 @@ fn torch_onnx_exports_are_steered_at_their_residual_adds() {
 
 /// The genai graph is a KV-cache graph: a prompt step takes an (unread) past of the sliding
 /// window's length for sliding layers and an empty past for full-attention layers.
-fn genai_past(batch: usize, _seq: usize) -> Vec<(String, Tensor<f32>)> {
+fn genai_past(batch: usize, _seq: usize) -> Vec<(String, DynValue)> {
     let mut inputs = Vec::new();
     for layer in 0..3 {
         let past = if layer % 2 == 0 { 4 } else { 0 };
@@ -101,7 +101,7 @@ fn genai_past(batch: usize, _seq: usize) -> Vec<(String, Tensor<f32>)> {
             let data = vec![0.0f32; shape.iter().product()];
             inputs.push((
                 format!("past_key_values.{layer}.{kind}"),
-                Tensor::from_array((shape, data)).unwrap(),
+                Tensor::from_array((shape, data)).unwrap().into_dyn(),
             ));
         }
     }
@@ -197,14 +197,14 @@ fn genai_variants_are_steered_by_structure() {
 #[test]
 fn optimum_exports_with_and_without_past_are_steered_by_structure() {
     let tmp = tempfile::tempdir().unwrap();
-    let empty_past = |batch: usize, _seq: usize| -> Vec<(String, Tensor<f32>)> {
+    let empty_past = |batch: usize, _seq: usize| -> Vec<(String, DynValue)> {
         (0..3)
             .flat_map(|layer| ["key", "value"].map(|kind| (layer, kind)))
             .map(|(layer, kind)| {
                 let shape = vec![batch, 2, 0, 16];
                 (
                     format!("past_key_values.{layer}.{kind}"),
-                    Tensor::from_array((shape, Vec::<f32>::new())).unwrap(),
+                    Tensor::from_array((shape, Vec::<f32>::new())).unwrap().into_dyn(),
                 )
             })
             .collect()

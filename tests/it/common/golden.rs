@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use ort::value::Tensor;
+use ort::value::{DynValue, Tensor};
 use sae_onnx::infer::runtime::{self, SessionOptions};
 use safetensors::SafeTensors;
 
@@ -53,9 +53,9 @@ impl Golden {
     }
 }
 
-/// Extra inputs a graph needs besides input_ids/attention_mask (e.g. an empty KV cache), given
-/// the case's batch and sequence sizes.
-pub type ExtraInputs<'a> = &'a dyn Fn(usize, usize) -> Vec<(String, Tensor<f32>)>;
+/// Extra inputs a graph needs besides input_ids/attention_mask (an empty KV cache, optimum's
+/// int64 position_ids), given the case's batch and sequence sizes.
+pub type ExtraInputs<'a> = &'a dyn Fn(usize, usize) -> Vec<(String, DynValue)>;
 
 /// Runs the golden cases (all, or the first `max_cases`); returns, per output, the largest
 /// |difference| over valid (unpadded) positions. Hook tensors are compared relative to their scale
