@@ -445,8 +445,34 @@ fn sae_cfg_json() {
 
 /// A checkpoint folder (config, weights, tokenizer) where one file is the case; the whole
 /// `export` runs on it.
+/// The demo checkpoint's files, which the export targets copy beside each case.
+const DEMO_CHECKPOINT: (&str, &[&str]) = (
+    "models/tiny-gemma2",
+    &[
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ],
+);
+
+/// A families fixture checkpoint (Llama, GPT-2, ...), with the generation config `generate` reads.
+fn family_checkpoint(family: &str) -> (String, &'static [&'static str]) {
+    (
+        format!("tests/fixtures/families/{family}"),
+        &[
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ],
+    )
+}
+
 fn export_target(
     name: &'static str,
+    (source, files): (&str, &[&str]),
     case_file: &'static str,
     seeds: Vec<Vec<u8>>,
     hot: fn(&[u8]) -> usize,
@@ -455,14 +481,9 @@ fn export_target(
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("ckpt");
     std::fs::create_dir(&checkpoint).unwrap();
-    for file in [
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "tokenizer_config.json",
-    ] {
-        if file != case_file {
-            std::fs::copy(repo("models/tiny-gemma2").join(file), checkpoint.join(file)).unwrap();
+    for file in files {
+        if *file != case_file {
+            std::fs::copy(repo(source).join(file), checkpoint.join(file)).unwrap();
         }
     }
     let out = dir.path().join("out.onnx");
@@ -491,12 +512,16 @@ fn export_target(
         ];
         // Finite weights can still overflow to NaN activations, as they would in
         // transformers: that is the checkpoint's numbers, not a contradiction.
-        if let Err(message) = run_binary(&generate, dir.path())
-            && !message.contains("non-finite log-probability")
-        {
-            panic!("export accepted the case, but the model it wrote does not run: {message}");
+        match run_binary(&generate, dir.path()) {
+            Ok(()) => Ok(()),
+            Err(message) if message.contains("non-finite log-probability") => Ok(()),
+            // generate reads the checkpoint's generation_config.json (and config.json's
+            // eos_token_id): a refusal there names the case, as any refusal must.
+            Err(message) if message.contains(case_file) => Err(message),
+            Err(message) => {
+                panic!("export accepted the case, but the model it wrote does not run: {message}")
+            }
         }
-        Ok(())
     })
     .text_if(text)
     .hot(hot)
@@ -507,8 +532,45 @@ fn export_target(
 fn export_config_json() {
     export_target(
         "export_config_json",
+        DEMO_CHECKPOINT,
         "config.json",
         vec![read("models/tiny-gemma2/config.json")],
+        |_| 0,
+        true,
+    );
+}
+
+/// The Llama-family and GPT-2 config readers (llama3 RoPE scaling, sliding windows, Qwen's
+/// switches, GPT-2's translated names), each against its own checkpoint.
+#[test]
+fn export_config_json_families() {
+    for (name, family) in [
+        ("export_config_json_llama", "llama"),
+        ("export_config_json_gpt2", "gpt2"),
+    ] {
+        let (source, files) = family_checkpoint(family);
+        let mut seeds = vec![read(&format!("{source}/config.json"))];
+        if family == "llama" {
+            for other in ["mistral", "qwen2", "qwen3"] {
+                seeds.push(read(&format!("tests/fixtures/families/{other}/config.json")));
+            }
+        }
+        export_target(name, (&source, files), "config.json", seeds, |_| 0, true);
+    }
+}
+
+/// `generate`'s stop ids from `generation_config.json` (read from the exported checkpoint).
+#[test]
+fn generation_config_json() {
+    let (source, files) = family_checkpoint("llama");
+    export_target(
+        "generation_config_json",
+        (&source, files),
+        "generation_config.json",
+        vec![
+            read(&format!("{source}/generation_config.json")),
+            br#"{"eos_token_id": [1, 2], "bos_token_id": 0}"#.to_vec(),
+        ],
         |_| 0,
         true,
     );
@@ -518,6 +580,7 @@ fn export_config_json() {
 fn export_safetensors() {
     export_target(
         "export_safetensors",
+        DEMO_CHECKPOINT,
         "model.safetensors",
         vec![read("models/tiny-gemma2/model.safetensors")],
         safetensors_hot,
