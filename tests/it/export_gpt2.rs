@@ -8,14 +8,11 @@ use crate::common;
 
 use common::golden::{Golden, compare};
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use ort::value::{DynValue, Tensor};
 use sae_onnx::contract::decoder_map::DecoderMap;
 use sae_onnx::contract::meta;
 use sae_onnx::export::{self, ExportOptions, Ops};
-use sae_onnx::infer::runtime::{self, SessionOptions};
 use sae_onnx::onnx::make::make_tensor_value_info_unshaped;
 use sae_onnx::onnx::{DataType, MS_DOMAIN, Model, SaveOptions};
 use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch_with_output};
@@ -131,53 +128,9 @@ fn gpt2_cached_steps_equal_transformers_full_sequence_logits() {
             ..Default::default()
         },
     );
-    let mut session = runtime::session(&model, &SessionOptions::default()).unwrap();
     let golden = Golden::load(&fixture().join("golden.safetensors"));
-    let (shape, ids) = golden.i64s("case3.input_ids");
-    let expected = golden.f32s("case3.logits");
-    let vocab = expected.len() / shape[1];
-    let mut past: HashMap<String, DynValue> = HashMap::new();
-    for l in 0..LAYERS {
-        for kind in ["key", "value"] {
-            let empty = Tensor::from_array(([1, HEADS, 0, HEAD_DIM], Vec::<f32>::new())).unwrap();
-            past.insert(format!("past_key_values.{l}.{kind}"), empty.into_dyn());
-        }
-    }
-    let (mut position, mut worst, mut steps) = (0, 0.0f32, 0);
-    for chunk in std::iter::once(3).chain(std::iter::repeat_n(1, shape[1] - 3)) {
-        let new = ids[position..position + chunk].to_vec();
-        let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![
-            (
-                "input_ids".into(),
-                Tensor::from_array(([1, chunk], new)).unwrap().into(),
-            ),
-            (
-                "attention_mask".into(),
-                Tensor::from_array(([1, position + chunk], vec![1i64; position + chunk]))
-                    .unwrap()
-                    .into(),
-            ),
-        ];
-        for (name, value) in past.drain() {
-            inputs.push((name.into(), value.into()));
-        }
-        let mut outputs = session.run(inputs).unwrap();
-        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().unwrap();
-        let want = &expected[position * vocab..(position + chunk) * vocab];
-        worst = logits
-            .iter()
-            .zip(want)
-            .map(|(a, e)| (a - e).abs())
-            .fold(worst, f32::max);
-        for l in 0..LAYERS {
-            for kind in ["key", "value"] {
-                let present = outputs.remove(format!("present.{l}.{kind}")).unwrap();
-                past.insert(format!("past_key_values.{l}.{kind}"), present);
-            }
-        }
-        position += chunk;
-        steps += 1;
-    }
+    let (worst, steps) =
+        crate::kv_cache::cached_steps(&model, &golden, "case3", (LAYERS, HEADS, HEAD_DIM), 3);
     assert!(steps >= 6, "{steps} steps");
     assert!(
         worst <= TOLERANCE,

@@ -43,15 +43,29 @@ fn cached_steps_equal_transformers_full_sequence_logits() {
 pub(crate) fn cached_steps_worst(model: &Path, checkpoint: &Path) -> f32 {
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).unwrap()).unwrap();
-    let (layers, kv_heads, head_dim) = (
+    let dims = (
         config["num_hidden_layers"].as_u64().unwrap() as usize,
         config["num_key_value_heads"].as_u64().unwrap() as usize,
         config["head_dim"].as_u64().unwrap() as usize,
     );
-    let mut session = runtime::session(model, &SessionOptions::default()).unwrap();
     let golden = Golden::load(&checkpoint.join("golden.safetensors"));
-    let (shape, ids) = golden.i64s("case2.input_ids");
-    let expected = golden.f32s("case2.logits");
+    cached_steps(model, &golden, "case2", dims, 5).0
+}
+
+/// Feeds the golden's `case` to the decoding graph `model` (cache `dims`: layers, kv heads,
+/// head size) as a `prefill`-token call and then one token per call, each call's `present` fed
+/// back as `past`. Returns the largest |Δlogit| from the golden's full-sequence logits and the
+/// number of calls.
+pub(crate) fn cached_steps(
+    model: &Path,
+    golden: &Golden,
+    case: &str,
+    (layers, kv_heads, head_dim): (usize, usize, usize),
+    prefill: usize,
+) -> (f32, usize) {
+    let mut session = runtime::session(model, &SessionOptions::default()).unwrap();
+    let (shape, ids) = golden.i64s(&format!("{case}.input_ids"));
+    let expected = golden.f32s(&format!("{case}.logits"));
     let vocab = expected.len() / shape[1];
     let mut past: HashMap<String, DynValue> = HashMap::new();
     for l in 0..layers {
@@ -60,9 +74,8 @@ pub(crate) fn cached_steps_worst(model: &Path, checkpoint: &Path) -> f32 {
             past.insert(format!("past_key_values.{l}.{kind}"), empty.into_dyn());
         }
     }
-    let mut position = 0;
-    let mut worst = 0.0f32;
-    for chunk in std::iter::once(5).chain(std::iter::repeat_n(1, shape[1] - 5)) {
+    let (mut position, mut worst, mut steps) = (0, 0.0f32, 0);
+    for chunk in std::iter::once(prefill).chain(std::iter::repeat_n(1, shape[1] - prefill)) {
         let new = ids[position..position + chunk].to_vec();
         let mut inputs: Vec<(std::borrow::Cow<str>, ort::session::SessionInputValue)> = vec![
             (
@@ -94,8 +107,9 @@ pub(crate) fn cached_steps_worst(model: &Path, checkpoint: &Path) -> f32 {
             }
         }
         position += chunk;
+        steps += 1;
     }
-    worst
+    (worst, steps)
 }
 
 #[test]
