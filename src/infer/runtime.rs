@@ -314,6 +314,16 @@ fn open_cached(
             EXTERNAL_MIN_BYTES,
         )
         .map_err(|e| anyhow!("{e}"))?;
+    // The CPU kernels' prepacked weights saved beside the plain ones: a later open maps them
+    // from the file instead of packing every matrix again into freshly zeroed memory (half of
+    // an open from the cache, the rest of which is parsing and mapping). The entry's data
+    // file holds both copies, twice the weights.
+    let builder = match options.device {
+        Device::Cpu => builder
+            .with_config_entry("session.save_external_prepacked_constant_initializers", "1")
+            .map_err(|e| anyhow!("{e}"))?,
+        Device::Cuda(_) => builder,
+    };
     let session = commit(builder).map_err(|e| anyhow!("{e}"))?;
     let origin = match entry.publish(staging) {
         Ok(()) => SessionOrigin::BuiltAndSaved,
