@@ -175,6 +175,26 @@ pub fn init(flag: Option<&Path>) -> Result<&'static Path> {
     Ok(path)
 }
 
+/// Starts [`init`] on another thread, so that finding and loading the library (which runs
+/// Python to look for a pip-installed `onnxruntime`, a tenth of a second or more behind a pyenv
+/// shim) overlaps the caller's own preparation instead of adding to the model's opening. Nothing
+/// is reported from that thread: the caller's next [`init`] waits for it and returns the
+/// library it loaded, or searches again and says why none loads.
+pub fn init_in_background(flag: Option<&Path>) {
+    if ENVIRONMENT.get().is_some() {
+        return;
+    }
+    let flag = flag.map(Path::to_path_buf);
+    let spawned = std::thread::Builder::new()
+        .name("ort-init".into())
+        .spawn(move || {
+            let _ = init(flag.as_deref());
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("ONNX Runtime is loaded when first needed: {e}");
+    }
+}
+
 /// What a session needs besides the model.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
