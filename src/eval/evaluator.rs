@@ -98,6 +98,7 @@ impl Evaluation {
 /// Evaluates `model_path` on `options.tasks` as lm-eval would.
 pub fn evaluate(model_path: &Path, options: &EvalOptions) -> Result<EvalOutcome> {
     let start = Instant::now();
+    crate::infer::runtime::init_in_background(options.session.ort_lib.as_deref());
     let prepared = PreparedEval::new(model_path, options)?;
     let mut evaluation = Evaluation::open(
         model_path,
@@ -132,6 +133,7 @@ pub fn evaluate_sweep(
     input: &crate::contract::sweep::CoefficientInput,
     values: &[f64],
 ) -> Result<Vec<SweepPoint>> {
+    crate::infer::runtime::init_in_background(options.session.ort_lib.as_deref());
     let prepared = PreparedEval::new(model_path, options)?;
     // Every point's output path and cache are checked before the first is scored.
     let mut evaluations = Vec::with_capacity(values.len());

@@ -175,6 +175,26 @@ pub fn init(flag: Option<&Path>) -> Result<&'static Path> {
     Ok(path)
 }
 
+/// Starts [`init`] on another thread, so that finding and loading the library (which runs
+/// Python to look for a pip-installed `onnxruntime`, a tenth of a second or more behind a pyenv
+/// shim) overlaps the caller's own preparation instead of adding to the model's opening. Nothing
+/// is reported from that thread: the caller's next [`init`] waits for it and returns the
+/// library it loaded, or searches again and says why none loads.
+pub fn init_in_background(flag: Option<&Path>) {
+    if ENVIRONMENT.get().is_some() {
+        return;
+    }
+    let flag = flag.map(Path::to_path_buf);
+    let spawned = std::thread::Builder::new()
+        .name("ort-init".into())
+        .spawn(move || {
+            let _ = init(flag.as_deref());
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("ONNX Runtime is loaded when first needed: {e}");
+    }
+}
+
 /// What a session needs besides the model.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
@@ -314,6 +334,16 @@ fn open_cached(
             EXTERNAL_MIN_BYTES,
         )
         .map_err(|e| anyhow!("{e}"))?;
+    // The CPU kernels' prepacked weights saved beside the plain ones: a later open maps them
+    // from the file instead of packing every matrix again into freshly zeroed memory (half of
+    // an open from the cache, the rest of which is parsing and mapping). The entry's data
+    // file holds both copies, twice the weights.
+    let builder = match options.device {
+        Device::Cpu => builder
+            .with_config_entry("session.save_external_prepacked_constant_initializers", "1")
+            .map_err(|e| anyhow!("{e}"))?,
+        Device::Cuda(_) => builder,
+    };
     let session = commit(builder).map_err(|e| anyhow!("{e}"))?;
     let origin = match entry.publish(staging) {
         Ok(()) => SessionOrigin::BuiltAndSaved,

@@ -2,7 +2,8 @@
 //! on a first open, and loaded with graph optimisation off on later opens of the same graph.
 //!
 //! Opt-in (`--session-cache` or `SAE_ONNX_SESSION_CACHE=1`), because an entry holds a copy of
-//! the weights. The key covers everything the optimised graph depends on: the graph bytes handed
+//! the weights, and on the CPU a second one packed for its matrix kernels (which a reopen maps
+//! instead of packing again). The key covers everything the optimised graph depends on: the graph bytes handed
 //! to ONNX Runtime, the external data files' identities, the runtime version, the provider and
 //! the host's CPU. An entry is written in a temporary folder and renamed into place whole, so a
 //! reader never sees half of one; an entry that fails to load is removed and rebuilt.
@@ -24,8 +25,9 @@ pub const DATA_FILE: &str = "model.onnx.data";
 /// have those sizes, is incomplete.
 const MANIFEST_FILE: &str = "manifest";
 
-/// Bumped when what an entry holds changes meaning, so old entries stop matching.
-const FORMAT: &str = "sae-onnx session cache 1";
+/// Bumped when what an entry holds changes meaning, so old entries stop matching (2: the CPU
+/// kernels' prepacked weights saved in the data file).
+const FORMAT: &str = "sae-onnx session cache 2";
 
 /// How a session came to be: what `--verbose` reports and what tests check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -136,3 +136,49 @@ fn a_fresh_cache_is_saved_on_first_open() {
     assert_eq!(setup.origin_of_open(Some(&cache)), SessionOrigin::BuiltAndSaved);
     assert_eq!(setup.origin_of_open(Some(&cache)), SessionOrigin::LoadedFromCache);
 }
+
+#[test]
+fn an_entry_holds_the_prepacked_weights_beside_the_plain_ones() {
+    let setup = Setup::new();
+    let cache = setup.root.path().join("fresh");
+    assert_eq!(setup.origin_of_open(Some(&cache)), SessionOrigin::BuiltAndSaved);
+    let entries: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let [entry] = entries.as_slice() else {
+        panic!("one entry expected: {entries:?}")
+    };
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let weights = size(&setup.model.with_extension("onnx.data"));
+    let saved = size(&entry.join("model.onnx.data"));
+    // Every matrix the CPU kernels pack is saved a second time, packed: a reopen maps it from
+    // the file instead of packing it again (without them the entry is the weights' size).
+    assert!(
+        saved * 2 >= weights * 3,
+        "the entry's data ({saved} bytes) holds no prepacked copy of the {weights} bytes of weights"
+    );
+}
+
+#[test]
+fn a_runtime_that_does_not_load_is_reported_by_eval() {
+    // eval looks for ONNX Runtime on another thread while it reads the tasks: a library that
+    // is not there must still fail the command, named, not be lost with that thread.
+    let setup = Setup::new();
+    let missing = setup.root.path().join("no-such-libonnxruntime.so");
+    let output = Command::new(env!("CARGO_BIN_EXE_sae-onnx"))
+        .args(["eval", "--task", TASK])
+        .arg(&setup.model)
+        .env("SAE_ONNX_HOME", setup.root.path().join("home"))
+        .env("ORT_DYLIB_PATH", &missing)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("ORT_DYLIB_PATH") && err.contains("no-such-libonnxruntime.so"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
