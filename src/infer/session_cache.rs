@@ -3,9 +3,9 @@
 //!
 //! Opt-in (`--session-cache` or `SAE_ONNX_SESSION_CACHE=1`), because an entry holds a copy of
 //! the weights, and on the CPU a second one packed for its matrix kernels (which a reopen maps
-//! instead of packing again). The key covers everything the optimised graph depends on: the graph bytes handed
-//! to ONNX Runtime, the external data files' identities, the runtime version, the provider and
-//! the host's CPU. An entry is written in a temporary folder and renamed into place whole, so a
+//! instead of packing again). The key covers everything the optimised graph depends on: the
+//! graph bytes handed to ONNX Runtime, the external data files' identities, the runtime
+//! version, the provider and the host's CPU. An entry is written in a temporary folder and renamed into place whole, so a
 //! reader never sees half of one; an entry that fails to load is removed and rebuilt.
 
 use std::fs;
