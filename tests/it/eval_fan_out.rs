@@ -5,7 +5,8 @@
 //! for their timings. Covered: one hook (lm-eval's vector); several hooks at different layers with
 //! `clamp`, `add_if_active` and `clamp_projection` rows, swept at the lowest, a middle and the
 //! highest row; batches the units do not fill; a decoding graph with shared few-shot prefixes (its
-//! caches below the hook computed once, above it once per value).
+//! caches below the hook computed once, above it once per value); generate_until on a decoding
+//! graph (each prompt's prefill below the hook once, then each value decodes on its own).
 
 use crate::common;
 
@@ -15,6 +16,7 @@ use sae_onnx::contract::sweep::{CoefficientInput, coefficient_inputs};
 use sae_onnx::eval::evaluator::{self, SweepPoint};
 use sae_onnx::eval::options::{BatchSize, EvalOptions};
 use sae_onnx::export::{self, ExportOptions};
+use sae_onnx::infer::generate::Generator;
 use sae_onnx::infer::lm::{FanOutOpening, ScoringModel};
 use sae_onnx::infer::runtime::SessionOptions;
 use sae_onnx::onnx::Model;
@@ -281,6 +283,72 @@ fn a_decoding_graph_with_shared_prefixes_fanned_out_equals_one_pass_per_value() 
             input.input,
             stats.shared_prefix_tokens,
             stats.tokens
+        );
+    }
+}
+
+/// generate_until on a decoding graph: each prompt's prefill runs below the hook once and above
+/// it once per value, then each value decodes on its own from that cache. Every point's samples
+/// (the generations, filtered responses and metrics) and results are those of one pass per
+/// value; the first and last values generate differently (the check can fail).
+#[test]
+fn a_decoding_graph_generating_with_a_fanned_out_prefill_equals_one_pass_per_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export_options = ExportOptions {
+        kv_cache: true,
+        ..Default::default()
+    };
+    let steered = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &export_options);
+    let inputs = coefficient_inputs(&Model::load(&steered).unwrap().proto).unwrap();
+    let row = |action: &str, hook: &str| {
+        inputs
+            .iter()
+            .find(|c| c.action == action && c.hook == hook)
+            .unwrap_or_else(|| panic!("no {action} row at {hook}"))
+    };
+    let options = EvalOptions {
+        tasks: vec!["tiny_gsm".into()],
+        num_fewshot: Some(0),
+        include_paths: vec![PathBuf::from("tests/fixtures/lm_eval_gen/tasks")],
+        log_samples: true,
+        ..Default::default()
+    };
+    for (input, values) in [
+        (row("clamp", "blocks.1.hook_mlp_out"), [0.0, 60.0, 600.0]),
+        (
+            row("add_if_active", "blocks.2.hook_resid_post"),
+            [0.0, 80.0, 800.0],
+        ),
+    ] {
+        let split = Generator::prefill_fan_out(&steered, &input.input, &SessionOptions::default()).unwrap();
+        assert!(
+            split.is_ok(),
+            "{}: the prefill was not split: {:?}",
+            input.input,
+            split.err()
+        );
+        let options = EvalOptions {
+            output_path: Some(tmp.path().join(&input.input)),
+            ..options.clone()
+        };
+        let fanned = sweep(&steered, input, &values, &options, true);
+        let passes = sweep(&steered, input, &values, &options, false);
+        for (f, p) in fanned.iter().zip(&passes) {
+            let what = format!("{} = {}", input.input, f.value);
+            assert_eq!(samples(f), samples(p), "{what}: samples");
+            assert_eq!(results_without_timings(f), results_without_timings(p), "{what}");
+        }
+        let generated = |point: &SweepPoint| -> Vec<Value> {
+            samples(point)
+                .into_iter()
+                .flat_map(|(_, lines)| lines.into_iter().map(|l| l["resps"].clone()))
+                .collect()
+        };
+        assert_ne!(
+            generated(&fanned[0]),
+            generated(&passes[values.len() - 1]),
+            "{}: the first and last values generate alike; the test could not fail",
+            input.input
         );
     }
 }
