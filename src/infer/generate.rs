@@ -460,7 +460,6 @@ impl Generator {
                         &[prompt.len()],
                         past.as_deref(),
                     )?;
-                    drop(past);
                     cache = Some(presents);
                     log_softmax(&logits.remove(0))
                 }
