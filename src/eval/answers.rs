@@ -17,6 +17,7 @@ use super::task_output::Generations;
 use crate::infer::generate::{GenerateOptions, Generator};
 use crate::infer::lm::{FanOutOpening, ScoringModel, ScoringStats, TokenRequest};
 use crate::infer::runtime::ScalarFeed;
+use crate::infer::sweep_decode::SweepDecoder;
 use crate::progress;
 
 /// Sessions opened on a pass's first use and kept for the passes after it.
@@ -245,16 +246,17 @@ pub fn generate_all(
     Ok(generations.pop().expect("one value"))
 }
 
-/// A sweep's generations for all its points at once, on a decoding graph: each prompt's prefill
-/// below the coefficient input `swept` once, above it once per point's feeds, then each point
-/// decodes on its own. `None` (with the reason on stderr) when the model is not a decoding graph
-/// or does not split there: the points then generate one pass each.
+/// A sweep's generations for all its points at once, on a decoding graph: each prompt is
+/// prefilled below the coefficient input `swept` once and above it once per value, then the
+/// values decode together, one row each ([`SweepDecoder`]). `None` (with the reason on stderr)
+/// when the model is not a decoding graph or does not fan out there: the points then generate
+/// one pass each.
 pub fn generate_all_fanned_out(
     model_path: &Path,
     options: &EvalOptions,
     prepared: &PreparedEval,
     swept: &str,
-    values: &[Vec<ScalarFeed>],
+    values: &[f64],
 ) -> Result<Option<Vec<Generations>>> {
     let generating: Vec<&(Task, Vec<Document>)> = prepared
         .tasks
@@ -264,29 +266,28 @@ pub fn generate_all_fanned_out(
     if generating.is_empty() {
         return Ok(Some(vec![Generations::new(); values.len()]));
     }
-    let mut fan_out = match Generator::prefill_fan_out(model_path, swept, &options.session)? {
-        Ok(fan_out) => fan_out,
-        Err(reason) => {
-            eprintln!(
-                "sweep: generate_until one pass per value (the prefill does not fan out at '{swept}': {reason})"
-            );
-            return Ok(None);
-        }
-    };
     let base = GenerateOptions {
         session: options.session.clone(),
         tokenizer: options.tokenizer.clone(),
         hub: options.hub.clone(),
         ..Default::default()
     };
-    let mut generator = Generator::open(model_path, &base)?;
+    let mut decoder = match SweepDecoder::open(model_path, swept, &base)? {
+        Ok(decoder) => decoder,
+        Err(reason) => {
+            eprintln!(
+                "sweep: generate_until one pass per value (it does not fan out at '{swept}': {reason})"
+            );
+            return Ok(None);
+        }
+    };
     let generations = generate_documents(
         options,
         prepared,
         &generating,
         &base,
         values.len(),
-        |ids, gen_options| generator.generate_per_value(&mut fan_out, ids, values, gen_options),
+        |ids, gen_options| decoder.generate(ids, values, gen_options),
     )?;
     Ok(Some(generations))
 }

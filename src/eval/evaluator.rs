@@ -177,9 +177,8 @@ pub fn evaluate_sweep(
     }
     let mut generated: Vec<Option<Generations>> = vec![None; evaluations.len()];
     if options.fan_out && evaluations.len() > 1 {
-        let values: Vec<Vec<ScalarFeed>> = evaluations.iter().map(|(_, _, e)| e.feeds.clone()).collect();
         if let Some(made) =
-            answers::generate_all_fanned_out(model_path, options, &prepared, &input.input, &values)?
+            answers::generate_all_fanned_out(model_path, options, &prepared, &input.input, values)?
         {
             generated = made.into_iter().map(Some).collect();
         }

@@ -5,13 +5,11 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use ort::value::DynValue;
 
 use crate::contract::meta;
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, past_name, present_name};
 use crate::hub::Hub;
 use crate::infer::chat_template::{ChatTemplate, Message};
-use crate::infer::fan_out::{FanOut, Feed, value_feeds};
 use crate::infer::lm::ScoringModel;
 use crate::infer::runtime::{Device, ScalarFeed, SessionOptions};
 use crate::onnx::Model;
@@ -145,7 +143,7 @@ impl ChatFormat {
 const DEFAULT_CONTEXT: usize = 8192;
 
 /// The model's context length from its metadata; 0 or junk is an error naming the model.
-fn context_of(model: &Model, path: &Path) -> Result<usize> {
+pub(crate) fn context_of(model: &Model, path: &Path) -> Result<usize> {
     let Some(text) = model.metadata(meta::MAX_POSITIONS) else {
         tracing::warn!(
             "'{}' does not record its context length (max_position_embeddings); generating at most {DEFAULT_CONTEXT} tokens",
@@ -219,44 +217,9 @@ impl Generator {
         })
     }
 
-    /// The decoding graph at `path` split at the coefficient input `swept`, for
-    /// [`Generator::generate_per_value`]'s prefills. `Ok(Err(reason))` when it is not a decoding
-    /// graph or does not split there.
-    pub fn prefill_fan_out(
-        path: &Path,
-        swept: &str,
-        options: &SessionOptions,
-    ) -> Result<Result<FanOut, String>> {
-        let model = Model::load(path)?;
-        let Some(layout) = crate::infer::kv_cache::CacheLayout::of(&model)? else {
-            return Ok(Err(
-                "it is not a decoding graph (sae-onnx export --kv-cache)".into()
-            ));
-        };
-        // The caches are fed back: those that depend on the value vary with it.
-        let carried: std::collections::HashMap<String, String> = (0..layout.layers)
-            .flat_map(|layer| {
-                ["key", "value"].map(|kind| (present_name(layer, kind), past_name(layer, kind)))
-            })
-            .collect();
-        FanOut::open(&model, swept, &carried, options)
-    }
-
     /// Refuses a prompt that leaves no room for a new token in the model's context.
     fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
-        if prompt.is_empty() {
-            bail!("the prompt encodes to no tokens");
-        }
-        if prompt.len() >= self.context {
-            bail!(
-                "the prompt is {} tokens, and the model's context is {} (max_position_embeddings): \
-                 nothing can follow it. Shorten the prompt to under {} tokens",
-                prompt.len(),
-                self.context,
-                self.context
-            );
-        }
-        Ok(())
+        check_prompt(prompt, self.context)
     }
 
     /// Whether the session was optimised now or loaded from the session cache.
@@ -348,90 +311,16 @@ impl Generator {
         &mut self,
         prompt: &[u32],
         options: &GenerateOptions,
-        on_text: impl FnMut(&str),
-    ) -> Result<Generation> {
-        self.check_prompt(prompt)?;
-        self.generate_after(prompt, options, on_text, None)
-    }
-
-    /// Greedy or sampled generations from `prompt`, one per entry of `values` (each value's
-    /// coefficient feeds), on a decoding graph: the prompt's prefill runs through `fan_out` (the
-    /// same graph split at the swept coefficient), below the cut once and above it once per value;
-    /// each value then decodes on the whole graph from its cache: the caches of the layers below
-    /// the cut shared, its own above. Each generation is the one [`Generator::generate`] makes
-    /// with the value's feeds set.
-    pub fn generate_per_value(
-        &mut self,
-        fan_out: &mut FanOut,
-        prompt: &[u32],
-        values: &[Vec<ScalarFeed>],
-        options: &GenerateOptions,
-    ) -> Result<Vec<Generation>> {
-        self.check_prompt(prompt)?;
-        let Backend::Cache(kv) = &self.backend else {
-            bail!("a prefill fans out on a decoding graph (sae-onnx export --kv-cache) only");
-        };
-        let prefill = kv.prefill_inputs(prompt)?;
-        let common: Vec<Feed<'_>> = prefill.iter().map(|(n, v)| (n.as_str(), v)).collect();
-        let fed: Vec<Vec<(String, DynValue)>> =
-            values.iter().map(|f| value_feeds(f)).collect::<Result<_>>()?;
-        let per_value: Vec<Vec<Feed<'_>>> = fed
-            .iter()
-            .map(|f| f.iter().map(|(n, v)| (n.as_str(), v)).collect())
-            .collect();
-        let presents: Vec<String> = (0..kv.layout.layers)
-            .flat_map(|layer| ["key", "value"].map(|kind| present_name(layer, kind)))
-            .collect();
-        if fan_out.makes_below(LOGITS) {
-            bail!("the logits do not depend on the swept coefficient: there is nothing to fan out");
-        }
-        let (below, above): (Vec<&str>, Vec<&str>) = presents
-            .iter()
-            .map(String::as_str)
-            .partition(|name| fan_out.makes_below(name));
-        let upper_outputs: Vec<&str> = std::iter::once(LOGITS).chain(above.iter().copied()).collect();
-        let (shared, per_value) = fan_out
-            .run(&common, &per_value, &below, &upper_outputs)
-            .context("prefilling the prompt fanned out")?;
-        let mut generations = Vec::with_capacity(values.len());
-        for (feeds, outputs) in values.iter().zip(&per_value) {
-            // The whole cache in the graph's order: each layer's from whichever part made it.
-            let (mut from_below, mut from_above) = (shared.iter(), outputs[1..].iter());
-            let cache: Vec<&DynValue> = presents
-                .iter()
-                .map(|name| {
-                    if fan_out.makes_below(name) {
-                        from_below.next()
-                    } else {
-                        from_above.next()
-                    }
-                    .context("a prefilled cache entry is missing")
-                })
-                .collect::<Result<_>>()?;
-            let logits = last_logits(&outputs[0], 1, prompt.len())?.remove(0);
-            self.set_feeds(feeds.clone());
-            generations.push(self.generate_after(prompt, options, |_| {}, Some((logits, cache)))?);
-        }
-        Ok(generations)
-    }
-
-    /// [`Generator::generate`] of a checked prompt; on a decoding graph, `prefilled` is the
-    /// prompt's last logits and cache when they were computed elsewhere.
-    fn generate_after(
-        &mut self,
-        prompt: &[u32],
-        options: &GenerateOptions,
         mut on_text: impl FnMut(&str),
-        prefilled: Option<(Vec<f32>, Vec<&DynValue>)>,
     ) -> Result<Generation> {
+        self.check_prompt(prompt)?;
         let start = std::time::Instant::now();
-        let (mut prefill_logits, prefill_cache) = prefilled.unzip();
         let mut rng = PyRandom::new(options.seed);
         let mut sequence = prompt.to_vec();
         let mut tokens = Vec::new();
         let mut shown = String::new();
         let mut finish = "length";
-        let mut cache: Option<Vec<DynValue>> = None;
+        let mut cache: Option<Vec<ort::value::DynValue>> = None;
         while tokens.len() < options.max_new_tokens {
             if sequence.len() >= self.context {
                 finish = "context";
@@ -441,25 +330,14 @@ impl Generator {
                 Backend::Recompute(scorer) => scorer
                     .next_token_logprobs(&[&sequence], &[prompt.len()], self.vocab)?
                     .remove(0),
-                Backend::Cache(_) if prefill_logits.is_some() => {
-                    log_softmax(&prefill_logits.take().expect("checked by the guard"))
-                }
                 Backend::Cache(kv) => {
-                    let past: Option<Vec<&DynValue>> = cache
-                        .as_ref()
-                        .map(|c| c.iter().collect())
-                        .or_else(|| prefill_cache.clone());
-                    let fed = if past.is_some() {
+                    let fed = if cache.is_some() {
                         &sequence[sequence.len() - 1..]
                     } else {
                         &sequence[..]
                     };
-                    let (mut logits, presents) = kv.step(
-                        &[fed],
-                        &[vec![1; sequence.len()]],
-                        &[prompt.len()],
-                        past.as_deref(),
-                    )?;
+                    let (mut logits, presents) =
+                        kv.step(&[fed], &[vec![1; sequence.len()]], &[prompt.len()], cache.take())?;
                     cache = Some(presents);
                     log_softmax(&logits.remove(0))
                 }
@@ -532,8 +410,7 @@ impl BatchDecoder<'_> {
             }
             let fed: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
             let fed: Vec<&[u32]> = fed.iter().map(|r| r.as_slice()).collect();
-            let past: Vec<&DynValue> = cache.iter().collect();
-            (logits, cache) = self.kv.step(&fed, &rows.masks, &prompt_lengths, Some(&past))?;
+            (logits, cache) = self.kv.step(&fed, &rows.masks, &prompt_lengths, Some(cache))?;
         }
         rows.into_generations(self.tokenizer, options, start.elapsed().as_secs_f64())
     }
@@ -646,32 +523,6 @@ impl<'p> BatchRows<'p> {
 }
 
 impl KvCache {
-    /// The inputs of one prompt's prefill: its tokens, its mask, the empty cache and (for a graph
-    /// that steers by it) its prompt length; not the coefficients.
-    fn prefill_inputs(&self, prompt: &[u32]) -> Result<Vec<(String, DynValue)>> {
-        use ort::value::Tensor;
-        let n = prompt.len();
-        let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
-        let mut inputs = vec![
-            (
-                INPUT_IDS.to_owned(),
-                Tensor::from_array(([1, n], ids))?.into_dyn(),
-            ),
-            (
-                ATTENTION_MASK.to_owned(),
-                Tensor::from_array(([1, n], vec![1i64; n]))?.into_dyn(),
-            ),
-        ];
-        let names =
-            (0..self.layout.layers).flat_map(|layer| ["key", "value"].map(|kind| past_name(layer, kind)));
-        inputs.extend(names.zip(self.layout.empty(1)?));
-        if self.reads_prompt_length {
-            let length = Tensor::from_array(([1], vec![n as i64]))?.into_dyn();
-            inputs.push((crate::contract::PROMPT_LENGTH.to_owned(), length));
-        }
-        Ok(inputs)
-    }
-
     /// Runs `new` tokens after a cache of `total - new.len()` tokens (empty on the first call);
     /// returns the last position's logits and the updated cache. `prompt_lengths`: each row's
     /// prompt tokens (padding not counted), for a graph that steers by them.
@@ -680,17 +531,13 @@ impl KvCache {
         rows: &[&[u32]],
         mask: &[Vec<i64>],
         prompt_lengths: &[usize],
-        past: Option<&[&DynValue]>,
-    ) -> Result<(Vec<Vec<f32>>, Vec<DynValue>)> {
+        past: Option<Vec<ort::value::DynValue>>,
+    ) -> Result<(Vec<Vec<f32>>, Vec<ort::value::DynValue>)> {
         use ort::value::Tensor;
         let batch = rows.len();
-        let empty;
-        let past: Vec<&DynValue> = match past {
-            Some(values) => values.to_vec(),
-            None => {
-                empty = self.layout.empty(batch)?;
-                empty.iter().collect()
-            }
+        let past = match past {
+            Some(values) => values,
+            None => self.layout.empty(batch)?,
         };
         let width = rows[0].len();
         let ids: Vec<i64> = rows
@@ -706,7 +553,7 @@ impl KvCache {
         for layer in 0..self.layout.layers {
             for kind in ["key", "value"] {
                 let value = past.next().context("cache entries are missing")?;
-                binding.bind_input(past_name(layer, kind), value)?;
+                binding.bind_input(past_name(layer, kind), &value)?;
                 binding.bind_output_to_device(present_name(layer, kind), &self.cache_memory)?;
             }
         }
@@ -725,7 +572,20 @@ impl KvCache {
             .session
             .run_binding(&binding)
             .context("running a decoding step")?;
-        let last = last_logits(&outputs[LOGITS], batch, width)?;
+        let (shape, logits) = outputs[LOGITS].try_extract_tensor::<f32>()?;
+        let vocab = usize::try_from(*shape.last().context("logits have no vocabulary axis")?).unwrap_or(0);
+        if vocab == 0 || logits.len() != batch * width * vocab {
+            bail!(
+                "the decoding graph's logits have shape {shape:?}, not [{batch}, {width}, vocabulary]: \
+                 is it an sae-onnx export with --kv-cache?"
+            );
+        }
+        let last = (0..batch)
+            .map(|b| {
+                let end = (b * width + width) * vocab;
+                logits[end - vocab..end].to_vec()
+            })
+            .collect();
         let mut presents = Vec::with_capacity(2 * self.layout.layers);
         for layer in 0..self.layout.layers {
             for kind in ["key", "value"] {
@@ -740,25 +600,22 @@ impl KvCache {
     }
 }
 
-/// Each row's logits at its last position, from a decoding graph's `[batch, width, vocabulary]`.
-fn last_logits(logits: &DynValue, batch: usize, width: usize) -> Result<Vec<Vec<f32>>> {
-    let (shape, logits) = logits.try_extract_tensor::<f32>()?;
-    let vocab = usize::try_from(*shape.last().context("logits have no vocabulary axis")?).unwrap_or(0);
-    if vocab == 0 || logits.len() != batch * width * vocab {
+/// Refuses a prompt that leaves no room for a new token in a `context` of that many tokens.
+pub(crate) fn check_prompt(prompt: &[u32], context: usize) -> Result<()> {
+    if prompt.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    if prompt.len() >= context {
         bail!(
-            "the decoding graph's logits have shape {shape:?}, not [{batch}, {width}, vocabulary]: \
-             is it an sae-onnx export with --kv-cache?"
+            "the prompt is {} tokens, and the model's context is {context} (max_position_embeddings): \
+             nothing can follow it. Shorten the prompt to under {context} tokens",
+            prompt.len(),
         );
     }
-    Ok((0..batch)
-        .map(|b| {
-            let end = (b * width + width) * vocab;
-            logits[end - vocab..end].to_vec()
-        })
-        .collect())
+    Ok(())
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
+pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln() as f32 + max;
     logits.iter().map(|&x| x - log_sum).collect()
@@ -766,7 +623,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
 
 /// The next token: argmax when greedy; else a draw from the temperature-scaled distribution
 /// restricted to the top-k tokens and the top-p nucleus (as transformers' warpers do).
-fn pick(logprobs: &[f32], options: &GenerateOptions, rng: &mut PyRandom) -> Option<u32> {
+pub(crate) fn pick(logprobs: &[f32], options: &GenerateOptions, rng: &mut PyRandom) -> Option<u32> {
     let greedy = options.temperature <= 0.0;
     if greedy {
         // First maximum, as torch.argmax.

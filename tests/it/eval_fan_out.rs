@@ -16,9 +16,10 @@ use sae_onnx::contract::sweep::{CoefficientInput, coefficient_inputs};
 use sae_onnx::eval::evaluator::{self, SweepPoint};
 use sae_onnx::eval::options::{BatchSize, EvalOptions};
 use sae_onnx::export::{self, ExportOptions};
-use sae_onnx::infer::generate::Generator;
+use sae_onnx::infer::generate::GenerateOptions;
 use sae_onnx::infer::lm::{FanOutOpening, ScoringModel};
 use sae_onnx::infer::runtime::SessionOptions;
+use sae_onnx::infer::sweep_decode::SweepDecoder;
 use sae_onnx::onnx::Model;
 use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch_with_output};
 use serde_json::Value;
@@ -320,12 +321,12 @@ fn a_decoding_graph_generating_with_a_fanned_out_prefill_equals_one_pass_per_val
             [0.0, 80.0, 800.0],
         ),
     ] {
-        let split = Generator::prefill_fan_out(&steered, &input.input, &SessionOptions::default()).unwrap();
+        let opened = SweepDecoder::open(&steered, &input.input, &GenerateOptions::default()).unwrap();
         assert!(
-            split.is_ok(),
-            "{}: the prefill was not split: {:?}",
+            opened.is_ok(),
+            "{}: the sweep does not decode fanned out: {:?}",
             input.input,
-            split.err()
+            opened.err()
         );
         let options = EvalOptions {
             output_path: Some(tmp.path().join(&input.input)),
