@@ -170,7 +170,7 @@ fn one_hook_fanned_out_equals_one_pass_per_value() {
 
 /// The demo model exported with `export_options` and patched `--sweepable` with the fixture
 /// `csv` (each coefficient an input).
-fn sweepable_demo(dir: &Path, csv: &str, export_options: &ExportOptions) -> PathBuf {
+pub(crate) fn sweepable_demo(dir: &Path, csv: &str, export_options: &ExportOptions) -> PathBuf {
     let base = dir.join("demo.onnx");
     export::export("models/tiny-gemma2", &base, export_options).unwrap();
     let out = dir.join("steered.onnx");
