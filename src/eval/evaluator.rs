@@ -176,12 +176,12 @@ pub fn evaluate_sweep(
         }
     }
     let mut generated: Vec<Option<Generations>> = vec![None; evaluations.len()];
-    if options.fan_out && evaluations.len() > 1 {
-        if let Some(made) =
+    if options.fan_out
+        && evaluations.len() > 1
+        && let Some(made) =
             answers::generate_all_fanned_out(model_path, options, &prepared, &input.input, values)?
-        {
-            generated = made.into_iter().map(Some).collect();
-        }
+    {
+        generated = made.into_iter().map(Some).collect();
     }
     let share = fanning.elapsed() / u32::try_from(evaluations.len()).unwrap_or(u32::MAX).max(1);
     let mut run = Run {

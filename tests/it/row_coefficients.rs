@@ -64,7 +64,11 @@ fn per_row_coefficients_give_each_row_the_logits_of_its_value_alone() {
             !rewritten.graph().initializer.iter().any(|t| t.name() == name),
             "{name}: its default is still there"
         );
-        let rows = logits(&rewritten, values.len(), (name, row_values(input.dtype, &values).unwrap()));
+        let rows = logits(
+            &rewritten,
+            values.len(),
+            (name, row_values(input.dtype, &values).unwrap()),
+        );
         let per_row = rows.len() / values.len();
         for (k, expected) in alone.iter().enumerate() {
             let got = &rows[k * per_row..(k + 1) * per_row];
@@ -73,14 +77,21 @@ fn per_row_coefficients_give_each_row_the_logits_of_its_value_alone() {
                 .zip(expected)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
-            assert!(worst <= 1e-5, "{action} {name} = {}: row {k} differs by {worst}", values[k]);
+            assert!(
+                worst <= 1e-5,
+                "{action} {name} = {}: row {k} differs by {worst}",
+                values[k]
+            );
         }
         let moved = alone[0]
             .iter()
             .zip(&alone[values.len() - 1])
             .map(|(a, b)| (a - b).abs())
             .fold(0.0f32, f32::max);
-        assert!(moved > 1e-2, "{action} {name}: the values give alike logits; the test could not fail");
+        assert!(
+            moved > 1e-2,
+            "{action} {name}: the values give alike logits; the test could not fail"
+        );
     }
 }
 
@@ -102,6 +113,9 @@ fn a_foreign_edit_of_a_coefficient_chain_is_refused_and_the_model_left_as_it_was
         .push(make_node("Identity", &[&name], &["foreign"], "foreign_reader"));
     let before = model.proto.clone();
     let error = per_row_coefficients(&mut model, &[&name]).unwrap_err();
-    assert!(format!("{error:#}").contains("read by several nodes"), "{error:#}");
+    assert!(
+        format!("{error:#}").contains("read by several nodes"),
+        "{error:#}"
+    );
     assert_eq!(model.proto, before, "a refused rewrite edited the model");
 }
