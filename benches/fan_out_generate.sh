@@ -14,7 +14,8 @@
 #
 # Knobs: BENCH_TMP (checkpoint and models, default ${TMPDIR:-/tmp}/sae-onnx-bench), BENCH_PYTHON
 # (numpy, safetensors, torch for the checkpoint and SAE: default python3), SAE_ONNX (default
-# target/release/sae-onnx), LIMIT (default 10), SHOTS (default 3).
+# target/release/sae-onnx), LIMIT (default 10), SHOTS (default 3), VALUES (default
+# 0,32,64,96,128,192,256,512: on the random checkpoint the generations change between 64 and 512).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
@@ -23,7 +24,7 @@ PY=${BENCH_PYTHON:-python3}
 BIN=${SAE_ONNX:-target/release/sae-onnx}
 LIMIT=${LIMIT:-10}
 SHOTS=${SHOTS:-3}
-VALUES=0,4,8,16,32,64,-8,-32
+VALUES=${VALUES:-0,32,64,96,128,192,256,512}
 mkdir -p "$T/fanout" benches/results
 [ -x "$BIN" ] || cargo build --release --quiet
 ckpt=$T/ckpt/gemma2-100m
@@ -62,6 +63,6 @@ print(json.dumps({"generations": docs, "differing_from_passes": differing, "dist
 PY
 )
 ratio() { echo "$1 / $2" | bc -l | cut -c1-5; }
-line="{\"task\": \"bench_gen\", \"shots\": $SHOTS, \"limit\": $LIMIT, \"values\": 8, \"fan_out_s\": $fan, \"passes_s\": $passes, \"passes_over_fan_out\": $(ratio "$passes" "$fan"), \"agreement\": $agreement"
+line="{\"task\": \"bench_gen\", \"shots\": $SHOTS, \"limit\": $LIMIT, \"values\": \"$VALUES\", \"fan_out_s\": $fan, \"passes_s\": $passes, \"passes_over_fan_out\": $(ratio "$passes" "$fan"), \"agreement\": $agreement"
 line+=", \"cores\": $(nproc), \"load_before\": \"$load_before\", \"load_after\": \"$(cut -d' ' -f1-3 /proc/loadavg)\", \"date\": \"$(date -u '+%F %T UTC')\"}"
 echo "$line" | tee -a benches/results/fan_out_generate.jsonl

@@ -6,7 +6,8 @@
 //! `clamp`, `add_if_active` and `clamp_projection` rows, swept at the lowest, a middle and the
 //! highest row; batches the units do not fill; a decoding graph with shared few-shot prefixes (its
 //! caches below the hook computed once, above it once per value); generate_until on a decoding
-//! graph (each prompt's prefill below the hook once, then each value decodes on its own).
+//! graph (each prompt's prefill below the hook once, then the values decode as rows of one batch,
+//! each row leaving it when it stops), against one pass per value and against `Generator`.
 
 use crate::common;
 
@@ -16,9 +17,9 @@ use sae_onnx::contract::sweep::{CoefficientInput, coefficient_inputs};
 use sae_onnx::eval::evaluator::{self, SweepPoint};
 use sae_onnx::eval::options::{BatchSize, EvalOptions};
 use sae_onnx::export::{self, ExportOptions};
-use sae_onnx::infer::generate::GenerateOptions;
+use sae_onnx::infer::generate::{GenerateOptions, Generator};
 use sae_onnx::infer::lm::{FanOutOpening, ScoringModel};
-use sae_onnx::infer::runtime::SessionOptions;
+use sae_onnx::infer::runtime::{ScalarFeed, SessionOptions};
 use sae_onnx::infer::sweep_decode::SweepDecoder;
 use sae_onnx::onnx::Model;
 use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch_with_output};
@@ -289,7 +290,7 @@ fn a_decoding_graph_with_shared_prefixes_fanned_out_equals_one_pass_per_value() 
 }
 
 /// generate_until on a decoding graph: each prompt's prefill runs below the hook once and above
-/// it once per value, then each value decodes on its own from that cache. Every point's samples
+/// it once per value, then the values decode together, one row each. Every point's samples
 /// (the generations, filtered responses and metrics) and results are those of one pass per
 /// value; the first and last values generate differently (the check can fail).
 #[test]
@@ -352,4 +353,73 @@ fn a_decoding_graph_generating_with_a_fanned_out_prefill_equals_one_pass_per_val
             input.input
         );
     }
+}
+
+/// The rows of a fanned-out generation stop on their own (here at stop strings or the budget,
+/// at different steps) and each is the generation `Generator` makes at its value alone,
+/// greedy and sampled (a random generator per row, seeded as a pass of its own).
+#[test]
+fn fanned_out_rows_stopping_at_different_steps_generate_as_each_value_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export_options = ExportOptions {
+        kv_cache: true,
+        ..Default::default()
+    };
+    let steered = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &export_options);
+    let inputs = coefficient_inputs(&Model::load(&steered).unwrap().proto).unwrap();
+    let input = inputs
+        .iter()
+        .find(|c| c.action == "clamp" && c.hook == "blocks.1.hook_mlp_out")
+        .unwrap();
+    let values = [0.0, 20.0, 60.0, 200.0, 600.0, -300.0];
+    let mut decoder = SweepDecoder::open(&steered, &input.input, &GenerateOptions::default())
+        .unwrap()
+        .unwrap();
+    let mut generator = Generator::open(&steered, &GenerateOptions::default()).unwrap();
+    let mut lengths = std::collections::BTreeSet::new();
+    for (prompt, options) in [
+        (
+            "Question: Tom has 3 apples and eats 1. How many are left?\nAnswer:",
+            GenerateOptions {
+                max_new_tokens: 24,
+                // What the values repeat (the demo model loops), cut at different lengths.
+                stop: vec!["nswer:nswer:nswer:".into(), "ctct".into(), "everyevery".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "The cat",
+            GenerateOptions {
+                max_new_tokens: 16,
+                temperature: 0.8,
+                top_k: Some(20),
+                seed: 7,
+                stop: vec!["?\nA?\nA".into(), "ctctctct".into()],
+                ..Default::default()
+            },
+        ),
+    ] {
+        let ids = generator.encode_prompt(prompt, false).unwrap();
+        let together = decoder.generate(&ids, &values, &options).unwrap();
+        for (&value, made) in values.iter().zip(&together) {
+            generator.set_feeds(vec![ScalarFeed {
+                name: input.input.clone(),
+                value,
+                dtype: input.dtype,
+            }]);
+            let alone = generator.generate(&ids, &options, |_| {}).unwrap();
+            let what = format!("{prompt:?} at {value}");
+            assert_eq!(made.tokens, alone.tokens, "{what}");
+            assert_eq!(
+                (made.text.as_str(), made.finish),
+                (alone.text.as_str(), alone.finish),
+                "{what}"
+            );
+            lengths.insert(made.tokens.len());
+        }
+    }
+    assert!(
+        lengths.len() >= 3,
+        "the rows stopped after {lengths:?} tokens: too few different steps to show that rows leave the batch"
+    );
 }
