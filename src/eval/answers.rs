@@ -17,6 +17,7 @@ use super::task_output::Generations;
 use crate::infer::generate::{GenerateOptions, Generator};
 use crate::infer::lm::{FanOutOpening, ScoringModel, ScoringStats, TokenRequest};
 use crate::infer::runtime::ScalarFeed;
+use crate::infer::sweep_decode::SweepDecoder;
 use crate::progress;
 
 /// Sessions opened on a pass's first use and kept for the passes after it.
@@ -219,14 +220,13 @@ pub fn generate_all(
     sessions: &mut Sessions,
     feeds: &[ScalarFeed],
 ) -> Result<Generations> {
-    let mut generations = Generations::new();
     let generating: Vec<&(Task, Vec<Document>)> = prepared
         .tasks
         .iter()
         .filter(|(t, _)| t.output_type == OutputType::GenerateUntil)
         .collect();
     if generating.is_empty() {
-        return Ok(generations);
+        return Ok(Generations::new());
     }
     let base = GenerateOptions {
         session: options.session.clone(),
@@ -239,6 +239,70 @@ pub fn generate_all(
     }
     let generator = sessions.generator.as_mut().expect("opened above");
     generator.set_feeds(feeds.to_vec());
+    let mut generations =
+        generate_documents(options, prepared, &generating, &base, 1, |ids, gen_options| {
+            Ok(vec![generator.generate(ids, gen_options, |_| {})?])
+        })?;
+    Ok(generations.pop().expect("one value"))
+}
+
+/// A sweep's generations for all its points at once, on a decoding graph: each prompt is
+/// prefilled below the coefficient input `swept` once and above it once per value, then the
+/// values decode together, one row each ([`SweepDecoder`]). `None` (with the reason on stderr)
+/// when the model is not a decoding graph or does not fan out there: the points then generate
+/// one pass each.
+pub fn generate_all_fanned_out(
+    model_path: &Path,
+    options: &EvalOptions,
+    prepared: &PreparedEval,
+    swept: &str,
+    values: &[f64],
+) -> Result<Option<Vec<Generations>>> {
+    let generating: Vec<&(Task, Vec<Document>)> = prepared
+        .tasks
+        .iter()
+        .filter(|(t, _)| t.output_type == OutputType::GenerateUntil)
+        .collect();
+    if generating.is_empty() {
+        return Ok(Some(vec![Generations::new(); values.len()]));
+    }
+    let base = GenerateOptions {
+        session: options.session.clone(),
+        tokenizer: options.tokenizer.clone(),
+        hub: options.hub.clone(),
+        ..Default::default()
+    };
+    let mut decoder = match SweepDecoder::open(model_path, swept, &base)? {
+        Ok(decoder) => decoder,
+        Err(reason) => {
+            eprintln!(
+                "sweep: generate_until one pass per value (it does not fan out at '{swept}': {reason})"
+            );
+            return Ok(None);
+        }
+    };
+    let generations = generate_documents(
+        options,
+        prepared,
+        &generating,
+        &base,
+        values.len(),
+        |ids, gen_options| decoder.generate(ids, values, gen_options),
+    )?;
+    Ok(Some(generations))
+}
+
+/// Every generate_until document's response, once per value: `generate` gives a prompt's
+/// generation for each of the `values` values.
+fn generate_documents(
+    options: &EvalOptions,
+    prepared: &PreparedEval,
+    generating: &[&(Task, Vec<Document>)],
+    base: &GenerateOptions,
+    values: usize,
+    mut generate: impl FnMut(&[u32], &GenerateOptions) -> Result<Vec<crate::infer::generate::Generation>>,
+) -> Result<Vec<Generations>> {
+    let mut generations = vec![Generations::new(); values];
     let total: usize = generating.iter().map(|(_, w)| w.len()).sum();
     let bar = progress::items_bar(total as u64, "generate_until", options.progress);
     let encoder = RequestEncoder {
@@ -247,7 +311,7 @@ pub fn generate_all(
         prefix_token: prepared.prefix_token,
         max_length: prepared.max_length,
     };
-    for (task, documents) in generating {
+    for &(task, documents) in generating {
         let spec = super::generative::GenSpec::from_config(&task.config, &task.fewshot_delimiter())?;
         let mut until = spec.until.clone();
         let tokenizer = &prepared.tokenizer;
@@ -269,13 +333,14 @@ pub fn generate_all(
             if ids.len() > keep {
                 ids.drain(..ids.len() - keep);
             }
-            let generation = generator
-                .generate(&ids, &gen_options, |_| {})
+            let made = generate(&ids, &gen_options)
                 .with_context(|| format!("task '{}', document {}", task.name, doc.doc_id))?;
-            generations.insert(
-                (task.name.clone(), doc.doc_id),
-                super::generative::cut_at_until(&generation.text, &until),
-            );
+            for (generations, generation) in generations.iter_mut().zip(made) {
+                generations.insert(
+                    (task.name.clone(), doc.doc_id),
+                    super::generative::cut_at_until(&generation.text, &until),
+                );
+            }
             bar.inc(1);
         }
     }

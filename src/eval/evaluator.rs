@@ -177,6 +177,14 @@ pub fn evaluate_sweep(
             scored = reports.into_iter().map(Some).collect();
         }
     }
+    let mut generated: Vec<Option<Generations>> = vec![None; evaluations.len()];
+    if options.fan_out
+        && evaluations.len() > 1
+        && let Some(made) =
+            answers::generate_all_fanned_out(model_path, options, &prepared, &input.input, values)?
+    {
+        generated = made.into_iter().map(Some).collect();
+    }
     let share = fanning.elapsed() / u32::try_from(evaluations.len()).unwrap_or(u32::MAX).max(1);
     let mut run = Run {
         model_path,
@@ -185,16 +193,19 @@ pub fn evaluate_sweep(
         sessions: &mut Sessions::default(),
     };
     let mut points = Vec::with_capacity(values.len());
-    for ((value, label, mut evaluation), scored) in evaluations.into_iter().zip(scored) {
-        // A fanned-out point was scored with the others: its share of that time is its own.
+    for (((value, label, mut evaluation), scored), generated) in
+        evaluations.into_iter().zip(scored).zip(generated)
+    {
+        // A fanned-out point was scored or generated with the others: its share of that time is its own.
         let now = Instant::now();
-        let start = match scored {
-            Some(_) => now.checked_sub(share).unwrap_or(now),
-            None => now,
+        let start = if scored.is_some() || generated.is_some() {
+            now.checked_sub(share).unwrap_or(now)
+        } else {
+            now
         };
         eprintln!("sweep: {label}");
         let outcome = run
-            .evaluate_scored(&mut evaluation, start, scored)
+            .evaluate_scored(&mut evaluation, start, scored, generated)
             .with_context(|| format!("sweep point {label}"))?;
         points.push(SweepPoint { value, outcome });
     }
@@ -232,15 +243,17 @@ struct Run<'a> {
 impl Run<'_> {
     /// One pass: answer, score, pool, write.
     fn evaluate(&mut self, evaluation: &mut Evaluation, start: Instant) -> Result<EvalOutcome> {
-        self.evaluate_scored(evaluation, start, None)
+        self.evaluate_scored(evaluation, start, None, None)
     }
 
-    /// [`Run::evaluate`], the loglikelihoods already in the cache when `scored` says what they cost.
+    /// [`Run::evaluate`], the loglikelihoods already in the cache when `scored` says what they
+    /// cost, and the generations already made when `generated` has them.
     fn evaluate_scored(
         &mut self,
         evaluation: &mut Evaluation,
         start: Instant,
         scored: Option<ScoringReport>,
+        generated: Option<Generations>,
     ) -> Result<EvalOutcome> {
         let (model_path, options, prepared) = (self.model_path, self.options, self.prepared);
         let scoring = match scored {
@@ -254,8 +267,10 @@ impl Run<'_> {
                 &mut evaluation.cache,
             )?,
         };
-        let generations =
-            answers::generate_all(model_path, options, prepared, self.sessions, &evaluation.feeds)?;
+        let generations = match generated {
+            Some(generations) => generations,
+            None => answers::generate_all(model_path, options, prepared, self.sessions, &evaluation.feeds)?,
+        };
         let TaskResults {
             mut file,
             samples,

@@ -6,7 +6,9 @@
 //! those of a separate pass; only the lower part is not recomputed.
 //!
 //! Each upper run has the batch's own rows (not K times as many): memory does not grow with the
-//! number of values, and the coefficient stays the scalar the graph was built for.
+//! number of values, and the coefficient stays the scalar the graph was built for. (Generation
+//! differs: [`super::sweep_decode`] splits a graph whose coefficient takes one value per row, and
+//! runs the K values as K rows of one batch, below and above the cut.)
 //!
 //! A decoding graph splits too: the caches of the layers below the hook do not depend on the
 //! coefficient and are outputs of the lower session, shared by every value; those above it are
@@ -62,6 +64,11 @@ impl FanOut {
         let split = match split_at_inputs(model, &varying) {
             Ok(split) => split,
             Err(reason) => return Ok(Err(format!("{reason:#}"))),
+        };
+        // The two sessions run in turns: neither's threads may spin through the other's run.
+        let options = &SessionOptions {
+            threads_sleep: true,
+            ..options.clone()
         };
         let lower = runtime::session_from_model(&split.lower, options)
             .context("opening the layers below the swept coefficient")?;

@@ -143,7 +143,7 @@ impl ChatFormat {
 const DEFAULT_CONTEXT: usize = 8192;
 
 /// The model's context length from its metadata; 0 or junk is an error naming the model.
-fn context_of(model: &Model, path: &Path) -> Result<usize> {
+pub(crate) fn context_of(model: &Model, path: &Path) -> Result<usize> {
     let Some(text) = model.metadata(meta::MAX_POSITIONS) else {
         tracing::warn!(
             "'{}' does not record its context length (max_position_embeddings); generating at most {DEFAULT_CONTEXT} tokens",
@@ -219,19 +219,7 @@ impl Generator {
 
     /// Refuses a prompt that leaves no room for a new token in the model's context.
     fn check_prompt(&self, prompt: &[u32]) -> Result<()> {
-        if prompt.is_empty() {
-            bail!("the prompt encodes to no tokens");
-        }
-        if prompt.len() >= self.context {
-            bail!(
-                "the prompt is {} tokens, and the model's context is {} (max_position_embeddings): \
-                 nothing can follow it. Shorten the prompt to under {} tokens",
-                prompt.len(),
-                self.context,
-                self.context
-            );
-        }
-        Ok(())
+        check_prompt(prompt, self.context)
     }
 
     /// Whether the session was optimised now or loaded from the session cache.
@@ -612,7 +600,22 @@ impl KvCache {
     }
 }
 
-fn log_softmax(logits: &[f32]) -> Vec<f32> {
+/// Refuses a prompt that leaves no room for a new token in a `context` of that many tokens.
+pub(crate) fn check_prompt(prompt: &[u32], context: usize) -> Result<()> {
+    if prompt.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
+    if prompt.len() >= context {
+        bail!(
+            "the prompt is {} tokens, and the model's context is {context} (max_position_embeddings): \
+             nothing can follow it. Shorten the prompt to under {context} tokens",
+            prompt.len(),
+        );
+    }
+    Ok(())
+}
+
+pub(crate) fn log_softmax(logits: &[f32]) -> Vec<f32> {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let log_sum = logits.iter().map(|&x| f64::from(x - max).exp()).sum::<f64>().ln() as f32 + max;
     logits.iter().map(|&x| x - log_sum).collect()
@@ -620,7 +623,7 @@ fn log_softmax(logits: &[f32]) -> Vec<f32> {
 
 /// The next token: argmax when greedy; else a draw from the temperature-scaled distribution
 /// restricted to the top-k tokens and the top-p nucleus (as transformers' warpers do).
-fn pick(logprobs: &[f32], options: &GenerateOptions, rng: &mut PyRandom) -> Option<u32> {
+pub(crate) fn pick(logprobs: &[f32], options: &GenerateOptions, rng: &mut PyRandom) -> Option<u32> {
     let greedy = options.temperature <= 0.0;
     if greedy {
         // First maximum, as torch.argmax.

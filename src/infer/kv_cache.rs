@@ -114,3 +114,46 @@ pub fn broadcast_cache_inputs(model: &mut Model, layout: &CacheLayout) -> Result
     }
     graph.toposort()
 }
+
+/// The rows `rows` of each of `parts` (cache tensors, or any tensors batched on their first
+/// axis), stacked in that order into one tensor: `rows` holds (part, row) pairs. Repeats one
+/// sequence's cache for several rows, joins one-row caches, drops finished rows.
+pub fn stack_rows(parts: &[&DynValue], rows: &[(usize, usize)]) -> Result<DynValue> {
+    fn stack<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+        parts: &[&DynValue],
+        rows: &[(usize, usize)],
+    ) -> Result<DynValue> {
+        let mut tail: Option<Vec<i64>> = None;
+        let mut data = Vec::new();
+        for &(part, row) in rows {
+            let value = parts.get(part).context("a row of a part that is not there")?;
+            let (shape, values) = value.try_extract_tensor::<T>()?;
+            let (&batch, rest) = shape.split_first().context("a scalar has no rows")?;
+            match &tail {
+                Some(t) if t.as_slice() != rest => bail!("rows of shapes {t:?} and {rest:?} do not stack"),
+                Some(_) => {}
+                None => tail = Some(rest.to_vec()),
+            }
+            if row as i64 >= batch {
+                bail!("row {row} of a tensor of {batch} rows");
+            }
+            let size = values.len() / batch.max(1) as usize;
+            data.extend_from_slice(&values[row * size..(row + 1) * size]);
+        }
+        let mut shape = vec![rows.len() as i64];
+        shape.extend(tail.unwrap_or_default());
+        Ok(Tensor::from_array((shape, data))?.into_dyn())
+    }
+    let first = parts.first().context("no tensors to stack")?;
+    match first.dtype() {
+        ort::value::ValueType::Tensor {
+            ty: ort::value::TensorElementType::Float16,
+            ..
+        } => stack::<half::f16>(parts, rows),
+        ort::value::ValueType::Tensor {
+            ty: ort::value::TensorElementType::Bfloat16,
+            ..
+        } => stack::<half::bf16>(parts, rows),
+        _ => stack::<f32>(parts, rows),
+    }
+}

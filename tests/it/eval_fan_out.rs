@@ -5,7 +5,9 @@
 //! for their timings. Covered: one hook (lm-eval's vector); several hooks at different layers with
 //! `clamp`, `add_if_active` and `clamp_projection` rows, swept at the lowest, a middle and the
 //! highest row; batches the units do not fill; a decoding graph with shared few-shot prefixes (its
-//! caches below the hook computed once, above it once per value).
+//! caches below the hook computed once, above it once per value); generate_until on a decoding
+//! graph (each prompt's prefill below the hook once, then the values decode as rows of one batch,
+//! each row leaving it when it stops), against one pass per value and against `Generator`.
 
 use crate::common;
 
@@ -15,8 +17,10 @@ use sae_onnx::contract::sweep::{CoefficientInput, coefficient_inputs};
 use sae_onnx::eval::evaluator::{self, SweepPoint};
 use sae_onnx::eval::options::{BatchSize, EvalOptions};
 use sae_onnx::export::{self, ExportOptions};
+use sae_onnx::infer::generate::{GenerateOptions, Generator};
 use sae_onnx::infer::lm::{FanOutOpening, ScoringModel};
-use sae_onnx::infer::runtime::SessionOptions;
+use sae_onnx::infer::runtime::{ScalarFeed, SessionOptions};
+use sae_onnx::infer::sweep_decode::SweepDecoder;
 use sae_onnx::onnx::Model;
 use sae_onnx::steer::patch::{PatchOptions, PatchOutput, patch_with_output};
 use serde_json::Value;
@@ -167,7 +171,7 @@ fn one_hook_fanned_out_equals_one_pass_per_value() {
 
 /// The demo model exported with `export_options` and patched `--sweepable` with the fixture
 /// `csv` (each coefficient an input).
-fn sweepable_demo(dir: &Path, csv: &str, export_options: &ExportOptions) -> PathBuf {
+pub(crate) fn sweepable_demo(dir: &Path, csv: &str, export_options: &ExportOptions) -> PathBuf {
     let base = dir.join("demo.onnx");
     export::export("models/tiny-gemma2", &base, export_options).unwrap();
     let out = dir.join("steered.onnx");
@@ -283,4 +287,139 @@ fn a_decoding_graph_with_shared_prefixes_fanned_out_equals_one_pass_per_value() 
             stats.tokens
         );
     }
+}
+
+/// generate_until on a decoding graph: each prompt's prefill runs below the hook once and above
+/// it once per value, then the values decode together, one row each. Every point's samples
+/// (the generations, filtered responses and metrics) and results are those of one pass per
+/// value; the first and last values generate differently (the check can fail).
+#[test]
+fn a_decoding_graph_generating_with_a_fanned_out_prefill_equals_one_pass_per_value() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export_options = ExportOptions {
+        kv_cache: true,
+        ..Default::default()
+    };
+    let steered = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &export_options);
+    let inputs = coefficient_inputs(&Model::load(&steered).unwrap().proto).unwrap();
+    let row = |action: &str, hook: &str| {
+        inputs
+            .iter()
+            .find(|c| c.action == action && c.hook == hook)
+            .unwrap_or_else(|| panic!("no {action} row at {hook}"))
+    };
+    let options = EvalOptions {
+        tasks: vec!["tiny_gsm".into()],
+        num_fewshot: Some(0),
+        include_paths: vec![PathBuf::from("tests/fixtures/lm_eval_gen/tasks")],
+        log_samples: true,
+        ..Default::default()
+    };
+    for (input, values) in [
+        (row("clamp", "blocks.1.hook_mlp_out"), [0.0, 60.0, 600.0]),
+        (
+            row("add_if_active", "blocks.2.hook_resid_post"),
+            [0.0, 80.0, 800.0],
+        ),
+    ] {
+        let opened = SweepDecoder::open(&steered, &input.input, &GenerateOptions::default()).unwrap();
+        assert!(
+            opened.is_ok(),
+            "{}: the sweep does not decode fanned out: {:?}",
+            input.input,
+            opened.err()
+        );
+        let options = EvalOptions {
+            output_path: Some(tmp.path().join(&input.input)),
+            ..options.clone()
+        };
+        let fanned = sweep(&steered, input, &values, &options, true);
+        let passes = sweep(&steered, input, &values, &options, false);
+        for (f, p) in fanned.iter().zip(&passes) {
+            let what = format!("{} = {}", input.input, f.value);
+            assert_eq!(samples(f), samples(p), "{what}: samples");
+            assert_eq!(results_without_timings(f), results_without_timings(p), "{what}");
+        }
+        let generated = |point: &SweepPoint| -> Vec<Value> {
+            samples(point)
+                .into_iter()
+                .flat_map(|(_, lines)| lines.into_iter().map(|l| l["resps"].clone()))
+                .collect()
+        };
+        assert_ne!(
+            generated(&fanned[0]),
+            generated(&passes[values.len() - 1]),
+            "{}: the first and last values generate alike; the test could not fail",
+            input.input
+        );
+    }
+}
+
+/// The rows of a fanned-out generation stop on their own (here at stop strings or the budget,
+/// at different steps) and each is the generation `Generator` makes at its value alone,
+/// greedy and sampled (a random generator per row, seeded as a pass of its own).
+#[test]
+fn fanned_out_rows_stopping_at_different_steps_generate_as_each_value_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let export_options = ExportOptions {
+        kv_cache: true,
+        ..Default::default()
+    };
+    let steered = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &export_options);
+    let inputs = coefficient_inputs(&Model::load(&steered).unwrap().proto).unwrap();
+    let input = inputs
+        .iter()
+        .find(|c| c.action == "clamp" && c.hook == "blocks.1.hook_mlp_out")
+        .unwrap();
+    let values = [0.0, 20.0, 60.0, 200.0, 600.0, -300.0];
+    let mut decoder = SweepDecoder::open(&steered, &input.input, &GenerateOptions::default())
+        .unwrap()
+        .unwrap();
+    let mut generator = Generator::open(&steered, &GenerateOptions::default()).unwrap();
+    let mut lengths = std::collections::BTreeSet::new();
+    for (prompt, options) in [
+        (
+            "Question: Tom has 3 apples and eats 1. How many are left?\nAnswer:",
+            GenerateOptions {
+                max_new_tokens: 24,
+                // What the values repeat (the demo model loops), cut at different lengths.
+                stop: vec!["nswer:nswer:nswer:".into(), "ctct".into(), "everyevery".into()],
+                ..Default::default()
+            },
+        ),
+        (
+            "The cat",
+            GenerateOptions {
+                max_new_tokens: 16,
+                temperature: 0.8,
+                top_k: Some(20),
+                seed: 7,
+                stop: vec!["?\nA?\nA".into(), "ctctctct".into()],
+                ..Default::default()
+            },
+        ),
+    ] {
+        let ids = generator.encode_prompt(prompt, false).unwrap();
+        let together = decoder.generate(&ids, &values, &options).unwrap();
+        for (&value, made) in values.iter().zip(&together) {
+            generator.set_feeds(vec![ScalarFeed {
+                name: input.input.clone(),
+                value,
+                dtype: input.dtype,
+            }]);
+            let alone = generator.generate(&ids, &options, |_| {}).unwrap();
+            let what = format!("{prompt:?} at {value}");
+            assert_eq!(made.tokens, alone.tokens, "{what}");
+            assert_eq!(
+                (made.text.as_str(), made.finish),
+                (alone.text.as_str(), alone.finish),
+                "{what}"
+            );
+            lengths.insert(made.tokens.len());
+        }
+    }
+    assert!(
+        lengths.len() >= 3,
+        "the rows stopped after {lengths:?} tokens: too few different steps to show that rows leave the batch"
+    );
 }

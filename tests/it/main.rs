@@ -46,6 +46,7 @@ mod package_trust;
 mod patch_families_foreign;
 mod patch_steer;
 mod patch_trust;
+mod row_coefficients;
 mod sae_loaders;
 mod scoring;
 mod session_cache;
