@@ -281,13 +281,25 @@ pub fn generate_all_fanned_out(
             return Ok(None);
         }
     };
+    // Each row holds a cache of its own: at most a batch of rows decodes at once, so memory
+    // stays that of one batch however many values the sweep has.
+    let rows = match options.batch_size {
+        BatchSize::Fixed(n) => n.max(1),
+        BatchSize::Auto => AUTO_BATCH_CAP,
+    };
     let generations = generate_documents(
         options,
         prepared,
         &generating,
         &base,
         values.len(),
-        |ids, gen_options| decoder.generate(ids, values, gen_options),
+        |ids, gen_options| {
+            let mut generations = Vec::with_capacity(values.len());
+            for group in values.chunks(rows) {
+                generations.extend(decoder.generate(ids, group, gen_options)?);
+            }
+            Ok(generations)
+        },
     )?;
     Ok(Some(generations))
 }

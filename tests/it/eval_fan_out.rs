@@ -315,11 +315,17 @@ fn a_decoding_graph_generating_with_a_fanned_out_prefill_equals_one_pass_per_val
         log_samples: true,
         ..Default::default()
     };
-    for (input, values) in [
-        (row("clamp", "blocks.1.hook_mlp_out"), [0.0, 60.0, 600.0]),
+    // The second sweep decodes its three values in groups of at most two rows.
+    for (input, values, batch_size) in [
+        (
+            row("clamp", "blocks.1.hook_mlp_out"),
+            [0.0, 60.0, 600.0],
+            options.batch_size,
+        ),
         (
             row("add_if_active", "blocks.2.hook_resid_post"),
             [0.0, 80.0, 800.0],
+            BatchSize::Fixed(2),
         ),
     ] {
         let opened = SweepDecoder::open(&steered, &input.input, &GenerateOptions::default()).unwrap();
@@ -331,6 +337,7 @@ fn a_decoding_graph_generating_with_a_fanned_out_prefill_equals_one_pass_per_val
         );
         let options = EvalOptions {
             output_path: Some(tmp.path().join(&input.input)),
+            batch_size,
             ..options.clone()
         };
         let fanned = sweep(&steered, input, &values, &options, true);
