@@ -220,11 +220,7 @@ pub fn generate_all(
     sessions: &mut Sessions,
     feeds: &[ScalarFeed],
 ) -> Result<Generations> {
-    let generating: Vec<&(Task, Vec<Document>)> = prepared
-        .tasks
-        .iter()
-        .filter(|(t, _)| t.output_type == OutputType::GenerateUntil)
-        .collect();
+    let generating = generating_tasks(prepared);
     if generating.is_empty() {
         return Ok(Generations::new());
     }
@@ -258,11 +254,7 @@ pub fn generate_all_fanned_out(
     swept: &str,
     values: &[f64],
 ) -> Result<Option<Vec<Generations>>> {
-    let generating: Vec<&(Task, Vec<Document>)> = prepared
-        .tasks
-        .iter()
-        .filter(|(t, _)| t.output_type == OutputType::GenerateUntil)
-        .collect();
+    let generating = generating_tasks(prepared);
     if generating.is_empty() {
         return Ok(Some(vec![Generations::new(); values.len()]));
     }
@@ -302,6 +294,15 @@ pub fn generate_all_fanned_out(
         },
     )?;
     Ok(Some(generations))
+}
+
+/// The generate_until tasks of `prepared`, with their documents.
+fn generating_tasks(prepared: &PreparedEval) -> Vec<&(Task, Vec<Document>)> {
+    prepared
+        .tasks
+        .iter()
+        .filter(|(t, _)| t.output_type == OutputType::GenerateUntil)
+        .collect()
 }
 
 /// Every generate_until document's response, once per value: `generate` gives a prompt's

@@ -192,13 +192,31 @@ pub(crate) fn sweepable_demo(dir: &Path, csv: &str, export_options: &ExportOptio
     out
 }
 
+/// tests/fixtures/steer_actions/mixed.csv (`add`, `clamp`, `add_if_active` and
+/// `clamp_projection` rows at `blocks.1.hook_mlp_out` and `blocks.2.hook_resid_post`) patched
+/// `--sweepable` on the demo model, a decoding graph with `kv_cache`, and its coefficient inputs.
+fn mixed_sweepable(dir: &Path, kv_cache: bool) -> (PathBuf, Vec<CoefficientInput>) {
+    let export_options = ExportOptions {
+        kv_cache,
+        ..Default::default()
+    };
+    let model = sweepable_demo(dir, "steer_actions/mixed.csv", &export_options);
+    let inputs = coefficient_inputs(&Model::load(&model).unwrap().proto).unwrap();
+    (model, inputs)
+}
+
+/// The coefficient input of the `action` row at `hook`.
+fn row<'a>(inputs: &'a [CoefficientInput], action: &str, hook: &str) -> &'a CoefficientInput {
+    inputs
+        .iter()
+        .find(|c| c.action == action && c.hook == hook)
+        .unwrap_or_else(|| panic!("no {action} row at {hook}"))
+}
+
 #[test]
 fn several_hooks_and_non_additive_rows_fanned_out_equal_one_pass_per_value() {
     let tmp = tempfile::tempdir().unwrap();
-    // tests/fixtures/steer_actions/mixed.csv: `add`, `clamp`, `add_if_active` and
-    // `clamp_projection` rows at `blocks.1.hook_mlp_out` and `blocks.2.hook_resid_post`.
-    let model = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &ExportOptions::default());
-    let inputs = coefficient_inputs(&Model::load(&model).unwrap().proto).unwrap();
+    let (model, inputs) = mixed_sweepable(tmp.path(), false);
     let options = EvalOptions {
         tasks: vec!["demo_mc".into()],
         num_fewshot: Some(1),
@@ -208,19 +226,16 @@ fn several_hooks_and_non_additive_rows_fanned_out_equal_one_pass_per_value() {
         batch_size: BatchSize::Fixed(5),
         ..Default::default()
     };
-    let row = |action: &str, hook: &str| {
-        inputs
-            .iter()
-            .find(|c| c.action == action && c.hook == hook)
-            .unwrap_or_else(|| panic!("no {action} row at {hook}"))
-    };
     // The lowest hook (rows above it, at the higher hook, read it), then rows at the higher hook
     // whose scale depends on the hook's value: the other rows keep their plan values.
     for (input, values) in [
-        (row("clamp", "blocks.1.hook_mlp_out"), [0.0, 19.0, 60.0]),
-        (row("clamp", "blocks.2.hook_resid_post"), [0.0, 43.0, -30.0]),
+        (row(&inputs, "clamp", "blocks.1.hook_mlp_out"), [0.0, 19.0, 60.0]),
         (
-            row("add_if_active", "blocks.2.hook_resid_post"),
+            row(&inputs, "clamp", "blocks.2.hook_resid_post"),
+            [0.0, 43.0, -30.0],
+        ),
+        (
+            row(&inputs, "add_if_active", "blocks.2.hook_resid_post"),
             [0.0, 16.0, 80.0],
         ),
     ] {
@@ -239,18 +254,7 @@ fn several_hooks_and_non_additive_rows_fanned_out_equal_one_pass_per_value() {
 #[test]
 fn a_decoding_graph_with_shared_prefixes_fanned_out_equals_one_pass_per_value() {
     let tmp = tempfile::tempdir().unwrap();
-    let export_options = ExportOptions {
-        kv_cache: true,
-        ..Default::default()
-    };
-    let steered = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &export_options);
-    let inputs = coefficient_inputs(&Model::load(&steered).unwrap().proto).unwrap();
-    let row = |action: &str, hook: &str| {
-        inputs
-            .iter()
-            .find(|c| c.action == action && c.hook == hook)
-            .unwrap_or_else(|| panic!("no {action} row at {hook}"))
-    };
+    let (steered, inputs) = mixed_sweepable(tmp.path(), true);
     let options = EvalOptions {
         tasks: vec!["tiny_mmlu_format".into()],
         num_fewshot: Some(1),
@@ -260,9 +264,9 @@ fn a_decoding_graph_with_shared_prefixes_fanned_out_equals_one_pass_per_value() 
         ..Default::default()
     };
     for (input, values) in [
-        (row("clamp", "blocks.1.hook_mlp_out"), [0.0, 19.0, 60.0]),
+        (row(&inputs, "clamp", "blocks.1.hook_mlp_out"), [0.0, 19.0, 60.0]),
         (
-            row("add_if_active", "blocks.2.hook_resid_post"),
+            row(&inputs, "add_if_active", "blocks.2.hook_resid_post"),
             [0.0, 16.0, 80.0],
         ),
     ] {
@@ -296,18 +300,7 @@ fn a_decoding_graph_with_shared_prefixes_fanned_out_equals_one_pass_per_value() 
 #[test]
 fn a_decoding_graph_generating_with_a_fanned_out_prefill_equals_one_pass_per_value() {
     let tmp = tempfile::tempdir().unwrap();
-    let export_options = ExportOptions {
-        kv_cache: true,
-        ..Default::default()
-    };
-    let steered = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &export_options);
-    let inputs = coefficient_inputs(&Model::load(&steered).unwrap().proto).unwrap();
-    let row = |action: &str, hook: &str| {
-        inputs
-            .iter()
-            .find(|c| c.action == action && c.hook == hook)
-            .unwrap_or_else(|| panic!("no {action} row at {hook}"))
-    };
+    let (steered, inputs) = mixed_sweepable(tmp.path(), true);
     let options = EvalOptions {
         tasks: vec!["tiny_gsm".into()],
         num_fewshot: Some(0),
@@ -318,12 +311,12 @@ fn a_decoding_graph_generating_with_a_fanned_out_prefill_equals_one_pass_per_val
     // The second sweep decodes its three values in groups of at most two rows.
     for (input, values, batch_size) in [
         (
-            row("clamp", "blocks.1.hook_mlp_out"),
+            row(&inputs, "clamp", "blocks.1.hook_mlp_out"),
             [0.0, 60.0, 600.0],
             options.batch_size,
         ),
         (
-            row("add_if_active", "blocks.2.hook_resid_post"),
+            row(&inputs, "add_if_active", "blocks.2.hook_resid_post"),
             [0.0, 80.0, 800.0],
             BatchSize::Fixed(2),
         ),
@@ -368,16 +361,8 @@ fn a_decoding_graph_generating_with_a_fanned_out_prefill_equals_one_pass_per_val
 #[test]
 fn fanned_out_rows_stopping_at_different_steps_generate_as_each_value_alone() {
     let tmp = tempfile::tempdir().unwrap();
-    let export_options = ExportOptions {
-        kv_cache: true,
-        ..Default::default()
-    };
-    let steered = sweepable_demo(tmp.path(), "steer_actions/mixed.csv", &export_options);
-    let inputs = coefficient_inputs(&Model::load(&steered).unwrap().proto).unwrap();
-    let input = inputs
-        .iter()
-        .find(|c| c.action == "clamp" && c.hook == "blocks.1.hook_mlp_out")
-        .unwrap();
+    let (steered, inputs) = mixed_sweepable(tmp.path(), true);
+    let input = row(&inputs, "clamp", "blocks.1.hook_mlp_out");
     let values = [0.0, 20.0, 60.0, 200.0, 600.0, -300.0];
     let mut decoder = SweepDecoder::open(&steered, &input.input, &GenerateOptions::default())
         .unwrap()
