@@ -1006,6 +1006,8 @@ impl Cli {
 
     fn generate(&self, args: &GenerateArgs, hub: crate::hub::Hub) -> Result<()> {
         use crate::infer::generate::{GenerateOptions, Generator};
+        // The library loads while the model's graph and tokenizer are read.
+        crate::infer::runtime::init_in_background(self.ort_lib.as_deref());
         let prompts = read_prompts(args)?;
         let options = GenerateOptions {
             max_new_tokens: args.max_new_tokens,
