@@ -572,20 +572,7 @@ impl KvCache {
             .session
             .run_binding(&binding)
             .context("running a decoding step")?;
-        let (shape, logits) = outputs[LOGITS].try_extract_tensor::<f32>()?;
-        let vocab = usize::try_from(*shape.last().context("logits have no vocabulary axis")?).unwrap_or(0);
-        if vocab == 0 || logits.len() != batch * width * vocab {
-            bail!(
-                "the decoding graph's logits have shape {shape:?}, not [{batch}, {width}, vocabulary]: \
-                 is it an sae-onnx export with --kv-cache?"
-            );
-        }
-        let last = (0..batch)
-            .map(|b| {
-                let end = (b * width + width) * vocab;
-                logits[end - vocab..end].to_vec()
-            })
-            .collect();
+        let last = crate::infer::kv_cache::last_logits(&outputs[LOGITS], batch, width)?;
         let mut presents = Vec::with_capacity(2 * self.layout.layers);
         for layer in 0..self.layout.layers {
             for kind in ["key", "value"] {

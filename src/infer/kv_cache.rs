@@ -157,3 +157,21 @@ pub fn stack_rows(parts: &[&DynValue], rows: &[(usize, usize)]) -> Result<DynVal
         _ => stack::<f32>(parts, rows),
     }
 }
+
+/// Each row's logits at its last position, from a decoding graph's `[batch, width, vocabulary]`.
+pub fn last_logits(logits: &DynValue, batch: usize, width: usize) -> Result<Vec<Vec<f32>>> {
+    let (shape, logits) = logits.try_extract_tensor::<f32>()?;
+    let vocab = usize::try_from(*shape.last().context("logits have no vocabulary axis")?).unwrap_or(0);
+    if vocab == 0 || logits.len() != batch * width * vocab {
+        bail!(
+            "the decoding graph's logits have shape {shape:?}, not [{batch}, {width}, vocabulary]: \
+             is it an sae-onnx export with --kv-cache?"
+        );
+    }
+    Ok((0..batch)
+        .map(|b| {
+            let end = (b * width + width) * vocab;
+            logits[end - vocab..end].to_vec()
+        })
+        .collect())
+}

@@ -11,12 +11,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ort::value::{DynValue, Tensor};
 
 use super::fan_out::{FanOut, Feed};
 use super::generate::{GenerateOptions, Generation, check_prompt, context_of, log_softmax, pick};
-use super::kv_cache::{CacheLayout, stack_rows};
+use super::kv_cache::{CacheLayout, last_logits, stack_rows};
 use super::row_coefficients::{per_row_coefficients, row_values};
 use crate::contract::{ATTENTION_MASK, INPUT_IDS, LOGITS, PROMPT_LENGTH, past_name, present_name};
 use crate::onnx::{DataType, Model};
@@ -32,6 +32,8 @@ pub struct SweepDecoder {
     dtype: DataType,
     /// The graph's `present` outputs in order, and whether each is made below the cut.
     presents: Vec<(String, bool)>,
+    /// The graph's `past` inputs, in the same order.
+    pasts: Vec<String>,
     tokenizer: Tokenizer,
     eos: Vec<u32>,
     context: usize,
@@ -84,6 +86,9 @@ impl SweepDecoder {
                 (name, below)
             })
             .collect();
+        let pasts = (0..layout.layers)
+            .flat_map(|layer| ["key", "value"].map(|kind| past_name(layer, kind)))
+            .collect();
         Ok(Ok(Self {
             fan_out,
             layout,
@@ -91,6 +96,7 @@ impl SweepDecoder {
             swept: swept.to_owned(),
             dtype,
             presents,
+            pasts,
             tokenizer,
             eos,
             context,
@@ -117,15 +123,16 @@ impl SweepDecoder {
         let mut finish: Vec<Option<&'static str>> = vec![None; values.len()];
         let mut texts: Vec<Option<String>> = vec![None; values.len()];
         // The rows still decoding, by value, in the batch's order.
-        let mut active: Vec<usize> = (0..values.len()).collect();
+        // A budget of no tokens: Generator::generate makes none.
+        let mut active: Vec<usize> = if options.max_new_tokens == 0 {
+            Vec::new()
+        } else {
+            (0..values.len()).collect()
+        };
         loop {
             let mut kept = Vec::with_capacity(active.len());
             let mut next = Vec::with_capacity(active.len());
             for (slot, &row) in active.iter().enumerate() {
-                // A budget of no tokens: Generator::generate makes none.
-                if options.max_new_tokens == 0 {
-                    continue;
-                }
                 let token = pick(&log_softmax(&logits[slot]), options, &mut rngs[row])
                     .context("no token can be sampled")?;
                 if self.eos.contains(&token) {
@@ -201,9 +208,7 @@ impl SweepDecoder {
                 Tensor::from_array(([1, n], vec![1i64; n]))?.into_dyn(),
             ),
         ];
-        let names =
-            (0..self.layout.layers).flat_map(|layer| ["key", "value"].map(|kind| past_name(layer, kind)));
-        common.extend(names.zip(self.layout.empty(1)?));
+        common.extend(self.pasts.iter().cloned().zip(self.layout.empty(1)?));
         if self.reads_prompt_length {
             common.push((
                 PROMPT_LENGTH.to_owned(),
@@ -275,11 +280,8 @@ impl SweepDecoder {
                 Tensor::from_array(([batch], vec![prompt as i64; batch]))?.into_dyn(),
             ));
         }
-        let past_names: Vec<String> = (0..self.layout.layers)
-            .flat_map(|layer| ["key", "value"].map(|kind| past_name(layer, kind)))
-            .collect();
         let mut feeds = borrowed(&common);
-        feeds.extend(past_names.iter().map(String::as_str).zip(cache));
+        feeds.extend(self.pasts.iter().map(String::as_str).zip(cache));
         let coefficients = row_values(self.dtype, values)?;
         let (below, above) = output_names(&self.presents);
         let (shared, mut upper) = self
@@ -321,22 +323,4 @@ fn output_names(presents: &[(String, bool)]) -> (Vec<&str>, Vec<&str>) {
 
 fn borrowed(named: &[(String, DynValue)]) -> Vec<Feed<'_>> {
     named.iter().map(|(n, v)| (n.as_str(), v)).collect()
-}
-
-/// Each row's logits at its last position, from a decoding graph's `[batch, width, vocabulary]`.
-fn last_logits(logits: &DynValue, batch: usize, width: usize) -> Result<Vec<Vec<f32>>> {
-    let (shape, logits) = logits.try_extract_tensor::<f32>()?;
-    let vocab = usize::try_from(*shape.last().context("logits have no vocabulary axis")?).unwrap_or(0);
-    if vocab == 0 || logits.len() != batch * width * vocab {
-        bail!(
-            "the decoding graph's logits have shape {shape:?}, not [{batch}, {width}, vocabulary]: \
-             is it an sae-onnx export with --kv-cache?"
-        );
-    }
-    Ok((0..batch)
-        .map(|b| {
-            let end = (b * width + width) * vocab;
-            logits[end - vocab..end].to_vec()
-        })
-        .collect())
 }
