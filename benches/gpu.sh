@@ -2,7 +2,7 @@
 # GPU benchmark: sae-onnx on ONNX Runtime's CUDA provider against lm-eval's Hugging Face backend and
 # transformers' generate on the same GPU, with numerics checks. Run from the repository root:
 #
-#   bash benches/gpu.sh STAGE...      STAGE: setup lmeval exports reference ours (or all), or unpack
+#   bash benches/gpu.sh STAGE...      STAGE: setup lmeval exports reference ours (or all), fanout, profile, or unpack
 #
 # The stages exist because a lent GPU machine here has no network and receives files in parts
 # (benches/gpu_bundle.sh makes them under .gpu/); each stage is idempotent and keeps its state in
@@ -22,6 +22,10 @@
 #  ours       sae-onnx eval on cuda:0 (RUNS (3) each; f32 with and without --tf32, bf16 with
 #             portable and fused norms, f16), numerics checks, decode speed against transformers
 #             generate (WITH_GENERATE=1), and the table, printed last.
+#  fanout     benches/fan_out.sh on cuda:0: an 8-value sweep of the 2b shape steered at layer 20 of 26,
+#             fanned out against one pass per value, full-sequence and decoding graphs, for each dtype
+#             in FANOUT_DTYPES (bf16 f32), SHOTS-shot, FANOUT_LIMIT (5) questions per subject;
+#             FANOUT_LMEVAL=1 adds lm-eval's `steered` model 8 times. Results: gpu.fan_out.jsonl.
 #  profile    ONNX Runtime's per-operator profile (SAE_ONNX_ORT_PROFILE) of 16 documents per model in
 #             PROFILE_MODELS, summed by operator and provider (benches/ort_profile_summary.py).
 # The task: benches/tasks bench_mmlu (200 MMLU-format questions) 5-shot, as MMLU is usually run,
@@ -195,6 +199,16 @@ stage_ours() {
     return $status
 }
 
+stage_fanout() {
+    runtime_env
+    local dt
+    for dt in ${FANOUT_DTYPES:-bf16 f32}; do
+        DEVICE=cuda:0 PRESET=2b DTYPE=$dt SAE_ONNX=$BIN BENCH_PYTHON=$PY SHOTS=$SHOTS EVAL_BS=$EVAL_BS \
+            LIMIT=${FANOUT_LIMIT:-5} LMEVAL=${FANOUT_LMEVAL:-0} FAN_OUT_JSONL=$RES/gpu.fan_out.jsonl \
+            bash benches/fan_out.sh
+    done
+}
+
 stage_profile() { # ONNX Runtime's per-operator profile of a few documents, summed by operator and provider
     runtime_env
     local v
@@ -210,10 +224,13 @@ stage_profile() { # ONNX Runtime's per-operator profile of a few documents, summ
 
 save_out() { # copies for the device tool's $OUT (flat: it returns at most 8 files)
     [ -n "${OUT:-}" ] || return 0
-    for f in gpu.jsonl gpu.numerics.txt gpu.generate.jsonl gpu.generate.log gpu.matmul.json gpu.profile.txt; do
+    for f in gpu.jsonl gpu.numerics.txt gpu.generate.jsonl gpu.matmul.json gpu.profile.txt gpu.fan_out.jsonl; do
         [ -f "$RES/$f" ] && cp "$RES/$f" "$OUT/" || true
     done
-    [ -d "$RES/gpu.logs" ] && tar -czf "$OUT/gpu.logs.tgz" -C "$RES" gpu.logs || true
+    # The logs in one archive, the eighth file.
+    local logs=()
+    for f in gpu.logs gpu.generate.log; do [ -e "$RES/$f" ] && logs+=("$f"); done
+    [ ${#logs[@]} -gt 0 ] && tar -czf "$OUT/gpu.logs.tgz" -C "$RES" "${logs[@]}" || true
 }
 trap save_out EXIT
 
